@@ -1,0 +1,160 @@
+//! The records Keyward keeps. Storage returns them; the HTTP layer turns them into wire types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::scope::ScopeSet;
+use crate::secret::KeyHash;
+use crate::time::Timestamp;
+
+/// A workspace's isolated environment. Keys, apps and settings of one are invisible from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Live,
+    Test,
+    Demo,
+}
+
+impl Environment {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+            Self::Demo => "demo",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "live" => Some(Self::Live),
+            "test" => Some(Self::Test),
+            "demo" => Some(Self::Demo),
+            _ => None,
+        }
+    }
+}
+
+/// The (workspace, environment) pair that owns every other record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tenancy {
+    pub workspace_id: String,
+    pub environment: Environment,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentSettings {
+    pub workspace_id: String,
+    pub environment: Environment,
+    pub enhanced_security: bool,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootKey {
+    pub id: String,
+    pub tenancy: Tenancy,
+    pub name: String,
+    pub scopes: ScopeSet,
+    pub start: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct App {
+    pub id: String,
+    pub tenancy: Tenancy,
+    pub name: String,
+    pub slug: String,
+    pub permissions: Vec<String>,
+    pub rate_limit_scheme: Option<String>,
+    pub organization_id: Option<String>,
+    pub key_prefix: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub tenancy: Tenancy,
+    pub app_id: String,
+    pub app_slug: String,
+    pub name: String,
+    pub owner_user_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub permissions: Vec<String>,
+    pub meta: serde_json::Map<String, serde_json::Value>,
+    pub start: String,
+    pub expires_at: Option<Timestamp>,
+    pub enabled: bool,
+    pub revoked_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl ApiKey {
+    pub fn status(&self, now: Timestamp) -> KeyStatus {
+        if self.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if !self.enabled {
+            KeyStatus::Disabled
+        } else if self.expires_at.is_some_and(|at| at <= now) {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Disabled,
+    Expired,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Disabled => "disabled",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(Self::Active),
+            "disabled" => Some(Self::Disabled),
+            "expired" => Some(Self::Expired),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// One of a credential's secrets. A rotated key keeps its old secret while it has a grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub hash: KeyHash,
+    /// `None` for the current secret; the end of the grace period for a superseded one.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// An entry of the audit log: who did what, to what, when, in which request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub id: String,
+    pub tenancy: Tenancy,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub request_id: Option<String>,
+    pub details: serde_json::Value,
+    pub created_at: Timestamp,
+}

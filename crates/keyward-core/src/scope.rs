@@ -1,0 +1,186 @@
+//! Root-key scopes: what a root key may do with Keyward's own API.
+
+use std::fmt;
+
+/// One scope. `X:write` implies `X:read`, and `*` implies everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    All,
+    AppsRead,
+    AppsWrite,
+    KeysRead,
+    KeysWrite,
+    Verify,
+    EventsRead,
+    RootKeysRead,
+    RootKeysWrite,
+    EnvironmentRead,
+    EnvironmentWrite,
+    AuditRead,
+    UsageRead,
+}
+
+impl Scope {
+    pub const EVERY: [Scope; 13] = [
+        Scope::All,
+        Scope::AppsRead,
+        Scope::AppsWrite,
+        Scope::KeysRead,
+        Scope::KeysWrite,
+        Scope::Verify,
+        Scope::EventsRead,
+        Scope::RootKeysRead,
+        Scope::RootKeysWrite,
+        Scope::EnvironmentRead,
+        Scope::EnvironmentWrite,
+        Scope::AuditRead,
+        Scope::UsageRead,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::All => "*",
+            Scope::AppsRead => "apps:read",
+            Scope::AppsWrite => "apps:write",
+            Scope::KeysRead => "keys:read",
+            Scope::KeysWrite => "keys:write",
+            Scope::Verify => "verify",
+            Scope::EventsRead => "events:read",
+            Scope::RootKeysRead => "root_keys:read",
+            Scope::RootKeysWrite => "root_keys:write",
+            Scope::EnvironmentRead => "environment:read",
+            Scope::EnvironmentWrite => "environment:write",
+            Scope::AuditRead => "audit:read",
+            Scope::UsageRead => "usage:read",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::EVERY.into_iter().find(|scope| scope.as_str() == text)
+    }
+
+    const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
+    /// The scope a `:write` scope implies.
+    const fn implied_read(self) -> Option<Scope> {
+        match self {
+            Scope::AppsWrite => Some(Scope::AppsRead),
+            Scope::KeysWrite => Some(Scope::KeysRead),
+            Scope::RootKeysWrite => Some(Scope::RootKeysRead),
+            Scope::EnvironmentWrite => Some(Scope::EnvironmentRead),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of scopes, as a bit set so that checking one on every request costs nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScopeSet(u32);
+
+impl ScopeSet {
+    pub fn all() -> Self {
+        Self(Scope::All.bit())
+    }
+
+    pub fn insert(&mut self, scope: Scope) {
+        self.0 |= scope.bit();
+    }
+
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & scope.bit() != 0
+    }
+
+    /// Whether a key with these scopes may make a call that needs `needed`.
+    pub fn grants(self, needed: Scope) -> bool {
+        self.contains(Scope::All)
+            || self.contains(needed)
+            || Scope::EVERY
+                .into_iter()
+                .any(|held| self.contains(held) && held.implied_read() == Some(needed))
+    }
+
+    /// Whether every scope of `other` is granted by `self`: a root key may only mint keys
+    /// weaker than or equal to itself.
+    pub fn covers(self, other: ScopeSet) -> bool {
+        other.iter().all(|scope| self.grants(scope))
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Scope> {
+        Scope::EVERY
+            .into_iter()
+            .filter(move |scope| self.contains(*scope))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Parses a list of scope names; the error names the first unknown one.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, &'a str> {
+        let mut set = Self::default();
+        for name in names {
+            set.insert(Scope::parse(name).ok_or(name)?);
+        }
+        Ok(set)
+    }
+
+    pub fn to_names(self) -> Vec<String> {
+        self.iter().map(|scope| scope.as_str().to_owned()).collect()
+    }
+}
+
+impl fmt::Debug for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<Scope> for ScopeSet {
+    fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
+        let mut set = Self::default();
+        iter.into_iter().for_each(|scope| set.insert(scope));
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_implies_read_and_star_implies_everything() {
+        let writer: ScopeSet = [Scope::KeysWrite].into_iter().collect();
+        assert!(writer.grants(Scope::KeysRead));
+        assert!(writer.grants(Scope::KeysWrite));
+        assert!(!writer.grants(Scope::AppsRead));
+        assert!(!writer.grants(Scope::Verify));
+        for scope in Scope::EVERY {
+            assert!(ScopeSet::all().grants(scope));
+        }
+    }
+
+    #[test]
+    fn a_key_covers_only_weaker_sets() {
+        let writer: ScopeSet = [Scope::KeysWrite, Scope::Verify].into_iter().collect();
+        let reader: ScopeSet = [Scope::KeysRead].into_iter().collect();
+        assert!(writer.covers(reader));
+        assert!(!reader.covers(writer));
+        assert!(!writer.covers(ScopeSet::all()));
+    }
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_reported() {
+        for scope in Scope::EVERY {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+        }
+        assert_eq!(ScopeSet::parse(["verify", "nope"]), Err("nope"));
+    }
+}
