@@ -2,9 +2,9 @@
 //! fixed-width base62 (so ids sort by age, which cursor pagination relies on), and random
 //! characters so that ids cannot be guessed.
 
-use crate::SecureRng;
 use crate::base62;
 use crate::time::Timestamp;
+use crate::SecureRng;
 
 const TIME_LEN: usize = 8;
 const RANDOM_LEN: usize = 14;
@@ -49,8 +49,16 @@ mod tests {
     #[test]
     fn ids_sort_by_creation_time() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let earlier = generate(IdKind::Key, Timestamp::from_millis(1_700_000_000_000), &mut rng);
-        let later = generate(IdKind::Key, Timestamp::from_millis(1_700_000_000_001), &mut rng);
+        let earlier = generate(
+            IdKind::Key,
+            Timestamp::from_millis(1_700_000_000_000),
+            &mut rng,
+        );
+        let later = generate(
+            IdKind::Key,
+            Timestamp::from_millis(1_700_000_000_001),
+            &mut rng,
+        );
         assert!(earlier < later);
         assert!(earlier.starts_with("key_"));
         assert_eq!(earlier.len(), 4 + TIME_LEN + RANDOM_LEN);

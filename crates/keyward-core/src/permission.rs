@@ -73,7 +73,10 @@ impl PermissionQuery {
         if tokens.is_empty() {
             return Err(QueryError::Empty);
         }
-        let mut parser = Parser { tokens, position: 0 };
+        let mut parser = Parser {
+            tokens,
+            position: 0,
+        };
         let query = parser.or_expression(0)?;
         match parser.tokens.get(parser.position) {
             None => Ok(query),
@@ -264,12 +267,24 @@ mod tests {
         assert_eq!(PermissionQuery::parse("  "), Err(QueryError::Empty));
         assert_eq!(PermissionQuery::parse("(a"), Err(QueryError::Incomplete));
         assert_eq!(PermissionQuery::parse("a AND"), Err(QueryError::Incomplete));
-        assert!(matches!(PermissionQuery::parse("a b"), Err(QueryError::UnexpectedToken(_))));
-        assert!(matches!(PermissionQuery::parse("a)"), Err(QueryError::UnexpectedToken(_))));
-        assert_eq!(PermissionQuery::parse("a & b"), Err(QueryError::UnexpectedCharacter('&')));
+        assert!(matches!(
+            PermissionQuery::parse("a b"),
+            Err(QueryError::UnexpectedToken(_))
+        ));
+        assert!(matches!(
+            PermissionQuery::parse("a)"),
+            Err(QueryError::UnexpectedToken(_))
+        ));
+        assert_eq!(
+            PermissionQuery::parse("a & b"),
+            Err(QueryError::UnexpectedCharacter('&'))
+        );
         let deep = format!("{}a{}", "(".repeat(40), ")".repeat(40));
         assert_eq!(PermissionQuery::parse(&deep), Err(QueryError::TooDeep));
-        assert_eq!(PermissionQuery::parse(&"a ".repeat(3000)), Err(QueryError::TooLong));
+        assert_eq!(
+            PermissionQuery::parse(&"a ".repeat(3000)),
+            Err(QueryError::TooLong)
+        );
     }
 
     #[test]

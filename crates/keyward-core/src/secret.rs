@@ -70,7 +70,8 @@ impl<'a> ParsedKey<'a> {
             return Err(KeyFormatError::TooLong);
         }
         let mut parts = candidate.rsplitn(3, '_');
-        let (Some(body), Some(environment), Some(prefix)) = (parts.next(), parts.next(), parts.next())
+        let (Some(body), Some(environment), Some(prefix)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(KeyFormatError::Malformed);
         };
@@ -78,8 +79,7 @@ impl<'a> ParsedKey<'a> {
             return Err(KeyFormatError::Malformed);
         }
         validate_prefix(prefix).map_err(|_| KeyFormatError::BadPrefix)?;
-        let environment =
-            Environment::parse(environment).ok_or(KeyFormatError::BadEnvironment)?;
+        let environment = Environment::parse(environment).ok_or(KeyFormatError::BadEnvironment)?;
         let (signed, checksum) = candidate.split_at(candidate.len() - CHECKSUM_LEN);
         if checksum.as_bytes() != checksum_of(signed) {
             return Err(KeyFormatError::BadChecksum);
@@ -117,7 +117,9 @@ impl<'a> ParsedKey<'a> {
 /// Why a prefix was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PrefixError {
-    #[error("a key prefix is 1 to 20 characters: a lowercase letter, then lowercase letters or digits")]
+    #[error(
+        "a key prefix is 1 to 20 characters: a lowercase letter, then lowercase letters or digits"
+    )]
     Invalid,
     #[error("this key prefix is reserved for Keyward's own credentials")]
     Reserved,
@@ -269,15 +271,31 @@ mod tests {
             ("kw_live_", KeyFormatError::Malformed),
             ("nounderscores", KeyFormatError::Malformed),
             (&good[..good.len() - 1], KeyFormatError::Malformed),
-            ("kw_prod_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", KeyFormatError::BadEnvironment),
-            ("KW_live_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", KeyFormatError::BadPrefix),
-            ("kw_live_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", KeyFormatError::BadChecksum),
+            (
+                "kw_prod_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                KeyFormatError::BadEnvironment,
+            ),
+            (
+                "KW_live_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                KeyFormatError::BadPrefix,
+            ),
+            (
+                "kw_live_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                KeyFormatError::BadChecksum,
+            ),
         ];
         for (candidate, expected) in cases {
-            assert_eq!(ParsedKey::parse(candidate).unwrap_err(), expected, "{candidate:?}");
+            assert_eq!(
+                ParsedKey::parse(candidate).unwrap_err(),
+                expected,
+                "{candidate:?}"
+            );
         }
         let long = "a".repeat(MAX_KEY_LEN + 1);
-        assert_eq!(ParsedKey::parse(&long).unwrap_err(), KeyFormatError::TooLong);
+        assert_eq!(
+            ParsedKey::parse(&long).unwrap_err(),
+            KeyFormatError::TooLong
+        );
     }
 
     #[test]
@@ -286,7 +304,10 @@ mod tests {
         assert_eq!(validate_app_prefix("pk"), Err(PrefixError::Reserved));
         assert_eq!(validate_app_prefix("a_b"), Err(PrefixError::Invalid));
         assert_eq!(validate_app_prefix("1abc"), Err(PrefixError::Invalid));
-        assert_eq!(validate_app_prefix(&"a".repeat(21)), Err(PrefixError::Invalid));
+        assert_eq!(
+            validate_app_prefix(&"a".repeat(21)),
+            Err(PrefixError::Invalid)
+        );
         assert_eq!(validate_app_prefix("acme2"), Ok(()));
     }
 

@@ -15,7 +15,9 @@ pub enum FieldError {
     Length { field: &'static str, max: usize },
     #[error("`{field}` must not contain control characters")]
     ControlCharacter { field: &'static str },
-    #[error("`slug` must be lowercase letters, digits and dashes, starting with a letter or digit")]
+    #[error(
+        "`slug` must be lowercase letters, digits and dashes, starting with a letter or digit"
+    )]
     Slug,
     #[error("{0:?} is not a valid permission name")]
     Permission(String),

@@ -164,11 +164,17 @@ mod tests {
         let mut facts = active(&none);
         facts.expires_at = Some(NOW.plus_millis(1));
         assert_eq!(decide(&facts, None, NOW), VerifyCode::Valid);
-        assert_eq!(decide(&facts, None, NOW.plus_millis(1)), VerifyCode::KeyExpired);
+        assert_eq!(
+            decide(&facts, None, NOW.plus_millis(1)),
+            VerifyCode::KeyExpired
+        );
         facts.expires_at = None;
         facts.secret_expires_at = Some(NOW.plus_seconds(60));
         assert_eq!(decide(&facts, None, NOW), VerifyCode::Valid);
-        assert_eq!(decide(&facts, None, NOW.plus_seconds(60)), VerifyCode::InvalidKey);
+        assert_eq!(
+            decide(&facts, None, NOW.plus_seconds(60)),
+            VerifyCode::InvalidKey
+        );
     }
 
     #[test]

@@ -1,1 +1,34 @@
+//! Keyward's wire types: the JSON bodies of SPEC §3–4, shared by the server, the CLI and the
+//! SDK so that the three can never disagree about a field.
+//!
+//! Architecture invariant: only plain data lives here; no behaviour, no I/O. Request types
+//! reject unknown fields, timestamps travel as RFC 3339 strings, and every type carries its
+//! OpenAPI schema.
 
+mod apps;
+mod common;
+mod environment;
+mod keys;
+mod root_keys;
+mod verify;
+
+pub use apps::*;
+pub use common::*;
+pub use environment::*;
+pub use keys::*;
+pub use root_keys::*;
+pub use verify::*;
+
+/// Serde helpers for PATCH bodies, where a field may be absent (keep), `null` (clear) or a value.
+pub mod patch {
+    use serde::{Deserialize, Deserializer};
+
+    /// `Some(None)` for an explicit `null`, `None` for an absent field (with `#[serde(default)]`).
+    pub fn nullable<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+    where
+        T: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Option::<T>::deserialize(deserializer).map(Some)
+    }
+}

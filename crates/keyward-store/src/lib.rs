@@ -1,1 +1,205 @@
+//! Keyward's storage: the [`Store`] trait, and its SQL implementation ([`SqlStore`]).
+//!
+//! Architecture invariant: storage knows records and transactions, not HTTP, caches or
+//! secrets. It sees only SHA-256 hashes. Every mutation writes its audit entry in the same
+//! transaction as the change, so an acknowledged change always has its audit trail.
 
+mod error;
+mod sql;
+
+use async_trait::async_trait;
+use keyward_core::model::{
+    ApiKey, App, AuditEntry, EnvironmentSettings, KeyStatus, RootKey, SecretRecord, Tenancy,
+};
+use keyward_core::{KeyHash, Timestamp};
+
+pub use error::StoreError;
+pub use sql::{SqlStore, StoreOptions};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Who makes a change, and when: what the audit entry records.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub tenancy: Tenancy,
+    /// The id of the credential that asked for the change, e.g. `rk_…`.
+    pub actor: String,
+    pub request_id: Option<String>,
+    pub audit_id: String,
+    pub now: Timestamp,
+}
+
+/// A page request: up to `limit` records older than the record named by `cursor`.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    pub owner_user_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub status: Option<KeyStatus>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub target: Option<String>,
+}
+
+/// Changes to an app; `None` keeps a field.
+#[derive(Debug, Clone, Default)]
+pub struct AppPatch {
+    pub name: Option<String>,
+    pub permissions: Option<Vec<String>>,
+}
+
+/// Changes to a key; `None` keeps a field, `Some(None)` clears a nullable one.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub owner_user_id: Option<Option<String>>,
+    pub permissions: Option<Vec<String>>,
+    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+    pub expires_at: Option<Option<Timestamp>>,
+    pub enabled: Option<bool>,
+}
+
+impl KeyPatch {
+    pub fn apply(&self, key: &mut ApiKey) {
+        if let Some(name) = &self.name {
+            key.name.clone_from(name);
+        }
+        if let Some(owner) = &self.owner_user_id {
+            key.owner_user_id.clone_from(owner);
+        }
+        if let Some(permissions) = &self.permissions {
+            key.permissions.clone_from(permissions);
+        }
+        if let Some(meta) = &self.meta {
+            key.meta.clone_from(meta);
+        }
+        if let Some(expires_at) = self.expires_at {
+            key.expires_at = expires_at;
+        }
+        if let Some(enabled) = self.enabled {
+            key.enabled = enabled;
+        }
+    }
+}
+
+/// What a first start creates.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub workspace_id: String,
+    pub workspace_name: String,
+    pub environments: Vec<EnvironmentSettings>,
+    pub root_keys: Vec<(RootKey, KeyHash)>,
+    pub now: Timestamp,
+}
+
+/// A key found by the hash of one of its secrets.
+#[derive(Debug, Clone)]
+pub struct FoundKey {
+    pub key: ApiKey,
+    pub secret: SecretRecord,
+}
+
+#[derive(Debug, Clone)]
+pub struct FoundRootKey {
+    pub key: RootKey,
+    pub secret: SecretRecord,
+}
+
+/// A change to a credential and the hashes of every secret it had or has, so that caches can
+/// drop them.
+#[derive(Debug, Clone)]
+pub struct Changed<T> {
+    pub record: T,
+    pub affected_hashes: Vec<KeyHash>,
+}
+
+/// Everything Keyward keeps. Implementations must be safe to share between nodes: every
+/// method is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Whether storage answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Creates the first workspace unless one exists. `false` when another start did it first.
+    async fn bootstrap(&self, bootstrap: &Bootstrap) -> StoreResult<bool>;
+
+    async fn environment(&self, tenancy: &Tenancy) -> StoreResult<EnvironmentSettings>;
+    async fn update_environment(
+        &self,
+        change: &Change,
+        enhanced_security: Option<bool>,
+    ) -> StoreResult<EnvironmentSettings>;
+
+    async fn create_root_key(
+        &self,
+        change: &Change,
+        key: &RootKey,
+        hash: KeyHash,
+    ) -> StoreResult<()>;
+    async fn find_root_key(&self, hash: KeyHash) -> StoreResult<Option<FoundRootKey>>;
+    async fn list_root_keys(
+        &self,
+        tenancy: &Tenancy,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RootKey>>;
+    async fn revoke_root_key(&self, change: &Change, id: &str) -> StoreResult<Changed<RootKey>>;
+
+    async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()>;
+    async fn app_by_slug(&self, tenancy: &Tenancy, slug: &str) -> StoreResult<App>;
+    async fn list_apps(&self, tenancy: &Tenancy, page: &PageRequest) -> StoreResult<Page<App>>;
+    async fn update_app(&self, change: &Change, slug: &str, patch: &AppPatch) -> StoreResult<App>;
+    /// Deletes the app and revokes every key it has.
+    async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<App>;
+
+    async fn create_key(&self, change: &Change, key: &ApiKey, hash: KeyHash) -> StoreResult<()>;
+    async fn key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<ApiKey>;
+    async fn find_key(&self, hash: KeyHash) -> StoreResult<Option<FoundKey>>;
+    async fn list_keys(
+        &self,
+        tenancy: &Tenancy,
+        app_id: &str,
+        filter: &KeyFilter,
+        page: &PageRequest,
+        now: Timestamp,
+    ) -> StoreResult<Page<ApiKey>>;
+    async fn update_key(
+        &self,
+        change: &Change,
+        id: &str,
+        patch: &KeyPatch,
+    ) -> StoreResult<Changed<ApiKey>>;
+    async fn revoke_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>>;
+    /// Gives the key a new secret. Its previous secrets stop working at `previous_expire_at`,
+    /// or at once when it is `None`.
+    async fn rotate_key(
+        &self,
+        change: &Change,
+        id: &str,
+        new_secret: (KeyHash, &str),
+        previous_expire_at: Option<Timestamp>,
+    ) -> StoreResult<Changed<ApiKey>>;
+    async fn delete_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>>;
+    /// Records when keys were last used; an older time never overwrites a newer one.
+    async fn record_last_used(&self, uses: &[(String, Timestamp)]) -> StoreResult<()>;
+
+    async fn list_audit(
+        &self,
+        tenancy: &Tenancy,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AuditEntry>>;
+}

@@ -1,0 +1,58 @@
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use time::OffsetDateTime;
+
+/// A permission query: an expression such as `read:data AND (write:data OR admin)`, or a list
+/// of permissions that are all required.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PermissionQuery {
+    Expression(String),
+    AllOf(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyKeyRequest {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<PermissionQuery>,
+    /// Credits this call spends; 1 by default. Only keys with credits are charged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_cost: Option<u32>,
+    /// The tenant the request is for (signed user tokens only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+/// The verdict. Always HTTP 200; `status` is what the caller's own API should answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VerifyKeyResponse {
+    pub valid: bool,
+    /// `VALID`, `INVALID_KEY`, `KEY_REVOKED`, `KEY_DISABLED`, `KEY_EXPIRED`,
+    /// `INSUFFICIENT_PERMISSIONS`, `TENANT_MISMATCH`, `RATE_LIMITED` or `USAGE_EXCEEDED`.
+    pub code: String,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
+}

@@ -1,0 +1,1108 @@
+//! The SQL implementation of [`Store`], on SQLite (embedded, the default) through sqlx's
+//! runtime-selected `Any` driver, so that one body of queries serves every backend.
+//!
+//! Queries use `$N` placeholders, numbered in order of first use, which every backend accepts.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyward_core::model::{
+    ApiKey, App, AuditEntry, Environment, EnvironmentSettings, KeyStatus, RootKey, SecretRecord,
+    Tenancy,
+};
+use keyward_core::scope::ScopeSet;
+use keyward_core::{KeyHash, Timestamp};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, ConnectOptions, Executor, Row};
+
+use crate::{
+    AppPatch, AuditFilter, Bootstrap, Change, Changed, FoundKey, FoundRootKey, KeyFilter, KeyPatch,
+    Page, PageRequest, Store, StoreError, StoreResult,
+};
+
+type Transaction<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// WAL lets readers run beside the writer; `synchronous = FULL` makes every acknowledged
+/// commit survive a crash of the process or of the machine.
+const SQLITE_PRAGMAS: [&str; 4] = [
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA foreign_keys = ON",
+];
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How to reach storage.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// `sqlite://…` (see [`SqlStore::sqlite_url`]).
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("StoreOptions")
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    /// Reads run here, concurrently.
+    reader: AnyPool,
+    /// Writes run here. On SQLite this pool has a single connection, so writers queue in
+    /// the pool instead of failing with "database is locked".
+    writer: AnyPool,
+}
+
+impl SqlStore {
+    /// The URL of the embedded database inside `data_dir`.
+    pub fn sqlite_url(data_dir: &Path) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("keyward.db").display()
+        )
+    }
+
+    /// Connects and brings the schema up to date.
+    pub async fn connect(options: &StoreOptions) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if options.url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::Corrupt(
+                "unsupported database URL: use sqlite://".to_owned(),
+            ));
+        };
+        let connect_options = AnyConnectOptions::from_str(&options.url)
+            .map_err(StoreError::from)?
+            .disable_statement_logging();
+        let pool = |size: u32| {
+            AnyPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(options.acquire_timeout)
+                .after_connect(move |connection, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            for pragma in SQLITE_PRAGMAS {
+                                connection.execute(pragma).await?;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .connect_with(connect_options.clone())
+        };
+        let writer = pool(1).await?;
+        SQLITE_MIGRATIONS.run(&writer).await?;
+        let reader = pool(options.max_connections.max(1)).await?;
+        Ok(Self { reader, writer })
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+const KEY_SELECT: &str =
+    "SELECT k.id, k.workspace_id, k.environment, k.app_id, a.slug AS app_slug, \
+     k.name, k.owner_user_id, k.organization_id, k.permissions, k.meta, k.start, k.expires_at, \
+     k.enabled, k.revoked_at, k.created_at, k.updated_at, k.last_used_at \
+     FROM api_keys k JOIN apps a ON a.id = k.app_id";
+
+const APP_SELECT: &str = "SELECT id, workspace_id, environment, name, slug, permissions, \
+     organization_id, key_prefix, created_at, updated_at FROM apps";
+
+const ROOT_KEY_SELECT: &str = "SELECT r.id, r.workspace_id, r.environment, r.name, r.scopes, \
+     r.start, r.created_at, r.revoked_at FROM root_keys r";
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("unreadable {what}"))
+}
+
+fn timestamp(row: &AnyRow, column: &str) -> StoreResult<Timestamp> {
+    Ok(Timestamp::from_millis(row.try_get::<i64, _>(column)?))
+}
+
+fn optional_timestamp(row: &AnyRow, column: &str) -> StoreResult<Option<Timestamp>> {
+    Ok(row
+        .try_get::<Option<i64>, _>(column)?
+        .map(Timestamp::from_millis))
+}
+
+/// Booleans are native on PostgreSQL and integers on SQLite, whose booleans `Any` cannot read.
+fn flag(row: &AnyRow, column: &str) -> StoreResult<bool> {
+    match row.try_get::<bool, _>(column) {
+        Ok(value) => Ok(value),
+        Err(_) => Ok(row.try_get::<i64, _>(column)? != 0),
+    }
+}
+
+fn tenancy_from_row(row: &AnyRow) -> StoreResult<Tenancy> {
+    let environment: String = row.try_get("environment")?;
+    Ok(Tenancy {
+        workspace_id: row.try_get("workspace_id")?,
+        environment: Environment::parse(&environment).ok_or_else(|| corrupt("environment"))?,
+    })
+}
+
+fn json_list(row: &AnyRow, column: &str) -> StoreResult<Vec<String>> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text).map_err(|_| corrupt(column))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn app_from_row(row: &AnyRow) -> StoreResult<App> {
+    Ok(App {
+        id: row.try_get("id")?,
+        tenancy: tenancy_from_row(row)?,
+        name: row.try_get("name")?,
+        slug: row.try_get("slug")?,
+        permissions: json_list(row, "permissions")?,
+        rate_limit_scheme: None,
+        organization_id: row.try_get("organization_id")?,
+        key_prefix: row.try_get("key_prefix")?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+fn key_from_row(row: &AnyRow) -> StoreResult<ApiKey> {
+    let meta: String = row.try_get("meta")?;
+    Ok(ApiKey {
+        id: row.try_get("id")?,
+        tenancy: tenancy_from_row(row)?,
+        app_id: row.try_get("app_id")?,
+        app_slug: row.try_get("app_slug")?,
+        name: row.try_get("name")?,
+        owner_user_id: row.try_get("owner_user_id")?,
+        organization_id: row.try_get("organization_id")?,
+        permissions: json_list(row, "permissions")?,
+        meta: serde_json::from_str(&meta).map_err(|_| corrupt("meta"))?,
+        start: row.try_get("start")?,
+        expires_at: optional_timestamp(row, "expires_at")?,
+        enabled: flag(row, "enabled")?,
+        revoked_at: optional_timestamp(row, "revoked_at")?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
+        last_used_at: optional_timestamp(row, "last_used_at")?,
+    })
+}
+
+fn root_key_from_row(row: &AnyRow) -> StoreResult<RootKey> {
+    let names = json_list(row, "scopes")?;
+    let scopes =
+        ScopeSet::parse(names.iter().map(String::as_str)).map_err(|_| corrupt("scopes"))?;
+    Ok(RootKey {
+        id: row.try_get("id")?,
+        tenancy: tenancy_from_row(row)?,
+        name: row.try_get("name")?,
+        scopes,
+        start: row.try_get("start")?,
+        created_at: timestamp(row, "created_at")?,
+        revoked_at: optional_timestamp(row, "revoked_at")?,
+    })
+}
+
+fn secret_from_row(row: &AnyRow) -> StoreResult<SecretRecord> {
+    let bytes: Vec<u8> = row.try_get("hash")?;
+    Ok(SecretRecord {
+        hash: KeyHash::from_slice(&bytes).ok_or_else(|| corrupt("hash"))?,
+        expires_at: optional_timestamp(row, "secret_expires_at")?,
+    })
+}
+
+/// Trims a page fetched with one extra row and names the cursor of the next one.
+fn paginate<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> &str) -> Page<T> {
+    let limit = limit as usize;
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|last| id(last).to_owned())
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+async fn audit(
+    tx: &mut Transaction<'_>,
+    change: &Change,
+    action: &str,
+    target: &str,
+    details: serde_json::Value,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, workspace_id, environment, actor, action, target, \
+         request_id, details, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&change.audit_id)
+    .bind(&change.tenancy.workspace_id)
+    .bind(change.tenancy.environment.as_str())
+    .bind(&change.actor)
+    .bind(action)
+    .bind(target)
+    .bind(&change.request_id)
+    .bind(details.to_string())
+    .bind(change.now.as_millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_secret(
+    tx: &mut Transaction<'_>,
+    hash: KeyHash,
+    credential_id: &str,
+    expires_at: Option<Timestamp>,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO secrets (hash, credential_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(hash.as_bytes().to_vec())
+        .bind(credential_id)
+        .bind(expires_at.map(Timestamp::as_millis))
+        .execute(&mut **tx)
+        .await
+        .map_err(|error| {
+            if StoreError::is_unique_violation(&error) {
+                StoreError::Conflict("secret already exists")
+            } else {
+                error.into()
+            }
+        })?;
+    Ok(())
+}
+
+async fn secrets_of(
+    tx: &mut Transaction<'_>,
+    credential_id: &str,
+) -> StoreResult<Vec<SecretRecord>> {
+    let rows = sqlx::query(
+        "SELECT hash, expires_at AS secret_expires_at FROM secrets WHERE credential_id = $1",
+    )
+    .bind(credential_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(secret_from_row).collect()
+}
+
+async fn key_in_tx(tx: &mut Transaction<'_>, tenancy: &Tenancy, id: &str) -> StoreResult<ApiKey> {
+    let row = sqlx::query(&format!(
+        "{KEY_SELECT} WHERE k.id = $1 AND k.workspace_id = $2 AND k.environment = $3"
+    ))
+    .bind(id)
+    .bind(&tenancy.workspace_id)
+    .bind(tenancy.environment.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::NotFound("key"))?;
+    key_from_row(&row)
+}
+
+async fn write_key(tx: &mut Transaction<'_>, key: &ApiKey) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE api_keys SET name = $1, owner_user_id = $2, organization_id = $3, \
+         permissions = $4, meta = $5, start = $6, expires_at = $7, enabled = $8, \
+         revoked_at = $9, updated_at = $10 WHERE id = $11",
+    )
+    .bind(&key.name)
+    .bind(&key.owner_user_id)
+    .bind(&key.organization_id)
+    .bind(to_json(&key.permissions))
+    .bind(to_json(&key.meta))
+    .bind(&key.start)
+    .bind(key.expires_at.map(Timestamp::as_millis))
+    .bind(key.enabled)
+    .bind(key.revoked_at.map(Timestamp::as_millis))
+    .bind(key.updated_at.as_millis())
+    .bind(&key.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn app_in_tx(tx: &mut Transaction<'_>, tenancy: &Tenancy, slug: &str) -> StoreResult<App> {
+    let row = sqlx::query(&format!(
+        "{APP_SELECT} WHERE workspace_id = $1 AND environment = $2 AND slug = $3 \
+         AND deleted_at IS NULL"
+    ))
+    .bind(&tenancy.workspace_id)
+    .bind(tenancy.environment.as_str())
+    .bind(slug)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::NotFound("app"))?;
+    app_from_row(&row)
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn bootstrap(&self, bootstrap: &Bootstrap) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO installation (singleton, workspace_id, created_at) VALUES (1, $1, $2) \
+             ON CONFLICT (singleton) DO NOTHING",
+        )
+        .bind(&bootstrap.workspace_id)
+        .bind(bootstrap.now.as_millis())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO workspaces (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&bootstrap.workspace_id)
+            .bind(&bootstrap.workspace_name)
+            .bind(bootstrap.now.as_millis())
+            .execute(&mut *tx)
+            .await?;
+        for settings in &bootstrap.environments {
+            sqlx::query(
+                "INSERT INTO environments (workspace_id, environment, enhanced_security, \
+                 updated_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&settings.workspace_id)
+            .bind(settings.environment.as_str())
+            .bind(settings.enhanced_security)
+            .bind(settings.updated_at.as_millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (key, hash) in &bootstrap.root_keys {
+            insert_root_key(&mut tx, key, *hash).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn environment(&self, tenancy: &Tenancy) -> StoreResult<EnvironmentSettings> {
+        let row = sqlx::query(
+            "SELECT workspace_id, environment, enhanced_security, updated_at FROM environments \
+             WHERE workspace_id = $1 AND environment = $2",
+        )
+        .bind(&tenancy.workspace_id)
+        .bind(tenancy.environment.as_str())
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or(StoreError::NotFound("environment"))?;
+        environment_from_row(&row)
+    }
+
+    async fn update_environment(
+        &self,
+        change: &Change,
+        enhanced_security: Option<bool>,
+    ) -> StoreResult<EnvironmentSettings> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(enhanced_security) = enhanced_security {
+            let updated = sqlx::query(
+                "UPDATE environments SET enhanced_security = $1, updated_at = $2 \
+                 WHERE workspace_id = $3 AND environment = $4",
+            )
+            .bind(enhanced_security)
+            .bind(change.now.as_millis())
+            .bind(&change.tenancy.workspace_id)
+            .bind(change.tenancy.environment.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                return Err(StoreError::NotFound("environment"));
+            }
+        }
+        audit(
+            &mut tx,
+            change,
+            "environment.update",
+            change.tenancy.environment.as_str(),
+            serde_json::json!({ "enhanced_security": enhanced_security }),
+        )
+        .await?;
+        let row = sqlx::query(
+            "SELECT workspace_id, environment, enhanced_security, updated_at FROM environments \
+             WHERE workspace_id = $1 AND environment = $2",
+        )
+        .bind(&change.tenancy.workspace_id)
+        .bind(change.tenancy.environment.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound("environment"))?;
+        let settings = environment_from_row(&row)?;
+        tx.commit().await?;
+        Ok(settings)
+    }
+
+    async fn create_root_key(
+        &self,
+        change: &Change,
+        key: &RootKey,
+        hash: KeyHash,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        insert_root_key(&mut tx, key, hash).await?;
+        audit(
+            &mut tx,
+            change,
+            "root_key.create",
+            &key.id,
+            serde_json::json!({ "name": key.name, "scopes": key.scopes.to_names() }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_root_key(&self, hash: KeyHash) -> StoreResult<Option<FoundRootKey>> {
+        let row = sqlx::query(
+            &format!(
+                "{ROOT_KEY_SELECT}, s.hash, s.expires_at AS secret_expires_at \
+             FROM secrets s JOIN root_keys r ON r.id = s.credential_id WHERE s.hash = $1"
+            )
+            .replace("FROM root_keys r,", ","),
+        )
+        .bind(hash.as_bytes().to_vec())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| {
+            Ok(FoundRootKey {
+                key: root_key_from_row(&row)?,
+                secret: secret_from_row(&row)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_root_keys(
+        &self,
+        tenancy: &Tenancy,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RootKey>> {
+        let rows = sqlx::query(&format!(
+            "{ROOT_KEY_SELECT} WHERE r.workspace_id = $1 AND r.environment = $2 AND r.id < $3 \
+             ORDER BY r.id DESC LIMIT $4"
+        ))
+        .bind(&tenancy.workspace_id)
+        .bind(tenancy.environment.as_str())
+        .bind(cursor_bound(page))
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let keys = rows
+            .iter()
+            .map(root_key_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(paginate(keys, page.limit, |key| &key.id))
+    }
+
+    async fn revoke_root_key(&self, change: &Change, id: &str) -> StoreResult<Changed<RootKey>> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(&format!(
+            "{ROOT_KEY_SELECT} WHERE r.id = $1 AND r.workspace_id = $2 AND r.environment = $3"
+        ))
+        .bind(id)
+        .bind(&change.tenancy.workspace_id)
+        .bind(change.tenancy.environment.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound("root key"))?;
+        let mut key = root_key_from_row(&row)?;
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(change.now);
+            sqlx::query("UPDATE root_keys SET revoked_at = $1 WHERE id = $2")
+                .bind(change.now.as_millis())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            audit(
+                &mut tx,
+                change,
+                "root_key.revoke",
+                id,
+                serde_json::json!({}),
+            )
+            .await?;
+        }
+        let affected_hashes = secrets_of(&mut tx, id)
+            .await?
+            .iter()
+            .map(|s| s.hash)
+            .collect();
+        tx.commit().await?;
+        Ok(Changed {
+            record: key,
+            affected_hashes,
+        })
+    }
+
+    async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO apps (id, workspace_id, environment, name, slug, permissions, \
+             organization_id, key_prefix, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&app.id)
+        .bind(&app.tenancy.workspace_id)
+        .bind(app.tenancy.environment.as_str())
+        .bind(&app.name)
+        .bind(&app.slug)
+        .bind(to_json(&app.permissions))
+        .bind(&app.organization_id)
+        .bind(&app.key_prefix)
+        .bind(app.created_at.as_millis())
+        .bind(app.updated_at.as_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| {
+            if StoreError::is_unique_violation(&error) {
+                StoreError::Conflict("app_slug_taken")
+            } else {
+                error.into()
+            }
+        })?;
+        audit(
+            &mut tx,
+            change,
+            "app.create",
+            &app.id,
+            serde_json::json!({ "slug": app.slug, "name": app.name }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn app_by_slug(&self, tenancy: &Tenancy, slug: &str) -> StoreResult<App> {
+        let row = sqlx::query(&format!(
+            "{APP_SELECT} WHERE workspace_id = $1 AND environment = $2 AND slug = $3 \
+             AND deleted_at IS NULL"
+        ))
+        .bind(&tenancy.workspace_id)
+        .bind(tenancy.environment.as_str())
+        .bind(slug)
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or(StoreError::NotFound("app"))?;
+        app_from_row(&row)
+    }
+
+    async fn list_apps(&self, tenancy: &Tenancy, page: &PageRequest) -> StoreResult<Page<App>> {
+        let rows = sqlx::query(&format!(
+            "{APP_SELECT} WHERE workspace_id = $1 AND environment = $2 AND deleted_at IS NULL \
+             AND id < $3 ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(&tenancy.workspace_id)
+        .bind(tenancy.environment.as_str())
+        .bind(cursor_bound(page))
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let apps = rows
+            .iter()
+            .map(app_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(paginate(apps, page.limit, |app| &app.id))
+    }
+
+    async fn update_app(&self, change: &Change, slug: &str, patch: &AppPatch) -> StoreResult<App> {
+        let mut tx = self.writer.begin().await?;
+        let mut app = app_in_tx(&mut tx, &change.tenancy, slug).await?;
+        if let Some(name) = &patch.name {
+            app.name.clone_from(name);
+        }
+        if let Some(permissions) = &patch.permissions {
+            let removed: Vec<&String> = app
+                .permissions
+                .iter()
+                .filter(|held| !permissions.contains(held))
+                .collect();
+            for permission in removed {
+                // Names are validated to exclude quotes, so this matches whole JSON strings.
+                let in_use = sqlx::query(
+                    "SELECT 1 FROM api_keys WHERE app_id = $1 AND revoked_at IS NULL \
+                     AND permissions LIKE $2 LIMIT 1",
+                )
+                .bind(&app.id)
+                .bind(format!("%\"{permission}\"%"))
+                .fetch_optional(&mut *tx)
+                .await?;
+                if in_use.is_some() {
+                    return Err(StoreError::Conflict("permission_in_use"));
+                }
+            }
+            app.permissions.clone_from(permissions);
+        }
+        app.updated_at = change.now;
+        sqlx::query("UPDATE apps SET name = $1, permissions = $2, updated_at = $3 WHERE id = $4")
+            .bind(&app.name)
+            .bind(to_json(&app.permissions))
+            .bind(app.updated_at.as_millis())
+            .bind(&app.id)
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            change,
+            "app.update",
+            &app.id,
+            serde_json::json!({ "name": patch.name, "permissions": patch.permissions }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(app)
+    }
+
+    async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<App> {
+        let mut tx = self.writer.begin().await?;
+        let app = app_in_tx(&mut tx, &change.tenancy, slug).await?;
+        sqlx::query("UPDATE apps SET deleted_at = $1 WHERE id = $2")
+            .bind(change.now.as_millis())
+            .bind(&app.id)
+            .execute(&mut *tx)
+            .await?;
+        let revoked = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1, updated_at = $1 \
+             WHERE app_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(change.now.as_millis())
+        .bind(&app.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        audit(
+            &mut tx,
+            change,
+            "app.delete",
+            &app.id,
+            serde_json::json!({ "slug": app.slug, "revoked_keys": revoked }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(app)
+    }
+
+    async fn create_key(&self, change: &Change, key: &ApiKey, hash: KeyHash) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, workspace_id, environment, app_id, name, owner_user_id, \
+             organization_id, permissions, meta, start, expires_at, enabled, revoked_at, \
+             created_at, updated_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .bind(&key.id)
+        .bind(&key.tenancy.workspace_id)
+        .bind(key.tenancy.environment.as_str())
+        .bind(&key.app_id)
+        .bind(&key.name)
+        .bind(&key.owner_user_id)
+        .bind(&key.organization_id)
+        .bind(to_json(&key.permissions))
+        .bind(to_json(&key.meta))
+        .bind(&key.start)
+        .bind(key.expires_at.map(Timestamp::as_millis))
+        .bind(key.enabled)
+        .bind(key.revoked_at.map(Timestamp::as_millis))
+        .bind(key.created_at.as_millis())
+        .bind(key.updated_at.as_millis())
+        .bind(key.last_used_at.map(Timestamp::as_millis))
+        .execute(&mut *tx)
+        .await?;
+        insert_secret(&mut tx, hash, &key.id, None).await?;
+        audit(
+            &mut tx,
+            change,
+            "key.create",
+            &key.id,
+            serde_json::json!({ "app": key.app_slug, "name": key.name }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<ApiKey> {
+        let row = sqlx::query(&format!(
+            "{KEY_SELECT} WHERE k.id = $1 AND k.workspace_id = $2 AND k.environment = $3"
+        ))
+        .bind(id)
+        .bind(&tenancy.workspace_id)
+        .bind(tenancy.environment.as_str())
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or(StoreError::NotFound("key"))?;
+        key_from_row(&row)
+    }
+
+    async fn find_key(&self, hash: KeyHash) -> StoreResult<Option<FoundKey>> {
+        let row = sqlx::query(
+            &format!("{KEY_SELECT} JOIN secrets s ON s.credential_id = k.id WHERE s.hash = $1")
+                .replace(
+                    "k.last_used_at FROM",
+                    "k.last_used_at, s.hash, s.expires_at AS secret_expires_at FROM",
+                ),
+        )
+        .bind(hash.as_bytes().to_vec())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| {
+            Ok(FoundKey {
+                key: key_from_row(&row)?,
+                secret: secret_from_row(&row)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_keys(
+        &self,
+        tenancy: &Tenancy,
+        app_id: &str,
+        filter: &KeyFilter,
+        page: &PageRequest,
+        now: Timestamp,
+    ) -> StoreResult<Page<ApiKey>> {
+        let mut query = sqlx::QueryBuilder::<sqlx::Any>::new(KEY_SELECT);
+        query
+            .push(" WHERE k.app_id = ")
+            .push_bind(app_id.to_owned());
+        query
+            .push(" AND k.workspace_id = ")
+            .push_bind(tenancy.workspace_id.clone());
+        query
+            .push(" AND k.environment = ")
+            .push_bind(tenancy.environment.as_str());
+        query.push(" AND k.id < ").push_bind(cursor_bound(page));
+        if let Some(owner) = &filter.owner_user_id {
+            query
+                .push(" AND k.owner_user_id = ")
+                .push_bind(owner.clone());
+        }
+        if let Some(organization) = &filter.organization_id {
+            query
+                .push(" AND k.organization_id = ")
+                .push_bind(organization.clone());
+        }
+        // The same precedence as `ApiKey::status`: revoked, disabled, expired, active.
+        match filter.status {
+            None => {}
+            Some(KeyStatus::Revoked) => {
+                query.push(" AND k.revoked_at IS NOT NULL");
+            }
+            Some(KeyStatus::Disabled) => {
+                query
+                    .push(" AND k.revoked_at IS NULL AND k.enabled = ")
+                    .push_bind(false);
+            }
+            Some(KeyStatus::Expired) => {
+                query
+                    .push(" AND k.revoked_at IS NULL AND k.enabled = ")
+                    .push_bind(true);
+                query
+                    .push(" AND k.expires_at <= ")
+                    .push_bind(now.as_millis());
+            }
+            Some(KeyStatus::Active) => {
+                query
+                    .push(" AND k.revoked_at IS NULL AND k.enabled = ")
+                    .push_bind(true);
+                query
+                    .push(" AND (k.expires_at IS NULL OR k.expires_at > ")
+                    .push_bind(now.as_millis())
+                    .push(")");
+            }
+        }
+        query
+            .push(" ORDER BY k.id DESC LIMIT ")
+            .push_bind(i64::from(page.limit) + 1);
+        let rows = query.build().fetch_all(&self.reader).await?;
+        let keys = rows
+            .iter()
+            .map(key_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(paginate(keys, page.limit, |key| &key.id))
+    }
+
+    async fn update_key(
+        &self,
+        change: &Change,
+        id: &str,
+        patch: &KeyPatch,
+    ) -> StoreResult<Changed<ApiKey>> {
+        let mut tx = self.writer.begin().await?;
+        let mut key = key_in_tx(&mut tx, &change.tenancy, id).await?;
+        patch.apply(&mut key);
+        key.updated_at = change.now;
+        write_key(&mut tx, &key).await?;
+        audit(
+            &mut tx,
+            change,
+            "key.update",
+            id,
+            serde_json::json!({
+                "fields": patch_fields(patch),
+                "enabled": patch.enabled,
+            }),
+        )
+        .await?;
+        let affected_hashes = secrets_of(&mut tx, id)
+            .await?
+            .iter()
+            .map(|s| s.hash)
+            .collect();
+        tx.commit().await?;
+        Ok(Changed {
+            record: key,
+            affected_hashes,
+        })
+    }
+
+    async fn revoke_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>> {
+        let mut tx = self.writer.begin().await?;
+        let mut key = key_in_tx(&mut tx, &change.tenancy, id).await?;
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(change.now);
+            key.updated_at = change.now;
+            write_key(&mut tx, &key).await?;
+            audit(&mut tx, change, "key.revoke", id, serde_json::json!({})).await?;
+        }
+        let affected_hashes = secrets_of(&mut tx, id)
+            .await?
+            .iter()
+            .map(|s| s.hash)
+            .collect();
+        tx.commit().await?;
+        Ok(Changed {
+            record: key,
+            affected_hashes,
+        })
+    }
+
+    async fn rotate_key(
+        &self,
+        change: &Change,
+        id: &str,
+        new_secret: (KeyHash, &str),
+        previous_expire_at: Option<Timestamp>,
+    ) -> StoreResult<Changed<ApiKey>> {
+        let mut tx = self.writer.begin().await?;
+        let mut key = key_in_tx(&mut tx, &change.tenancy, id).await?;
+        if key.revoked_at.is_some() {
+            return Err(StoreError::Conflict("key_revoked"));
+        }
+        let previous = secrets_of(&mut tx, id).await?;
+        for secret in &previous {
+            let still_in_grace = secret.expires_at.is_none_or(|end| end > change.now);
+            // A grace period can shorten a previous secret's life, never lengthen it.
+            let end = match (previous_expire_at, secret.expires_at) {
+                (Some(grace), Some(existing)) => Some(grace.min(existing)),
+                (grace, None) => grace,
+                (None, Some(_)) => None,
+            };
+            match end {
+                Some(end) if still_in_grace => {
+                    sqlx::query("UPDATE secrets SET expires_at = $1 WHERE hash = $2")
+                        .bind(end.as_millis())
+                        .bind(secret.hash.as_bytes().to_vec())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                _ => {
+                    sqlx::query("DELETE FROM secrets WHERE hash = $1")
+                        .bind(secret.hash.as_bytes().to_vec())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        insert_secret(&mut tx, new_secret.0, id, None).await?;
+        new_secret.1.clone_into(&mut key.start);
+        key.updated_at = change.now;
+        write_key(&mut tx, &key).await?;
+        audit(
+            &mut tx,
+            change,
+            "key.rotate",
+            id,
+            serde_json::json!({
+                "previous_expire_at": previous_expire_at.map(Timestamp::as_millis),
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        let mut affected_hashes: Vec<KeyHash> = previous.iter().map(|s| s.hash).collect();
+        affected_hashes.push(new_secret.0);
+        Ok(Changed {
+            record: key,
+            affected_hashes,
+        })
+    }
+
+    async fn delete_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>> {
+        let mut tx = self.writer.begin().await?;
+        let mut key = key_in_tx(&mut tx, &change.tenancy, id).await?;
+        let affected_hashes = secrets_of(&mut tx, id)
+            .await?
+            .iter()
+            .map(|s| s.hash)
+            .collect();
+        sqlx::query("DELETE FROM secrets WHERE credential_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM api_keys WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            change,
+            "key.delete",
+            id,
+            serde_json::json!({ "app": key.app_slug, "name": key.name }),
+        )
+        .await?;
+        tx.commit().await?;
+        key.revoked_at.get_or_insert(change.now);
+        Ok(Changed {
+            record: key,
+            affected_hashes,
+        })
+    }
+
+    async fn record_last_used(&self, uses: &[(String, Timestamp)]) -> StoreResult<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = $1 \
+                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+            )
+            .bind(at.as_millis())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        tenancy: &Tenancy,
+        filter: &AuditFilter,
+        page: &PageRequest,
+    ) -> StoreResult<Page<AuditEntry>> {
+        let mut query = sqlx::QueryBuilder::<sqlx::Any>::new(
+            "SELECT id, workspace_id, environment, actor, action, target, request_id, details, \
+             created_at FROM audit_log WHERE workspace_id = ",
+        );
+        query.push_bind(tenancy.workspace_id.clone());
+        query
+            .push(" AND environment = ")
+            .push_bind(tenancy.environment.as_str());
+        query.push(" AND id < ").push_bind(cursor_bound(page));
+        if let Some(action) = &filter.action {
+            query.push(" AND action = ").push_bind(action.clone());
+        }
+        if let Some(target) = &filter.target {
+            query.push(" AND target = ").push_bind(target.clone());
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(page.limit) + 1);
+        let rows = query.build().fetch_all(&self.reader).await?;
+        let entries = rows
+            .iter()
+            .map(|row| {
+                let details: String = row.try_get("details")?;
+                Ok(AuditEntry {
+                    id: row.try_get("id")?,
+                    tenancy: tenancy_from_row(row)?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    request_id: row.try_get("request_id")?,
+                    details: serde_json::from_str(&details).map_err(|_| corrupt("details"))?,
+                    created_at: timestamp(row, "created_at")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(paginate(entries, page.limit, |entry| &entry.id))
+    }
+}
+
+/// Ids sort by creation time, and every id sorts below `~`, so with no cursor the first page
+/// starts at the newest record.
+fn cursor_bound(page: &PageRequest) -> String {
+    page.cursor.clone().unwrap_or_else(|| "~".to_owned())
+}
+
+fn patch_fields(patch: &KeyPatch) -> Vec<&'static str> {
+    [
+        ("name", patch.name.is_some()),
+        ("owner_user_id", patch.owner_user_id.is_some()),
+        ("permissions", patch.permissions.is_some()),
+        ("meta", patch.meta.is_some()),
+        ("expires_at", patch.expires_at.is_some()),
+        ("enabled", patch.enabled.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, present)| present.then_some(name))
+    .collect()
+}
+
+fn environment_from_row(row: &AnyRow) -> StoreResult<EnvironmentSettings> {
+    let tenancy = tenancy_from_row(row)?;
+    Ok(EnvironmentSettings {
+        workspace_id: tenancy.workspace_id,
+        environment: tenancy.environment,
+        enhanced_security: flag(row, "enhanced_security")?,
+        updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+async fn insert_root_key(
+    tx: &mut Transaction<'_>,
+    key: &RootKey,
+    hash: KeyHash,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO root_keys (id, workspace_id, environment, name, scopes, start, created_at, \
+         revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&key.id)
+    .bind(&key.tenancy.workspace_id)
+    .bind(key.tenancy.environment.as_str())
+    .bind(&key.name)
+    .bind(to_json(&key.scopes.to_names()))
+    .bind(&key.start)
+    .bind(key.created_at.as_millis())
+    .bind(key.revoked_at.map(Timestamp::as_millis))
+    .execute(&mut **tx)
+    .await?;
+    insert_secret(tx, hash, &key.id, None).await
+}
