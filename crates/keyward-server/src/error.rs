@@ -1,0 +1,208 @@
+//! The one place where failures become HTTP answers.
+//!
+//! Handlers return [`ApiError`]. Its response carries the error as an extension with an empty
+//! body; the request-id middleware renders the envelope, because only it knows the request id.
+//! Any other 4xx/5xx (unknown route, a layer's rejection, a panic) is rendered there too, so
+//! every error leaves the server in the envelope of SPEC §3.
+
+use std::borrow::Cow;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keyward_proto::ErrorType;
+use keyward_store::StoreError;
+
+/// What the envelope will say; attached to the response until the middleware renders it.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorPayload {
+    pub(crate) error_type: ErrorType,
+    pub(crate) code: Cow<'static, str>,
+    pub(crate) message: Cow<'static, str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    payload: ErrorPayload,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            payload: ErrorPayload {
+                error_type: error_type_for(status),
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+
+    pub fn invalid_api_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "Invalid or missing API key",
+        )
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    pub fn not_found(what: &'static str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("{}_not_found", what.replace(' ', "_")),
+            format!("No {what} with that identifier exists in this environment"),
+        )
+    }
+
+    /// 422: the request was well-formed JSON but a value is not acceptable.
+    pub fn invalid(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    /// 400: the request could not be read at all.
+    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "The server failed to handle the request; it has been logged",
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &str {
+        &self.payload.code
+    }
+}
+
+/// SPEC §3: each error type belongs to one status.
+pub(crate) fn error_type_for(status: StatusCode) -> ErrorType {
+    match status.as_u16() {
+        401 => ErrorType::AuthenticationError,
+        403 => ErrorType::PermissionError,
+        404 | 405 => ErrorType::NotFoundError,
+        409 => ErrorType::ConflictError,
+        413 => ErrorType::PayloadTooLarge,
+        415 => ErrorType::UnsupportedMediaType,
+        429 => ErrorType::RateLimitError,
+        503 | 504 => ErrorType::ServiceUnavailable,
+        400..=499 => ErrorType::ValidationError,
+        _ => ErrorType::InternalError,
+    }
+}
+
+/// The envelope for an error response that did not come from an [`ApiError`].
+pub(crate) fn payload_for_bare_status(status: StatusCode) -> ErrorPayload {
+    let (code, message) = match status.as_u16() {
+        404 => ("route_not_found", "No such route"),
+        405 => ("method_not_allowed", "This route does not accept that method"),
+        408 => ("request_timeout", "The request took too long"),
+        413 => ("payload_too_large", "The request body is larger than the server accepts"),
+        400..=499 => ("bad_request", "The request could not be understood"),
+        503 => ("service_unavailable", "The service is temporarily unavailable"),
+        _ => ("internal_error", "The server failed to handle the request; it has been logged"),
+    };
+    ErrorPayload {
+        error_type: error_type_for(status),
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(self.payload);
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(what) => ApiError::not_found(what),
+            StoreError::Conflict("app_slug_taken") => ApiError::new(
+                StatusCode::CONFLICT,
+                "app_slug_taken",
+                "An app with this slug already exists in this environment",
+            ),
+            StoreError::Conflict("permission_in_use") => ApiError::new(
+                StatusCode::CONFLICT,
+                "permission_in_use",
+                "A permission being removed is still held by a key of this app",
+            ),
+            StoreError::Conflict("key_revoked") => ApiError::new(
+                StatusCode::CONFLICT,
+                "key_revoked",
+                "A revoked key cannot be changed",
+            ),
+            StoreError::Conflict(code) => {
+                ApiError::new(StatusCode::CONFLICT, code, "The request conflicts with stored data")
+            }
+            StoreError::Unavailable(source) => {
+                tracing::warn!(error = %source, "storage unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "Storage is unreachable; try again shortly",
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "storage failed");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_maps_to_the_spec_type() {
+        let cases = [
+            (401, ErrorType::AuthenticationError),
+            (403, ErrorType::PermissionError),
+            (404, ErrorType::NotFoundError),
+            (409, ErrorType::ConflictError),
+            (400, ErrorType::ValidationError),
+            (422, ErrorType::ValidationError),
+            (413, ErrorType::PayloadTooLarge),
+            (415, ErrorType::UnsupportedMediaType),
+            (429, ErrorType::RateLimitError),
+            (500, ErrorType::InternalError),
+            (503, ErrorType::ServiceUnavailable),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(error_type_for(StatusCode::from_u16(status).unwrap()), expected);
+        }
+    }
+
+    #[test]
+    fn store_errors_never_leak_internals() {
+        let error = ApiError::from(StoreError::Corrupt("secret detail".to_owned()));
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!error.payload.message.contains("secret detail"));
+        assert_eq!(ApiError::from(StoreError::NotFound("key")).code(), "key_not_found");
+    }
+}

@@ -1,0 +1,142 @@
+//! Cross-cutting request handling: request ids, the `API-Version` header, rendering error
+//! envelopes, the 415 rule, and one access-log line per request.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keyward_proto::{ErrorBody, ErrorEnvelope};
+use rand::RngCore;
+
+use crate::error::{payload_for_bare_status, ApiError, ErrorPayload};
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static API_VERSION: HeaderName = HeaderName::from_static("api-version");
+
+/// The request's id, `req_` and 12 lowercase hex digits.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) String);
+
+fn is_well_formed_request_id(value: &str) -> bool {
+    value.len() == 16
+        && value.starts_with("req_")
+        && value[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("req_{}", hex::encode(bytes))
+}
+
+/// The outermost layer: names the request, renders error envelopes, logs the outcome.
+pub(crate) async fn request_context(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| is_well_formed_request_id(value))
+        .map_or_else(new_request_id, str::to_owned);
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+    let method = request.method().clone();
+    // The path only: query strings may carry credentials (`?api-key=`).
+    let path = request.uri().path().to_owned();
+
+    let mut response = next.run(request).await;
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        let payload = response
+            .extensions_mut()
+            .remove::<ErrorPayload>()
+            .unwrap_or_else(|| payload_for_bare_status(status));
+        render_envelope(&mut response, payload, &request_id);
+    }
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(X_REQUEST_ID.clone(), value);
+    }
+    headers.insert(API_VERSION.clone(), HeaderValue::from_static("1.0"));
+
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if status.is_server_error() {
+        tracing::error!(%method, %path, status = status.as_u16(), elapsed_ms, request_id, "request failed");
+    } else {
+        tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, request_id, "request");
+    }
+    response
+}
+
+fn render_envelope(response: &mut Response, payload: ErrorPayload, request_id: &str) {
+    let envelope = ErrorEnvelope {
+        error: ErrorBody {
+            error_type: payload.error_type,
+            code: payload.code.into_owned(),
+            message: payload.message.into_owned(),
+            request_id: request_id.to_owned(),
+        },
+    };
+    match serde_json::to_vec(&envelope) {
+        Ok(body) => {
+            *response.body_mut() = Body::from(body);
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        Err(error) => tracing::error!(%error, "could not render an error envelope"),
+    }
+}
+
+/// SPEC §3: any API request other than GET, HEAD or OPTIONS must be JSON, checked before the
+/// handler runs.
+pub(crate) async fn require_json(request: Request, next: Next) -> Response {
+    let exempt = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        || !request.uri().path().starts_with("/api/");
+    if exempt || is_json(request.headers().get(header::CONTENT_TYPE)) {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "Send the request body as JSON, with `Content-Type: application/json`",
+    )
+    .into_response()
+}
+
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_checked_strictly() {
+        assert!(is_well_formed_request_id("req_a1b2c3d4e5f6"));
+        assert!(!is_well_formed_request_id("req_A1B2C3D4E5F6"));
+        assert!(!is_well_formed_request_id("req_a1b2c3d4e5f"));
+        assert!(!is_well_formed_request_id("xyz_a1b2c3d4e5f6"));
+        assert!(is_well_formed_request_id(&new_request_id()));
+    }
+
+    #[test]
+    fn json_content_types() {
+        let check = |value: &'static str| is_json(Some(&HeaderValue::from_static(value)));
+        assert!(check("application/json"));
+        assert!(check("Application/JSON; charset=utf-8"));
+        assert!(!check("text/plain"));
+        assert!(!check("application/jsonx"));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,131 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_core::id::{self, IdKind};
+use keyward_core::model::App;
+use keyward_core::scope::Scope;
+use keyward_core::secret::{validate_app_prefix, PrefixError};
+use keyward_core::validate::{self, MAX_EXTERNAL_ID_LEN, MAX_NAME_LEN};
+use keyward_proto::{self as wire, CreateAppRequest, ErrorEnvelope, PageParams, UpdateAppRequest};
+use keyward_store::AppPatch;
+
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::{convert, os_rng, page_request, ApiError, AppState};
+
+pub(crate) const DEFAULT_KEY_PREFIX: &str = "kw";
+
+pub(crate) fn field_error(error: validate::FieldError) -> ApiError {
+    ApiError::invalid("invalid_field", error.to_string())
+}
+
+/// Create an app.
+#[utoipa::path(post, path = "/api/v1/apps", tag = "apps", security(("root_key" = [])),
+    request_body = CreateAppRequest,
+    responses((status = 201, body = wire::App), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn create_app(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateAppRequest>,
+) -> Result<(StatusCode, Json<wire::App>), ApiError> {
+    caller.require(Scope::AppsWrite)?;
+    validate::text("name", &request.name, MAX_NAME_LEN).map_err(field_error)?;
+    validate::slug(&request.slug).map_err(field_error)?;
+    let permissions = validate::permissions(&request.permissions).map_err(field_error)?;
+    if let Some(organization) = &request.organization_id {
+        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN).map_err(field_error)?;
+    }
+    let key_prefix = request.key_prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
+    validate_app_prefix(&key_prefix).map_err(|error| match error {
+        PrefixError::Reserved => ApiError::invalid("reserved_key_prefix", error.to_string()),
+        PrefixError::Invalid => ApiError::invalid("invalid_key_prefix", error.to_string()),
+    })?;
+    let change = caller.change();
+    let app = App {
+        id: id::generate(IdKind::App, change.now, &mut os_rng()),
+        tenancy: caller.tenancy.clone(),
+        name: request.name,
+        slug: request.slug,
+        permissions,
+        rate_limit_scheme: None,
+        organization_id: request.organization_id,
+        key_prefix,
+        created_at: change.now,
+        updated_at: change.now,
+    };
+    state.store.create_app(&change, &app).await?;
+    Ok((StatusCode::CREATED, Json(convert::app(&app))))
+}
+
+/// List the environment's apps, newest first.
+#[utoipa::path(get, path = "/api/v1/apps", tag = "apps", security(("root_key" = [])),
+    params(PageParams),
+    responses((status = 200, body = wire::Page<wire::App>), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn list_apps(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<wire::Page<wire::App>>, ApiError> {
+    caller.require(Scope::AppsRead)?;
+    let page = page_request(params.limit, params.cursor)?;
+    let apps = state.store.list_apps(&caller.tenancy, &page).await?;
+    Ok(Json(convert::page(apps, convert::app)))
+}
+
+/// Get an app by slug.
+#[utoipa::path(get, path = "/api/v1/apps/{slug}", tag = "apps", security(("root_key" = [])),
+    params(("slug" = String, Path)),
+    responses((status = 200, body = wire::App), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn get_app(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(slug): Path<String>,
+) -> Result<Json<wire::App>, ApiError> {
+    caller.require(Scope::AppsRead)?;
+    let app = state.store.app_by_slug(&caller.tenancy, &slug).await?;
+    Ok(Json(convert::app(&app)))
+}
+
+/// Update an app's name or permissions.
+#[utoipa::path(patch, path = "/api/v1/apps/{slug}", tag = "apps", security(("root_key" = [])),
+    params(("slug" = String, Path)), request_body = UpdateAppRequest,
+    responses((status = 200, body = wire::App), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn update_app(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(slug): Path<String>,
+    ApiJson(request): ApiJson<UpdateAppRequest>,
+) -> Result<Json<wire::App>, ApiError> {
+    caller.require(Scope::AppsWrite)?;
+    if let Some(name) = &request.name {
+        validate::text("name", name, MAX_NAME_LEN).map_err(field_error)?;
+    }
+    let permissions = request
+        .permissions
+        .as_deref()
+        .map(validate::permissions)
+        .transpose()
+        .map_err(field_error)?;
+    let patch = AppPatch {
+        name: request.name,
+        permissions,
+    };
+    let app = state.store.update_app(&caller.change(), &slug, &patch).await?;
+    Ok(Json(convert::app(&app)))
+}
+
+/// Delete an app, revoking every key it has.
+#[utoipa::path(delete, path = "/api/v1/apps/{slug}", tag = "apps", security(("root_key" = [])),
+    params(("slug" = String, Path)),
+    responses((status = 200, body = wire::App), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn delete_app(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(slug): Path<String>,
+) -> Result<Json<wire::App>, ApiError> {
+    caller.require(Scope::AppsWrite)?;
+    let app = state.store.delete_app(&caller.change(), &slug).await?;
+    state.verifier.invalidate_all();
+    Ok(Json(convert::app(&app)))
+}

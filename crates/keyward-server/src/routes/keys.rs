@@ -1,0 +1,289 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_core::id::{self, IdKind};
+use keyward_core::model::{ApiKey, App, KeyStatus};
+use keyward_core::scope::Scope;
+use keyward_core::secret::IssuedSecret;
+use keyward_core::validate::{self, MAX_EXTERNAL_ID_LEN, MAX_NAME_LEN};
+use keyward_core::Timestamp;
+use keyward_proto::{
+    self as wire, ApiKeyWithSecret, CreateKeyRequest, ErrorEnvelope, ListKeysParams,
+    RotateKeyRequest, UpdateKeyRequest,
+};
+use keyward_store::{KeyFilter, KeyPatch};
+use secrecy::ExposeSecret;
+
+use super::apps::field_error;
+use crate::extract::{ApiJson, ApiQuery, Caller, OptionalJson};
+use crate::{clock, convert, os_rng, page_request, ApiError, AppState};
+
+/// The longest grace period a rotation may give the previous secret.
+const MAX_ROTATION_GRACE_SECONDS: u64 = 30 * 24 * 3600;
+
+fn validate_owner(owner: &str) -> Result<(), ApiError> {
+    validate::text("owner_user_id", owner, MAX_EXTERNAL_ID_LEN).map_err(field_error)
+}
+
+/// Checks a key's permissions against what its app may grant.
+fn granted_permissions(app: &App, requested: &[String]) -> Result<Vec<String>, ApiError> {
+    let permissions = validate::permissions(requested).map_err(field_error)?;
+    if let Some(missing) = permissions.iter().find(|p| !app.permissions.contains(p)) {
+        return Err(ApiError::invalid(
+            "permission_not_in_app",
+            format!("The app `{}` does not grant the permission `{missing}`", app.slug),
+        ));
+    }
+    Ok(permissions)
+}
+
+fn future_expiry(expires_at: time::OffsetDateTime, now: Timestamp) -> Result<Timestamp, ApiError> {
+    let expires_at = convert::timestamp(expires_at);
+    if expires_at <= now {
+        return Err(ApiError::invalid(
+            "invalid_expires_at",
+            "`expires_at` must be in the future",
+        ));
+    }
+    Ok(expires_at)
+}
+
+fn issue_secret(app: &App, caller: &Caller) -> Result<IssuedSecret, ApiError> {
+    IssuedSecret::generate(&app.key_prefix, caller.tenancy.environment, &mut os_rng()).map_err(
+        |error| {
+            tracing::error!(%error, app = %app.id, "stored key prefix is not valid");
+            ApiError::internal()
+        },
+    )
+}
+
+/// Issue a key under an app. The response is the only time its secret is shown.
+#[utoipa::path(post, path = "/api/v1/apps/{slug}/keys", tag = "keys", security(("root_key" = [])),
+    params(("slug" = String, Path)), request_body = CreateKeyRequest,
+    responses((status = 201, body = ApiKeyWithSecret), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn create_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(slug): Path<String>,
+    ApiJson(request): ApiJson<CreateKeyRequest>,
+) -> Result<(StatusCode, Json<ApiKeyWithSecret>), ApiError> {
+    caller.require(Scope::KeysWrite)?;
+    let app = state.store.app_by_slug(&caller.tenancy, &slug).await?;
+    let change = caller.change();
+    validate::text("name", &request.name, MAX_NAME_LEN).map_err(field_error)?;
+    if let Some(owner) = &request.owner_user_id {
+        validate_owner(owner)?;
+    }
+    let organization_id = match (&app.organization_id, request.organization_id) {
+        (Some(app_org), Some(key_org)) if *app_org != key_org => {
+            return Err(ApiError::invalid(
+                "organization_mismatch",
+                "The app's keys all belong to the app's organization",
+            ));
+        }
+        (app_org, key_org) => key_org.or_else(|| app_org.clone()),
+    };
+    if let Some(organization) = &organization_id {
+        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN).map_err(field_error)?;
+    }
+    let permissions = granted_permissions(&app, request.permissions.as_deref().unwrap_or_default())?;
+    let meta = request.meta.unwrap_or_default();
+    validate::meta(&meta).map_err(field_error)?;
+    let expires_at = request
+        .expires_at
+        .map(|at| future_expiry(at, change.now))
+        .transpose()?;
+
+    let secret = issue_secret(&app, &caller)?;
+    let key = ApiKey {
+        id: id::generate(IdKind::Key, change.now, &mut os_rng()),
+        tenancy: caller.tenancy.clone(),
+        app_id: app.id.clone(),
+        app_slug: app.slug.clone(),
+        name: request.name,
+        owner_user_id: request.owner_user_id,
+        organization_id,
+        permissions,
+        meta,
+        start: secret.start.clone(),
+        expires_at,
+        enabled: true,
+        revoked_at: None,
+        created_at: change.now,
+        updated_at: change.now,
+        last_used_at: None,
+    };
+    state.store.create_key(&change, &key, secret.hash).await?;
+    let body = ApiKeyWithSecret {
+        key: convert::key(&key, change.now),
+        secret: secret.secret.expose_secret().to_owned(),
+    };
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// List an app's keys (metadata only, never secrets), newest first.
+#[utoipa::path(get, path = "/api/v1/apps/{slug}/keys", tag = "keys", security(("root_key" = [])),
+    params(("slug" = String, Path), ListKeysParams),
+    responses((status = 200, body = wire::Page<wire::ApiKey>), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn list_keys(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(slug): Path<String>,
+    ApiQuery(params): ApiQuery<ListKeysParams>,
+) -> Result<Json<wire::Page<wire::ApiKey>>, ApiError> {
+    caller.require(Scope::KeysRead)?;
+    let page = page_request(params.limit, params.cursor)?;
+    let status = params
+        .status
+        .as_deref()
+        .map(|status| {
+            KeyStatus::parse(status).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_status",
+                    "`status` is one of active, disabled, expired, revoked",
+                )
+            })
+        })
+        .transpose()?;
+    let app = state.store.app_by_slug(&caller.tenancy, &slug).await?;
+    let filter = KeyFilter {
+        owner_user_id: params.owner_user_id,
+        organization_id: params.organization_id,
+        status,
+    };
+    let now = clock::now();
+    let keys = state
+        .store
+        .list_keys(&caller.tenancy, &app.id, &filter, &page, now)
+        .await?;
+    Ok(Json(convert::page(keys, |key| convert::key(key, now))))
+}
+
+/// Get a key's metadata.
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys", security(("root_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = wire::ApiKey), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn get_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<wire::ApiKey>, ApiError> {
+    caller.require(Scope::KeysRead)?;
+    let key = state.store.key(&caller.tenancy, &id).await?;
+    Ok(Json(convert::key(&key, clock::now())))
+}
+
+/// Update a key's metadata; takes effect on verification at once.
+#[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "keys", security(("root_key" = [])),
+    params(("id" = String, Path)), request_body = UpdateKeyRequest,
+    responses((status = 200, body = wire::ApiKey), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn update_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<UpdateKeyRequest>,
+) -> Result<Json<wire::ApiKey>, ApiError> {
+    caller.require(Scope::KeysWrite)?;
+    let change = caller.change();
+    if let Some(name) = &request.name {
+        validate::text("name", name, MAX_NAME_LEN).map_err(field_error)?;
+    }
+    if let Some(Some(owner)) = &request.owner_user_id {
+        validate_owner(owner)?;
+    }
+    if let Some(meta) = &request.meta {
+        validate::meta(meta).map_err(field_error)?;
+    }
+    let permissions = match &request.permissions {
+        Some(requested) => {
+            let key = state.store.key(&caller.tenancy, &id).await?;
+            let app = state.store.app_by_slug(&caller.tenancy, &key.app_slug).await?;
+            Some(granted_permissions(&app, requested)?)
+        }
+        None => None,
+    };
+    let expires_at = match request.expires_at {
+        Some(Some(at)) => Some(Some(future_expiry(at, change.now)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let patch = KeyPatch {
+        name: request.name,
+        owner_user_id: request.owner_user_id,
+        permissions,
+        meta: request.meta,
+        expires_at,
+        enabled: request.enabled,
+    };
+    let changed = state.store.update_key(&change, &id, &patch).await?;
+    state.verifier.invalidate(&changed.affected_hashes);
+    Ok(Json(convert::key(&changed.record, change.now)))
+}
+
+/// Revoke a key at once; every later verification gets `KEY_REVOKED`.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys", security(("root_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = wire::ApiKey), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<wire::ApiKey>, ApiError> {
+    caller.require(Scope::KeysWrite)?;
+    let change = caller.change();
+    let changed = state.store.revoke_key(&change, &id).await?;
+    state.verifier.invalidate(&changed.affected_hashes);
+    Ok(Json(convert::key(&changed.record, change.now)))
+}
+
+/// Give a key a new secret; the previous one works for `expire_previous_in_seconds` more.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys", security(("root_key" = [])),
+    params(("id" = String, Path)), request_body = RotateKeyRequest,
+    responses((status = 200, body = ApiKeyWithSecret), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn rotate_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptionalJson(request): OptionalJson<RotateKeyRequest>,
+) -> Result<Json<ApiKeyWithSecret>, ApiError> {
+    caller.require(Scope::KeysWrite)?;
+    let grace = request.expire_previous_in_seconds.unwrap_or(0);
+    if grace > MAX_ROTATION_GRACE_SECONDS {
+        return Err(ApiError::invalid(
+            "invalid_grace_period",
+            format!("`expire_previous_in_seconds` is at most {MAX_ROTATION_GRACE_SECONDS}"),
+        ));
+    }
+    let change = caller.change();
+    let key = state.store.key(&caller.tenancy, &id).await?;
+    let app = state.store.app_by_slug(&caller.tenancy, &key.app_slug).await?;
+    let secret = issue_secret(&app, &caller)?;
+    let previous_expire_at = (grace > 0).then(|| change.now.plus_seconds(grace as i64));
+    let changed = state
+        .store
+        .rotate_key(&change, &id, (secret.hash, &secret.start), previous_expire_at)
+        .await?;
+    state.verifier.invalidate(&changed.affected_hashes);
+    Ok(Json(ApiKeyWithSecret {
+        key: convert::key(&changed.record, change.now),
+        secret: secret.secret.expose_secret().to_owned(),
+    }))
+}
+
+/// Delete a key. It is revoked first, so no node accepts it afterwards.
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys", security(("root_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = wire::ApiKey), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn delete_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<wire::ApiKey>, ApiError> {
+    caller.require(Scope::KeysWrite)?;
+    let change = caller.change();
+    let changed = state.store.delete_key(&change, &id).await?;
+    state.verifier.invalidate(&changed.affected_hashes);
+    Ok(Json(convert::key(&changed.record, change.now)))
+}

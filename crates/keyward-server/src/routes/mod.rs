@@ -1,0 +1,32 @@
+//! The handlers of SPEC §4, one module per resource. Handlers are thin: check the scope,
+//! validate with the core's rules, call storage, drop stale cache entries, convert.
+
+mod apps;
+mod environment;
+mod keys;
+pub(crate) mod ops;
+mod root_keys;
+mod verify;
+
+use std::sync::Arc;
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+
+pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(apps::create_app, apps::list_apps))
+        .routes(routes!(apps::get_app, apps::update_app, apps::delete_app))
+        .routes(routes!(keys::create_key, keys::list_keys))
+        .routes(routes!(keys::get_key, keys::update_key, keys::delete_key))
+        .routes(routes!(keys::revoke_key))
+        .routes(routes!(keys::rotate_key))
+        .routes(routes!(verify::verify_key))
+        .routes(routes!(root_keys::create_root_key, root_keys::list_root_keys))
+        .routes(routes!(root_keys::revoke_root_key))
+        .routes(routes!(environment::get_environment, environment::update_environment))
+        .routes(routes!(environment::list_audit_log))
+        .with_state(state)
+}

@@ -1,0 +1,91 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use keyward_core::id::{self, IdKind};
+use keyward_core::model::RootKey;
+use keyward_core::scope::{Scope, ScopeSet};
+use keyward_core::secret::{IssuedSecret, ROOT_KEY_PREFIX};
+use keyward_core::validate::{self, MAX_NAME_LEN};
+use keyward_proto::{self as wire, CreateRootKeyRequest, ErrorEnvelope, PageParams, RootKeyWithSecret};
+use secrecy::ExposeSecret;
+
+use super::apps::field_error;
+use crate::extract::{ApiJson, ApiQuery, Caller};
+use crate::{convert, os_rng, page_request, ApiError, AppState};
+
+/// Create a root key for this environment, with at most the caller's own scopes.
+#[utoipa::path(post, path = "/api/v1/root-keys", tag = "root keys", security(("root_key" = [])),
+    request_body = CreateRootKeyRequest,
+    responses((status = 201, body = RootKeyWithSecret), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn create_root_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateRootKeyRequest>,
+) -> Result<(StatusCode, Json<RootKeyWithSecret>), ApiError> {
+    caller.require(Scope::RootKeysWrite)?;
+    validate::text("name", &request.name, MAX_NAME_LEN).map_err(field_error)?;
+    let scopes = ScopeSet::parse(request.scopes.iter().map(String::as_str)).map_err(|unknown| {
+        ApiError::invalid("invalid_scope", format!("Unknown scope {unknown:?}"))
+    })?;
+    if scopes.is_empty() {
+        return Err(ApiError::invalid("invalid_scope", "Give the key at least one scope"));
+    }
+    if !caller.scopes.covers(scopes) {
+        return Err(ApiError::forbidden(
+            "insufficient_scope",
+            "A root key can only grant scopes it holds itself",
+        ));
+    }
+    let change = caller.change();
+    let secret = IssuedSecret::generate(ROOT_KEY_PREFIX, caller.tenancy.environment, &mut os_rng())
+        .map_err(|_| ApiError::internal())?;
+    let key = RootKey {
+        id: id::generate(IdKind::RootKey, change.now, &mut os_rng()),
+        tenancy: caller.tenancy.clone(),
+        name: request.name,
+        scopes,
+        start: secret.start.clone(),
+        created_at: change.now,
+        revoked_at: None,
+    };
+    state.store.create_root_key(&change, &key, secret.hash).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RootKeyWithSecret {
+            key: convert::root_key(&key),
+            secret: secret.secret.expose_secret().to_owned(),
+        }),
+    ))
+}
+
+/// List this environment's root keys (never their secrets).
+#[utoipa::path(get, path = "/api/v1/root-keys", tag = "root keys", security(("root_key" = [])),
+    params(PageParams),
+    responses((status = 200, body = wire::Page<wire::RootKey>), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn list_root_keys(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<wire::Page<wire::RootKey>>, ApiError> {
+    caller.require(Scope::RootKeysRead)?;
+    let page = page_request(params.limit, params.cursor)?;
+    let keys = state.store.list_root_keys(&caller.tenancy, &page).await?;
+    Ok(Json(convert::page(keys, convert::root_key)))
+}
+
+/// Revoke a root key at once.
+#[utoipa::path(post, path = "/api/v1/root-keys/{id}/revoke", tag = "root keys", security(("root_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = wire::RootKey), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn revoke_root_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<wire::RootKey>, ApiError> {
+    caller.require(Scope::RootKeysWrite)?;
+    let changed = state.store.revoke_root_key(&caller.change(), &id).await?;
+    state.verifier.invalidate(&changed.affected_hashes);
+    Ok(Json(convert::root_key(&changed.record)))
+}

@@ -1,0 +1,221 @@
+//! The verification hot path: parse, hash, look up in the in-memory cache, decide.
+//!
+//! The cache maps a secret's SHA-256 to what verification needs about its credential. A miss
+//! loads from storage. Every mutation drops the affected hashes *before* its HTTP call returns,
+//! so a revoked, rotated, disabled or deleted key is refused by this node the moment the call
+//! returns.
+//!
+//! A miss that races a mutation must not put the pre-mutation state back into the cache. Each
+//! invalidation bumps `epoch`; a loader notes the epoch before reading storage and inserts only
+//! if no invalidation happened meanwhile, checked under the map's shard lock so that the check
+//! and the insert are one step with respect to `invalidate`.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use keyward_core::model::{ApiKey, RootKey, Tenancy};
+use keyward_core::permission::PermissionQuery;
+use keyward_core::verify::{decide, KeyFacts, VerifyCode};
+use keyward_core::{KeyHash, ParsedKey, Timestamp};
+use keyward_store::{Store, StoreError};
+
+/// What the cache holds for an API key's secret.
+#[derive(Debug)]
+pub struct CachedKey {
+    pub key: ApiKey,
+    /// End of the grace period if this secret was superseded by a rotation.
+    pub secret_expires_at: Option<Timestamp>,
+    /// When this node last queued a `last_used_at` write for the key, to write at most one
+    /// per interval however hot the key is.
+    pub(crate) last_used_queued_at: AtomicI64,
+}
+
+#[derive(Debug)]
+pub struct CachedRootKey {
+    pub key: RootKey,
+    pub secret_expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone)]
+enum Cached {
+    Key(Arc<CachedKey>),
+    Root(Arc<CachedRootKey>),
+}
+
+/// The outcome of verifying an API key.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub code: VerifyCode,
+    /// The key, when one was found in the caller's environment.
+    pub key: Option<Arc<CachedKey>>,
+}
+
+impl Verdict {
+    fn invalid() -> Self {
+        Self {
+            code: VerifyCode::InvalidKey,
+            key: None,
+        }
+    }
+}
+
+/// How a root key failed to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootKeyRefusal {
+    /// Missing, malformed, unknown or past its grace period: 401.
+    Invalid,
+    /// Known but revoked: 403 `key_revoked`.
+    Revoked,
+}
+
+#[derive(Debug, Default)]
+pub struct Verifier {
+    cache: DashMap<KeyHash, Cached>,
+    epoch: AtomicU64,
+}
+
+impl Verifier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cached_entries(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Drops the given secrets from the cache.
+    pub fn invalidate(&self, hashes: &[KeyHash]) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for hash in hashes {
+            self.cache.remove(hash);
+        }
+    }
+
+    /// Drops everything, for changes that touch many keys at once (an app's deletion).
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.cache.clear();
+    }
+
+    /// The in-memory part of [`Verifier::verify_key`]: `None` on a cache miss.
+    pub fn verify_cached(
+        &self,
+        tenancy: &Tenancy,
+        hash: &KeyHash,
+        required: Option<&PermissionQuery>,
+        now: Timestamp,
+    ) -> Option<Verdict> {
+        match self.cache.get(hash)?.value() {
+            Cached::Key(entry) => Some(judge(tenancy, entry, required, now)),
+            Cached::Root(_) => Some(Verdict::invalid()),
+        }
+    }
+
+    /// Verifies an API key presented in `tenancy`'s environment.
+    pub async fn verify_key(
+        &self,
+        store: &dyn Store,
+        tenancy: &Tenancy,
+        presented: &str,
+        required: Option<&PermissionQuery>,
+        now: Timestamp,
+    ) -> Result<Verdict, StoreError> {
+        let Ok(parsed) = ParsedKey::parse(presented) else {
+            return Ok(Verdict::invalid());
+        };
+        // Root keys are never verified as API keys, and a key names its environment: neither
+        // needs a look-up to refuse.
+        if parsed.is_root_key() || parsed.environment() != tenancy.environment {
+            return Ok(Verdict::invalid());
+        }
+        let hash = parsed.hash();
+        if let Some(verdict) = self.verify_cached(tenancy, &hash, required, now) {
+            return Ok(verdict);
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let Some(found) = store.find_key(hash).await? else {
+            return Ok(Verdict::invalid());
+        };
+        let entry = Arc::new(CachedKey {
+            key: found.key,
+            secret_expires_at: found.secret.expires_at,
+            last_used_queued_at: AtomicI64::new(i64::MIN),
+        });
+        self.insert_unless_invalidated(hash, Cached::Key(Arc::clone(&entry)), epoch);
+        Ok(judge(tenancy, &entry, required, now))
+    }
+
+    /// Authenticates a root key for a call to Keyward's own API.
+    pub async fn authenticate_root(
+        &self,
+        store: &dyn Store,
+        presented: &str,
+        now: Timestamp,
+    ) -> Result<Result<Arc<CachedRootKey>, RootKeyRefusal>, StoreError> {
+        let Ok(parsed) = ParsedKey::parse(presented) else {
+            return Ok(Err(RootKeyRefusal::Invalid));
+        };
+        if !parsed.is_root_key() {
+            return Ok(Err(RootKeyRefusal::Invalid));
+        }
+        let hash = parsed.hash();
+        let cached = self.cache.get(&hash).map(|entry| entry.value().clone());
+        let entry = match cached {
+            Some(Cached::Root(entry)) => entry,
+            Some(Cached::Key(_)) => return Ok(Err(RootKeyRefusal::Invalid)),
+            None => {
+                let epoch = self.epoch.load(Ordering::SeqCst);
+                let Some(found) = store.find_root_key(hash).await? else {
+                    return Ok(Err(RootKeyRefusal::Invalid));
+                };
+                let entry = Arc::new(CachedRootKey {
+                    key: found.key,
+                    secret_expires_at: found.secret.expires_at,
+                });
+                self.insert_unless_invalidated(hash, Cached::Root(Arc::clone(&entry)), epoch);
+                entry
+            }
+        };
+        if entry.key.tenancy.environment != parsed.environment()
+            || entry.secret_expires_at.is_some_and(|end| end <= now)
+        {
+            return Ok(Err(RootKeyRefusal::Invalid));
+        }
+        if entry.key.revoked_at.is_some() {
+            return Ok(Err(RootKeyRefusal::Revoked));
+        }
+        Ok(Ok(entry))
+    }
+
+    fn insert_unless_invalidated(&self, hash: KeyHash, value: Cached, epoch_before_load: u64) {
+        let slot = self.cache.entry(hash);
+        if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
+            slot.insert(value);
+        }
+    }
+}
+
+fn judge(
+    tenancy: &Tenancy,
+    entry: &Arc<CachedKey>,
+    required: Option<&PermissionQuery>,
+    now: Timestamp,
+) -> Verdict {
+    // Another workspace's key is as unknown as a key never issued.
+    if entry.key.tenancy != *tenancy {
+        return Verdict::invalid();
+    }
+    let facts = KeyFacts {
+        secret_expires_at: entry.secret_expires_at,
+        revoked: entry.key.revoked_at.is_some(),
+        enabled: entry.key.enabled,
+        expires_at: entry.key.expires_at,
+        permissions: &entry.key.permissions,
+    };
+    let code = decide(&facts, required, now);
+    Verdict {
+        code,
+        key: (code != VerifyCode::InvalidKey).then(|| Arc::clone(entry)),
+    }
+}
