@@ -1,1 +1,112 @@
-fn main() {}
+//! In-process verification of a cached key: parse, checksum, hash, cache hit, decision.
+//! Run: `cargo bench -p keyward-server --bench verify`. Recorded in docs/benchmarks.md.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use keyward_core::model::Environment;
+use keyward_core::permission::PermissionQuery;
+use keyward_core::KeyHash;
+use keyward_server::verifier::{InMemory, Verifier};
+use keyward_server::{clock, Server, ServerConfig};
+use keyward_store::{SqlStore, Store, StoreOptions};
+use serde_json::json;
+
+/// Issues one key through the real HTTP API and warms the verifier's cache with it. The
+/// runtime ends afterwards; the in-memory path needs none.
+fn prepared() -> (
+    Arc<keyward_server::AppState>,
+    keyward_core::model::Tenancy,
+    String,
+    tempfile::TempDir,
+) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqlStore::connect(&StoreOptions {
+            url: SqlStore::sqlite_url(dir.path()),
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("store");
+        let store: Arc<dyn Store> = Arc::new(store);
+        let first = keyward_server::bootstrap::bootstrap(store.as_ref())
+            .await
+            .expect("bootstrap")
+            .expect("fresh");
+        let server = Server::new(Arc::clone(&store), ServerConfig::default());
+        let state = Arc::clone(server.state());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(server.run(listener, std::future::pending()));
+        let http = reqwest::Client::new();
+        let root = secrecy::ExposeSecret::expose_secret(&first.live).to_owned();
+        http.post(format!("{base}/api/v1/apps"))
+            .bearer_auth(&root)
+            .json(&json!({"name": "Bench", "slug": "bench", "permissions": ["read", "write"]}))
+            .send()
+            .await
+            .expect("create app");
+        let key: serde_json::Value = http
+            .post(format!("{base}/api/v1/apps/bench/keys"))
+            .bearer_auth(&root)
+            .json(&json!({"name": "bench", "permissions": ["read"]}))
+            .send()
+            .await
+            .expect("create key")
+            .json()
+            .await
+            .expect("json");
+        let secret = key["secret"].as_str().expect("secret").to_owned();
+        let tenancy = keyward_core::model::Tenancy {
+            workspace_id: first.workspace_id.clone(),
+            environment: Environment::Live,
+        };
+        let verdict = state
+            .verifier
+            .verify_key(state.store.as_ref(), &tenancy, &secret, None, clock::now())
+            .await
+            .expect("verify");
+        assert!(verdict.code.is_valid());
+        (state, tenancy, secret, dir)
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let (state, tenancy, secret, _dir) = prepared();
+    let verifier: &Verifier = &state.verifier;
+    let query = PermissionQuery::parse("read OR admin").expect("query");
+    let now = clock::now();
+
+    let mut group = c.benchmark_group("verify");
+    group.bench_function("reference: sha256 of the key alone", |b| {
+        b.iter(|| KeyHash::of(std::hint::black_box(&secret)))
+    });
+    group.bench_function("cached key, in-process", |b| {
+        b.iter(|| {
+            match verifier.verify_in_memory(&tenancy, std::hint::black_box(&secret), None, now) {
+                InMemory::Decided(verdict) => verdict,
+                InMemory::Miss(_) => panic!("the key is cached"),
+            }
+        })
+    });
+    group.bench_function("cached key with a permission query", |b| {
+        b.iter(|| {
+            verifier.verify_in_memory(&tenancy, std::hint::black_box(&secret), Some(&query), now)
+        })
+    });
+    group.bench_function("wrong checksum, refused offline", |b| {
+        let mut wrong = secret.clone();
+        wrong.pop();
+        wrong.push('0');
+        b.iter(|| verifier.verify_in_memory(&tenancy, std::hint::black_box(&wrong), None, now))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -109,12 +109,24 @@ pub(crate) fn error_type_for(status: StatusCode) -> ErrorType {
 pub(crate) fn payload_for_bare_status(status: StatusCode) -> ErrorPayload {
     let (code, message) = match status.as_u16() {
         404 => ("route_not_found", "No such route"),
-        405 => ("method_not_allowed", "This route does not accept that method"),
+        405 => (
+            "method_not_allowed",
+            "This route does not accept that method",
+        ),
         408 => ("request_timeout", "The request took too long"),
-        413 => ("payload_too_large", "The request body is larger than the server accepts"),
+        413 => (
+            "payload_too_large",
+            "The request body is larger than the server accepts",
+        ),
         400..=499 => ("bad_request", "The request could not be understood"),
-        503 => ("service_unavailable", "The service is temporarily unavailable"),
-        _ => ("internal_error", "The server failed to handle the request; it has been logged"),
+        503 => (
+            "service_unavailable",
+            "The service is temporarily unavailable",
+        ),
+        _ => (
+            "internal_error",
+            "The server failed to handle the request; it has been logged",
+        ),
     };
     ErrorPayload {
         error_type: error_type_for(status),
@@ -155,9 +167,11 @@ impl From<StoreError> for ApiError {
                 "key_revoked",
                 "A revoked key cannot be changed",
             ),
-            StoreError::Conflict(code) => {
-                ApiError::new(StatusCode::CONFLICT, code, "The request conflicts with stored data")
-            }
+            StoreError::Conflict(code) => ApiError::new(
+                StatusCode::CONFLICT,
+                code,
+                "The request conflicts with stored data",
+            ),
             StoreError::Unavailable(source) => {
                 tracing::warn!(error = %source, "storage unavailable");
                 ApiError::new(
@@ -194,7 +208,10 @@ mod tests {
             (503, ErrorType::ServiceUnavailable),
         ];
         for (status, expected) in cases {
-            assert_eq!(error_type_for(StatusCode::from_u16(status).unwrap()), expected);
+            assert_eq!(
+                error_type_for(StatusCode::from_u16(status).unwrap()),
+                expected
+            );
         }
     }
 
@@ -203,6 +220,9 @@ mod tests {
         let error = ApiError::from(StoreError::Corrupt("secret detail".to_owned()));
         assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!error.payload.message.contains("secret detail"));
-        assert_eq!(ApiError::from(StoreError::NotFound("key")).code(), "key_not_found");
+        assert_eq!(
+            ApiError::from(StoreError::NotFound("key")).code(),
+            "key_not_found"
+        );
     }
 }

@@ -50,40 +50,46 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
 }
 
 async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(request, state).await.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "The request body is larger than the server accepts",
-            )
-        } else {
-            ApiError::bad_request("unreadable_body", "The request body could not be read")
-        }
-    })
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "The request body is larger than the server accepts",
+                )
+            } else {
+                ApiError::bad_request("unreadable_body", "The request body could not be read")
+            }
+        })
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        let detail = redact_quoted(&inner.to_string());
-        if inner.is_data() {
-            let code = if detail.starts_with("unknown field") {
-                "unknown_field"
-            } else {
-                "invalid_field"
-            };
-            ApiError::invalid(code, format!("Invalid request body at `{path}`: {detail}"))
-        } else {
-            ApiError::bad_request("invalid_json", format!("The body is not valid JSON: {detail}"))
-        }
+    // Syntax first, so that broken JSON is a 400 even when its start would fail as data.
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|error| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!(
+                "The body is not valid JSON: {}",
+                redact_quoted(&error.to_string())
+            ),
+        )
     })?;
-    deserializer
-        .end()
-        .map_err(|_| ApiError::bad_request("invalid_json", "The body has data after the JSON value"))?;
-    Ok(value)
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let location = match error.path().to_string() {
+            path if path == "." => String::new(),
+            path => format!(" at `{path}`"),
+        };
+        let detail = redact_quoted(&error.into_inner().to_string());
+        let code = if detail.starts_with("unknown field") {
+            "unknown_field"
+        } else {
+            "invalid_field"
+        };
+        ApiError::invalid(code, format!("Invalid request body{location}: {detail}"))
+    })
 }
 
 /// serde quotes the offending value in some messages (`invalid type: string "…"`); a value can
@@ -116,7 +122,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .map_err(|rejection| {
                 ApiError::invalid(
                     "invalid_query",
-                    format!("Invalid query string: {}", redact_quoted(&rejection.body_text())),
+                    format!(
+                        "Invalid query string: {}",
+                        redact_quoted(&rejection.body_text())
+                    ),
                 )
             })
     }
@@ -209,8 +218,15 @@ mod tests {
         headers.insert("x-api-key", HeaderValue::from_static("sk_x"));
         assert_eq!(presented_secret(&headers), Some("sk_x"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(presented_secret(&headers), None, "a wrong scheme is not ignored");
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  sk_y "));
+        assert_eq!(
+            presented_secret(&headers),
+            None,
+            "a wrong scheme is not ignored"
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  sk_y "),
+        );
         assert_eq!(presented_secret(&headers), Some("sk_y"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer"));
         assert_eq!(presented_secret(&headers), None);

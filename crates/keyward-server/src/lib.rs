@@ -98,7 +98,10 @@ impl Caller {
 pub(crate) const DEFAULT_PAGE_SIZE: u32 = 20;
 pub(crate) const MAX_PAGE_SIZE: u32 = 100;
 
-pub(crate) fn page_request(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, ApiError> {
+pub(crate) fn page_request(
+    limit: Option<u32>,
+    cursor: Option<String>,
+) -> Result<PageRequest, ApiError> {
     let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&limit) {
         return Err(ApiError::invalid(

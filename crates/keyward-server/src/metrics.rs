@@ -33,8 +33,11 @@ impl Metrics {
             "Key verifications by outcome code",
             by_outcome.clone(),
         );
-        let verifications =
-            VerifyCode::EVERY.map(|code| by_outcome.get_or_create(&vec![("outcome", code.as_str())]).clone());
+        let verifications = VerifyCode::EVERY.map(|code| {
+            by_outcome
+                .get_or_create(&vec![("outcome", code.as_str())])
+                .clone()
+        });
         let cache_entries = Gauge::default();
         registry.register(
             "verify_cache_entries",

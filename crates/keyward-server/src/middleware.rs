@@ -47,8 +47,7 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
     let method = request.method().clone();
-    // The path only: query strings may carry credentials (`?api-key=`).
-    let path = request.uri().path().to_owned();
+    let path = loggable_path(request.uri().path());
 
     let mut response = next.run(request).await;
     let status = response.status();
@@ -74,6 +73,25 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
     response
 }
 
+/// The path for the access log. Query strings may carry credentials (`?api-key=`) and are left
+/// out; a path segment shaped like a secret (`…_live_…`) is redacted, since people do paste
+/// keys into URLs.
+fn loggable_path(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            let secret_shaped = ["_live_", "_test_", "_demo_"]
+                .iter()
+                .any(|marker| segment.contains(marker));
+            if secret_shaped {
+                "[redacted]"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn render_envelope(response: &mut Response, payload: ErrorPayload, request_id: &str) {
     let envelope = ErrorEnvelope {
         error: ErrorBody {
@@ -87,7 +105,10 @@ fn render_envelope(response: &mut Response, payload: ErrorPayload, request_id: &
         Ok(body) => {
             *response.body_mut() = Body::from(body);
             let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             headers.remove(header::CONTENT_LENGTH);
         }
         Err(error) => tracing::error!(%error, "could not render an error envelope"),
@@ -97,8 +118,10 @@ fn render_envelope(response: &mut Response, payload: ErrorPayload, request_id: &
 /// SPEC §3: any API request other than GET, HEAD or OPTIONS must be JSON, checked before the
 /// handler runs.
 pub(crate) async fn require_json(request: Request, next: Next) -> Response {
-    let exempt = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        || !request.uri().path().starts_with("/api/");
+    let exempt = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) || !request.uri().path().starts_with("/api/");
     if exempt || is_json(request.headers().get(header::CONTENT_TYPE)) {
         return next.run(request).await;
     }
@@ -128,6 +151,18 @@ mod tests {
         assert!(!is_well_formed_request_id("req_a1b2c3d4e5f"));
         assert!(!is_well_formed_request_id("xyz_a1b2c3d4e5f6"));
         assert!(is_well_formed_request_id(&new_request_id()));
+    }
+
+    #[test]
+    fn secret_shaped_path_segments_are_not_logged() {
+        assert_eq!(
+            loggable_path("/api/v1/keys/key_123"),
+            "/api/v1/keys/key_123"
+        );
+        assert_eq!(
+            loggable_path("/api/v1/keys/acme_live_AbCdEf/rotate"),
+            "/api/v1/keys/[redacted]/rotate"
+        );
     }
 
     #[test]

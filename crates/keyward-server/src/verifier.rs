@@ -60,6 +60,14 @@ impl Verdict {
     }
 }
 
+/// What the in-memory path could tell.
+#[derive(Debug)]
+pub enum InMemory {
+    Decided(Verdict),
+    /// Well formed but not cached: storage must be asked about this hash.
+    Miss(KeyHash),
+}
+
 /// How a root key failed to authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RootKeyRefusal {
@@ -98,17 +106,28 @@ impl Verifier {
         self.cache.clear();
     }
 
-    /// The in-memory part of [`Verifier::verify_key`]: `None` on a cache miss.
-    pub fn verify_cached(
+    /// Everything [`Verifier::verify_key`] can decide without storage: the format, the
+    /// checksum, the environment, and the cache. This is the hot path.
+    pub fn verify_in_memory(
         &self,
         tenancy: &Tenancy,
-        hash: &KeyHash,
+        presented: &str,
         required: Option<&PermissionQuery>,
         now: Timestamp,
-    ) -> Option<Verdict> {
-        match self.cache.get(hash)?.value() {
-            Cached::Key(entry) => Some(judge(tenancy, entry, required, now)),
-            Cached::Root(_) => Some(Verdict::invalid()),
+    ) -> InMemory {
+        let Ok(parsed) = ParsedKey::parse(presented) else {
+            return InMemory::Decided(Verdict::invalid());
+        };
+        // Root keys are never verified as API keys, and a key names its environment: neither
+        // needs a look-up to refuse.
+        if parsed.is_root_key() || parsed.environment() != tenancy.environment {
+            return InMemory::Decided(Verdict::invalid());
+        }
+        let hash = parsed.hash();
+        match self.cache.get(&hash).as_deref() {
+            Some(Cached::Key(entry)) => InMemory::Decided(judge(tenancy, entry, required, now)),
+            Some(Cached::Root(_)) => InMemory::Decided(Verdict::invalid()),
+            None => InMemory::Miss(hash),
         }
     }
 
@@ -121,18 +140,10 @@ impl Verifier {
         required: Option<&PermissionQuery>,
         now: Timestamp,
     ) -> Result<Verdict, StoreError> {
-        let Ok(parsed) = ParsedKey::parse(presented) else {
-            return Ok(Verdict::invalid());
+        let hash = match self.verify_in_memory(tenancy, presented, required, now) {
+            InMemory::Decided(verdict) => return Ok(verdict),
+            InMemory::Miss(hash) => hash,
         };
-        // Root keys are never verified as API keys, and a key names its environment: neither
-        // needs a look-up to refuse.
-        if parsed.is_root_key() || parsed.environment() != tenancy.environment {
-            return Ok(Verdict::invalid());
-        }
-        let hash = parsed.hash();
-        if let Some(verdict) = self.verify_cached(tenancy, &hash, required, now) {
-            return Ok(verdict);
-        }
         let epoch = self.epoch.load(Ordering::SeqCst);
         let Some(found) = store.find_key(hash).await? else {
             return Ok(Verdict::invalid());

@@ -1,1 +1,211 @@
-fn main() {}
+//! The `keyward` binary: `keyward serve` runs the server; the other commands manage keys on a
+//! running server through the SDK.
+
+mod cli;
+mod settings;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use keyward_server::{Server, ServerConfig};
+use keyward_store::{SqlStore, StoreOptions};
+use secrecy::ExposeSecret;
+use settings::{LogFormat, ServeArgs, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyward",
+    version,
+    about = "API keys and request authentication"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server
+    Serve(ServeArgs),
+    /// Manage apps on a running server
+    Apps {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(subcommand)]
+        command: cli::AppsCommand,
+    },
+    /// Issue, list, verify, rotate and revoke keys on a running server
+    Keys {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(subcommand)]
+        command: cli::KeysCommand,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open storage: {0}")]
+    Store(#[from] keyward_store::StoreError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("the server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await.map_err(|error| error.to_string()),
+            Command::Apps {
+                connection,
+                command,
+            } => cli::run_apps(&connection, command)
+                .await
+                .map_err(|error| error.to_string()),
+            Command::Keys {
+                connection,
+                command,
+            } => cli::run_keys(&connection, command)
+                .await
+                .map_err(|error| error.to_string()),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every environment variable any command reads, so `serve` can name the ones it does not.
+fn known_variables() -> Vec<String> {
+    fn collect(command: &clap::Command, into: &mut Vec<String>) {
+        for argument in command.get_arguments() {
+            if let Some(name) = argument.get_env().and_then(|name| name.to_str()) {
+                into.push(name.to_owned());
+            }
+        }
+        for subcommand in command.get_subcommands() {
+            collect(subcommand, into);
+        }
+    }
+    let mut names = vec!["KEYWARD_LOG".to_owned()];
+    collect(&Cli::command(), &mut names);
+    names
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let settings = Settings::resolve(args, &known_variables())?;
+    init_logging(settings.log_format);
+    let url = match &settings.database_url {
+        Some(url) => url.expose_secret().to_owned(),
+        None => {
+            std::fs::create_dir_all(&settings.data_dir).map_err(|source| ServeError::DataDir {
+                path: settings.data_dir.display().to_string(),
+                source,
+            })?;
+            SqlStore::sqlite_url(&settings.data_dir)
+        }
+    };
+    let store = SqlStore::connect(&StoreOptions {
+        url,
+        max_connections: settings.db_max_connections,
+        acquire_timeout: settings.db_acquire_timeout,
+    })
+    .await?;
+    let store = Arc::new(store);
+
+    if let Some(first_keys) = keyward_server::bootstrap::bootstrap(store.as_ref()).await? {
+        // Printed, never logged: this is the operator's one chance to copy the keys.
+        println!("{}", first_keys.banner());
+    }
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            address: settings.listen.to_string(),
+            source,
+        })?;
+    let address = listener.local_addr().map_err(ServeError::Serve)?;
+    println!("Keyward listening on http://{address}");
+    println!("API: http://{address}/api/v1 · OpenAPI: http://{address}/openapi.json");
+    tracing::info!(%address, "listening");
+
+    let server = Server::new(
+        Arc::clone(&store) as Arc<dyn keyward_store::Store>,
+        ServerConfig {
+            cors_origins: settings.cors_origins.clone(),
+            max_body_bytes: settings.max_body_bytes,
+            request_timeout: settings.request_timeout,
+            last_used_flush_interval: settings.last_used_flush_interval,
+        },
+    );
+    server
+        .run(listener, shutdown_signal())
+        .await
+        .map_err(ServeError::Serve)?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: draining requests");
+}

@@ -34,9 +34,12 @@ pub(crate) async fn create_app(
     validate::slug(&request.slug).map_err(field_error)?;
     let permissions = validate::permissions(&request.permissions).map_err(field_error)?;
     if let Some(organization) = &request.organization_id {
-        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN).map_err(field_error)?;
+        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN)
+            .map_err(field_error)?;
     }
-    let key_prefix = request.key_prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
+    let key_prefix = request
+        .key_prefix
+        .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
     validate_app_prefix(&key_prefix).map_err(|error| match error {
         PrefixError::Reserved => ApiError::invalid("reserved_key_prefix", error.to_string()),
         PrefixError::Invalid => ApiError::invalid("invalid_key_prefix", error.to_string()),
@@ -111,7 +114,10 @@ pub(crate) async fn update_app(
         name: request.name,
         permissions,
     };
-    let app = state.store.update_app(&caller.change(), &slug, &patch).await?;
+    let app = state
+        .store
+        .update_app(&caller.change(), &slug, &patch)
+        .await?;
     Ok(Json(convert::app(&app)))
 }
 

@@ -53,6 +53,9 @@ pub(crate) async fn list_audit_log(
         action: params.action,
         target: params.target,
     };
-    let entries = state.store.list_audit(&caller.tenancy, &filter, &page).await?;
+    let entries = state
+        .store
+        .list_audit(&caller.tenancy, &filter, &page)
+        .await?;
     Ok(Json(convert::page(entries, convert::audit_entry)))
 }

@@ -33,7 +33,10 @@ fn granted_permissions(app: &App, requested: &[String]) -> Result<Vec<String>, A
     if let Some(missing) = permissions.iter().find(|p| !app.permissions.contains(p)) {
         return Err(ApiError::invalid(
             "permission_not_in_app",
-            format!("The app `{}` does not grant the permission `{missing}`", app.slug),
+            format!(
+                "The app `{}` does not grant the permission `{missing}`",
+                app.slug
+            ),
         ));
     }
     Ok(permissions)
@@ -86,9 +89,11 @@ pub(crate) async fn create_key(
         (app_org, key_org) => key_org.or_else(|| app_org.clone()),
     };
     if let Some(organization) = &organization_id {
-        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN).map_err(field_error)?;
+        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN)
+            .map_err(field_error)?;
     }
-    let permissions = granted_permissions(&app, request.permissions.as_deref().unwrap_or_default())?;
+    let permissions =
+        granted_permissions(&app, request.permissions.as_deref().unwrap_or_default())?;
     let meta = request.meta.unwrap_or_default();
     validate::meta(&meta).map_err(field_error)?;
     let expires_at = request
@@ -199,7 +204,10 @@ pub(crate) async fn update_key(
     let permissions = match &request.permissions {
         Some(requested) => {
             let key = state.store.key(&caller.tenancy, &id).await?;
-            let app = state.store.app_by_slug(&caller.tenancy, &key.app_slug).await?;
+            let app = state
+                .store
+                .app_by_slug(&caller.tenancy, &key.app_slug)
+                .await?;
             Some(granted_permissions(&app, requested)?)
         }
         None => None,
@@ -258,12 +266,20 @@ pub(crate) async fn rotate_key(
     }
     let change = caller.change();
     let key = state.store.key(&caller.tenancy, &id).await?;
-    let app = state.store.app_by_slug(&caller.tenancy, &key.app_slug).await?;
+    let app = state
+        .store
+        .app_by_slug(&caller.tenancy, &key.app_slug)
+        .await?;
     let secret = issue_secret(&app, &caller)?;
     let previous_expire_at = (grace > 0).then(|| change.now.plus_seconds(grace as i64));
     let changed = state
         .store
-        .rotate_key(&change, &id, (secret.hash, &secret.start), previous_expire_at)
+        .rotate_key(
+            &change,
+            &id,
+            (secret.hash, &secret.start),
+            previous_expire_at,
+        )
         .await?;
     state.verifier.invalidate(&changed.affected_hashes);
     Ok(Json(ApiKeyWithSecret {

@@ -24,9 +24,15 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::rotate_key))
         .routes(routes!(verify::verify_key))
-        .routes(routes!(root_keys::create_root_key, root_keys::list_root_keys))
+        .routes(routes!(
+            root_keys::create_root_key,
+            root_keys::list_root_keys
+        ))
         .routes(routes!(root_keys::revoke_root_key))
-        .routes(routes!(environment::get_environment, environment::update_environment))
+        .routes(routes!(
+            environment::get_environment,
+            environment::update_environment
+        ))
         .routes(routes!(environment::list_audit_log))
         .with_state(state)
 }

@@ -8,7 +8,9 @@ use keyward_core::model::RootKey;
 use keyward_core::scope::{Scope, ScopeSet};
 use keyward_core::secret::{IssuedSecret, ROOT_KEY_PREFIX};
 use keyward_core::validate::{self, MAX_NAME_LEN};
-use keyward_proto::{self as wire, CreateRootKeyRequest, ErrorEnvelope, PageParams, RootKeyWithSecret};
+use keyward_proto::{
+    self as wire, CreateRootKeyRequest, ErrorEnvelope, PageParams, RootKeyWithSecret,
+};
 use secrecy::ExposeSecret;
 
 use super::apps::field_error;
@@ -30,7 +32,10 @@ pub(crate) async fn create_root_key(
         ApiError::invalid("invalid_scope", format!("Unknown scope {unknown:?}"))
     })?;
     if scopes.is_empty() {
-        return Err(ApiError::invalid("invalid_scope", "Give the key at least one scope"));
+        return Err(ApiError::invalid(
+            "invalid_scope",
+            "Give the key at least one scope",
+        ));
     }
     if !caller.scopes.covers(scopes) {
         return Err(ApiError::forbidden(
@@ -50,7 +55,10 @@ pub(crate) async fn create_root_key(
         created_at: change.now,
         revoked_at: None,
     };
-    state.store.create_root_key(&change, &key, secret.hash).await?;
+    state
+        .store
+        .create_root_key(&change, &key, secret.hash)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(RootKeyWithSecret {

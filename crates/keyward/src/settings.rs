@@ -1,0 +1,268 @@
+//! `keyward serve` settings, layered: defaults, then a TOML file, then environment variables,
+//! then flags. clap reads flags and variables; the file fills what both left unset.
+//! An unknown `KEYWARD_*` variable or file key is an error that names it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SettingsError {
+    #[error("cannot read the settings file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the settings file {path} is not valid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("unknown environment variable(s): {0}. Run `keyward serve --help` for the settings")]
+    UnknownVariables(String),
+    #[error("`{name}` is not valid: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// Flags and their environment variables. Every field is optional so that the file can fill
+/// whatever they leave unset.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
+    #[arg(long, env = "KEYWARD_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Directory for the embedded database [default: ./keyward-data]
+    #[arg(long, env = "KEYWARD_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// A TOML file with any of these settings (snake_case keys)
+    #[arg(long, env = "KEYWARD_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Database URL; the embedded SQLite database in the data directory when unset
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+    /// Origins allowed to call the API from a browser, comma-separated
+    #[arg(long, env = "CORS_ORIGIN")]
+    pub(crate) cors_origin: Option<String>,
+    /// Largest accepted request body [default: 1048576]
+    #[arg(long, env = "KEYWARD_MAX_BODY_BYTES")]
+    pub(crate) max_body_bytes: Option<usize>,
+    /// Seconds a request may take before it gets 503 [default: 30]
+    #[arg(long, env = "KEYWARD_REQUEST_TIMEOUT_SECONDS")]
+    pub(crate) request_timeout_seconds: Option<u64>,
+    /// Database connections for reads [default: 8]
+    #[arg(long, env = "KEYWARD_DB_MAX_CONNECTIONS")]
+    pub(crate) db_max_connections: Option<u32>,
+    /// Seconds to wait for a free database connection [default: 5]
+    #[arg(long, env = "KEYWARD_DB_ACQUIRE_TIMEOUT_SECONDS")]
+    pub(crate) db_acquire_timeout_seconds: Option<u64>,
+    /// How often `last_used_at` is written, in milliseconds [default: 1000]
+    #[arg(long, env = "KEYWARD_LAST_USED_FLUSH_MS")]
+    pub(crate) last_used_flush_ms: Option<u64>,
+    /// Log format: `text` or `json` [default: text]
+    #[arg(long, env = "KEYWARD_LOG_FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The same settings, as a TOML file may give them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    cors_origin: Option<String>,
+    max_body_bytes: Option<usize>,
+    request_timeout_seconds: Option<u64>,
+    db_max_connections: Option<u32>,
+    db_acquire_timeout_seconds: Option<u64>,
+    last_used_flush_ms: Option<u64>,
+    log_format: Option<LogFormat>,
+}
+
+/// The resolved settings.
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) data_dir: PathBuf,
+    /// May hold a password, so it is never printed.
+    pub(crate) database_url: Option<SecretString>,
+    pub(crate) cors_origins: Vec<String>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) db_max_connections: u32,
+    pub(crate) db_acquire_timeout: Duration,
+    pub(crate) last_used_flush_interval: Duration,
+    pub(crate) log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "[redacted]"),
+            )
+            .field("cors_origins", &self.cors_origins)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    pub(crate) fn resolve(
+        args: ServeArgs,
+        known_variables: &[String],
+    ) -> Result<Self, SettingsError> {
+        reject_unknown_variables(std::env::vars().map(|(name, _)| name), known_variables)?;
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(1024 * 1024);
+        if max_body_bytes == 0 {
+            return Err(SettingsError::Invalid {
+                name: "max_body_bytes",
+                message: "must be positive".to_owned(),
+            });
+        }
+        let flush_ms = args
+            .last_used_flush_ms
+            .or(file.last_used_flush_ms)
+            .unwrap_or(1000);
+        if flush_ms == 0 {
+            return Err(SettingsError::Invalid {
+                name: "last_used_flush_ms",
+                message: "must be positive".to_owned(),
+            });
+        }
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("keyward-data")),
+            database_url: args
+                .database_url
+                .or(file.database_url)
+                .map(SecretString::from),
+            cors_origins: args
+                .cors_origin
+                .or(file.cors_origin)
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|origin| !origin.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            max_body_bytes,
+            request_timeout: Duration::from_secs(
+                args.request_timeout_seconds
+                    .or(file.request_timeout_seconds)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
+            db_max_connections: args
+                .db_max_connections
+                .or(file.db_max_connections)
+                .unwrap_or(8),
+            db_acquire_timeout: Duration::from_secs(
+                args.db_acquire_timeout_seconds
+                    .or(file.db_acquire_timeout_seconds)
+                    .unwrap_or(5),
+            ),
+            last_used_flush_interval: Duration::from_millis(flush_ms),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|error| SettingsError::ParseFile {
+        path: path.to_owned(),
+        message: error.message().to_owned(),
+    })
+}
+
+/// Variables that test suites set for themselves, not for the server.
+const RESERVED_FOR_TESTS: &str = "KEYWARD_TEST_";
+
+fn reject_unknown_variables(
+    present: impl Iterator<Item = String>,
+    known: &[String],
+) -> Result<(), SettingsError> {
+    let mut unknown: Vec<String> = present
+        .filter(|name| name.starts_with("KEYWARD_") && !name.starts_with(RESERVED_FOR_TESTS))
+        .filter(|name| !known.contains(name))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort();
+    Err(SettingsError::UnknownVariables(unknown.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_variables_are_named() {
+        let known = vec!["KEYWARD_LISTEN".to_owned()];
+        let present = [
+            "KEYWARD_LISTEN",
+            "KEYWARD_LISTNE",
+            "PATH",
+            "KEYWARD_TEST_DATABASE_URL",
+        ]
+        .map(str::to_owned);
+        let error = reject_unknown_variables(present.into_iter(), &known).unwrap_err();
+        assert_eq!(error.to_string().matches("KEYWARD_").count(), 1);
+        assert!(error.to_string().contains("KEYWARD_LISTNE"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let error = toml::from_str::<FileSettings>("listen = \"127.0.0.1:1\"\nlisten_port = 3")
+            .unwrap_err();
+        assert!(error.message().contains("listen_port"));
+    }
+
+    #[test]
+    fn the_database_url_is_never_printed() {
+        let settings = Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: PathBuf::from("x"),
+            database_url: Some(SecretString::from("postgres://u:hunter2@h/db")),
+            cors_origins: Vec::new(),
+            max_body_bytes: 1,
+            request_timeout: Duration::from_secs(1),
+            db_max_connections: 1,
+            db_acquire_timeout: Duration::from_secs(1),
+            last_used_flush_interval: Duration::from_secs(1),
+            log_format: LogFormat::Text,
+        };
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+}

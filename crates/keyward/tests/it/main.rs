@@ -1,0 +1,10 @@
+#![allow(unreachable_pub)] // helpers of a test binary are `pub` for its modules, not for export.
+//! Integration tests: the real server on a random port, real storage, spoken to over HTTP.
+//! One test binary keeps link time down.
+
+mod cli;
+mod conventions;
+mod hostile_input;
+mod keys;
+mod process;
+mod testkit;

@@ -1,0 +1,164 @@
+//! The real `keyward serve` binary: first start, crash durability, graceful shutdown,
+//! settings errors, and secrets that must never reach disk or logs.
+
+use serde_json::json;
+
+use crate::testkit::{keyward_binary, Api, ServerProcess};
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), "first");
+    let (live, _) = server
+        .first_keys
+        .clone()
+        .expect("first start prints root keys");
+    let api = Api::new(&server.base, &live);
+    api.create_app("durable", &[]).await;
+    let mut kept = Vec::new();
+    for index in 0..20 {
+        let key = api
+            .create_key("durable", json!({"name": format!("k{index}")}))
+            .await;
+        kept.push((
+            key["id"].as_str().unwrap().to_owned(),
+            key["secret"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (revoked_id, revoked_secret) = kept.pop().unwrap();
+    api.post(&format!("/api/v1/keys/{revoked_id}/revoke"), json!({}))
+        .await
+        .assert_status(200);
+    server.kill_hard();
+
+    let restarted = ServerProcess::start(dir.path(), "second");
+    assert!(
+        restarted.first_keys.is_none(),
+        "root keys are printed only on the first start"
+    );
+    let api = Api::new(&restarted.base, &live);
+    for (_, secret) in &kept {
+        assert_eq!(api.verify_code(secret).await, "VALID");
+    }
+    assert_eq!(api.verify_code(&revoked_secret).await, "KEY_REVOKED");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_writes_pending_last_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), "first");
+    let (live, _) = server.first_keys.clone().unwrap();
+    let api = Api::new(&server.base, &live);
+    api.create_app("flush", &[]).await;
+    let key = api.create_key("flush", json!({"name": "k"})).await;
+    assert_eq!(
+        api.verify_code(key["secret"].as_str().unwrap()).await,
+        "VALID"
+    );
+    // The default flush interval is 1 s; SIGTERM right away must still write it.
+    assert!(server.terminate().success());
+
+    let restarted = ServerProcess::start(dir.path(), "second");
+    let api = Api::new(&restarted.base, &live);
+    let fetched = api
+        .get(&format!("/api/v1/keys/{}", key["id"].as_str().unwrap()))
+        .await;
+    assert!(
+        fetched.body["last_used_at"].is_string(),
+        "{:#}",
+        fetched.body
+    );
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_database_or_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), "server");
+    let (live, test) = server.first_keys.clone().unwrap();
+    let api = Api::new(&server.base, &live);
+    api.create_app("secretive", &[]).await;
+    let mut secrets = vec![live.clone(), test];
+    for index in 0..5 {
+        let key = api
+            .create_key("secretive", json!({"name": format!("k{index}")}))
+            .await;
+        secrets.push(key["secret"].as_str().unwrap().to_owned());
+        let rotated = api
+            .post(
+                &format!("/api/v1/keys/{}/rotate", key["id"].as_str().unwrap()),
+                json!({"expire_previous_in_seconds": 60}),
+            )
+            .await
+            .assert_status(200)
+            .clone();
+        secrets.push(rotated["secret"].as_str().unwrap().to_owned());
+        api.verify_code(secrets.last().unwrap()).await;
+    }
+    let root = api
+        .post(
+            "/api/v1/root-keys",
+            json!({"name": "extra", "scopes": ["verify"]}),
+        )
+        .await;
+    secrets.push(root.body["secret"].as_str().unwrap().to_owned());
+    // Secrets sent where they do not belong must not be logged either.
+    api.post("/api/v1/apps", json!({"name": 1, "slug": secrets[2]}))
+        .await;
+    api.get(&format!("/api/v1/keys/{}", secrets[3])).await;
+    let stderr_path = server.stderr_path.clone();
+    assert!(server.terminate().success());
+
+    let mut haystacks = vec![("log", std::fs::read(&stderr_path).unwrap())];
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("keyward.db")
+        {
+            haystacks.push(("database", std::fs::read(&path).unwrap()));
+        }
+    }
+    assert!(haystacks.len() >= 2, "found the database files");
+    assert!(!haystacks[0].1.is_empty(), "the server logged something");
+    for (what, bytes) in &haystacks {
+        for secret in &secrets {
+            let found = bytes
+                .windows(secret.len())
+                .any(|window| window == secret.as_bytes());
+            assert!(!found, "a secret was found in the {what}");
+            // Nor the random part alone.
+            let random = &secret.as_bytes()[secret.len() - 30..];
+            assert!(
+                !bytes.windows(random.len()).any(|window| window == random),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_settings_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = keyward_binary()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("KEYWARD_LISTN", "oops")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("KEYWARD_LISTN"), "{stderr}");
+
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nlisten_port = 1\n").unwrap();
+    let output = keyward_binary()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("listen_port"), "{stderr}");
+}

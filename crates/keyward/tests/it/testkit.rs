@@ -1,0 +1,308 @@
+//! Starts servers for tests: in-process (fast, most tests) or as the real `keyward` binary
+//! (for crashes, logs and the CLI).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward_server::{Server, ServerConfig};
+use keyward_store::{SqlStore, StoreOptions};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+/// A server running inside the test process on a fresh database.
+pub struct TestServer {
+    pub base: String,
+    pub live_key: String,
+    pub test_key: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(ServerConfig {
+            last_used_flush_interval: Duration::from_millis(50),
+            cors_origins: vec!["https://app.example.com".to_owned()],
+            ..ServerConfig::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(config: ServerConfig) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqlStore::connect(&StoreOptions {
+            url: SqlStore::sqlite_url(dir.path()),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("open store");
+        let store: Arc<dyn keyward_store::Store> = Arc::new(store);
+        let first = keyward_server::bootstrap::bootstrap(store.as_ref())
+            .await
+            .expect("bootstrap")
+            .expect("fresh database");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::new(store, config);
+        let task = tokio::spawn(async move {
+            server
+                .run(listener, async {
+                    let _ = signal.await;
+                })
+                .await
+                .expect("server ran");
+        });
+        Self {
+            base,
+            live_key: first.live.expose_secret().to_owned(),
+            test_key: first.test.expose_secret().to_owned(),
+            shutdown: Some(shutdown),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.base, &self.live_key)
+    }
+
+    pub fn api_with(&self, key: &str) -> Api {
+        Api::new(&self.base, key)
+    }
+
+    /// Stops the server gracefully and waits for its background work to finish.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+}
+
+/// A JSON answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts the SPEC §3 envelope with the given status, type and code; returns the message.
+    pub fn assert_error(&self, status: u16, error_type: &str, code: &str) -> String {
+        assert_eq!(self.status.as_u16(), status, "{:#}", self.body);
+        assert_eq!(self.body["error"]["type"], error_type, "{:#}", self.body);
+        assert_eq!(self.body["error"]["code"], code, "{:#}", self.body);
+        let request_id = self.body["error"]["request_id"]
+            .as_str()
+            .expect("request_id");
+        assert_eq!(self.headers["x-request-id"], request_id);
+        self.body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .to_owned()
+    }
+
+    pub fn assert_status(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "{:#}", self.body);
+        &self.body
+    }
+}
+
+/// A client with a root key.
+#[derive(Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base: String,
+    key: String,
+}
+
+impl Api {
+    pub fn new(base: &str, key: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.to_owned(),
+            key: key.to_owned(),
+        }
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        } else {
+            request = request.header("content-type", "application/json");
+        }
+        send(request).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    pub async fn create_app(&self, slug: &str, permissions: &[&str]) -> Value {
+        self.post(
+            "/api/v1/apps",
+            json!({"name": format!("App {slug}"), "slug": slug, "permissions": permissions}),
+        )
+        .await
+        .assert_status(201)
+        .clone()
+    }
+
+    pub async fn create_key(&self, app: &str, body: Value) -> Value {
+        self.post(&format!("/api/v1/apps/{app}/keys"), body)
+            .await
+            .assert_status(201)
+            .clone()
+    }
+
+    pub async fn verify(&self, key: &str, permissions: Option<&str>) -> Value {
+        let mut body = json!({ "key": key });
+        if let Some(permissions) = permissions {
+            body["permissions"] = json!(permissions);
+        }
+        self.post("/api/v1/keys/verify", body)
+            .await
+            .assert_status(200)
+            .clone()
+    }
+
+    pub async fn verify_code(&self, key: &str) -> String {
+        self.verify(key, None).await["code"]
+            .as_str()
+            .expect("code")
+            .to_owned()
+    }
+}
+
+pub async fn send(request: reqwest::RequestBuilder) -> Reply {
+    let response = request.send().await.expect("request sent");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The real `keyward serve`, as a child process with its own data directory.
+pub struct ServerProcess {
+    child: Child,
+    pub base: String,
+    /// The root keys printed on first start (`None` on a restart).
+    pub first_keys: Option<(String, String)>,
+    pub stderr_path: PathBuf,
+}
+
+pub fn keyward_binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    // The test's own environment must not leak settings into the server under test.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KEYWARD_") || name == "DATABASE_URL" || name == "CORS_ORIGIN" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+impl ServerProcess {
+    pub fn start(data_dir: &Path, log_name: &str) -> Self {
+        let stderr_path = data_dir.join(format!("{log_name}.stderr.log"));
+        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let mut child = keyward_binary()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("KEYWARD_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn keyward");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut live, mut test, mut base) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while base.is_none() && Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            let line = line.trim();
+            if let Some(key) = line.strip_prefix("live: ") {
+                live = Some(key.to_owned());
+            } else if let Some(key) = line.strip_prefix("test: ") {
+                test = Some(key.to_owned());
+            } else if let Some(address) = line.strip_prefix("Keyward listening on ") {
+                base = Some(address.to_owned());
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let base = base.unwrap_or_else(|| {
+            panic!(
+                "server did not start: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            )
+        });
+        Self {
+            child,
+            base,
+            first_keys: live.zip(test),
+            stderr_path,
+        }
+    }
+
+    pub fn kill_hard(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.child.wait().expect("exit")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
