@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage apps on a running server
     Apps {
         #[command(flatten)]
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await.map_err(|error| error.to_string()),
+            Command::Serve(args) => serve(*args).await.map_err(|error| error.to_string()),
             Command::Apps {
                 connection,
                 command,
