@@ -1,20 +1,8 @@
-//! Rust client for Keyward: typed calls for every endpoint, on the same wire types the server
-//! uses.
+//! Rust client for Keyward: typed calls for every management and verification endpoint, on the
+//! same wire types ([`proto`]) the server uses, so the two cannot disagree about a field.
 //!
-//! ```no_run
-//! # async fn example() -> Result<(), keyward_sdk::Error> {
-//! use keyward_sdk::{Client, proto::VerifyKeyRequest};
-//!
-//! let client = Client::builder()
-//!     .base_url("http://127.0.0.1:8080")
-//!     .api_key("sk_live_…")
-//!     .build()?;
-//! let verdict = client
-//!     .verify_key(&VerifyKeyRequest { key: "acme_live_…".into(), ..Default::default() })
-//!     .await?;
-//! println!("{}", verdict.code);
-//! # Ok(()) }
-//! ```
+//! Every call returns `Result<_, `[`Error`]`>`; an error answer from the server keeps its `code`,
+//! `message` and `request_id`, and no error ever contains the API key.
 
 use std::time::Duration;
 
@@ -26,6 +14,7 @@ use keyward_proto::{
     UpdateAppRequest, UpdateEnvironmentRequest, UpdateKeyRequest, VerifyKeyRequest,
     VerifyKeyResponse,
 };
+use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
@@ -34,44 +23,63 @@ use serde::Serialize;
 /// Where a client connects when no base URL is given.
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:8080";
 
+/// How long one call may take when no timeout is given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Everything a call can fail with. No variant ever contains the API key.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
-    /// The server answered with an error envelope (other than 401, 403 and 429).
-    #[error("{status} {error_type} {code}: {message} (request {request_id})")]
+    /// The server answered with an error envelope, with a status other than 401, 403 and 429.
+    #[error("{code}: {message} (HTTP {status} {error_type}, request {request_id})")]
     Http {
+        /// The HTTP status, e.g. 404.
         status: u16,
+        /// The envelope's `type`, e.g. `NOT_FOUND_ERROR`.
         error_type: String,
+        /// A stable snake_case reason, e.g. `key_not_found`.
         code: String,
+        /// A sentence for a person.
         message: String,
+        /// The `req_…` id to quote when asking about this call.
         request_id: String,
     },
-    /// 401 or 403: the credential is missing, invalid, revoked or lacks a scope.
-    #[error("{status} {code}: {message} (request {request_id})")]
+    /// 401 or 403: the API key is missing, invalid, revoked, disabled or lacks a scope.
+    #[error("{code}: {message} (HTTP {status}, request {request_id})")]
     Auth {
+        /// 401 or 403.
         status: u16,
+        /// e.g. `invalid_api_key`, `key_revoked` or `insufficient_scope`.
         code: String,
+        /// A sentence for a person.
         message: String,
+        /// The `req_…` id to quote when asking about this call.
         request_id: String,
     },
-    /// 429; retry after `retry_after` seconds when the server said.
-    #[error("rate limited; retry after {retry_after:?} s (request {request_id})")]
+    /// 429: too many calls.
+    #[error("rate limited{} (request {request_id})", retry_hint(*.retry_after))]
     RateLimited {
+        /// Seconds to wait, from the `Retry-After` header.
         retry_after: Option<u64>,
+        /// The `req_…` id to quote when asking about this call.
         request_id: String,
     },
     /// The server could not be reached or did not answer in time.
-    #[error("connection failed: {0}")]
+    #[error("cannot reach the server: {0}")]
     Connection(String),
-    /// The answer was not what the API documents.
-    #[error("unexpected answer: {0}")]
+    /// The server's answer was not what the API documents.
+    #[error("unexpected answer from the server: {0}")]
     Decode(String),
-    /// The client was configured wrongly (e.g. an unparsable base URL).
-    #[error("invalid client configuration: {0}")]
-    Config(String),
+    /// A base URL, id or slug that cannot name a resource.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
 }
 
-/// Builds a [`Client`].
+fn retry_hint(retry_after: Option<u64>) -> String {
+    retry_after.map_or_else(String::new, |seconds| format!("; retry after {seconds} s"))
+}
+
+/// Builds a [`Client`]; see [`Client::builder`].
 #[derive(Debug, Default)]
 pub struct ClientBuilder {
     base_url: Option<String>,
@@ -80,88 +88,131 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// The server's address, e.g. `https://keyward.example.com`.
+    /// The server's address, e.g. `https://keyward.example.com`; [`DEFAULT_BASE_URL`] if unset.
     pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
         self.base_url = Some(base_url.into());
         self
     }
 
-    /// How long one call may take; 30 s by default.
+    /// How long one call may take, connecting included; [`DEFAULT_TIMEOUT`] if unset.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
-    /// The root key sent as `Authorization: Bearer …`.
+    /// The root key sent as `Authorization: Bearer …`. Without one, only [`Client::health`]
+    /// succeeds.
     pub fn api_key(mut self, api_key: impl Into<String>) -> Self {
         self.api_key = Some(SecretString::from(api_key.into()));
         self
     }
 
+    /// Checks the base URL and makes the client.
     pub fn build(self) -> Result<Client, Error> {
-        let base = self.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let base_url =
-            Url::parse(base).map_err(|error| Error::Config(format!("base URL: {error}")))?;
-        if base_url.cannot_be_a_base() {
-            return Err(Error::Config("the base URL cannot have paths".to_owned()));
-        }
+        let base_url = self.base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+        parse_base_url(&base_url)?;
         let http = reqwest::Client::builder()
-            .timeout(self.timeout.unwrap_or(Duration::from_secs(30)))
+            .timeout(self.timeout.unwrap_or(DEFAULT_TIMEOUT))
             .build()
-            .map_err(|error| Error::Config(error.to_string()))?;
+            .map_err(|error| Error::Connection(describe(error)))?;
         Ok(Client {
             http,
             base_url,
-            api_key: self
-                .api_key
-                .unwrap_or_else(|| SecretString::from(String::new())),
+            api_key: self.api_key,
         })
     }
 }
 
-/// A client of one Keyward server, authenticated with one root key. Cheap to clone.
+fn parse_base_url(base_url: &str) -> Result<Url, Error> {
+    let url = Url::parse(base_url)
+        .map_err(|error| Error::InvalidArgument(format!("base URL {base_url:?}: {error}")))?;
+    if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::InvalidArgument(format!(
+            "base URL {base_url:?} is not http(s)"
+        )));
+    }
+    Ok(url)
+}
+
+/// A client of one Keyward server, authenticated with one root key. Cheap to clone: clones
+/// share one connection pool.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), keyward_sdk::Error> {
+/// use keyward_sdk::{proto::VerifyKeyRequest, Client};
+///
+/// let client = Client::builder()
+///     .base_url("https://keyward.example.com")
+///     .api_key("sk_live_…")
+///     .build()?;
+/// let verdict = client
+///     .verify_key(&VerifyKeyRequest { key: "acme_live_…".into(), ..Default::default() })
+///     .await?;
+/// if !verdict.valid {
+///     println!("refused: {} (answer HTTP {})", verdict.code, verdict.status);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base_url: Url,
-    api_key: SecretString,
+    /// Checked by [`ClientBuilder::build`] (or a constant), so parsing it again cannot fail.
+    base_url: String,
+    api_key: Option<SecretString>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base_url", &self.base_url.as_str())
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[REDACTED]"))
             .finish_non_exhaustive()
     }
 }
 
-/// A body-less call still says it is JSON: the server refuses other writes with 415.
-const NO_BODY: Option<&()> = None;
-const NO_QUERY: Option<&()> = None;
+/// A typed "no query" or "no body", so one `call` serves every endpoint.
+const NONE: Option<&()> = None;
 
 impl Client {
-    /// A client of the server at [`DEFAULT_BASE_URL`].
+    /// A client of the server at [`DEFAULT_BASE_URL`], with [`DEFAULT_TIMEOUT`].
     pub fn new(api_key: impl Into<String>) -> Self {
+        // Building fails only if the TLS backend cannot start; the fallback then fails the
+        // same way, as `reqwest::Client::new` documents.
+        let http = reqwest::Client::builder()
+            .timeout(DEFAULT_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        let api_key = SecretString::from(api_key.into());
         Self {
-            http: reqwest::Client::new(),
-            base_url: Url::parse(DEFAULT_BASE_URL)
-                .unwrap_or_else(|_| unreachable!("valid constant")),
-            api_key: SecretString::from(api_key.into()),
+            http,
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            api_key: Some(api_key),
         }
     }
 
+    /// Starts configuring a client: base URL, timeout and API key.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.base_url.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
+    /// The base URL with `segments` appended, each percent-encoded (a `/` in an id stays in
+    /// its segment).
+    fn url(&self, segments: &[&str]) -> Result<Url, Error> {
+        // `extend` silently drops "." and "..", which would send the call to another resource.
+        if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+            return Err(Error::InvalidArgument(format!(
+                "{bad:?} is not a valid id or slug"
+            )));
         }
-        url
+        let mut url = parse_base_url(&self.base_url)?;
+        url.path_segments_mut()
+            .map_err(|()| Error::InvalidArgument("the base URL cannot have a path".to_owned()))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
     }
 
+    /// Calls `/api/v1/<segments>`.
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -169,174 +220,121 @@ impl Client {
         query: Option<&impl Serialize>,
         body: Option<&impl Serialize>,
     ) -> Result<T, Error> {
-        let writes = method != Method::GET;
-        let mut request = self
-            .http
-            .request(method, self.url(segments))
-            .bearer_auth(self.api_key.expose_secret());
+        let url = self.url(&[&["api", "v1"], segments].concat())?;
+        self.send(method, url, query, body).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        query: Option<&impl Serialize>,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
+        let writes = !matches!(method, Method::GET | Method::HEAD);
+        let mut request = self.http.request(method, url);
+        if let Some(api_key) = &self.api_key {
+            request = request.bearer_auth(api_key.expose_secret());
+        }
         if let Some(query) = query {
             request = request.query(query);
         }
         request = match body {
             Some(body) => request.json(body),
-            None if writes => request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body("{}"),
+            // The server answers 415 to any write that does not say it is JSON.
+            None if writes => request.header(CONTENT_TYPE, "application/json").body("{}"),
             None => request,
         };
         let response = request
             .send()
             .await
-            .map_err(|error| Error::Connection(error.without_url().to_string()))?;
+            .map_err(|error| Error::Connection(describe(error)))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
-        let bytes = response
+        let headers = response.headers().clone();
+        let body = response
             .bytes()
             .await
-            .map_err(|error| Error::Connection(error.without_url().to_string()))?;
+            .map_err(|error| Error::Connection(describe(error)))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|error| Error::Decode(error.to_string()));
+            return serde_json::from_slice(&body)
+                .map_err(|error| Error::Decode(format!("HTTP {status}: {error}")));
         }
-        let envelope: ErrorEnvelope = serde_json::from_slice(&bytes)
-            .map_err(|_| Error::Decode(format!("HTTP {status} without an error envelope")))?;
-        let error = envelope.error;
-        let error_type = serde_json::to_value(error.error_type)
-            .ok()
-            .and_then(|value| value.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        Err(match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Auth {
-                status: status.as_u16(),
-                code: error.code,
-                message: error.message,
-                request_id: error.request_id,
-            },
-            StatusCode::TOO_MANY_REQUESTS => Error::RateLimited {
-                retry_after,
-                request_id: error.request_id,
-            },
-            _ => Error::Http {
-                status: status.as_u16(),
-                error_type,
-                code: error.code,
-                message: error.message,
-                request_id: error.request_id,
-            },
-        })
+        Err(error_from(status, &headers, &body))
     }
 
-    /// `GET /healthz`.
+    /// `GET /healthz`: whether the process is up. Needs no API key.
     pub async fn health(&self) -> Result<Health, Error> {
-        self.call(Method::GET, &["healthz"], NO_QUERY, NO_BODY)
+        self.send(Method::GET, self.url(&["healthz"])?, NONE, NONE)
             .await
     }
 
-    /// `POST /api/v1/apps`.
+    /// `POST /api/v1/apps` (scope `apps:write`).
     pub async fn create_app(&self, request: &CreateAppRequest) -> Result<App, Error> {
-        self.call(
-            Method::POST,
-            &["api", "v1", "apps"],
-            NO_QUERY,
-            Some(request),
-        )
-        .await
+        self.call(Method::POST, &["apps"], NONE, Some(request))
+            .await
     }
 
-    /// `GET /api/v1/apps`, one page.
+    /// `GET /api/v1/apps`: one page of apps.
     pub async fn list_apps(&self, page: &PageParams) -> Result<Page<App>, Error> {
-        self.call(Method::GET, &["api", "v1", "apps"], Some(page), NO_BODY)
-            .await
+        self.call(Method::GET, &["apps"], Some(page), NONE).await
     }
 
     /// `GET /api/v1/apps/{slug}`.
     pub async fn get_app(&self, slug: &str) -> Result<App, Error> {
-        self.call(Method::GET, &["api", "v1", "apps", slug], NO_QUERY, NO_BODY)
+        self.call(Method::GET, &["apps", slug], NONE, NONE).await
+    }
+
+    /// `PATCH /api/v1/apps/{slug}`: absent fields are kept.
+    pub async fn update_app(&self, slug: &str, request: &UpdateAppRequest) -> Result<App, Error> {
+        self.call(Method::PATCH, &["apps", slug], NONE, Some(request))
             .await
     }
 
-    /// `PATCH /api/v1/apps/{slug}`.
-    pub async fn update_app(&self, slug: &str, request: &UpdateAppRequest) -> Result<App, Error> {
-        self.call(
-            Method::PATCH,
-            &["api", "v1", "apps", slug],
-            NO_QUERY,
-            Some(request),
-        )
-        .await
-    }
-
-    /// `DELETE /api/v1/apps/{slug}`: deletes the app and revokes its keys.
+    /// `DELETE /api/v1/apps/{slug}`: revokes the app's keys and returns the deleted app.
     pub async fn delete_app(&self, slug: &str) -> Result<App, Error> {
-        self.call(
-            Method::DELETE,
-            &["api", "v1", "apps", slug],
-            NO_QUERY,
-            NO_BODY,
-        )
-        .await
+        self.call(Method::DELETE, &["apps", slug], NONE, NONE).await
     }
 
-    /// `POST /api/v1/apps/{slug}/keys`. The answer holds the secret, this once.
+    /// `POST /api/v1/apps/{slug}/keys` (scope `keys:write`). The answer holds the secret, once.
     pub async fn create_key(
         &self,
-        app: &str,
+        app_slug: &str,
         request: &CreateKeyRequest,
     ) -> Result<ApiKeyWithSecret, Error> {
         self.call(
             Method::POST,
-            &["api", "v1", "apps", app, "keys"],
-            NO_QUERY,
+            &["apps", app_slug, "keys"],
+            NONE,
             Some(request),
         )
         .await
     }
 
-    /// `GET /api/v1/apps/{slug}/keys`, one page.
+    /// `GET /api/v1/apps/{slug}/keys` (scope `keys:read`): one page of metadata, never secrets.
     pub async fn list_keys(
         &self,
-        app: &str,
+        app_slug: &str,
         params: &ListKeysParams,
     ) -> Result<Page<ApiKey>, Error> {
-        self.call(
-            Method::GET,
-            &["api", "v1", "apps", app, "keys"],
-            Some(params),
-            NO_BODY,
-        )
-        .await
+        self.call(Method::GET, &["apps", app_slug, "keys"], Some(params), NONE)
+            .await
     }
 
     /// `GET /api/v1/keys/{id}`.
     pub async fn get_key(&self, id: &str) -> Result<ApiKey, Error> {
-        self.call(Method::GET, &["api", "v1", "keys", id], NO_QUERY, NO_BODY)
+        self.call(Method::GET, &["keys", id], NONE, NONE).await
+    }
+
+    /// `PATCH /api/v1/keys/{id}`: absent fields are kept.
+    pub async fn update_key(&self, id: &str, request: &UpdateKeyRequest) -> Result<ApiKey, Error> {
+        self.call(Method::PATCH, &["keys", id], NONE, Some(request))
             .await
     }
 
-    /// `PATCH /api/v1/keys/{id}`.
-    pub async fn update_key(&self, id: &str, request: &UpdateKeyRequest) -> Result<ApiKey, Error> {
-        self.call(
-            Method::PATCH,
-            &["api", "v1", "keys", id],
-            NO_QUERY,
-            Some(request),
-        )
-        .await
-    }
-
-    /// `POST /api/v1/keys/{id}/revoke`.
+    /// `POST /api/v1/keys/{id}/revoke`: every later verification gets `KEY_REVOKED`.
     pub async fn revoke_key(&self, id: &str) -> Result<ApiKey, Error> {
-        self.call(
-            Method::POST,
-            &["api", "v1", "keys", id, "revoke"],
-            NO_QUERY,
-            NO_BODY,
-        )
-        .await
+        self.call(Method::POST, &["keys", id, "revoke"], NONE, NONE)
+            .await
     }
 
     /// `POST /api/v1/keys/{id}/rotate`. The answer holds the new secret, this once.
@@ -345,35 +343,19 @@ impl Client {
         id: &str,
         request: &RotateKeyRequest,
     ) -> Result<ApiKeyWithSecret, Error> {
-        self.call(
-            Method::POST,
-            &["api", "v1", "keys", id, "rotate"],
-            NO_QUERY,
-            Some(request),
-        )
-        .await
+        self.call(Method::POST, &["keys", id, "rotate"], NONE, Some(request))
+            .await
     }
 
-    /// `DELETE /api/v1/keys/{id}`.
+    /// `DELETE /api/v1/keys/{id}`: revokes, deletes and returns the deleted key.
     pub async fn delete_key(&self, id: &str) -> Result<ApiKey, Error> {
-        self.call(
-            Method::DELETE,
-            &["api", "v1", "keys", id],
-            NO_QUERY,
-            NO_BODY,
-        )
-        .await
+        self.call(Method::DELETE, &["keys", id], NONE, NONE).await
     }
 
-    /// `POST /api/v1/keys/verify`.
+    /// `POST /api/v1/keys/verify` (scope `verify`). A refused key is `Ok` with `valid: false`.
     pub async fn verify_key(&self, request: &VerifyKeyRequest) -> Result<VerifyKeyResponse, Error> {
-        self.call(
-            Method::POST,
-            &["api", "v1", "keys", "verify"],
-            NO_QUERY,
-            Some(request),
-        )
-        .await
+        self.call(Method::POST, &["keys", "verify"], NONE, Some(request))
+            .await
     }
 
     /// `POST /api/v1/root-keys`. The answer holds the secret, this once.
@@ -381,96 +363,210 @@ impl Client {
         &self,
         request: &CreateRootKeyRequest,
     ) -> Result<RootKeyWithSecret, Error> {
-        self.call(
-            Method::POST,
-            &["api", "v1", "root-keys"],
-            NO_QUERY,
-            Some(request),
-        )
-        .await
+        self.call(Method::POST, &["root-keys"], NONE, Some(request))
+            .await
     }
 
-    /// `GET /api/v1/root-keys`, one page.
+    /// `GET /api/v1/root-keys`: one page of root keys, never secrets.
     pub async fn list_root_keys(&self, page: &PageParams) -> Result<Page<RootKey>, Error> {
-        self.call(
-            Method::GET,
-            &["api", "v1", "root-keys"],
-            Some(page),
-            NO_BODY,
-        )
-        .await
+        self.call(Method::GET, &["root-keys"], Some(page), NONE)
+            .await
     }
 
     /// `POST /api/v1/root-keys/{id}/revoke`.
     pub async fn revoke_root_key(&self, id: &str) -> Result<RootKey, Error> {
-        self.call(
-            Method::POST,
-            &["api", "v1", "root-keys", id, "revoke"],
-            NO_QUERY,
-            NO_BODY,
-        )
-        .await
+        self.call(Method::POST, &["root-keys", id, "revoke"], NONE, NONE)
+            .await
     }
 
-    /// `GET /api/v1/environment`.
+    /// `GET /api/v1/environment`: the settings of the API key's environment.
     pub async fn get_environment(&self) -> Result<EnvironmentSettings, Error> {
-        self.call(
-            Method::GET,
-            &["api", "v1", "environment"],
-            NO_QUERY,
-            NO_BODY,
-        )
-        .await
+        self.call(Method::GET, &["environment"], NONE, NONE).await
     }
 
-    /// `PATCH /api/v1/environment`.
+    /// `PATCH /api/v1/environment`: absent fields are kept.
     pub async fn update_environment(
         &self,
         request: &UpdateEnvironmentRequest,
     ) -> Result<EnvironmentSettings, Error> {
-        self.call(
-            Method::PATCH,
-            &["api", "v1", "environment"],
-            NO_QUERY,
-            Some(request),
-        )
-        .await
+        self.call(Method::PATCH, &["environment"], NONE, Some(request))
+            .await
     }
 
-    /// `GET /api/v1/audit-log`, one page.
+    /// `GET /api/v1/audit-log`: one page of who changed what, newest first.
     pub async fn list_audit(&self, params: &ListAuditParams) -> Result<Page<AuditEntry>, Error> {
-        self.call(
-            Method::GET,
-            &["api", "v1", "audit-log"],
-            Some(params),
-            NO_BODY,
-        )
-        .await
+        self.call(Method::GET, &["audit-log"], Some(params), NONE)
+            .await
     }
+}
+
+/// Maps a non-2xx answer to an [`Error`]. A 429 needs no envelope: a proxy in front of the
+/// server may send a bare one, and the caller still deserves `retry_after`.
+fn error_from(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Error {
+    let envelope = serde_json::from_slice::<ErrorEnvelope>(body)
+        .ok()
+        .map(|envelope| envelope.error);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after =
+            header(headers, RETRY_AFTER.as_str()).and_then(|value| value.parse().ok());
+        let request_id = envelope.map(|error| error.request_id);
+        let request_id = request_id.or_else(|| header(headers, "x-request-id").map(str::to_owned));
+        return Error::RateLimited {
+            retry_after,
+            request_id: request_id.unwrap_or_default(),
+        };
+    }
+    let Some(error) = envelope else {
+        return Error::Decode(format!("HTTP {status} without an error envelope"));
+    };
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return Error::Auth {
+            status: status.as_u16(),
+            code: error.code,
+            message: error.message,
+            request_id: error.request_id,
+        };
+    }
+    let error_type = serde_json::to_value(error.error_type)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Error::Http {
+        status: status.as_u16(),
+        error_type,
+        code: error.code,
+        message: error.message,
+        request_id: error.request_id,
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// reqwest's own message is only the outermost layer ("error sending request"); the cause
+/// (refused, timed out, bad certificate) is in the source chain. The URL is left out: it is
+/// the caller's own and may carry credentials of a proxy.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
     use super::*;
 
-    #[test]
-    fn the_api_key_is_never_printed() {
-        let client = Client::builder()
-            .api_key("sk_live_supersecret")
-            .build()
-            .unwrap();
-        assert!(!format!("{client:?}").contains("supersecret"));
+    /// Answers one request on a free port with `head` and `body`; returns the base URL and a
+    /// handle that yields the raw request.
+    fn one_shot_server(head: &str, body: &str) -> (String, std::thread::JoinHandle<String>) {
+        let answer = format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut reader = BufReader::new(listener.accept().unwrap().0);
+            let (mut request, mut content_length) = (String::new(), 0);
+            while !request.ends_with("\r\n\r\n") {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(length) = line.to_lowercase().strip_prefix("content-length:") {
+                    content_length = length.trim().parse().unwrap();
+                }
+                request.push_str(&line);
+            }
+            let mut body = vec![0; content_length];
+            reader.read_exact(&mut body).unwrap();
+            reader.get_mut().write_all(answer.as_bytes()).unwrap();
+            request + &String::from_utf8(body).unwrap()
+        });
+        (base_url, handle)
+    }
+
+    fn client(base_url: &str) -> Client {
+        let builder = Client::builder().base_url(base_url);
+        builder.api_key("sk_live_supersecret").build().unwrap()
     }
 
     #[test]
-    fn path_segments_are_encoded() {
-        let client = Client::builder()
-            .base_url("http://h:1/prefix/")
-            .build()
-            .unwrap();
-        assert_eq!(
-            client.url(&["api", "a/b c"]).as_str(),
-            "http://h:1/prefix/api/a%2Fb%20c"
+    fn the_api_key_is_never_printed() {
+        let printed = format!(
+            "{:?} {:?}",
+            client(DEFAULT_BASE_URL),
+            Client::new("sk_live_x1")
         );
+        assert!(
+            !printed.contains("supersecret") && !printed.contains("x1"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn path_segments_are_encoded_and_dot_segments_refused() {
+        let client = client("http://h:1/prefix/");
+        let url = client.url(&["api", "a/b c?"]).unwrap();
+        assert_eq!(url.as_str(), "http://h:1/prefix/api/a%2Fb%20c%3F");
+        for bad in ["", ".", ".."] {
+            let refused = client.url(&["keys", bad]);
+            assert!(matches!(refused, Err(Error::InvalidArgument(_))), "{bad:?}");
+        }
+        assert!(Client::builder().base_url("mailto:x").build().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_less_write_is_still_json_and_authenticated() {
+        let key = concat!(
+            r#"{"id":"key_1","app":"acme","environment":"live","name":"n","owner_user_id":null,"#,
+            r#""organization_id":null,"permissions":[],"meta":{},"start":"acme_live_AbCd","#,
+            r#""status":"revoked","enabled":true,"expires_at":null,"revoked_at":null,"#,
+            r#""last_used_at":null,"created_at":"2026-01-01T00:00:00Z","#,
+            r#""updated_at":"2026-01-01T00:00:00Z"}"#
+        );
+        let (base_url, server) = one_shot_server("HTTP/1.1 200 OK", key);
+        let revoked = client(&base_url).revoke_key("key_1").await.unwrap();
+        assert_eq!(revoked.status, "revoked");
+        let request = server.join().unwrap().to_lowercase();
+        for expected in [
+            "post /api/v1/keys/key_1/revoke ",
+            "\r\ncontent-type: application/json\r\n",
+            "\r\nauthorization: bearer sk_live_supersecret\r\n",
+            "\r\n\r\n{}",
+        ] {
+            assert!(request.contains(expected), "{expected:?} in {request}");
+        }
+    }
+
+    #[tokio::test]
+    async fn error_answers_become_typed_errors() {
+        let envelope = concat!(
+            r#"{"error":{"type":"PERMISSION_ERROR","code":"key_revoked","#,
+            r#""message":"The API key was revoked","request_id":"req_0123456789ab"}}"#
+        );
+        let (base_url, server) = one_shot_server("HTTP/1.1 403 Forbidden", envelope);
+        let error = client(&base_url).get_app("acme").await.unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(&error, Error::Auth { status: 403, code, .. } if code == "key_revoked"));
+        assert!(error.to_string().contains("req_0123456789ab"));
+
+        // A bare 429, as a proxy might send, still tells when to retry.
+        let head = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nX-Request-ID: req_a";
+        let (base_url, server) = one_shot_server(head, "");
+        let error = client(&base_url).list_apps(&PageParams::default()).await;
+        server.join().unwrap();
+        let Err(Error::RateLimited {
+            retry_after,
+            request_id,
+        }) = error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!((retry_after, request_id.as_str()), (Some(7), "req_a"));
     }
 }

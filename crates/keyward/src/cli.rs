@@ -1,5 +1,5 @@
 //! The management CLI: `keyward apps …` and `keyward keys …`, talking to a running server
-//! through the SDK. Tables for people, `--json` for scripts.
+//! through the SDK. Tables for people, `--json` (the server's own JSON) for scripts.
 
 use comfy_table::Table;
 use keyward_proto::{
@@ -8,6 +8,9 @@ use keyward_proto::{
 };
 use keyward_sdk::Client;
 use serde::Serialize;
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 /// Which server, as whom, and how to print.
 #[derive(Debug, clap::Args)]
@@ -19,13 +22,13 @@ pub(crate) struct Connection {
         default_value = "http://127.0.0.1:8080",
         global = true
     )]
-    url: String,
+    pub(crate) url: String,
     /// A root key (`sk_live_…` or `sk_test_…`)
-    #[arg(long, env = "KEYWARD_API_KEY", hide_env_values = true, global = true)]
-    api_key: Option<String>,
+    #[arg(long, env = "KEYWARD_API_KEY", global = true, hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
     /// Print the server's JSON instead of a table
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -34,11 +37,13 @@ pub(crate) enum AppsCommand {
     Create {
         #[arg(long)]
         name: String,
+        /// Lowercase letters, digits and dashes; unique per environment
         #[arg(long)]
         slug: String,
         /// Permissions its keys may hold, comma-separated
         #[arg(long, value_delimiter = ',')]
         permissions: Vec<String>,
+        /// Every key of the app belongs to this organization
         #[arg(long)]
         organization: Option<String>,
         /// The secrets' prefix, e.g. `acme` for `acme_live_…` [default: kw]
@@ -59,6 +64,7 @@ pub(crate) enum AppsCommand {
         slug: String,
         #[arg(long)]
         name: Option<String>,
+        /// Replaces the app's permissions, comma-separated
         #[arg(long, value_delimiter = ',')]
         permissions: Option<Vec<String>>,
     },
@@ -70,17 +76,20 @@ pub(crate) enum AppsCommand {
 pub(crate) enum KeysCommand {
     /// Issue a key; its secret is printed once
     Create {
+        /// The app's slug
         #[arg(long)]
         app: String,
         #[arg(long)]
         name: String,
+        /// The customer's user id
         #[arg(long)]
         owner: Option<String>,
         #[arg(long)]
         organization: Option<String>,
+        /// A subset of the app's permissions, comma-separated
         #[arg(long, value_delimiter = ',')]
         permissions: Option<Vec<String>>,
-        /// A JSON object
+        /// A JSON object, e.g. '{"plan":"pro"}'
         #[arg(long)]
         meta: Option<String>,
         /// RFC 3339, e.g. 2030-01-01T00:00:00Z
@@ -89,6 +98,7 @@ pub(crate) enum KeysCommand {
     },
     /// List an app's keys (never their secrets)
     List {
+        /// The app's slug
         #[arg(long)]
         app: String,
         #[arg(long)]
@@ -98,38 +108,50 @@ pub(crate) enum KeysCommand {
         /// active, disabled, expired or revoked
         #[arg(long)]
         status: Option<String>,
+        /// Keys per page
         #[arg(long)]
         limit: Option<u32>,
         #[arg(long)]
         cursor: Option<String>,
-        /// Follow `next_cursor` to the end
+        /// Follow `next_cursor` to the last page
         #[arg(long)]
         all: bool,
     },
     /// Show a key's metadata
     Get { id: String },
-    /// Change a key's metadata
+    /// Change a key's metadata; options left out are kept
     Update {
         id: String,
         #[arg(long)]
         name: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        /// Replaces the key's permissions, comma-separated
         #[arg(long, value_delimiter = ',')]
         permissions: Option<Vec<String>>,
-        #[arg(long, conflicts_with = "disable")]
-        enable: bool,
+        /// Replaces the key's meta with this JSON object
         #[arg(long)]
+        meta: Option<String>,
+        /// RFC 3339, e.g. 2030-01-01T00:00:00Z
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Let the key verify again
+        #[arg(long, alias = "enabled", conflicts_with = "disable")]
+        enable: bool,
+        /// Refuse the key (KEY_DISABLED) until it is enabled again
+        #[arg(long, alias = "disabled")]
         disable: bool,
     },
-    /// Revoke a key at once
+    /// Revoke a key at once, for good
     Revoke { id: String },
     /// Give a key a new secret; it is printed once
     Rotate {
         id: String,
-        /// Keep the previous secret working this long
+        /// Keep the previous secret working this long (at most 30 days)
         #[arg(long)]
         expire_previous_in_seconds: Option<u64>,
     },
-    /// Delete a key
+    /// Revoke and delete a key
     Delete { id: String },
     /// Verify a key, optionally against a permission query
     Verify {
@@ -154,14 +176,15 @@ pub(crate) enum CliError {
 
 impl Connection {
     fn client(&self) -> Result<Client, CliError> {
-        let api_key = self.api_key.as_deref().ok_or(CliError::MissingApiKey)?;
+        let api_key = self.api_key.as_deref().filter(|key| !key.is_empty());
+        let api_key = api_key.ok_or(CliError::MissingApiKey)?;
         Ok(Client::builder()
             .base_url(&self.url)
             .api_key(api_key)
             .build()?)
     }
 
-    /// JSON when asked for, otherwise the table `render` makes.
+    /// The server's JSON when asked for, otherwise the table `render` makes of it.
     fn print<T: Serialize>(
         &self,
         value: &T,
@@ -173,6 +196,18 @@ impl Connection {
             println!("{}", render(value));
         }
         Ok(())
+    }
+
+    /// A key's secret exists only in this answer, so people get it on a line of its own, above
+    /// the table, where it is easy to copy.
+    fn print_with_secret(&self, key: &ApiKeyWithSecret) -> Result<(), CliError> {
+        eprintln!(
+            "warning: the secret below is shown once and cannot be shown again; store it now."
+        );
+        if !self.json {
+            println!("{}", key.secret);
+        }
+        self.print(key, |key| key_table([&key.key]))
     }
 }
 
@@ -186,20 +221,28 @@ fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Table 
     table
 }
 
-fn optional(value: &Option<String>) -> String {
-    value.clone().unwrap_or_else(|| "-".to_owned())
+fn or_dash(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_owned()
 }
 
-fn app_rows<'a>(apps: impl IntoIterator<Item = &'a App>) -> Table {
+fn timestamp(at: Option<OffsetDateTime>, absent: &str) -> String {
+    at.map_or_else(
+        || absent.to_owned(),
+        |at| at.format(&Rfc3339).unwrap_or_else(|_| at.to_string()),
+    )
+}
+
+fn app_table<'a>(apps: impl IntoIterator<Item = &'a App>) -> Table {
+    let header = [
+        "slug",
+        "name",
+        "id",
+        "prefix",
+        "permissions",
+        "organization",
+    ];
     table(
-        &[
-            "slug",
-            "name",
-            "id",
-            "prefix",
-            "permissions",
-            "organization",
-        ],
+        &header,
         apps.into_iter().map(|app| {
             vec![
                 app.slug.clone(),
@@ -207,45 +250,59 @@ fn app_rows<'a>(apps: impl IntoIterator<Item = &'a App>) -> Table {
                 app.id.clone(),
                 app.key_prefix.clone(),
                 app.permissions.join(","),
-                optional(&app.organization_id),
+                or_dash(app.organization_id.as_deref()),
             ]
         }),
     )
 }
 
-fn key_rows<'a>(keys: impl IntoIterator<Item = &'a ApiKey>) -> Table {
+fn key_table<'a>(keys: impl IntoIterator<Item = &'a ApiKey>) -> Table {
+    let header = [
+        "id",
+        "name",
+        "start",
+        "status",
+        "owner",
+        "permissions",
+        "expires",
+        "last used",
+    ];
     table(
-        &[
-            "id",
-            "name",
-            "start",
-            "status",
-            "owner",
-            "permissions",
-            "last used",
-        ],
+        &header,
         keys.into_iter().map(|key| {
             vec![
                 key.id.clone(),
                 key.name.clone(),
                 key.start.clone(),
                 key.status.clone(),
-                optional(&key.owner_user_id),
+                or_dash(key.owner_user_id.as_deref()),
                 key.permissions.join(","),
-                key.last_used_at
-                    .map_or_else(|| "never".to_owned(), |at| at.to_string()),
+                timestamp(key.expires_at, "never"),
+                timestamp(key.last_used_at, "never"),
             ]
         }),
     )
 }
 
-/// Prints a new secret the one time it exists.
-fn print_with_secret(connection: &Connection, key: &ApiKeyWithSecret) -> Result<(), CliError> {
-    if !connection.json {
-        eprintln!("The secret is shown once. Store it now; it cannot be shown again.");
-        println!("{}", key.secret);
+fn parse_meta(text: Option<String>) -> Result<Option<Map<String, Value>>, CliError> {
+    let parse = |text: String| serde_json::from_str(&text);
+    text.map(parse)
+        .transpose()
+        .map_err(|error| CliError::BadArgument(format!("--meta is not a JSON object: {error}")))
+}
+
+fn parse_timestamp(text: Option<String>) -> Result<Option<OffsetDateTime>, CliError> {
+    let parse = |text: String| OffsetDateTime::parse(&text, &Rfc3339);
+    text.map(parse)
+        .transpose()
+        .map_err(|error| CliError::BadArgument(format!("--expires-at is not RFC 3339: {error}")))
+}
+
+/// There are more pages only when the server says so; a person should learn how to see them.
+fn hint_next_page(connection: &Connection, next_cursor: Option<&str>) {
+    if let (false, Some(cursor)) = (connection.json, next_cursor) {
+        eprintln!("more keys: repeat with --cursor {cursor}, or --all");
     }
-    connection.print(key, |key| key_rows([&key.key]))
 }
 
 pub(crate) async fn run_apps(
@@ -253,7 +310,7 @@ pub(crate) async fn run_apps(
     command: AppsCommand,
 ) -> Result<(), CliError> {
     let client = connection.client()?;
-    match command {
+    let app = match command {
         AppsCommand::Create {
             name,
             slug,
@@ -261,39 +318,33 @@ pub(crate) async fn run_apps(
             organization,
             key_prefix,
         } => {
+            let organization_id = organization;
             let request = CreateAppRequest {
                 name,
                 slug,
                 permissions,
-                organization_id: organization,
+                organization_id,
                 key_prefix,
             };
-            let app = client.create_app(&request).await?;
-            connection.print(&app, |app| app_rows([app]))
+            client.create_app(&request).await?
         }
         AppsCommand::List { limit, cursor } => {
             let page = client.list_apps(&PageParams { limit, cursor }).await?;
-            connection.print(&page, |page| app_rows(&page.data))
+            return connection.print(&page, |page| app_table(&page.data));
         }
-        AppsCommand::Get { slug } => {
-            let app = client.get_app(&slug).await?;
-            connection.print(&app, |app| app_rows([app]))
-        }
+        AppsCommand::Get { slug } => client.get_app(&slug).await?,
         AppsCommand::Update {
             slug,
             name,
             permissions,
         } => {
-            let app = client
+            client
                 .update_app(&slug, &UpdateAppRequest { name, permissions })
-                .await?;
-            connection.print(&app, |app| app_rows([app]))
+                .await?
         }
-        AppsCommand::Delete { slug } => {
-            let app = client.delete_app(&slug).await?;
-            connection.print(&app, |app| app_rows([app]))
-        }
-    }
+        AppsCommand::Delete { slug } => client.delete_app(&slug).await?,
+    };
+    connection.print(&app, |app| app_table([app]))
 }
 
 pub(crate) async fn run_keys(
@@ -301,7 +352,7 @@ pub(crate) async fn run_keys(
     command: KeysCommand,
 ) -> Result<(), CliError> {
     let client = connection.client()?;
-    match command {
+    let key = match command {
         KeysCommand::Create {
             app,
             name,
@@ -311,33 +362,15 @@ pub(crate) async fn run_keys(
             meta,
             expires_at,
         } => {
-            let meta = meta
-                .map(|text| serde_json::from_str(&text))
-                .transpose()
-                .map_err(|error| {
-                    CliError::BadArgument(format!("--meta is not a JSON object: {error}"))
-                })?;
-            let expires_at = expires_at
-                .map(|text| {
-                    time::OffsetDateTime::parse(
-                        &text,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                })
-                .transpose()
-                .map_err(|error| {
-                    CliError::BadArgument(format!("--expires-at is not RFC 3339: {error}"))
-                })?;
             let request = CreateKeyRequest {
                 name,
                 owner_user_id: owner,
                 organization_id: organization,
                 permissions,
-                meta,
-                expires_at,
+                meta: parse_meta(meta)?,
+                expires_at: parse_timestamp(expires_at)?,
             };
-            let key = client.create_key(&app, &request).await?;
-            print_with_secret(connection, &key)
+            return connection.print_with_secret(&client.create_key(&app, &request).await?);
         }
         KeysCommand::List {
             app,
@@ -362,32 +395,33 @@ pub(crate) async fn run_keys(
                 page.data.extend(next.data);
                 page.next_cursor = next.next_cursor;
             }
-            connection.print(&page, |page| key_rows(&page.data))
+            connection.print(&page, |page| key_table(&page.data))?;
+            hint_next_page(connection, page.next_cursor.as_deref());
+            return Ok(());
         }
-        KeysCommand::Get { id } => {
-            let key = client.get_key(&id).await?;
-            connection.print(&key, |key| key_rows([key]))
-        }
+        KeysCommand::Get { id } => client.get_key(&id).await?,
         KeysCommand::Update {
             id,
             name,
+            owner,
             permissions,
+            meta,
+            expires_at,
             enable,
             disable,
         } => {
             let request = UpdateKeyRequest {
                 name,
+                owner_user_id: owner.map(Some),
                 permissions,
+                meta: parse_meta(meta)?,
+                expires_at: parse_timestamp(expires_at)?.map(Some),
+                // Neither flag means "keep"; clap refuses both.
                 enabled: (enable || disable).then_some(enable),
-                ..UpdateKeyRequest::default()
             };
-            let key = client.update_key(&id, &request).await?;
-            connection.print(&key, |key| key_rows([key]))
+            client.update_key(&id, &request).await?
         }
-        KeysCommand::Revoke { id } => {
-            let key = client.revoke_key(&id).await?;
-            connection.print(&key, |key| key_rows([key]))
-        }
+        KeysCommand::Revoke { id } => client.revoke_key(&id).await?,
         KeysCommand::Rotate {
             id,
             expire_previous_in_seconds,
@@ -395,13 +429,9 @@ pub(crate) async fn run_keys(
             let request = RotateKeyRequest {
                 expire_previous_in_seconds,
             };
-            let key = client.rotate_key(&id, &request).await?;
-            print_with_secret(connection, &key)
+            return connection.print_with_secret(&client.rotate_key(&id, &request).await?);
         }
-        KeysCommand::Delete { id } => {
-            let key = client.delete_key(&id).await?;
-            connection.print(&key, |key| key_rows([key]))
-        }
+        KeysCommand::Delete { id } => client.delete_key(&id).await?,
         KeysCommand::Verify { key, permissions } => {
             let request = VerifyKeyRequest {
                 key,
@@ -409,18 +439,17 @@ pub(crate) async fn run_keys(
                 ..VerifyKeyRequest::default()
             };
             let verdict = client.verify_key(&request).await?;
-            connection.print(&verdict, |verdict| {
-                table(
-                    &["valid", "code", "status", "key", "app"],
-                    [vec![
-                        verdict.valid.to_string(),
-                        verdict.code.clone(),
-                        verdict.status.to_string(),
-                        optional(&verdict.key_id),
-                        optional(&verdict.app),
-                    ]],
-                )
-            })
+            return connection.print(&verdict, |verdict| {
+                let row = vec![
+                    verdict.valid.to_string(),
+                    verdict.code.clone(),
+                    verdict.status.to_string(),
+                    or_dash(verdict.key_id.as_deref()),
+                    or_dash(verdict.app.as_deref()),
+                ];
+                table(&["valid", "code", "status", "key", "app"], [row])
+            });
         }
-    }
+    };
+    connection.print(&key, |key| key_table([key]))
 }

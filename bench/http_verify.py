@@ -1,0 +1,137 @@
+"""Drives bench/http_verify.sh: starts `keyward serve`, seeds keys, runs wrk, prints a table.
+
+Every figure is the median of several runs; the verify figure is reported as a ratio of the
+healthz figure measured in the same run, because absolute numbers on shared machines drift.
+"""
+
+import concurrent.futures
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BINARY, SECONDS, RUNS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+CONNECTIONS = 32
+MANY_KEYS = 100_000
+
+
+def start_server(data_dir):
+    process = subprocess.Popen(
+        [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}, "KEYWARD_LOG": "warn"},
+    )
+    live_key = base = None
+    for line in process.stdout:
+        line = line.strip()
+        if line.startswith("live: "):
+            live_key = line.removeprefix("live: ")
+        if line.startswith("Keyward listening on "):
+            base = line.removeprefix("Keyward listening on ")
+            break
+    return process, base, live_key
+
+
+def call(base, key, method, path, body=None):
+    request = urllib.request.Request(
+        base + path,
+        method=method,
+        data=json.dumps(body or {}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wrk(base, path, script=None):
+    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency"]
+    if script:
+        command += ["-s", script]
+    output = subprocess.run(command + [base + path], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(\w+)", output)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if errors:
+        raise SystemExit(f"{path}: {errors.group(1)} non-2xx answers\n{output}")
+    return rps, float(p99.group(1)) * scale
+
+
+def lua_script(directory, key, secrets):
+    """A wrk script that POSTs verify calls, cycling through `secrets`."""
+    path = os.path.join(directory, f"verify-{len(secrets)}.lua")
+    keys_path = os.path.join(directory, f"keys-{len(secrets)}.txt")
+    with open(keys_path, "w") as keys:
+        keys.write("\n".join(secrets))
+    with open(path, "w") as script:
+        script.write(f"""
+local keys = {{}}
+for line in io.lines("{keys_path}") do keys[#keys + 1] = line end
+local i = 0
+wrk.method = "POST"
+wrk.headers["Authorization"] = "Bearer {key}"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i % #keys + 1
+  return wrk.format(nil, nil, nil, '{{"key":"' .. keys[i] .. '"}}')
+end
+""")
+    return path
+
+
+def main():
+    with tempfile.TemporaryDirectory() as directory:
+        process, base, root = start_server(directory)
+        try:
+            time.sleep(1)
+            idle_rss = rss_mb(process.pid)
+            call(base, root, "POST", "/api/v1/apps", {"name": "Bench", "slug": "bench"})
+            secret = call(base, root, "POST", "/api/v1/apps/bench/keys", {"name": "hot"})["secret"]
+            one_key = lua_script(directory, root, [secret])
+
+            healthz, verify = [], []
+            for _ in range(RUNS):
+                healthz.append(wrk(base, "/healthz"))
+                verify.append(wrk(base, "/api/v1/keys/verify", one_key))
+            healthz_rps = statistics.median(r for r, _ in healthz)
+            verify_rps = statistics.median(r for r, _ in verify)
+            print(f"| GET /healthz | {healthz_rps:,.0f} req/s | p99 {statistics.median(p for _, p in healthz):.2f} ms | reference |")
+            print(f"| POST /api/v1/keys/verify (cached key) | {verify_rps:,.0f} req/s | p99 {statistics.median(p for _, p in verify):.2f} ms | {verify_rps / healthz_rps:.0%} of healthz |")
+
+            started = time.time()
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                secrets = list(pool.map(
+                    lambda n: call(base, root, "POST", "/api/v1/apps/bench/keys", {"name": f"k{n}"})["secret"],
+                    range(MANY_KEYS),
+                ))
+            created = time.time() - started
+            many = lua_script(directory, root, secrets)
+            rps, p99 = wrk(base, "/api/v1/keys/verify", many)
+            with urllib.request.urlopen(base + "/metrics") as response:
+                metrics = response.read().decode()
+            cached = int(re.search(r"keyward_verify_cache_entries (\d+)", metrics).group(1))
+            print(f"| POST /api/v1/keys/verify cycling over {MANY_KEYS:,} keys | {rps:,.0f} req/s | p99 {p99:.2f} ms | {cached:,} secrets cached |")
+            print(f"| RSS idle | {idle_rss:.1f} MB | | target < 50 MB |")
+            print(f"| RSS with {MANY_KEYS:,} keys cached | {rss_mb(process.pid):.1f} MB | | target < 200 MB |")
+            print(f"| key creation over HTTP (16 clients) | {MANY_KEYS / created:,.0f} keys/s | | |")
+        finally:
+            process.terminate()
+            process.wait()
+
+
+main()
