@@ -10,7 +10,7 @@
 //! if no invalidation happened meanwhile, checked under the map's shard lock so that the check
 //! and the insert are one step with respect to `invalidate`.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -77,15 +77,41 @@ pub enum RootKeyRefusal {
     Revoked,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Verifier {
     cache: DashMap<KeyHash, Cached>,
     epoch: AtomicU64,
+    /// Whether the cache may answer. A node that cannot learn of other nodes' changes must
+    /// not trust it, and verifies from storage instead (fail safe, never open).
+    trusted: AtomicBool,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Verifier {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            cache: DashMap::new(),
+            epoch: AtomicU64::new(0),
+            trusted: AtomicBool::new(true),
+        }
+    }
+
+    /// Stops or resumes answering from the cache. Distrust also empties it, so that trust
+    /// can only resume from fresh loads.
+    pub fn set_cache_trusted(&self, trusted: bool) {
+        self.trusted.store(trusted, Ordering::SeqCst);
+        if !trusted {
+            self.invalidate_all();
+        }
+    }
+
+    fn cache_trusted(&self) -> bool {
+        self.trusted.load(Ordering::SeqCst)
     }
 
     pub fn cached_entries(&self) -> usize {
@@ -124,6 +150,9 @@ impl Verifier {
             return InMemory::Decided(Verdict::invalid());
         }
         let hash = parsed.hash();
+        if !self.cache_trusted() {
+            return InMemory::Miss(hash);
+        }
         match self.cache.get(&hash).as_deref() {
             Some(Cached::Key(entry)) => InMemory::Decided(judge(tenancy, entry, required, now)),
             Some(Cached::Root(_)) => InMemory::Decided(Verdict::invalid()),
@@ -171,7 +200,11 @@ impl Verifier {
             return Ok(Err(RootKeyRefusal::Invalid));
         }
         let hash = parsed.hash();
-        let cached = self.cache.get(&hash).map(|entry| entry.value().clone());
+        let cached = if self.cache_trusted() {
+            self.cache.get(&hash).map(|entry| entry.value().clone())
+        } else {
+            None
+        };
         let entry = match cached {
             Some(Cached::Root(entry)) => entry,
             Some(Cached::Key(_)) => return Ok(Err(RootKeyRefusal::Invalid)),
@@ -200,6 +233,9 @@ impl Verifier {
     }
 
     fn insert_unless_invalidated(&self, hash: KeyHash, value: Cached, epoch_before_load: u64) {
+        if !self.cache_trusted() {
+            return;
+        }
         let slot = self.cache.entry(hash);
         if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
             slot.insert(value);

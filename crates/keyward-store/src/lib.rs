@@ -6,6 +6,7 @@
 
 mod error;
 mod sql;
+pub mod testing;
 
 use async_trait::async_trait;
 use keyward_core::model::{

@@ -1,5 +1,6 @@
-//! The SQL implementation of [`Store`], on SQLite (embedded, the default) through sqlx's
-//! runtime-selected `Any` driver, so that one body of queries serves every backend.
+//! The SQL implementation of [`Store`], on SQLite (embedded, the default) or PostgreSQL, through
+//! sqlx's runtime-selected `Any` driver, so that one body of queries serves both backends.
+//! What differs (schema types, row locks, the writer pool) is named by [`Backend`].
 //!
 //! Queries use `$N` placeholders, numbered in order of first use, which every backend accepts.
 
@@ -34,11 +35,12 @@ const SQLITE_PRAGMAS: [&str; 4] = [
 ];
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 /// How to reach storage.
 #[derive(Clone)]
 pub struct StoreOptions {
-    /// `sqlite://…` (see [`SqlStore::sqlite_url`]).
+    /// `sqlite://…` (see [`SqlStore::sqlite_url`]) or `postgres://…`.
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
@@ -57,6 +59,28 @@ impl std::fmt::Debug for StoreOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Self::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// Locks the rows a read-modify-write transaction reads. SQLite has no row locks and
+    /// needs none: its single writer connection serialises every write transaction.
+    fn lock_rows(self, table: &str) -> String {
+        match self {
+            Self::Sqlite => String::new(),
+            Self::Postgres => format!(" FOR UPDATE OF {table}"),
+        }
+    }
 }
 
 /// See the module documentation.
@@ -65,8 +89,10 @@ pub struct SqlStore {
     /// Reads run here, concurrently.
     reader: AnyPool,
     /// Writes run here. On SQLite this pool has a single connection, so writers queue in
-    /// the pool instead of failing with "database is locked".
+    /// the pool instead of failing with "database is locked"; on PostgreSQL it is the
+    /// reader pool.
     writer: AnyPool,
+    backend: Backend,
 }
 
 impl SqlStore {
@@ -81,13 +107,11 @@ impl SqlStore {
     /// Connects and brings the schema up to date.
     pub async fn connect(options: &StoreOptions) -> StoreResult<Self> {
         sqlx::any::install_default_drivers();
-        let backend = if options.url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else {
-            return Err(StoreError::Corrupt(
-                "unsupported database URL: use sqlite://".to_owned(),
-            ));
-        };
+        let backend = Backend::of(&options.url).ok_or_else(|| {
+            StoreError::Corrupt(
+                "unsupported database URL: use sqlite://… or postgres://…".to_owned(),
+            )
+        })?;
         let connect_options = AnyConnectOptions::from_str(&options.url)
             .map_err(StoreError::from)?
             .disable_statement_logging();
@@ -107,10 +131,23 @@ impl SqlStore {
                 })
                 .connect_with(connect_options.clone())
         };
-        let writer = pool(1).await?;
-        SQLITE_MIGRATIONS.run(&writer).await?;
-        let reader = pool(options.max_connections.max(1)).await?;
-        Ok(Self { reader, writer })
+        let (reader, writer) = match backend {
+            Backend::Sqlite => {
+                let writer = pool(1).await?;
+                SQLITE_MIGRATIONS.run(&writer).await?;
+                (pool(options.max_connections.max(1)).await?, writer)
+            }
+            Backend::Postgres => {
+                let shared = pool(options.max_connections.max(2)).await?;
+                POSTGRES_MIGRATIONS.run(&shared).await?;
+                (shared.clone(), shared)
+            }
+        };
+        Ok(Self {
+            reader,
+            writer,
+            backend,
+        })
     }
 
     pub async fn close(&self) {
@@ -302,9 +339,16 @@ async fn secrets_of(
     rows.iter().map(secret_from_row).collect()
 }
 
-async fn key_in_tx(tx: &mut Transaction<'_>, tenancy: &Tenancy, id: &str) -> StoreResult<ApiKey> {
+/// Reads a key inside a write transaction, locked against concurrent writers.
+async fn key_in_tx(
+    tx: &mut Transaction<'_>,
+    backend: Backend,
+    tenancy: &Tenancy,
+    id: &str,
+) -> StoreResult<ApiKey> {
     let row = sqlx::query(&format!(
-        "{KEY_SELECT} WHERE k.id = $1 AND k.workspace_id = $2 AND k.environment = $3"
+        "{KEY_SELECT} WHERE k.id = $1 AND k.workspace_id = $2 AND k.environment = $3{}",
+        backend.lock_rows("k")
     ))
     .bind(id)
     .bind(&tenancy.workspace_id)
@@ -337,10 +381,17 @@ async fn write_key(tx: &mut Transaction<'_>, key: &ApiKey) -> StoreResult<()> {
     Ok(())
 }
 
-async fn app_in_tx(tx: &mut Transaction<'_>, tenancy: &Tenancy, slug: &str) -> StoreResult<App> {
+/// Reads an app inside a write transaction, locked against concurrent writers.
+async fn app_in_tx(
+    tx: &mut Transaction<'_>,
+    backend: Backend,
+    tenancy: &Tenancy,
+    slug: &str,
+) -> StoreResult<App> {
     let row = sqlx::query(&format!(
         "{APP_SELECT} WHERE workspace_id = $1 AND environment = $2 AND slug = $3 \
-         AND deleted_at IS NULL"
+         AND deleted_at IS NULL{}",
+        backend.lock_rows("apps")
     ))
     .bind(&tenancy.workspace_id)
     .bind(tenancy.environment.as_str())
@@ -519,7 +570,8 @@ impl Store for SqlStore {
     async fn revoke_root_key(&self, change: &Change, id: &str) -> StoreResult<Changed<RootKey>> {
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query(&format!(
-            "{ROOT_KEY_SELECT} WHERE r.id = $1 AND r.workspace_id = $2 AND r.environment = $3"
+            "{ROOT_KEY_SELECT} WHERE r.id = $1 AND r.workspace_id = $2 AND r.environment = $3{}",
+            self.backend.lock_rows("r")
         ))
         .bind(id)
         .bind(&change.tenancy.workspace_id)
@@ -628,7 +680,7 @@ impl Store for SqlStore {
 
     async fn update_app(&self, change: &Change, slug: &str, patch: &AppPatch) -> StoreResult<App> {
         let mut tx = self.writer.begin().await?;
-        let mut app = app_in_tx(&mut tx, &change.tenancy, slug).await?;
+        let mut app = app_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
         if let Some(name) = &patch.name {
             app.name.clone_from(name);
         }
@@ -676,7 +728,7 @@ impl Store for SqlStore {
 
     async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<App> {
         let mut tx = self.writer.begin().await?;
-        let app = app_in_tx(&mut tx, &change.tenancy, slug).await?;
+        let app = app_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
         sqlx::query("UPDATE apps SET deleted_at = $1 WHERE id = $2")
             .bind(change.now.as_millis())
             .bind(&app.id)
@@ -783,26 +835,28 @@ impl Store for SqlStore {
         page: &PageRequest,
         now: Timestamp,
     ) -> StoreResult<Page<ApiKey>> {
-        let mut query = sqlx::QueryBuilder::<sqlx::Any>::new(KEY_SELECT);
+        let mut query = FilteredQuery::new(KEY_SELECT);
         query
             .push(" WHERE k.app_id = ")
-            .push_bind(app_id.to_owned());
+            .bind(Param::Text(app_id.to_owned()));
         query
             .push(" AND k.workspace_id = ")
-            .push_bind(tenancy.workspace_id.clone());
+            .bind(Param::Text(tenancy.workspace_id.clone()));
         query
             .push(" AND k.environment = ")
-            .push_bind(tenancy.environment.as_str());
-        query.push(" AND k.id < ").push_bind(cursor_bound(page));
+            .bind(Param::Text(tenancy.environment.as_str().to_owned()));
+        query
+            .push(" AND k.id < ")
+            .bind(Param::Text(cursor_bound(page)));
         if let Some(owner) = &filter.owner_user_id {
             query
                 .push(" AND k.owner_user_id = ")
-                .push_bind(owner.clone());
+                .bind(Param::Text(owner.clone()));
         }
         if let Some(organization) = &filter.organization_id {
             query
                 .push(" AND k.organization_id = ")
-                .push_bind(organization.clone());
+                .bind(Param::Text(organization.clone()));
         }
         // The same precedence as `ApiKey::status`: revoked, disabled, expired, active.
         match filter.status {
@@ -813,30 +867,30 @@ impl Store for SqlStore {
             Some(KeyStatus::Disabled) => {
                 query
                     .push(" AND k.revoked_at IS NULL AND k.enabled = ")
-                    .push_bind(false);
+                    .bind(Param::Bool(false));
             }
             Some(KeyStatus::Expired) => {
                 query
                     .push(" AND k.revoked_at IS NULL AND k.enabled = ")
-                    .push_bind(true);
+                    .bind(Param::Bool(true));
                 query
                     .push(" AND k.expires_at <= ")
-                    .push_bind(now.as_millis());
+                    .bind(Param::Int(now.as_millis()));
             }
             Some(KeyStatus::Active) => {
                 query
                     .push(" AND k.revoked_at IS NULL AND k.enabled = ")
-                    .push_bind(true);
+                    .bind(Param::Bool(true));
                 query
                     .push(" AND (k.expires_at IS NULL OR k.expires_at > ")
-                    .push_bind(now.as_millis())
-                    .push(")");
+                    .bind(Param::Int(now.as_millis()));
+                query.push(")");
             }
         }
         query
             .push(" ORDER BY k.id DESC LIMIT ")
-            .push_bind(i64::from(page.limit) + 1);
-        let rows = query.build().fetch_all(&self.reader).await?;
+            .bind(Param::Int(i64::from(page.limit) + 1));
+        let rows = query.fetch_all(&self.reader).await?;
         let keys = rows
             .iter()
             .map(key_from_row)
@@ -851,7 +905,7 @@ impl Store for SqlStore {
         patch: &KeyPatch,
     ) -> StoreResult<Changed<ApiKey>> {
         let mut tx = self.writer.begin().await?;
-        let mut key = key_in_tx(&mut tx, &change.tenancy, id).await?;
+        let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
         patch.apply(&mut key);
         key.updated_at = change.now;
         write_key(&mut tx, &key).await?;
@@ -880,7 +934,7 @@ impl Store for SqlStore {
 
     async fn revoke_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>> {
         let mut tx = self.writer.begin().await?;
-        let mut key = key_in_tx(&mut tx, &change.tenancy, id).await?;
+        let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
         if key.revoked_at.is_none() {
             key.revoked_at = Some(change.now);
             key.updated_at = change.now;
@@ -907,7 +961,7 @@ impl Store for SqlStore {
         previous_expire_at: Option<Timestamp>,
     ) -> StoreResult<Changed<ApiKey>> {
         let mut tx = self.writer.begin().await?;
-        let mut key = key_in_tx(&mut tx, &change.tenancy, id).await?;
+        let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
         if key.revoked_at.is_some() {
             return Err(StoreError::Conflict("key_revoked"));
         }
@@ -961,7 +1015,7 @@ impl Store for SqlStore {
 
     async fn delete_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>> {
         let mut tx = self.writer.begin().await?;
-        let mut key = key_in_tx(&mut tx, &change.tenancy, id).await?;
+        let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
         let affected_hashes = secrets_of(&mut tx, id)
             .await?
             .iter()
@@ -1016,25 +1070,31 @@ impl Store for SqlStore {
         filter: &AuditFilter,
         page: &PageRequest,
     ) -> StoreResult<Page<AuditEntry>> {
-        let mut query = sqlx::QueryBuilder::<sqlx::Any>::new(
+        let mut query = FilteredQuery::new(
             "SELECT id, workspace_id, environment, actor, action, target, request_id, details, \
              created_at FROM audit_log WHERE workspace_id = ",
         );
-        query.push_bind(tenancy.workspace_id.clone());
+        query.bind(Param::Text(tenancy.workspace_id.clone()));
         query
             .push(" AND environment = ")
-            .push_bind(tenancy.environment.as_str());
-        query.push(" AND id < ").push_bind(cursor_bound(page));
+            .bind(Param::Text(tenancy.environment.as_str().to_owned()));
+        query
+            .push(" AND id < ")
+            .bind(Param::Text(cursor_bound(page)));
         if let Some(action) = &filter.action {
-            query.push(" AND action = ").push_bind(action.clone());
+            query
+                .push(" AND action = ")
+                .bind(Param::Text(action.clone()));
         }
         if let Some(target) = &filter.target {
-            query.push(" AND target = ").push_bind(target.clone());
+            query
+                .push(" AND target = ")
+                .bind(Param::Text(target.clone()));
         }
         query
             .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(page.limit) + 1);
-        let rows = query.build().fetch_all(&self.reader).await?;
+            .bind(Param::Int(i64::from(page.limit) + 1));
+        let rows = query.fetch_all(&self.reader).await?;
         let entries = rows
             .iter()
             .map(|row| {
@@ -1052,6 +1112,52 @@ impl Store for SqlStore {
             })
             .collect::<StoreResult<Vec<_>>>()?;
         Ok(paginate(entries, page.limit, |entry| &entry.id))
+    }
+}
+
+/// A value for a [`FilteredQuery`].
+enum Param {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+/// SQL assembled from optional filters. sqlx's `QueryBuilder` writes the `Any` driver's `?`
+/// placeholders, which PostgreSQL does not accept, so this numbers `$N` itself.
+struct FilteredQuery {
+    sql: String,
+    params: Vec<Param>,
+}
+
+impl FilteredQuery {
+    fn new(sql: &str) -> Self {
+        Self {
+            sql: sql.to_owned(),
+            params: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    fn bind(&mut self, param: Param) -> &mut Self {
+        self.params.push(param);
+        self.sql.push_str(&format!("${}", self.params.len()));
+        self
+    }
+
+    async fn fetch_all(self, pool: &AnyPool) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let mut query = sqlx::query(&self.sql);
+        for param in self.params {
+            query = match param {
+                Param::Text(text) => query.bind(text),
+                Param::Int(number) => query.bind(number),
+                Param::Bool(flag) => query.bind(flag),
+            };
+        }
+        query.fetch_all(pool).await
     }
 }
 

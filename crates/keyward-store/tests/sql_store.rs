@@ -8,6 +8,7 @@ use keyward_core::model::{
 };
 use keyward_core::scope::ScopeSet;
 use keyward_core::{KeyHash, Timestamp};
+use keyward_store::testing::{TestDatabase, DATABASE_URL_VARIABLE};
 use keyward_store::{
     Bootstrap, Change, KeyFilter, PageRequest, SqlStore, Store, StoreError, StoreOptions,
 };
@@ -31,14 +32,27 @@ fn change(environment: Environment, audit_id: &str) -> Change {
     }
 }
 
-async fn open(dir: &tempfile::TempDir) -> SqlStore {
-    SqlStore::connect(&StoreOptions {
-        url: SqlStore::sqlite_url(dir.path()),
+/// A store on a fresh database: SQLite, or PostgreSQL when `KEYWARD_TEST_BACKEND=postgres`
+/// (the database lives as long as the returned guard).
+async fn open(dir: &tempfile::TempDir) -> (SqlStore, Option<TestDatabase>) {
+    let (url, database) = match std::env::var("KEYWARD_TEST_BACKEND").as_deref() {
+        Ok("postgres") => {
+            let admin_url = std::env::var(DATABASE_URL_VARIABLE).expect(DATABASE_URL_VARIABLE);
+            let database = TestDatabase::create(&admin_url)
+                .await
+                .expect("test database");
+            (database.url.clone(), Some(database))
+        }
+        _ => (SqlStore::sqlite_url(dir.path()), None),
+    };
+    let store = SqlStore::connect(&StoreOptions {
+        url,
         max_connections: 4,
         acquire_timeout: Duration::from_secs(5),
     })
     .await
-    .expect("open store")
+    .expect("open store");
+    (store, database)
 }
 
 fn app(id: &str, slug: &str) -> App {
@@ -80,7 +94,7 @@ fn key(id: &str, app: &App, owner: Option<&str>) -> ApiKey {
 #[tokio::test]
 async fn bootstrap_happens_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+    let (store, _database) = open(&dir).await;
     let bootstrap = Bootstrap {
         workspace_id: "ws_test".to_owned(),
         workspace_name: "Default".to_owned(),
@@ -124,7 +138,7 @@ async fn bootstrap_happens_once() {
 #[tokio::test]
 async fn keys_round_trip_rotate_and_filter() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir).await;
+    let (store, _database) = open(&dir).await;
     let acme = app("app_1", "acme");
     store
         .create_app(&change(Environment::Live, "aud_1"), &acme)

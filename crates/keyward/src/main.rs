@@ -144,6 +144,9 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             SqlStore::sqlite_url(&settings.data_dir)
         }
     };
+    // Other nodes may share a PostgreSQL database, and this node cannot yet hear of their
+    // changes, so it must not answer from its cache (see ARCHITECTURE.md, cache coherence).
+    let shared_database = !url.starts_with("sqlite:");
     let store = SqlStore::connect(&StoreOptions {
         url,
         max_connections: settings.db_max_connections,
@@ -177,6 +180,13 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             last_used_flush_interval: settings.last_used_flush_interval,
         },
     );
+    if shared_database {
+        tracing::warn!(
+            "shared database: verifying every key from storage; the verification cache needs \
+             cross-node invalidation, which this version does not have"
+        );
+        server.state().verifier.set_cache_trusted(false);
+    }
     server
         .run(listener, shutdown_signal())
         .await

@@ -138,6 +138,46 @@ async fn secrets_never_reach_the_database_or_the_logs() {
     }
 }
 
+#[tokio::test]
+async fn serves_from_postgres_and_never_answers_from_a_stale_cache() {
+    let Ok(admin_url) = std::env::var(keyward_store::testing::DATABASE_URL_VARIABLE) else {
+        eprintln!("skipped: set KEYWARD_TEST_DATABASE_URL to run the PostgreSQL server test");
+        return;
+    };
+    let database = keyward_store::testing::TestDatabase::create(&admin_url)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = ServerProcess::start_with_env(dir.path(), "a", &[("DATABASE_URL", &database.url)]);
+    let (live, _) = first
+        .first_keys
+        .clone()
+        .expect("first start on an empty database");
+    let second = ServerProcess::start_with_env(dir.path(), "b", &[("DATABASE_URL", &database.url)]);
+    assert!(
+        second.first_keys.is_none(),
+        "the second node joins the same workspace"
+    );
+    let (node_a, node_b) = (Api::new(&first.base, &live), Api::new(&second.base, &live));
+    node_a.create_app("shared", &[]).await;
+    let key = node_a.create_key("shared", json!({"name": "k"})).await;
+    let secret = key["secret"].as_str().unwrap();
+    assert_eq!(node_b.verify_code(secret).await, "VALID");
+    node_a
+        .post(
+            &format!("/api/v1/keys/{}/revoke", key["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await
+        .assert_status(200);
+    assert_eq!(
+        node_b.verify_code(secret).await,
+        "KEY_REVOKED",
+        "node B saw the revocation at once"
+    );
+    drop((first, second));
+}
+
 #[test]
 fn unknown_settings_are_named() {
     let dir = tempfile::tempdir().unwrap();

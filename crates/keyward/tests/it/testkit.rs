@@ -8,11 +8,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyward_server::{Server, ServerConfig};
+use keyward_store::testing::{TestDatabase, DATABASE_URL_VARIABLE};
 use keyward_store::{SqlStore, StoreOptions};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
+
+/// Which storage the in-process servers of this run use: SQLite unless
+/// `KEYWARD_TEST_BACKEND=postgres`, which runs the same suite on the PostgreSQL named by
+/// `KEYWARD_TEST_DATABASE_URL` (`scripts/test.sh` does both).
+async fn fresh_database(dir: &Path) -> (String, Option<TestDatabase>) {
+    match std::env::var("KEYWARD_TEST_BACKEND").as_deref() {
+        Ok("postgres") => {
+            let admin_url = std::env::var(DATABASE_URL_VARIABLE).unwrap_or_else(|_| {
+                panic!("KEYWARD_TEST_BACKEND=postgres needs {DATABASE_URL_VARIABLE}")
+            });
+            let database = TestDatabase::create(&admin_url)
+                .await
+                .expect("create test database");
+            (database.url.clone(), Some(database))
+        }
+        Ok("sqlite") | Err(_) => (SqlStore::sqlite_url(dir), None),
+        Ok(other) => panic!("unknown KEYWARD_TEST_BACKEND {other:?}"),
+    }
+}
 
 /// A server running inside the test process on a fresh database.
 pub struct TestServer {
@@ -22,6 +42,7 @@ pub struct TestServer {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
+    _database: Option<TestDatabase>,
 }
 
 impl TestServer {
@@ -35,9 +56,15 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServerConfig) -> Self {
+        // Server warnings and errors show in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("temp dir");
+        let (url, database) = fresh_database(dir.path()).await;
         let store = SqlStore::connect(&StoreOptions {
-            url: SqlStore::sqlite_url(dir.path()),
+            url,
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
         })
@@ -69,6 +96,7 @@ impl TestServer {
             shutdown: Some(shutdown),
             task: Some(task),
             _dir: dir,
+            _database: database,
         }
     }
 
@@ -243,12 +271,17 @@ pub fn keyward_binary() -> Command {
 
 impl ServerProcess {
     pub fn start(data_dir: &Path, log_name: &str) -> Self {
+        Self::start_with_env(data_dir, log_name, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, log_name: &str, env: &[(&str, &str)]) -> Self {
         let stderr_path = data_dir.join(format!("{log_name}.stderr.log"));
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
         let mut child = keyward_binary()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("KEYWARD_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
