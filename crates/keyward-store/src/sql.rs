@@ -162,11 +162,25 @@ const KEY_SELECT: &str =
      k.enabled, k.revoked_at, k.created_at, k.updated_at, k.last_used_at \
      FROM api_keys k JOIN apps a ON a.id = k.app_id";
 
+/// A key with the secret it was found by.
+const KEY_BY_HASH: &str =
+    "SELECT k.id, k.workspace_id, k.environment, k.app_id, a.slug AS app_slug, \
+     k.name, k.owner_user_id, k.organization_id, k.permissions, k.meta, k.start, k.expires_at, \
+     k.enabled, k.revoked_at, k.created_at, k.updated_at, k.last_used_at, \
+     s.hash, s.expires_at AS secret_expires_at \
+     FROM secrets s JOIN api_keys k ON k.id = s.credential_id JOIN apps a ON a.id = k.app_id \
+     WHERE s.hash = $1";
+
 const APP_SELECT: &str = "SELECT id, workspace_id, environment, name, slug, permissions, \
      organization_id, key_prefix, created_at, updated_at FROM apps";
 
 const ROOT_KEY_SELECT: &str = "SELECT r.id, r.workspace_id, r.environment, r.name, r.scopes, \
      r.start, r.created_at, r.revoked_at FROM root_keys r";
+
+/// A root key with the secret it was found by.
+const ROOT_KEY_BY_HASH: &str = "SELECT r.id, r.workspace_id, r.environment, r.name, r.scopes, \
+     r.start, r.created_at, r.revoked_at, s.hash, s.expires_at AS secret_expires_at \
+     FROM secrets s JOIN root_keys r ON r.id = s.credential_id WHERE s.hash = $1";
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("unreadable {what}"))
@@ -526,16 +540,10 @@ impl Store for SqlStore {
     }
 
     async fn find_root_key(&self, hash: KeyHash) -> StoreResult<Option<FoundRootKey>> {
-        let row = sqlx::query(
-            &format!(
-                "{ROOT_KEY_SELECT}, s.hash, s.expires_at AS secret_expires_at \
-             FROM secrets s JOIN root_keys r ON r.id = s.credential_id WHERE s.hash = $1"
-            )
-            .replace("FROM root_keys r,", ","),
-        )
-        .bind(hash.as_bytes().to_vec())
-        .fetch_optional(&self.reader)
-        .await?;
+        let row = sqlx::query(ROOT_KEY_BY_HASH)
+            .bind(hash.as_bytes().to_vec())
+            .fetch_optional(&self.reader)
+            .await?;
         row.map(|row| {
             Ok(FoundRootKey {
                 key: root_key_from_row(&row)?,
@@ -808,16 +816,10 @@ impl Store for SqlStore {
     }
 
     async fn find_key(&self, hash: KeyHash) -> StoreResult<Option<FoundKey>> {
-        let row = sqlx::query(
-            &format!("{KEY_SELECT} JOIN secrets s ON s.credential_id = k.id WHERE s.hash = $1")
-                .replace(
-                    "k.last_used_at FROM",
-                    "k.last_used_at, s.hash, s.expires_at AS secret_expires_at FROM",
-                ),
-        )
-        .bind(hash.as_bytes().to_vec())
-        .fetch_optional(&self.reader)
-        .await?;
+        let row = sqlx::query(KEY_BY_HASH)
+            .bind(hash.as_bytes().to_vec())
+            .fetch_optional(&self.reader)
+            .await?;
         row.map(|row| {
             Ok(FoundKey {
                 key: key_from_row(&row)?,

@@ -9,6 +9,31 @@ use sqlx::{Connection, Executor, PgConnection};
 /// `postgres://postgres@127.0.0.1:5432/test`.
 pub const DATABASE_URL_VARIABLE: &str = "KEYWARD_TEST_DATABASE_URL";
 
+/// Selects the backend of a test run: `KEYWARD_TEST_BACKEND=postgres`.
+pub const BACKEND_VARIABLE: &str = "KEYWARD_TEST_BACKEND";
+
+/// The database URL for one test: a fresh PostgreSQL database when the run asks for
+/// PostgreSQL (kept alive by the returned guard), otherwise SQLite inside `dir`.
+///
+/// # Panics
+/// When the run asks for PostgreSQL without naming a server, or the database cannot be made:
+/// a test run must fail loudly rather than quietly test something else.
+pub async fn fresh_database(dir: &std::path::Path) -> (String, Option<TestDatabase>) {
+    match std::env::var(BACKEND_VARIABLE).as_deref() {
+        Ok("postgres") => {
+            let admin_url = std::env::var(DATABASE_URL_VARIABLE).unwrap_or_else(|_| {
+                panic!("{BACKEND_VARIABLE}=postgres needs {DATABASE_URL_VARIABLE}")
+            });
+            let database = TestDatabase::create(&admin_url)
+                .await
+                .unwrap_or_else(|error| panic!("cannot create a test database: {error}"));
+            (database.url.clone(), Some(database))
+        }
+        Ok("sqlite") | Err(_) => (crate::SqlStore::sqlite_url(dir), None),
+        Ok(other) => panic!("unknown {BACKEND_VARIABLE} {other:?}"),
+    }
+}
+
 /// A database created for one test.
 #[derive(Debug)]
 pub struct TestDatabase {

@@ -8,7 +8,7 @@ use keyward_core::model::{
 };
 use keyward_core::scope::ScopeSet;
 use keyward_core::{KeyHash, Timestamp};
-use keyward_store::testing::{TestDatabase, DATABASE_URL_VARIABLE};
+use keyward_store::testing::{fresh_database, TestDatabase};
 use keyward_store::{
     Bootstrap, Change, KeyFilter, PageRequest, SqlStore, Store, StoreError, StoreOptions,
 };
@@ -35,16 +35,7 @@ fn change(environment: Environment, audit_id: &str) -> Change {
 /// A store on a fresh database: SQLite, or PostgreSQL when `KEYWARD_TEST_BACKEND=postgres`
 /// (the database lives as long as the returned guard).
 async fn open(dir: &tempfile::TempDir) -> (SqlStore, Option<TestDatabase>) {
-    let (url, database) = match std::env::var("KEYWARD_TEST_BACKEND").as_deref() {
-        Ok("postgres") => {
-            let admin_url = std::env::var(DATABASE_URL_VARIABLE).expect(DATABASE_URL_VARIABLE);
-            let database = TestDatabase::create(&admin_url)
-                .await
-                .expect("test database");
-            (database.url.clone(), Some(database))
-        }
-        _ => (SqlStore::sqlite_url(dir.path()), None),
-    };
+    let (url, database) = fresh_database(dir.path()).await;
     let store = SqlStore::connect(&StoreOptions {
         url,
         max_connections: 4,

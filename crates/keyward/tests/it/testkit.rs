@@ -8,31 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyward_server::{Server, ServerConfig};
-use keyward_store::testing::{TestDatabase, DATABASE_URL_VARIABLE};
+use keyward_store::testing::{fresh_database, TestDatabase};
 use keyward_store::{SqlStore, StoreOptions};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
-
-/// Which storage the in-process servers of this run use: SQLite unless
-/// `KEYWARD_TEST_BACKEND=postgres`, which runs the same suite on the PostgreSQL named by
-/// `KEYWARD_TEST_DATABASE_URL` (`scripts/test.sh` does both).
-async fn fresh_database(dir: &Path) -> (String, Option<TestDatabase>) {
-    match std::env::var("KEYWARD_TEST_BACKEND").as_deref() {
-        Ok("postgres") => {
-            let admin_url = std::env::var(DATABASE_URL_VARIABLE).unwrap_or_else(|_| {
-                panic!("KEYWARD_TEST_BACKEND=postgres needs {DATABASE_URL_VARIABLE}")
-            });
-            let database = TestDatabase::create(&admin_url)
-                .await
-                .expect("create test database");
-            (database.url.clone(), Some(database))
-        }
-        Ok("sqlite") | Err(_) => (SqlStore::sqlite_url(dir), None),
-        Ok(other) => panic!("unknown KEYWARD_TEST_BACKEND {other:?}"),
-    }
-}
 
 /// A server running inside the test process on a fresh database.
 pub struct TestServer {
@@ -62,6 +43,7 @@ impl TestServer {
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().expect("temp dir");
+        // SQLite, or PostgreSQL with KEYWARD_TEST_BACKEND=postgres (scripts/test.sh runs both).
         let (url, database) = fresh_database(dir.path()).await;
         let store = SqlStore::connect(&StoreOptions {
             url,
