@@ -197,3 +197,36 @@ async fn operations_endpoints() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_follows_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _database) = keyward_store::testing::fresh_database(dir.path()).await;
+    let store = std::sync::Arc::new(
+        keyward_store::SqlStore::connect(&keyward_store::StoreOptions {
+            url,
+            max_connections: 2,
+            acquire_timeout: std::time::Duration::from_secs(1),
+        })
+        .await
+        .unwrap(),
+    );
+    let server =
+        keyward_server::Server::new(store.clone(), keyward_server::ServerConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server.run(listener, std::future::pending()));
+    let http = reqwest::Client::new();
+    send(http.get(format!("{base}/readyz")))
+        .await
+        .assert_status(200);
+    store.close().await;
+    send(http.get(format!("{base}/readyz"))).await.assert_error(
+        503,
+        "SERVICE_UNAVAILABLE",
+        "storage_unavailable",
+    );
+    send(http.get(format!("{base}/healthz")))
+        .await
+        .assert_status(200);
+}
