@@ -13,7 +13,7 @@ use keyward_proto::{
     self as wire, ApiKeyWithSecret, CreateKeyRequest, ErrorEnvelope, ListKeysParams,
     RotateKeyRequest, UpdateKeyRequest,
 };
-use keyward_store::{KeyFilter, KeyPatch};
+use keyward_store::{Changed, KeyFilter, KeyPatch};
 use secrecy::ExposeSecret;
 
 use super::apps::field_error;
@@ -60,6 +60,13 @@ fn issue_secret(app: &App, caller: &Caller) -> Result<IssuedSecret, ApiError> {
             ApiError::internal()
         },
     )
+}
+
+/// Drops a changed key's secrets from this node's cache, which must happen before the call
+/// answers, and renders the key.
+fn invalidated(state: &AppState, changed: &Changed<ApiKey>, now: Timestamp) -> Json<wire::ApiKey> {
+    state.verifier.invalidate(&changed.affected_hashes);
+    Json(convert::key(&changed.record, now))
 }
 
 /// Issue a key under an app. The response is the only time its secret is shown.
@@ -226,8 +233,7 @@ pub(crate) async fn update_key(
         enabled: request.enabled,
     };
     let changed = state.store.update_key(&change, &id, &patch).await?;
-    state.verifier.invalidate(&changed.affected_hashes);
-    Ok(Json(convert::key(&changed.record, change.now)))
+    Ok(invalidated(&state, &changed, change.now))
 }
 
 /// Revoke a key at once; every later verification gets `KEY_REVOKED`.
@@ -242,8 +248,7 @@ pub(crate) async fn revoke_key(
     caller.require(Scope::KeysWrite)?;
     let change = caller.change();
     let changed = state.store.revoke_key(&change, &id).await?;
-    state.verifier.invalidate(&changed.affected_hashes);
-    Ok(Json(convert::key(&changed.record, change.now)))
+    Ok(invalidated(&state, &changed, change.now))
 }
 
 /// Give a key a new secret; the previous one works for `expire_previous_in_seconds` more.
@@ -300,6 +305,5 @@ pub(crate) async fn delete_key(
     caller.require(Scope::KeysWrite)?;
     let change = caller.change();
     let changed = state.store.delete_key(&change, &id).await?;
-    state.verifier.invalidate(&changed.affected_hashes);
-    Ok(Json(convert::key(&changed.record, change.now)))
+    Ok(invalidated(&state, &changed, change.now))
 }
