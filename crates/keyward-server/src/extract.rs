@@ -12,7 +12,7 @@ use keyward_core::scope::{Scope, ScopeSet};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::middleware::RequestId;
+use crate::middleware::{looks_like_secret, RequestId};
 use crate::verifier::RootKeyRefusal;
 use crate::{clock, AppState};
 
@@ -80,7 +80,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let location = match error.path().to_string() {
             path if path == "." => String::new(),
-            path => format!(" at `{path}`"),
+            path => redact_quoted(&format!(" at `{path}`")),
         };
         let detail = redact_quoted(&error.into_inner().to_string());
         let code = if detail.starts_with("unknown field") {
@@ -93,7 +93,8 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// serde quotes the offending value in some messages (`invalid type: string "…"`); a value can
-/// be a secret pasted into the wrong field, so it never goes back in a message.
+/// be a secret pasted into the wrong field, so it never goes back in a message. Field names
+/// (in backticks) are kept, to say what was wrong, unless one is shaped like a secret.
 fn redact_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut inside = false;
@@ -107,7 +108,18 @@ fn redact_quoted(message: &str) -> String {
             out.push(c);
         }
     }
-    out
+    out.split('`')
+        .enumerate()
+        .map(|(index, part)| {
+            let quoted = index % 2 == 1;
+            if quoted && looks_like_secret(part) {
+                "…"
+            } else {
+                part
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("`")
 }
 
 /// A query string, with unknown parameters refused like unknown body fields.
@@ -209,6 +221,10 @@ mod tests {
             r#"invalid type: string "…", expected u32"#
         );
         assert_eq!(redact_quoted("unknown field `x`"), "unknown field `x`");
+        assert_eq!(
+            redact_quoted("unknown field `kw_live_abc`, expected `name`"),
+            "unknown field `…`, expected `name`"
+        );
     }
 
     #[test]

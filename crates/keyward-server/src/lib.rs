@@ -23,7 +23,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::Router;
 use keyward_core::id::{self, IdKind};
-use keyward_store::{Change, PageRequest, Store};
+use keyward_store::{Change, Changed, PageRequest, Store};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -62,6 +62,40 @@ pub struct AppState {
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     pub last_used: LastUsedRecorder,
+}
+
+impl AppState {
+    /// Runs a credential change and drops the hashes it affected from the cache, as a task of
+    /// its own: a client that disconnects (or a timeout) must not cancel the handler between
+    /// the commit and the invalidation, or this node would go on accepting the old state.
+    pub(crate) async fn change_credential<T, Work, Fut>(
+        self: &Arc<Self>,
+        work: Work,
+    ) -> Result<Changed<T>, ApiError>
+    where
+        T: Send + 'static,
+        Work: FnOnce(Arc<AppState>) -> Fut,
+        Fut: Future<Output = Result<Changed<T>, keyward_store::StoreError>> + Send + 'static,
+    {
+        let state = Arc::clone(self);
+        let pending = work(Arc::clone(&state));
+        uncancellable(async move {
+            let changed = pending.await?;
+            state.verifier.invalidate(&changed.affected_hashes);
+            Ok(changed)
+        })
+        .await
+    }
+}
+
+/// Runs `work` to completion even if the request that started it goes away.
+pub(crate) async fn uncancellable<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work).await.map_err(|error| {
+        tracing::error!(%error, "a change task failed");
+        ApiError::internal()
+    })?
 }
 
 /// The clock, read only at the edge; the core takes time as a parameter.
@@ -193,12 +227,24 @@ fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
-    let origins: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|origin| HeaderValue::from_str(origin.trim()).ok())
-        .collect();
+    // `*` is a wildcard, not an origin (tower-http refuses it in a list). Credentials are
+    // never allowed cross-origin, so the wildcard exposes nothing a browser keeps.
+    let allow_origin = if origins.iter().any(|origin| origin.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|origin| {
+            let parsed = HeaderValue::from_str(origin.trim()).ok();
+            if parsed.is_none() {
+                tracing::warn!(
+                    origin,
+                    "ignoring a CORS origin that is not a valid header value"
+                );
+            }
+            parsed
+        }))
+    };
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
+        .allow_origin(allow_origin)
         .allow_methods([
             Method::GET,
             Method::POST,

@@ -51,7 +51,12 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
     let method = request.method().clone();
     let uri = request.uri().clone();
 
-    let mut response = next.run(request).await;
+    // A NUL byte is never part of an id, slug or filter, and PostgreSQL refuses it in text.
+    let mut response = if has_encoded_nul(&uri) {
+        ApiError::bad_request("invalid_characters", "The URL contains a NUL byte").into_response()
+    } else {
+        next.run(request).await
+    };
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
         let payload = response
@@ -78,16 +83,26 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
     response
 }
 
+fn has_encoded_nul(uri: &axum::http::Uri) -> bool {
+    uri.path_and_query()
+        .is_some_and(|text| text.as_str().to_ascii_lowercase().contains("%00"))
+}
+
+/// Whether some text is shaped like a Keyward secret (`…_live_…`), so that it is kept out
+/// of logs and error messages even where no secret belongs.
+pub(crate) fn looks_like_secret(text: &str) -> bool {
+    ["_live_", "_test_", "_demo_"]
+        .iter()
+        .any(|marker| text.contains(marker))
+}
+
 /// The path for the access log. Query strings may carry credentials (`?api-key=`) and are left
 /// out; a path segment shaped like a secret (`…_live_…`) is redacted, since people do paste
 /// keys into URLs.
 fn loggable_path(path: &str) -> String {
     path.split('/')
         .map(|segment| {
-            let secret_shaped = ["_live_", "_test_", "_demo_"]
-                .iter()
-                .any(|marker| segment.contains(marker));
-            if secret_shaped {
+            if looks_like_secret(segment) {
                 "[redacted]"
             } else {
                 segment

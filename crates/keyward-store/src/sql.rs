@@ -73,6 +73,15 @@ impl Backend {
         }
     }
 
+    /// An exact, case-sensitive substring test (`LIKE` ignores case on SQLite and treats `_`
+    /// as a wildcard).
+    fn contains_text(self, column: &str, needle: &str) -> String {
+        match self {
+            Self::Sqlite => format!("instr({column}, {needle}) > 0"),
+            Self::Postgres => format!("strpos({column}, {needle}) > 0"),
+        }
+    }
+
     /// Locks the rows a read-modify-write transaction reads. SQLite has no row locks and
     /// needs none: its single writer connection serialises every write transaction.
     fn lock_rows(self, table: &str) -> String {
@@ -699,13 +708,15 @@ impl Store for SqlStore {
                 .filter(|held| !permissions.contains(held))
                 .collect();
             for permission in removed {
-                // Names are validated to exclude quotes, so this matches whole JSON strings.
-                let in_use = sqlx::query(
+                // Names are validated to exclude quotes, so a quoted name matches one whole JSON
+                // string, case-sensitively and with no wildcards.
+                let in_use = sqlx::query(&format!(
                     "SELECT 1 FROM api_keys WHERE app_id = $1 AND revoked_at IS NULL \
-                     AND permissions LIKE $2 LIMIT 1",
-                )
+                     AND {} LIMIT 1",
+                    self.backend.contains_text("permissions", "$2")
+                ))
                 .bind(&app.id)
-                .bind(format!("%\"{permission}\"%"))
+                .bind(format!("\"{permission}\""))
                 .fetch_optional(&mut *tx)
                 .await?;
                 if in_use.is_some() {

@@ -12,7 +12,7 @@ use keyward_proto::{self as wire, CreateAppRequest, ErrorEnvelope, PageParams, U
 use keyward_store::AppPatch;
 
 use crate::extract::{ApiJson, ApiQuery, Caller};
-use crate::{convert, os_rng, page_request, ApiError, AppState};
+use crate::{convert, os_rng, page_request, uncancellable, ApiError, AppState};
 
 pub(crate) const DEFAULT_KEY_PREFIX: &str = "kw";
 
@@ -131,7 +131,14 @@ pub(crate) async fn delete_app(
     Path(slug): Path<String>,
 ) -> Result<Json<wire::App>, ApiError> {
     caller.require(Scope::AppsWrite)?;
-    let app = state.store.delete_app(&caller.change(), &slug).await?;
-    state.verifier.invalidate_all();
+    let change = caller.change();
+    let worker = Arc::clone(&state);
+    // Its keys' revocation must reach the cache even if the client goes away mid-call.
+    let app = uncancellable(async move {
+        let app = worker.store.delete_app(&change, &slug).await?;
+        worker.verifier.invalidate_all();
+        Ok(app)
+    })
+    .await?;
     Ok(Json(convert::app(&app)))
 }

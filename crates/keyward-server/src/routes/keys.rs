@@ -62,10 +62,9 @@ fn issue_secret(app: &App, caller: &Caller) -> Result<IssuedSecret, ApiError> {
     )
 }
 
-/// Drops a changed key's secrets from this node's cache, which must happen before the call
-/// answers, and renders the key.
-fn invalidated(state: &AppState, changed: &Changed<ApiKey>, now: Timestamp) -> Json<wire::ApiKey> {
-    state.verifier.invalidate(&changed.affected_hashes);
+/// Renders a changed key (whose secrets `AppState::change_credential` already dropped from
+/// this node's cache).
+fn answer(changed: &Changed<ApiKey>, now: Timestamp) -> Json<wire::ApiKey> {
     Json(convert::key(&changed.record, now))
 }
 
@@ -232,8 +231,13 @@ pub(crate) async fn update_key(
         expires_at,
         enabled: request.enabled,
     };
-    let changed = state.store.update_key(&change, &id, &patch).await?;
-    Ok(invalidated(&state, &changed, change.now))
+    let now = change.now;
+    let changed = state
+        .change_credential(move |state| async move {
+            state.store.update_key(&change, &id, &patch).await
+        })
+        .await?;
+    Ok(answer(&changed, now))
 }
 
 /// Revoke a key at once; every later verification gets `KEY_REVOKED`.
@@ -247,8 +251,11 @@ pub(crate) async fn revoke_key(
 ) -> Result<Json<wire::ApiKey>, ApiError> {
     caller.require(Scope::KeysWrite)?;
     let change = caller.change();
-    let changed = state.store.revoke_key(&change, &id).await?;
-    Ok(invalidated(&state, &changed, change.now))
+    let now = change.now;
+    let changed = state
+        .change_credential(move |state| async move { state.store.revoke_key(&change, &id).await })
+        .await?;
+    Ok(answer(&changed, now))
 }
 
 /// Give a key a new secret; the previous one works for `expire_previous_in_seconds` more.
@@ -277,18 +284,18 @@ pub(crate) async fn rotate_key(
         .await?;
     let secret = issue_secret(&app, &caller)?;
     let previous_expire_at = (grace > 0).then(|| change.now.plus_seconds(grace as i64));
+    let now = change.now;
+    let (new_hash, new_start) = (secret.hash, secret.start.clone());
     let changed = state
-        .store
-        .rotate_key(
-            &change,
-            &id,
-            (secret.hash, &secret.start),
-            previous_expire_at,
-        )
+        .change_credential(move |state| async move {
+            state
+                .store
+                .rotate_key(&change, &id, (new_hash, &new_start), previous_expire_at)
+                .await
+        })
         .await?;
-    state.verifier.invalidate(&changed.affected_hashes);
     Ok(Json(ApiKeyWithSecret {
-        key: convert::key(&changed.record, change.now),
+        key: convert::key(&changed.record, now),
         secret: secret.secret.expose_secret().to_owned(),
     }))
 }
@@ -304,6 +311,9 @@ pub(crate) async fn delete_key(
 ) -> Result<Json<wire::ApiKey>, ApiError> {
     caller.require(Scope::KeysWrite)?;
     let change = caller.change();
-    let changed = state.store.delete_key(&change, &id).await?;
-    Ok(invalidated(&state, &changed, change.now))
+    let now = change.now;
+    let changed = state
+        .change_credential(move |state| async move { state.store.delete_key(&change, &id).await })
+        .await?;
+    Ok(answer(&changed, now))
 }

@@ -93,7 +93,11 @@ pub(crate) async fn revoke_root_key(
     Path(id): Path<String>,
 ) -> Result<Json<wire::RootKey>, ApiError> {
     caller.require(Scope::RootKeysWrite)?;
-    let changed = state.store.revoke_root_key(&caller.change(), &id).await?;
-    state.verifier.invalidate(&changed.affected_hashes);
+    let change = caller.change();
+    let changed = state
+        .change_credential(
+            move |state| async move { state.store.revoke_root_key(&change, &id).await },
+        )
+        .await?;
     Ok(Json(convert::root_key(&changed.record)))
 }

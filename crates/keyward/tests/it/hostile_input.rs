@@ -81,6 +81,16 @@ async fn a_secret_in_the_wrong_field_is_not_echoed() {
         .await
         .assert_error(422, "VALIDATION_ERROR", "invalid_field");
     assert!(!message.contains(&server.live_key), "{message}");
+    let mut as_field_name = serde_json::Map::new();
+    as_field_name.insert(server.live_key.clone(), json!(1));
+    let message = api
+        .post(
+            "/api/v1/keys/verify",
+            serde_json::Value::Object(as_field_name),
+        )
+        .await
+        .assert_error(422, "VALIDATION_ERROR", "unknown_field");
+    assert!(!message.contains(&server.live_key), "{message}");
     server.stop().await;
 }
 
