@@ -211,7 +211,7 @@ impl Server {
 fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     let (api, openapi) = routes::api(Arc::clone(&state)).split_for_parts();
     let openapi = Arc::new(openapi::finish(openapi));
-    api.merge(routes::ops::router(state, openapi))
+    api.merge(routes::ops::openapi_router(openapi))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn(middleware::require_json))
         .layer(cors(&config.cors_origins))

@@ -34,5 +34,8 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
             environment::update_environment
         ))
         .routes(routes!(environment::list_audit_log))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
         .with_state(state)
 }

@@ -12,28 +12,27 @@ use utoipa::openapi::OpenApi;
 
 use crate::{ApiError, AppState};
 
-struct OpsState {
-    app: Arc<AppState>,
-    openapi: Arc<OpenApi>,
-}
-
-pub(crate) fn router(app: Arc<AppState>, openapi: Arc<OpenApi>) -> Router {
+/// `/openapi.json` itself: served from the document the other routes make.
+pub(crate) fn openapi_router(openapi: Arc<OpenApi>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_document))
-        .with_state(Arc::new(OpsState { app, openapi }))
+        .with_state(openapi)
 }
 
-async fn healthz() -> Json<Health> {
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".to_owned(),
     })
 }
 
-async fn readyz(State(state): State<Arc<OpsState>>) -> Result<Json<Health>, ApiError> {
-    state.app.store.ping().await.map_err(|error| {
+/// Storage is reachable: 200, or 503 in the error envelope.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = keyward_proto::ErrorEnvelope)))]
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
+    state.store.ping().await.map_err(|error| {
         tracing::warn!(%error, "not ready: storage unreachable");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -46,18 +45,21 @@ async fn readyz(State(state): State<Arc<OpsState>>) -> Result<Json<Health>, ApiE
     }))
 }
 
-async fn metrics(State(state): State<Arc<OpsState>>) -> impl IntoResponse {
-    let gauge_value = i64::try_from(state.app.verifier.cached_entries()).unwrap_or(i64::MAX);
-    state.app.metrics.cache_entries.set(gauge_value);
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, body = String, content_type = "application/openmetrics-text")))]
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let gauge_value = i64::try_from(state.verifier.cached_entries()).unwrap_or(i64::MAX);
+    state.metrics.cache_entries.set(gauge_value);
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.app.metrics.render(),
+        state.metrics.render(),
     )
 }
 
-async fn openapi_document(State(state): State<Arc<OpsState>>) -> Json<Arc<OpenApi>> {
-    Json(Arc::clone(&state.openapi))
+async fn openapi_document(State(openapi): State<Arc<OpenApi>>) -> Json<Arc<OpenApi>> {
+    Json(openapi)
 }

@@ -187,6 +187,9 @@ async fn operations_endpoints() {
         ("/api/v1/root-keys/{id}/revoke", &["post"]),
         ("/api/v1/environment", &["get", "patch"]),
         ("/api/v1/audit-log", &["get"]),
+        ("/healthz", &["get"]),
+        ("/readyz", &["get"]),
+        ("/metrics", &["get"]),
     ] {
         for method in methods {
             assert!(
