@@ -224,6 +224,13 @@ impl KeyHash {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Reads 64 hex digits, e.g. a hash given to `keyward import`.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0_u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
 }
 
 impl fmt::Debug for KeyHash {

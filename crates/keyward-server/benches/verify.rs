@@ -28,6 +28,7 @@ fn prepared() -> (
             url: SqlStore::sqlite_url(dir.path()),
             max_connections: 2,
             acquire_timeout: Duration::from_secs(5),
+            node_id: keyward_store::StoreOptions::new_node_id(),
         })
         .await
         .expect("store");

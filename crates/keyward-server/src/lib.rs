@@ -16,14 +16,15 @@ mod routes;
 pub mod verifier;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::Router;
 use keyward_core::id::{self, IdKind};
-use keyward_store::{Change, Changed, PageRequest, Store};
+use keyward_store::cluster::{Cluster, ClusterCache, ClusterOptions};
+use keyward_store::{Change, Changed, PageRequest, Store, StoreResult};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -59,15 +60,20 @@ impl Default for ServerConfig {
 /// What every handler shares.
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
     pub last_used: LastUsedRecorder,
+    /// This node's part in a cluster on a shared database; unset on a single node.
+    pub cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl AppState {
-    /// Runs a credential change and drops the hashes it affected from the cache, as a task of
-    /// its own: a client that disconnects (or a timeout) must not cancel the handler between
-    /// the commit and the invalidation, or this node would go on accepting the old state.
+    /// Runs a credential change, drops what it affected from this node's cache, and waits
+    /// until every other node's cache has dropped it too (or can no longer answer), so that
+    /// no node accepts the old state once the call returns.
+    ///
+    /// It runs as a task of its own: a client that disconnects (or a timeout) must not
+    /// cancel the handler between the commit and the invalidation.
     pub(crate) async fn change_credential<T, Work, Fut>(
         self: &Arc<Self>,
         work: Work,
@@ -81,7 +87,15 @@ impl AppState {
         let pending = work(Arc::clone(&state));
         uncancellable(async move {
             let changed = pending.await?;
-            state.verifier.invalidate(&changed.affected_hashes);
+            state.verifier.forget(&changed.stale);
+            if let (Some(propagation), Some(cluster)) = (&changed.propagation, state.cluster.get())
+            {
+                let report = cluster.await_propagation(propagation).await;
+                state
+                    .metrics
+                    .propagation_lapses
+                    .inc_by(report.lapsed.len() as u64);
+            }
             Ok(changed)
         })
         .await
@@ -163,9 +177,10 @@ impl Server {
         );
         let state = Arc::new(AppState {
             store,
-            verifier: Verifier::new(),
+            verifier: Arc::new(Verifier::new()),
             metrics,
             last_used,
+            cluster: OnceLock::new(),
         });
         Self {
             state,
@@ -176,6 +191,22 @@ impl Server {
 
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
+    }
+
+    /// Joins the cluster of nodes sharing the PostgreSQL database at `database_url`. Until
+    /// the first heartbeat completes, this node verifies from storage.
+    pub async fn join_cluster(
+        &self,
+        database_url: &str,
+        node_id: &str,
+        options: ClusterOptions,
+    ) -> StoreResult<()> {
+        let cache: Arc<dyn ClusterCache> = self.state.verifier.clone();
+        let cluster = Cluster::join(database_url, node_id, options, cache).await?;
+        if self.state.cluster.set(cluster).is_err() {
+            tracing::warn!("this node already joined a cluster");
+        }
+        Ok(())
     }
 
     pub fn router(&self) -> Router {
@@ -200,6 +231,9 @@ impl Server {
             .await?;
         // The router held clones of the state; once it is gone, dropping ours closes the
         // last-used queue and lets its task write its final batch.
+        if let Some(cluster) = state.cluster.get() {
+            cluster.leave().await;
+        }
         drop(state);
         if let Err(error) = last_used_task.await {
             tracing::error!(%error, "last_used_at writer ended abnormally");

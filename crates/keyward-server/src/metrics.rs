@@ -15,7 +15,9 @@ pub struct Metrics {
     /// One counter per outcome, made up front so counting is a single atomic add.
     verifications: [Counter; VerifyCode::EVERY.len()],
     pub cache_entries: Gauge,
+    pub cache_trusted: Gauge,
     pub last_used_dropped: Counter,
+    pub propagation_lapses: Counter,
 }
 
 impl Default for Metrics {
@@ -44,6 +46,19 @@ impl Metrics {
             "Secrets held in this node's verification cache",
             cache_entries.clone(),
         );
+        let cache_trusted = Gauge::default();
+        registry.register(
+            "verify_cache_trusted",
+            "1 while this node's cache may answer; 0 while it verifies from storage because \
+             it may have missed another node's change",
+            cache_trusted.clone(),
+        );
+        let propagation_lapses = Counter::default();
+        registry.register(
+            "cluster_propagation_lapses",
+            "Changes that waited for another node's lease to end instead of its acknowledgement",
+            propagation_lapses.clone(),
+        );
         let last_used_dropped = Counter::default();
         registry.register(
             "last_used_dropped",
@@ -54,7 +69,9 @@ impl Metrics {
             registry,
             verifications,
             cache_entries,
+            cache_trusted,
             last_used_dropped,
+            propagation_lapses,
         }
     }
 

@@ -9,8 +9,11 @@
 //! invalidation bumps `epoch`; a loader notes the epoch before reading storage and inserts only
 //! if no invalidation happened meanwhile, checked under the map's shard lock so that the check
 //! and the insert are one step with respect to `invalidate`.
+//!
+//! On a shared database the cache answers only while this node's lease from the cluster
+//! protocol holds ([`keyward_store::cluster`]); otherwise every verification reads storage.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -18,7 +21,8 @@ use keyward_core::model::{ApiKey, RootKey, Tenancy};
 use keyward_core::permission::PermissionQuery;
 use keyward_core::verify::{decide, KeyFacts, VerifyCode};
 use keyward_core::{KeyHash, ParsedKey, Timestamp};
-use keyward_store::{Store, StoreError};
+use keyward_store::cluster::ClusterCache;
+use keyward_store::{Stale, Store, StoreError};
 
 /// What the cache holds for an API key's secret.
 #[derive(Debug)]
@@ -41,6 +45,25 @@ pub struct CachedRootKey {
 enum Cached {
     Key(Arc<CachedKey>),
     Root(Arc<CachedRootKey>),
+}
+
+impl ClusterCache for Verifier {
+    fn forget(&self, stale: &Stale) {
+        match stale {
+            Stale::Secrets(hashes) => self.invalidate(hashes),
+            Stale::Everything => self.invalidate_all(),
+        }
+    }
+
+    fn trust_until(&self, deadline: std::time::Instant) {
+        // Rounded down, so the lease never lasts longer than granted.
+        let until = self.millis_since_base(deadline).min(ALWAYS - 1);
+        self.trusted_until.store(until, Ordering::SeqCst);
+    }
+
+    fn distrust(&self) {
+        self.trusted_until.store(0, Ordering::SeqCst);
+    }
 }
 
 /// The outcome of verifying an API key.
@@ -81,10 +104,14 @@ pub enum RootKeyRefusal {
 pub struct Verifier {
     cache: DashMap<KeyHash, Cached>,
     epoch: AtomicU64,
-    /// Whether the cache may answer. A node that cannot learn of other nodes' changes must
-    /// not trust it, and verifies from storage instead (fail safe, never open).
-    trusted: AtomicBool,
+    /// Until when the cache may answer, in milliseconds after `clock_base`; `ALWAYS` on a
+    /// single node. A node that may have missed another node's change must not trust its
+    /// cache, and verifies from storage instead (fail safe, never open).
+    trusted_until: AtomicU64,
+    clock_base: std::time::Instant,
 }
+
+const ALWAYS: u64 = u64::MAX;
 
 impl Default for Verifier {
     fn default() -> Self {
@@ -97,21 +124,20 @@ impl Verifier {
         Self {
             cache: DashMap::new(),
             epoch: AtomicU64::new(0),
-            trusted: AtomicBool::new(true),
+            trusted_until: AtomicU64::new(ALWAYS),
+            clock_base: std::time::Instant::now(),
         }
     }
 
-    /// Stops or resumes answering from the cache. Distrust also empties it, so that trust
-    /// can only resume from fresh loads.
-    pub fn set_cache_trusted(&self, trusted: bool) {
-        self.trusted.store(trusted, Ordering::SeqCst);
-        if !trusted {
-            self.invalidate_all();
-        }
+    /// Whether the cache may answer now.
+    pub fn cache_trusted(&self) -> bool {
+        let until = self.trusted_until.load(Ordering::SeqCst);
+        until == ALWAYS || self.millis_since_base(std::time::Instant::now()) < until
     }
 
-    fn cache_trusted(&self) -> bool {
-        self.trusted.load(Ordering::SeqCst)
+    fn millis_since_base(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.clock_base).as_millis())
+            .unwrap_or(ALWAYS - 1)
     }
 
     pub fn cached_entries(&self) -> usize {

@@ -4,6 +4,7 @@
 //! secrets. It sees only SHA-256 hashes. Every mutation writes its audit entry in the same
 //! transaction as the change, so an acknowledged change always has its audit trail.
 
+pub mod cluster;
 mod error;
 mod sql;
 pub mod testing;
@@ -14,6 +15,7 @@ use keyward_core::model::{
 };
 use keyward_core::{KeyHash, Timestamp};
 
+pub use cluster::{Propagation, Stale};
 pub use error::StoreError;
 pub use sql::{SqlStore, StoreOptions};
 
@@ -120,12 +122,15 @@ pub struct FoundRootKey {
     pub secret: SecretRecord,
 }
 
-/// A change to a credential and the hashes of every secret it had or has, so that caches can
-/// drop them.
+/// A change to credentials, with what verification caches must forget because of it.
 #[derive(Debug, Clone)]
 pub struct Changed<T> {
     pub record: T,
-    pub affected_hashes: Vec<KeyHash>,
+    /// Every secret the change touched (the credential's secrets before and after it).
+    pub stale: Stale,
+    /// On a shared database: the other nodes that must hear of the change before it is
+    /// acknowledged (see [`cluster`]). `None` when this node is the only one.
+    pub propagation: Option<Propagation>,
 }
 
 /// Everything Keyward keeps. Implementations must be safe to share between nodes: every
@@ -164,7 +169,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_apps(&self, tenancy: &Tenancy, page: &PageRequest) -> StoreResult<Page<App>>;
     async fn update_app(&self, change: &Change, slug: &str, patch: &AppPatch) -> StoreResult<App>;
     /// Deletes the app and revokes every key it has.
-    async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<App>;
+    async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>>;
 
     async fn create_key(&self, change: &Change, key: &ApiKey, hash: KeyHash) -> StoreResult<()>;
     async fn key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<ApiKey>;

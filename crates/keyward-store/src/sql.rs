@@ -18,6 +18,7 @@ use keyward_core::{KeyHash, Timestamp};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
+use crate::cluster::{Announced, Stale};
 use crate::{
     AppPatch, AuditFilter, Bootstrap, Change, Changed, FoundKey, FoundRootKey, KeyFilter, KeyPatch,
     Page, PageRequest, Store, StoreError, StoreResult,
@@ -44,6 +45,25 @@ pub struct StoreOptions {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// This node's name in a cluster (see [`crate::cluster`]); [`StoreOptions::new_node_id`].
+    pub node_id: String,
+}
+
+impl StoreOptions {
+    /// A fresh node name: 16 hex digits, unique for all practical purposes.
+    pub fn new_node_id() -> String {
+        use std::hash::{BuildHasher, Hasher};
+        // Two independently seeded SipHash keys give 64 unpredictable bits without pulling
+        // a random-number crate into storage.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos()),
+        );
+        hasher.write_u32(std::process::id());
+        format!("{:016x}", hasher.finish())
+    }
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -102,6 +122,8 @@ pub struct SqlStore {
     /// reader pool.
     writer: AnyPool,
     backend: Backend,
+    /// This process's name among the nodes sharing the database.
+    node_id: String,
 }
 
 impl SqlStore {
@@ -156,6 +178,49 @@ impl SqlStore {
             reader,
             writer,
             backend,
+            node_id: options.node_id.clone(),
+        })
+    }
+
+    /// Whether other nodes may share this database, so that changes must reach their caches.
+    pub fn is_shared(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Announces in `tx` what caches must forget, commits, and describes the change.
+    async fn finish_change<T>(
+        &self,
+        mut tx: Transaction<'_>,
+        record: T,
+        stale: Stale,
+        now: Timestamp,
+    ) -> StoreResult<Changed<T>> {
+        let announced = match self.backend {
+            // One process owns an SQLite database: its own cache is the only one.
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let rows = sqlx::query(
+                    "SELECT seq, member, remaining_ms \
+                     FROM keyward_publish_invalidation($1, $2, $3, $4)",
+                )
+                .bind(stale.to_bytes())
+                .bind(now.as_millis())
+                .bind(stale.payload_tail())
+                .bind(&self.node_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                Some(Announced::from_rows(&rows)?)
+            }
+        };
+        tx.commit().await?;
+        Ok(Changed {
+            record,
+            stale,
+            propagation: announced.map(Announced::committed),
         })
     }
 
@@ -347,6 +412,12 @@ async fn insert_secret(
             }
         })?;
     Ok(())
+}
+
+/// Every secret of a credential, as what caches must forget when it changes.
+async fn secret_hashes(tx: &mut Transaction<'_>, credential_id: &str) -> StoreResult<Stale> {
+    let secrets = secrets_of(tx, credential_id).await?;
+    Ok(Stale::Secrets(secrets.iter().map(|s| s.hash).collect()))
 }
 
 async fn secrets_of(
@@ -613,16 +684,8 @@ impl Store for SqlStore {
             )
             .await?;
         }
-        let affected_hashes = secrets_of(&mut tx, id)
-            .await?
-            .iter()
-            .map(|s| s.hash)
-            .collect();
-        tx.commit().await?;
-        Ok(Changed {
-            record: key,
-            affected_hashes,
-        })
+        let stale = secret_hashes(&mut tx, id).await?;
+        self.finish_change(tx, key, stale, change.now).await
     }
 
     async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()> {
@@ -745,7 +808,7 @@ impl Store for SqlStore {
         Ok(app)
     }
 
-    async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<App> {
+    async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>> {
         let mut tx = self.writer.begin().await?;
         let app = app_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
         sqlx::query("UPDATE apps SET deleted_at = $1 WHERE id = $2")
@@ -770,8 +833,8 @@ impl Store for SqlStore {
             serde_json::json!({ "slug": app.slug, "revoked_keys": revoked }),
         )
         .await?;
-        tx.commit().await?;
-        Ok(app)
+        self.finish_change(tx, app, Stale::Everything, change.now)
+            .await
     }
 
     async fn create_key(&self, change: &Change, key: &ApiKey, hash: KeyHash) -> StoreResult<()> {
@@ -933,16 +996,8 @@ impl Store for SqlStore {
             }),
         )
         .await?;
-        let affected_hashes = secrets_of(&mut tx, id)
-            .await?
-            .iter()
-            .map(|s| s.hash)
-            .collect();
-        tx.commit().await?;
-        Ok(Changed {
-            record: key,
-            affected_hashes,
-        })
+        let stale = secret_hashes(&mut tx, id).await?;
+        self.finish_change(tx, key, stale, change.now).await
     }
 
     async fn revoke_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>> {
@@ -954,16 +1009,8 @@ impl Store for SqlStore {
             write_key(&mut tx, &key).await?;
             audit(&mut tx, change, "key.revoke", id, serde_json::json!({})).await?;
         }
-        let affected_hashes = secrets_of(&mut tx, id)
-            .await?
-            .iter()
-            .map(|s| s.hash)
-            .collect();
-        tx.commit().await?;
-        Ok(Changed {
-            record: key,
-            affected_hashes,
-        })
+        let stale = secret_hashes(&mut tx, id).await?;
+        self.finish_change(tx, key, stale, change.now).await
     }
 
     async fn rotate_key(
@@ -1017,23 +1064,16 @@ impl Store for SqlStore {
             }),
         )
         .await?;
-        tx.commit().await?;
-        let mut affected_hashes: Vec<KeyHash> = previous.iter().map(|s| s.hash).collect();
-        affected_hashes.push(new_secret.0);
-        Ok(Changed {
-            record: key,
-            affected_hashes,
-        })
+        let mut affected: Vec<KeyHash> = previous.iter().map(|s| s.hash).collect();
+        affected.push(new_secret.0);
+        self.finish_change(tx, key, Stale::Secrets(affected), change.now)
+            .await
     }
 
     async fn delete_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>> {
         let mut tx = self.writer.begin().await?;
         let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
-        let affected_hashes = secrets_of(&mut tx, id)
-            .await?
-            .iter()
-            .map(|s| s.hash)
-            .collect();
+        let stale = secret_hashes(&mut tx, id).await?;
         sqlx::query("DELETE FROM secrets WHERE credential_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -1050,12 +1090,8 @@ impl Store for SqlStore {
             serde_json::json!({ "app": key.app_slug, "name": key.name }),
         )
         .await?;
-        tx.commit().await?;
         key.revoked_at.get_or_insert(change.now);
-        Ok(Changed {
-            record: key,
-            affected_hashes,
-        })
+        self.finish_change(tx, key, stale, change.now).await
     }
 
     async fn record_last_used(&self, uses: &[(String, Timestamp)]) -> StoreResult<()> {

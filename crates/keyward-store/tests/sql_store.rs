@@ -40,6 +40,7 @@ async fn open(dir: &tempfile::TempDir) -> (SqlStore, Option<TestDatabase>) {
         url,
         max_connections: 4,
         acquire_timeout: Duration::from_secs(5),
+        node_id: keyward_store::StoreOptions::new_node_id(),
     })
     .await
     .expect("open store");
@@ -176,7 +177,10 @@ async fn keys_round_trip_rotate_and_filter() {
         .await
         .unwrap();
     assert_eq!(rotated.record.start, "acme_live_wxyz");
-    assert_eq!(rotated.affected_hashes.len(), 2);
+    assert_eq!(
+        rotated.stale,
+        keyward_store::Stale::Secrets(vec![KeyHash::of("s1"), KeyHash::of("s1b")])
+    );
     let old = store.find_key(KeyHash::of("s1")).await.unwrap().unwrap();
     assert_eq!(old.secret.expires_at, Some(grace));
     store

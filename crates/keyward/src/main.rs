@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use keyward_server::{Server, ServerConfig};
+use keyward_store::cluster::ClusterOptions;
 use keyward_store::{SqlStore, StoreOptions};
 use secrecy::ExposeSecret;
 use settings::{LogFormat, ServeArgs, Settings};
@@ -144,13 +145,12 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             SqlStore::sqlite_url(&settings.data_dir)
         }
     };
-    // Other nodes may share a PostgreSQL database, and this node cannot yet hear of their
-    // changes, so it must not answer from its cache (see ARCHITECTURE.md, cache coherence).
-    let shared_database = !url.starts_with("sqlite:");
+    let node_id = StoreOptions::new_node_id();
     let store = SqlStore::connect(&StoreOptions {
-        url,
+        url: url.clone(),
         max_connections: settings.db_max_connections,
         acquire_timeout: settings.db_acquire_timeout,
+        node_id: node_id.clone(),
     })
     .await?;
     let store = Arc::new(store);
@@ -180,12 +180,22 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             last_used_flush_interval: settings.last_used_flush_interval,
         },
     );
-    if shared_database {
-        tracing::warn!(
-            "shared database: verifying every key from storage; the verification cache needs \
-             cross-node invalidation, which this version does not have"
-        );
-        server.state().verifier.set_cache_trusted(false);
+    if store.is_shared() {
+        // Other nodes may share the database: keep this node's cache coherent with theirs
+        // (ARCHITECTURE.md, "Cache coherence across nodes").
+        let lease = settings.cluster_lease;
+        server
+            .join_cluster(
+                &url,
+                &node_id,
+                ClusterOptions {
+                    lease,
+                    heartbeat_interval: lease / 8,
+                    ..ClusterOptions::default()
+                },
+            )
+            .await?;
+        tracing::info!(node_id, "joined the cluster");
     }
     server
         .run(listener, shutdown_signal())

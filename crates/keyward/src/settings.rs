@@ -58,6 +58,10 @@ pub(crate) struct ServeArgs {
     /// How often `last_used_at` is written, in milliseconds [default: 1000]
     #[arg(long, env = "KEYWARD_LAST_USED_FLUSH_MS")]
     pub(crate) last_used_flush_ms: Option<u64>,
+    /// On PostgreSQL: how long one heartbeat lets a node answer from its cache, in
+    /// milliseconds. It also bounds how long a change waits for a node that died [default: 2000]
+    #[arg(long, env = "KEYWARD_CLUSTER_LEASE_MS")]
+    pub(crate) cluster_lease_ms: Option<u64>,
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "KEYWARD_LOG_FORMAT")]
     pub(crate) log_format: Option<LogFormat>,
@@ -84,6 +88,7 @@ struct FileSettings {
     db_max_connections: Option<u32>,
     db_acquire_timeout_seconds: Option<u64>,
     last_used_flush_ms: Option<u64>,
+    cluster_lease_ms: Option<u64>,
     log_format: Option<LogFormat>,
 }
 
@@ -99,6 +104,7 @@ pub(crate) struct Settings {
     pub(crate) db_max_connections: u32,
     pub(crate) db_acquire_timeout: Duration,
     pub(crate) last_used_flush_interval: Duration,
+    pub(crate) cluster_lease: Duration,
     pub(crate) log_format: LogFormat,
 }
 
@@ -148,6 +154,16 @@ impl Settings {
                 message: "must be positive".to_owned(),
             });
         }
+        let lease_ms = args
+            .cluster_lease_ms
+            .or(file.cluster_lease_ms)
+            .unwrap_or(2000);
+        if !(200..=60_000).contains(&lease_ms) {
+            return Err(SettingsError::Invalid {
+                name: "cluster_lease_ms",
+                message: "must be between 200 and 60000".to_owned(),
+            });
+        }
         Ok(Self {
             listen: args
                 .listen
@@ -189,6 +205,7 @@ impl Settings {
                     .unwrap_or(5),
             ),
             last_used_flush_interval: Duration::from_millis(flush_ms),
+            cluster_lease: Duration::from_millis(lease_ms),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
@@ -261,6 +278,7 @@ mod tests {
             db_max_connections: 1,
             db_acquire_timeout: Duration::from_secs(1),
             last_used_flush_interval: Duration::from_secs(1),
+            cluster_lease: Duration::from_secs(2),
             log_format: LogFormat::Text,
         };
         assert!(!format!("{settings:?}").contains("hunter2"));

@@ -12,7 +12,7 @@ use keyward_proto::{self as wire, CreateAppRequest, ErrorEnvelope, PageParams, U
 use keyward_store::AppPatch;
 
 use crate::extract::{ApiJson, ApiQuery, Caller};
-use crate::{convert, os_rng, page_request, uncancellable, ApiError, AppState};
+use crate::{convert, os_rng, page_request, ApiError, AppState};
 
 pub(crate) const DEFAULT_KEY_PREFIX: &str = "kw";
 
@@ -132,13 +132,8 @@ pub(crate) async fn delete_app(
 ) -> Result<Json<wire::App>, ApiError> {
     caller.require(Scope::AppsWrite)?;
     let change = caller.change();
-    let worker = Arc::clone(&state);
-    // Its keys' revocation must reach the cache even if the client goes away mid-call.
-    let app = uncancellable(async move {
-        let app = worker.store.delete_app(&change, &slug).await?;
-        worker.verifier.invalidate_all();
-        Ok(app)
-    })
-    .await?;
-    Ok(Json(convert::app(&app)))
+    let changed = state
+        .change_credential(move |state| async move { state.store.delete_app(&change, &slug).await })
+        .await?;
+    Ok(Json(convert::app(&changed.record)))
 }

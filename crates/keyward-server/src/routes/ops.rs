@@ -51,6 +51,10 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<He
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let gauge_value = i64::try_from(state.verifier.cached_entries()).unwrap_or(i64::MAX);
     state.metrics.cache_entries.set(gauge_value);
+    state
+        .metrics
+        .cache_trusted
+        .set(i64::from(state.verifier.cache_trusted()));
     (
         [(
             header::CONTENT_TYPE,

@@ -210,6 +210,7 @@ async fn readiness_follows_storage() {
             url,
             max_connections: 2,
             acquire_timeout: std::time::Duration::from_secs(1),
+            node_id: keyward_store::StoreOptions::new_node_id(),
         })
         .await
         .unwrap(),

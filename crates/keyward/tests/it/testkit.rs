@@ -46,12 +46,14 @@ impl TestServer {
         // SQLite, or PostgreSQL with KEYWARD_TEST_BACKEND=postgres (scripts/test.sh runs both).
         let (url, database) = fresh_database(dir.path()).await;
         let store = SqlStore::connect(&StoreOptions {
-            url,
+            url: url.clone(),
             max_connections: 4,
             acquire_timeout: Duration::from_secs(5),
+            node_id: keyward_store::StoreOptions::new_node_id(),
         })
         .await
         .expect("open store");
+        let shared = store.is_shared().then(|| store.node_id().to_owned());
         let store: Arc<dyn keyward_store::Store> = Arc::new(store);
         let first = keyward_server::bootstrap::bootstrap(store.as_ref())
             .await
@@ -63,6 +65,20 @@ impl TestServer {
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
         let server = Server::new(store, config);
+        if let Some(node_id) = shared {
+            server
+                .join_cluster(
+                    &url,
+                    &node_id,
+                    keyward_store::cluster::ClusterOptions {
+                        lease: Duration::from_millis(1000),
+                        heartbeat_interval: Duration::from_millis(100),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("join the cluster");
+        }
         let task = tokio::spawn(async move {
             server
                 .run(listener, async {

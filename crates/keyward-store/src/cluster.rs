@@ -1,0 +1,644 @@
+//! Cache coherence across the nodes that share one PostgreSQL database.
+//!
+//! Every node keeps a verification cache. A change that a cache must forget is numbered,
+//! recorded and announced (`NOTIFY`) in the transaction of the change itself
+//! (`keyward_publish_invalidation`, migration 0002). Each node applies announcements in order
+//! and acknowledges them. The node that made the change returns only once every other node
+//! has acknowledged, or once that node's lease has surely run out.
+//!
+//! A node trusts its cache only under a **lease**. A heartbeat reads the latest number under a
+//! share lock, records the node in `cluster_nodes` and sends the node a ping over its own
+//! notification connection. Notifications arrive in commit order, so by the time the ping
+//! arrives every change numbered at or below the heartbeat's read has been applied, and the
+//! node may trust its cache until `lease` after the heartbeat started. When the connection
+//! drops, trust ends at once; it returns only after the node has reconnected, caught up from
+//! `cache_invalidations` and received a fresh ping. A node that hangs simply lets its lease
+//! run out. In every case a node that may have missed a change verifies from storage (and
+//! answers 503 when storage is unreachable) instead of answering from its cache: the design
+//! fails safe, never open. ARCHITECTURE.md has the argument in full.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keyward_core::KeyHash;
+use sqlx::postgres::{PgListener, PgNotification, PgPool, PgPoolOptions};
+use sqlx::Row;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::StoreResult;
+
+const INVALIDATION_CHANNEL: &str = "keyward_invalidation";
+const ACK_CHANNEL: &str = "keyward_ack";
+/// NOTIFY payloads must stay under 8000 bytes; longer lists are read from the table.
+const MAX_PAYLOAD_BYTES: usize = 7_800;
+
+/// What caches must forget after a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// The secrets with these hashes.
+    Secrets(Vec<KeyHash>),
+    /// Everything, for changes that touch many keys at once (an app's deletion).
+    Everything,
+}
+
+impl Stale {
+    pub(crate) fn to_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Self::Secrets(hashes) => Some(hashes.iter().flat_map(|h| *h.as_bytes()).collect()),
+            Self::Everything => None,
+        }
+    }
+
+    fn from_bytes(bytes: Option<&[u8]>) -> Option<Self> {
+        match bytes {
+            None => Some(Self::Everything),
+            Some(bytes) if bytes.len() % 32 == 0 => bytes
+                .chunks(32)
+                .map(KeyHash::from_slice)
+                .collect::<Option<Vec<_>>>()
+                .map(Self::Secrets),
+            Some(_) => None,
+        }
+    }
+
+    /// What follows the number in the NOTIFY payload: `:*`, `:<hex>,<hex>…`, or nothing when
+    /// the list is too long to announce and must be read from the table.
+    pub(crate) fn payload_tail(&self) -> String {
+        match self {
+            Self::Everything => ":*".to_owned(),
+            Self::Secrets(hashes) if hashes.len() * 65 < MAX_PAYLOAD_BYTES => {
+                let listed: Vec<String> = hashes.iter().map(|h| h.to_hex()).collect();
+                format!(":{}", listed.join(","))
+            }
+            Self::Secrets(_) => String::new(),
+        }
+    }
+
+    fn parse_payload_tail(tail: &str) -> Option<Self> {
+        match tail {
+            "*" => Some(Self::Everything),
+            "" => Some(Self::Secrets(Vec::new())),
+            listed => listed
+                .split(',')
+                .map(KeyHash::from_hex)
+                .collect::<Option<Vec<_>>>()
+                .map(Self::Secrets),
+        }
+    }
+}
+
+/// The cache a node keeps coherent with the cluster.
+pub trait ClusterCache: Send + Sync + 'static {
+    fn forget(&self, stale: &Stale);
+    /// The cache may answer until `deadline`, unless told otherwise before.
+    fn trust_until(&self, deadline: std::time::Instant);
+    /// The cache must not answer until trusted again.
+    fn distrust(&self);
+}
+
+/// An announced change: the nodes whose caches must hear of it before the change's call
+/// returns, each with the moment its lease surely ends.
+#[derive(Debug, Clone)]
+pub struct Propagation {
+    pub seq: u64,
+    pub members: Vec<(String, Instant)>,
+}
+
+/// The members `keyward_publish_invalidation` named, before the transaction committed.
+#[derive(Debug)]
+pub(crate) struct Announced {
+    seq: u64,
+    members: Vec<(String, i64)>,
+}
+
+impl Announced {
+    pub(crate) fn from_rows(rows: &[sqlx::any::AnyRow]) -> StoreResult<Self> {
+        let mut seq = 0_i64;
+        let mut members = Vec::new();
+        for row in rows {
+            seq = row.try_get("seq")?;
+            let member: Option<String> = row.try_get("member")?;
+            let remaining: Option<i64> = row.try_get("remaining_ms")?;
+            if let (Some(member), Some(remaining)) = (member, remaining) {
+                members.push((member, remaining));
+            }
+        }
+        Ok(Self {
+            seq: u64::try_from(seq).unwrap_or(0),
+            members,
+        })
+    }
+
+    /// Turns the remaining lease times into deadlines. Called after the commit, so that each
+    /// deadline falls after the moment the database measured the remaining time; the margin
+    /// covers millisecond rounding and clock-rate drift between machines.
+    pub(crate) fn committed(self) -> Propagation {
+        let now = Instant::now();
+        let members = self
+            .members
+            .into_iter()
+            .map(|(node, remaining_ms)| {
+                let remaining = Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0));
+                (node, now + remaining + remaining / 100 + Duration::from_millis(5))
+            })
+            .collect();
+        Propagation {
+            seq: self.seq,
+            members,
+        }
+    }
+}
+
+/// Timing of the coherence protocol.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// How long one heartbeat lets a node trust its cache. It bounds how long a change can
+    /// wait for a node that died or lost the database.
+    pub lease: Duration,
+    /// How often a node renews its lease; a few times per lease.
+    pub heartbeat_interval: Duration,
+    /// How long announcements stay in `cache_invalidations` for nodes catching up. A node
+    /// away for longer empties its cache instead.
+    pub retention: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_millis(250),
+            retention: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How one propagation went.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PropagationReport {
+    /// Nodes that did not acknowledge in time: the call waited for their leases to end.
+    pub lapsed: Vec<String>,
+}
+
+/// This node's part in the cluster: see the module documentation.
+pub struct Cluster {
+    node_id: String,
+    pool: PgPool,
+    acks: Mutex<HashMap<String, u64>>,
+    ack_arrived: Notify,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Heartbeats sent and not yet answered by their ping: number and start.
+type PendingPings = Arc<Mutex<VecDeque<(u64, std::time::Instant)>>>;
+
+impl Cluster {
+    /// Joins the cluster of nodes sharing the database at `url` and starts keeping `cache`
+    /// coherent. The cache stays distrusted until the first heartbeat's ping arrives.
+    pub async fn join(
+        url: &str,
+        node_id: &str,
+        options: ClusterOptions,
+        cache: Arc<dyn ClusterCache>,
+    ) -> StoreResult<Arc<Self>> {
+        cache.distrust();
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(options.lease)
+            .connect(url)
+            .await?;
+        let cluster = Arc::new(Self {
+            node_id: node_id.to_owned(),
+            pool,
+            acks: Mutex::new(HashMap::new()),
+            ack_arrived: Notify::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let (applied_tx, applied_rx) = watch::channel(0_u64);
+        let pings: PendingPings = Arc::default();
+        let listener = tokio::spawn(Self::listen(
+            Arc::clone(&cluster),
+            options.clone(),
+            cache,
+            applied_tx,
+            Arc::clone(&pings),
+        ));
+        let heartbeat = tokio::spawn(Self::heartbeat(
+            Arc::clone(&cluster),
+            options,
+            applied_rx.clone(),
+            pings,
+        ));
+        let acknowledger = tokio::spawn(Self::acknowledge(Arc::clone(&cluster), applied_rx));
+        cluster
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend([listener, heartbeat, acknowledger]);
+        Ok(cluster)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Waits until every node named by `propagation` has applied it, or its lease has ended.
+    pub async fn await_propagation(&self, propagation: &Propagation) -> PropagationReport {
+        let mut report = PropagationReport::default();
+        for (node, lease_ends) in &propagation.members {
+            loop {
+                let arrived = self.ack_arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                if self.acknowledged(node) >= propagation.seq {
+                    break;
+                }
+                if Instant::now() >= *lease_ends {
+                    report.lapsed.push(node.clone());
+                    break;
+                }
+                tokio::select! {
+                    () = &mut arrived => {}
+                    () = tokio::time::sleep_until(*lease_ends) => {}
+                }
+            }
+        }
+        if !report.lapsed.is_empty() {
+            tracing::warn!(
+                nodes = ?report.lapsed,
+                "nodes did not acknowledge a cache invalidation; waited for their leases to end"
+            );
+        }
+        report
+    }
+
+    fn acknowledged(&self, node: &str) -> u64 {
+        self.acks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Stops this node's tasks and removes it from `cluster_nodes`, so that changes stop
+    /// waiting for it.
+    pub async fn leave(&self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+        let removed = sqlx::query("DELETE FROM cluster_nodes WHERE node_id = $1")
+            .bind(&self.node_id)
+            .execute(&self.pool)
+            .await;
+        if let Err(error) = removed {
+            tracing::warn!(%error, "could not leave the cluster; others wait out this lease");
+        }
+        self.pool.close().await;
+    }
+
+    fn ping_channel(&self) -> String {
+        format!("keyward_ping_{}", self.node_id)
+    }
+
+    /// Renews the lease: see the module documentation.
+    async fn heartbeat(
+        self: Arc<Self>,
+        options: ClusterOptions,
+        applied: watch::Receiver<u64>,
+        pings: PendingPings,
+    ) {
+        let lease_ms = i64::try_from(options.lease.as_millis()).unwrap_or(i64::MAX);
+        let retention_ms = i64::try_from(options.retention.as_millis()).unwrap_or(i64::MAX);
+        let mut ticks = tokio::time::interval(options.heartbeat_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut number = 0_u64;
+        let mut failing = false;
+        loop {
+            ticks.tick().await;
+            number += 1;
+            {
+                let mut pending = pings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                pending.push_back((number, std::time::Instant::now()));
+                while pending.len() > 64 {
+                    pending.pop_front();
+                }
+            }
+            let applied_seq = i64::try_from(*applied.borrow()).unwrap_or(i64::MAX);
+            let outcome = self
+                .beat(number, lease_ms, applied_seq, retention_ms)
+                .await;
+            match outcome {
+                Ok(()) if failing => {
+                    tracing::info!("cluster heartbeat recovered");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(error) if !failing => {
+                    tracing::warn!(%error, "cluster heartbeat failed; the cache is distrusted when the lease ends");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn beat(
+        &self,
+        number: u64,
+        lease_ms: i64,
+        applied_seq: i64,
+        retention_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT invalidation_seq FROM cluster_state WHERE singleton = 1 FOR SHARE")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO cluster_nodes (node_id, lease_ms, heartbeat_ms, applied_seq) \
+             VALUES ($1, $2, (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT, $3) \
+             ON CONFLICT (node_id) DO UPDATE SET lease_ms = EXCLUDED.lease_ms, \
+             heartbeat_ms = EXCLUDED.heartbeat_ms, applied_seq = EXCLUDED.applied_seq",
+        )
+        .bind(&self.node_id)
+        .bind(lease_ms)
+        .bind(applied_seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(self.ping_channel())
+            .bind(number.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        // Housekeeping, now and then, by whichever node gets there: announcements past their
+        // retention, and nodes long gone (a node that comes back simply registers again).
+        if number % 64 == 0 {
+            sqlx::query(
+                "DELETE FROM cache_invalidations WHERE created_at < \
+                 (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT - $1",
+            )
+            .bind(retention_ms)
+            .execute(&self.pool)
+            .await?;
+            sqlx::query(
+                "DELETE FROM cluster_nodes WHERE heartbeat_ms + 10 * lease_ms < \
+                 (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
+            )
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the other nodes how far this one has applied, coalescing bursts.
+    async fn acknowledge(self: Arc<Self>, mut applied: watch::Receiver<u64>) {
+        while applied.changed().await.is_ok() {
+            let seq = *applied.borrow_and_update();
+            let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(ACK_CHANNEL)
+                .bind(format!("{}:{seq}", self.node_id))
+                .execute(&self.pool)
+                .await;
+            if sent.is_err() {
+                // The next change, or the lease, settles it; avoid spinning while down.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                applied.mark_changed();
+            }
+        }
+    }
+
+    /// Receives announcements, acknowledgements and pings; reconnects when the connection
+    /// drops, distrusting the cache until it has caught up.
+    async fn listen(
+        self: Arc<Self>,
+        options: ClusterOptions,
+        cache: Arc<dyn ClusterCache>,
+        applied: watch::Sender<u64>,
+        pings: PendingPings,
+    ) {
+        let mut applied_seq: Option<u64> = None;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            cache.distrust();
+            let session = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.ignore_pool_close_event(true);
+                listener
+                    .listen_all([INVALIDATION_CHANNEL, ACK_CHANNEL, &self.ping_channel()])
+                    .await?;
+                self.catch_up(&mut applied_seq, cache.as_ref(), &applied)
+                    .await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = match session.await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for cluster changes; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            tracing::debug!("listening for cluster changes");
+            loop {
+                let notification = match listener.try_recv().await {
+                    Ok(Some(notification)) => notification,
+                    Ok(None) => {
+                        tracing::warn!("lost the cluster notification connection; reconnecting");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cluster notification connection failed");
+                        break;
+                    }
+                };
+                let handled = self
+                    .handle(
+                        &notification,
+                        &mut applied_seq,
+                        cache.as_ref(),
+                        &applied,
+                        &pings,
+                        &options,
+                    )
+                    .await;
+                if let Err(error) = handled {
+                    tracing::warn!(%error, "cannot apply a cluster change; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        notification: &PgNotification,
+        applied_seq: &mut Option<u64>,
+        cache: &dyn ClusterCache,
+        applied: &watch::Sender<u64>,
+        pings: &PendingPings,
+        options: &ClusterOptions,
+    ) -> Result<(), sqlx::Error> {
+        let payload = notification.payload();
+        match notification.channel() {
+            INVALIDATION_CHANNEL => {
+                let (number, tail) = payload.split_once(':').unwrap_or((payload, ""));
+                let Ok(seq) = number.parse::<u64>() else {
+                    return Ok(());
+                };
+                let current = applied_seq.unwrap_or(0);
+                if seq <= current {
+                    return Ok(());
+                }
+                let announced = (!tail.is_empty()).then(|| Stale::parse_payload_tail(tail));
+                match announced {
+                    Some(Some(stale)) if seq == current + 1 => {
+                        cache.forget(&stale);
+                        *applied_seq = Some(seq);
+                        applied.send_replace(seq);
+                    }
+                    // A gap, an unreadable payload or a list too long to announce: read the
+                    // table.
+                    _ => self.catch_up(applied_seq, cache, applied).await?,
+                }
+            }
+            ACK_CHANNEL => {
+                if let Some((node, seq)) = payload.rsplit_once(':') {
+                    if let Ok(seq) = seq.parse::<u64>() {
+                        let mut acks = self
+                            .acks
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let known = acks.entry(node.to_owned()).or_insert(0);
+                        *known = (*known).max(seq);
+                    }
+                    self.ack_arrived.notify_waiters();
+                }
+            }
+            _ => {
+                // Our own ping: everything announced before its heartbeat is applied.
+                let Ok(number) = payload.parse::<u64>() else {
+                    return Ok(());
+                };
+                let started = pings
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .find(|(sent, _)| *sent == number)
+                    .map(|(_, started)| *started);
+                if let Some(started) = started {
+                    cache.trust_until(started + options.lease);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every announcement after `applied_seq` from the table, or empties the cache
+    /// when they are no longer all there (first start, or away longer than the retention).
+    async fn catch_up(
+        &self,
+        applied_seq: &mut Option<u64>,
+        cache: &dyn ClusterCache,
+        applied: &watch::Sender<u64>,
+    ) -> Result<(), sqlx::Error> {
+        let latest: i64 =
+            sqlx::query("SELECT invalidation_seq FROM cluster_state WHERE singleton = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+        let latest = u64::try_from(latest).unwrap_or(0);
+        let Some(from) = *applied_seq else {
+            cache.forget(&Stale::Everything);
+            *applied_seq = Some(latest);
+            applied.send_replace(latest);
+            return Ok(());
+        };
+        if latest <= from {
+            return Ok(());
+        }
+        let rows = sqlx::query(
+            "SELECT seq, hashes FROM cache_invalidations WHERE seq > $1 AND seq <= $2 \
+             ORDER BY seq",
+        )
+        .bind(i64::try_from(from).unwrap_or(i64::MAX))
+        .bind(i64::try_from(latest).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let complete = rows.len() as u64 == latest - from;
+        if complete {
+            for row in &rows {
+                let hashes: Option<Vec<u8>> = row.try_get("hashes")?;
+                let stale = Stale::from_bytes(hashes.as_deref()).unwrap_or(Stale::Everything);
+                cache.forget(&stale);
+            }
+        } else {
+            cache.forget(&Stale::Everything);
+        }
+        *applied_seq = Some(latest);
+        applied.send_replace(latest);
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(byte: u8) -> KeyHash {
+        KeyHash::from_slice(&[byte; 32]).expect("32 bytes")
+    }
+
+    #[test]
+    fn announcements_round_trip_through_payload_and_table() {
+        let stale = Stale::Secrets(vec![hash(1), hash(2)]);
+        let tail = stale.payload_tail();
+        assert_eq!(
+            Stale::parse_payload_tail(tail.trim_start_matches(':')),
+            Some(stale.clone())
+        );
+        assert_eq!(
+            Stale::from_bytes(stale.to_bytes().as_deref()),
+            Some(stale.clone())
+        );
+        assert_eq!(Stale::Everything.payload_tail(), ":*");
+        assert_eq!(Stale::from_bytes(None), Some(Stale::Everything));
+    }
+
+    #[test]
+    fn long_lists_are_left_to_the_table() {
+        let many = Stale::Secrets((0..200).map(|i| hash(i as u8)).collect());
+        assert_eq!(many.payload_tail(), "");
+        assert!(Stale::parse_payload_tail("zz").is_none());
+    }
+}
