@@ -22,8 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keyward_core::KeyHash;
-use sqlx::postgres::{PgListener, PgNotification, PgPool, PgPoolOptions};
-use sqlx::Row;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Row};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -142,7 +144,10 @@ impl Announced {
             .into_iter()
             .map(|(node, remaining_ms)| {
                 let remaining = Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0));
-                (node, now + remaining + remaining / 100 + Duration::from_millis(5))
+                (
+                    node,
+                    now + remaining + remaining / 100 + Duration::from_millis(5),
+                )
             })
             .collect();
         Propagation {
@@ -212,10 +217,14 @@ impl Cluster {
         cache: Arc<dyn ClusterCache>,
     ) -> StoreResult<Arc<Self>> {
         cache.distrust();
+        // Named, so that an operator (or a test) can find this node's connections.
+        let connect_options = PgConnectOptions::from_str(url)?
+            .application_name(&format!("keyward_cluster_{node_id}"))
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(options.lease)
-            .connect(url)
+            .connect_with(connect_options)
             .await?;
         let cluster = Arc::new(Self {
             node_id: node_id.to_owned(),
@@ -333,16 +342,16 @@ impl Cluster {
             ticks.tick().await;
             number += 1;
             {
-                let mut pending = pings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut pending = pings
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 pending.push_back((number, std::time::Instant::now()));
                 while pending.len() > 64 {
                     pending.pop_front();
                 }
             }
             let applied_seq = i64::try_from(*applied.borrow()).unwrap_or(i64::MAX);
-            let outcome = self
-                .beat(number, lease_ms, applied_seq, retention_ms)
-                .await;
+            let outcome = self.beat(number, lease_ms, applied_seq, retention_ms).await;
             match outcome {
                 Ok(()) if failing => {
                     tracing::info!("cluster heartbeat recovered");
@@ -388,7 +397,7 @@ impl Cluster {
         tx.commit().await?;
         // Housekeeping, now and then, by whichever node gets there: announcements past their
         // retention, and nodes long gone (a node that comes back simply registers again).
-        if number % 64 == 0 {
+        if number.is_multiple_of(64) {
             sqlx::query(
                 "DELETE FROM cache_invalidations WHERE created_at < \
                  (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT - $1",

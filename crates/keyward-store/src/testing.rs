@@ -43,6 +43,11 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// The database's name on the server.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Creates a fresh, empty database on the server `admin_url` points at.
     pub async fn create(admin_url: &str) -> Result<Self, sqlx::Error> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -58,6 +58,10 @@ pub(crate) struct ServeArgs {
     /// How often `last_used_at` is written, in milliseconds [default: 1000]
     #[arg(long, env = "KEYWARD_LAST_USED_FLUSH_MS")]
     pub(crate) last_used_flush_ms: Option<u64>,
+    /// This node's name in a cluster: lowercase letters, digits, `_` and `-`, at most 40
+    /// [default: random]
+    #[arg(long, env = "KEYWARD_NODE_ID")]
+    pub(crate) node_id: Option<String>,
     /// On PostgreSQL: how long one heartbeat lets a node answer from its cache, in
     /// milliseconds. It also bounds how long a change waits for a node that died [default: 2000]
     #[arg(long, env = "KEYWARD_CLUSTER_LEASE_MS")]
@@ -89,6 +93,7 @@ struct FileSettings {
     db_acquire_timeout_seconds: Option<u64>,
     last_used_flush_ms: Option<u64>,
     cluster_lease_ms: Option<u64>,
+    node_id: Option<String>,
     log_format: Option<LogFormat>,
 }
 
@@ -105,6 +110,7 @@ pub(crate) struct Settings {
     pub(crate) db_acquire_timeout: Duration,
     pub(crate) last_used_flush_interval: Duration,
     pub(crate) cluster_lease: Duration,
+    pub(crate) node_id: Option<String>,
     pub(crate) log_format: LogFormat,
 }
 
@@ -164,6 +170,22 @@ impl Settings {
                 message: "must be between 200 and 60000".to_owned(),
             });
         }
+        let node_id = args.node_id.or(file.node_id);
+        if let Some(node_id) = &node_id {
+            let valid = (1..=40).contains(&node_id.len())
+                && node_id.bytes().all(|byte| {
+                    byte.is_ascii_lowercase()
+                        || byte.is_ascii_digit()
+                        || byte == b'_'
+                        || byte == b'-'
+                });
+            if !valid {
+                return Err(SettingsError::Invalid {
+                    name: "node_id",
+                    message: "use 1 to 40 lowercase letters, digits, `_` or `-`".to_owned(),
+                });
+            }
+        }
         Ok(Self {
             listen: args
                 .listen
@@ -206,6 +228,7 @@ impl Settings {
             ),
             last_used_flush_interval: Duration::from_millis(flush_ms),
             cluster_lease: Duration::from_millis(lease_ms),
+            node_id,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
@@ -279,6 +302,7 @@ mod tests {
             db_acquire_timeout: Duration::from_secs(1),
             last_used_flush_interval: Duration::from_secs(1),
             cluster_lease: Duration::from_secs(2),
+            node_id: None,
             log_format: LogFormat::Text,
         };
         assert!(!format!("{settings:?}").contains("hunter2"));

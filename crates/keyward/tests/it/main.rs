@@ -3,6 +3,7 @@
 //! One test binary keeps link time down.
 
 mod cli;
+mod cluster;
 mod conventions;
 mod hostile_input;
 mod keys;

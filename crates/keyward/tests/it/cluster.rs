@@ -1,0 +1,483 @@
+//! Several real `keyward serve` processes on one PostgreSQL database: once a change to a key
+//! has returned, no node accepts the old state, even when a node loses its notification
+//! connection or the database itself.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::testkit::{Api, ServerProcess};
+use keyward_store::testing::{TestDatabase, DATABASE_URL_VARIABLE};
+
+/// A short lease keeps the tests that wait for one quick.
+const LEASE_MS: &str = "1000";
+
+struct Cluster {
+    nodes: Vec<ServerProcess>,
+    root_key: String,
+    _dir: tempfile::TempDir,
+    database: TestDatabase,
+}
+
+impl Cluster {
+    /// Starts one node per entry of `urls` (normally all the same database URL).
+    async fn start(names: &[&str], database: TestDatabase, urls: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut root_key = None;
+        for (name, url) in names.iter().zip(urls) {
+            let node = ServerProcess::start_with_env(
+                dir.path(),
+                name,
+                &[
+                    ("DATABASE_URL", url),
+                    ("KEYWARD_NODE_ID", name),
+                    ("KEYWARD_CLUSTER_LEASE_MS", LEASE_MS),
+                    ("KEYWARD_DB_ACQUIRE_TIMEOUT_SECONDS", "1"),
+                    ("KEYWARD_REQUEST_TIMEOUT_SECONDS", "2"),
+                ],
+            );
+            if let Some((live, _)) = &node.first_keys {
+                root_key = Some(live.clone());
+            }
+            nodes.push(node);
+        }
+        let cluster = Self {
+            nodes,
+            root_key: root_key.expect("the first node bootstraps"),
+            _dir: dir,
+            database,
+        };
+        for index in 0..cluster.nodes.len() {
+            cluster.wait_until_caching(index).await;
+        }
+        cluster
+    }
+
+    fn api(&self, node: usize) -> Api {
+        Api::new(&self.nodes[node].base, &self.root_key)
+    }
+
+    /// Waits for a node's first heartbeat, so that its cache is in play (a node that
+    /// verifies everything from storage would pass these tests without proving anything).
+    async fn wait_until_caching(&self, node: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let metrics = self.api(node).get("/metrics").await;
+            if metrics
+                .body
+                .as_str()
+                .is_some_and(|text| text.contains("keyward_verify_cache_trusted 1"))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {node} never trusted its cache");
+    }
+}
+
+fn admin_url() -> Option<String> {
+    let url = std::env::var(DATABASE_URL_VARIABLE).ok();
+    if url.is_none() {
+        eprintln!("skipped: set {DATABASE_URL_VARIABLE} to run the cluster tests");
+    }
+    url
+}
+
+/// One verification as a client saw it.
+#[derive(Debug, Clone)]
+struct Sample {
+    node: usize,
+    started: Instant,
+    status: u16,
+    code: Option<String>,
+}
+
+/// Verifies `secret` in a loop on every node (two loops per node) until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cluster: &Cluster, nodes: &[usize], secret: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for &node in nodes {
+            for _ in 0..2 {
+                let api = cluster.api(node);
+                let (stop, samples, secret) = (stop.clone(), samples.clone(), secret.to_owned());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        let started = Instant::now();
+                        let reply = api
+                            .post("/api/v1/keys/verify", json!({ "key": secret }))
+                            .await;
+                        let code = reply.body["code"].as_str().map(str::to_owned);
+                        samples.lock().unwrap().push(Sample {
+                            node,
+                            started,
+                            status: reply.status.as_u16(),
+                            code,
+                        });
+                    }
+                }));
+            }
+        }
+        Self {
+            stop,
+            samples,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        Arc::try_unwrap(self.samples).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Runs `change` through node 0 while every node verifies `secret`, then checks that every
+/// verification that started after the change returned got `expected`, on every node.
+async fn assert_refused_everywhere_once_returned<Fut>(
+    cluster: &Cluster,
+    secret: &str,
+    expected: &str,
+    change: impl FnOnce() -> Fut,
+) where
+    Fut: Future<Output = ()>,
+{
+    let everyone: Vec<usize> = (0..cluster.nodes.len()).collect();
+    for &node in &everyone {
+        assert_eq!(cluster.api(node).verify_code(secret).await, "VALID");
+    }
+    let load = Load::start(cluster, &everyone, secret);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    change().await;
+    let returned = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let samples = load.finish().await;
+
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.started < returned && s.code.as_deref() == Some("VALID")),
+        "the load verified the key before the change"
+    );
+    for &node in &everyone {
+        let after: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.node == node && s.started > returned)
+            .collect();
+        assert!(
+            after.len() >= 5,
+            "node {node} verified too little after the change"
+        );
+        for sample in after {
+            assert_eq!(
+                (sample.status, sample.code.as_deref()),
+                (200, Some(expected)),
+                "node {node} answered a verification that started {:?} after the change \
+                 returned",
+                sample.started - returned
+            );
+        }
+    }
+}
+
+async fn issue_key(api: &Api, app: &str) -> (String, String) {
+    api.create_app(app, &[]).await;
+    let key = api.create_key(app, json!({ "name": "loaded" })).await;
+    (
+        key["id"].as_str().unwrap().to_owned(),
+        key["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_refuse_a_changed_key_once_the_call_returns() {
+    let Some(admin_url) = admin_url() else { return };
+    let database = TestDatabase::create(&admin_url).await.unwrap();
+    let url = database.url.clone();
+    let cluster =
+        Cluster::start(&["a", "b", "c"], database, &[url.clone(), url.clone(), url]).await;
+    let node_a = cluster.api(0);
+
+    let (id, secret) = issue_key(&node_a, "revoked").await;
+    assert_refused_everywhere_once_returned(&cluster, &secret, "KEY_REVOKED", || async {
+        node_a
+            .post(&format!("/api/v1/keys/{id}/revoke"), json!({}))
+            .await
+            .assert_status(200);
+    })
+    .await;
+
+    let (id, secret) = issue_key(&node_a, "rotated").await;
+    let new_secret = Arc::new(Mutex::new(String::new()));
+    assert_refused_everywhere_once_returned(&cluster, &secret, "INVALID_KEY", || async {
+        let rotated = node_a
+            .post(&format!("/api/v1/keys/{id}/rotate"), json!({}))
+            .await
+            .assert_status(200)
+            .clone();
+        *new_secret.lock().unwrap() = rotated["secret"].as_str().unwrap().to_owned();
+    })
+    .await;
+    let new_secret = new_secret.lock().unwrap().clone();
+    for node in 0..3 {
+        assert_eq!(cluster.api(node).verify_code(&new_secret).await, "VALID");
+    }
+
+    let (id, secret) = issue_key(&node_a, "disabled").await;
+    assert_refused_everywhere_once_returned(&cluster, &secret, "KEY_DISABLED", || async {
+        node_a
+            .patch(&format!("/api/v1/keys/{id}"), json!({ "enabled": false }))
+            .await
+            .assert_status(200);
+    })
+    .await;
+
+    let (_, secret) = issue_key(&node_a, "deleted-app").await;
+    assert_refused_everywhere_once_returned(&cluster, &secret, "KEY_REVOKED", || async {
+        node_a
+            .delete("/api/v1/apps/deleted-app")
+            .await
+            .assert_status(200);
+    })
+    .await;
+}
+
+/// Kills every connection a node's cluster protocol holds (its notification connection
+/// among them), as a network fault or a DBA would.
+async fn terminate_cluster_connections(admin_url: &str, database: &TestDatabase, node: &str) {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = $2) AS terminated",
+    )
+    .bind(format!("keyward_cluster_{node}"))
+    .bind(database.name())
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "found the node's notification connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_loses_its_notification_connection_never_accepts_a_revoked_key() {
+    let Some(admin_url) = admin_url() else { return };
+    let database = TestDatabase::create(&admin_url).await.unwrap();
+    let url = database.url.clone();
+    let cluster = Cluster::start(&["a", "b"], database, &[url.clone(), url]).await;
+    let (node_a, node_b) = (cluster.api(0), cluster.api(1));
+
+    for round in 0..3 {
+        let (id, secret) = issue_key(&node_a, &format!("round-{round}")).await;
+        assert_eq!(node_b.verify_code(&secret).await, "VALID");
+        let load = Load::start(&cluster, &[1], &secret);
+        terminate_cluster_connections(&admin_url, &cluster.database, "b").await;
+        node_a
+            .post(&format!("/api/v1/keys/{id}/revoke"), json!({}))
+            .await
+            .assert_status(200);
+        let returned = Instant::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let samples = load.finish().await;
+        let after: Vec<&Sample> = samples.iter().filter(|s| s.started > returned).collect();
+        assert!(!after.is_empty());
+        for sample in after {
+            assert_eq!(sample.code.as_deref(), Some("KEY_REVOKED"), "{sample:?}");
+        }
+        // The node reconnects and trusts its cache again.
+        cluster.wait_until_caching(1).await;
+    }
+}
+
+/// A TCP relay to PostgreSQL that a test can stall (bytes stop flowing, connections stay
+/// open: a network partition nobody notices), cut (every connection dropped, new ones
+/// refused: the database gone) and restore.
+struct Relay {
+    port: u16,
+    stalled: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accepting: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accepting = tokio::spawn({
+            let (stalled, cut, connections) = (stalled.clone(), cut.clone(), connections.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused
+                    }
+                    let (target, stalled) = (target.clone(), stalled.clone());
+                    connections.lock().unwrap().push(tokio::spawn(async move {
+                        let Ok(server) = TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        tokio::join!(
+                            forward(client_read, server_write, stalled.clone()),
+                            forward(server_read, client_write, stalled),
+                        );
+                    }));
+                }
+            }
+        });
+        Self {
+            port,
+            stalled,
+            cut,
+            connections,
+            accepting,
+        }
+    }
+
+    fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies bytes one way, holding them while the relay is stalled.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.cut();
+    }
+}
+
+async fn wait_for_status(api: &Api, path: &str, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if api.get(path).await.status.as_u16() == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_gives_503s_never_a_wrong_acceptance_and_heals() {
+    let Some(admin_url) = admin_url() else { return };
+    let database = TestDatabase::create(&admin_url).await.unwrap();
+    let mut relayed_url = reqwest::Url::parse(&database.url).unwrap();
+    let target = format!(
+        "{}:{}",
+        relayed_url.host_str().unwrap(),
+        relayed_url.port().unwrap_or(5432)
+    );
+    let relay = Relay::start(target).await;
+    relayed_url.set_port(Some(relay.port)).unwrap();
+    let direct = database.url.clone();
+    let cluster = Cluster::start(&["a", "b"], database, &[direct, relayed_url.to_string()]).await;
+    let (node_a, node_b) = (cluster.api(0), cluster.api(1));
+
+    let (id, secret) = issue_key(&node_a, "outage").await;
+    let (_, survivor) = issue_key(&node_a, "outage-survivor").await;
+    assert_eq!(node_b.verify_code(&secret).await, "VALID");
+    assert_eq!(node_b.verify_code(&survivor).await, "VALID");
+    let load = Load::start(&cluster, &[1], &secret);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A partition node B cannot notice: only its lease stops it from answering from cache.
+    relay.stall();
+    let started = Instant::now();
+    node_a
+        .post(&format!("/api/v1/keys/{id}/revoke"), json!({}))
+        .await
+        .assert_status(200);
+    let returned = Instant::now();
+    assert!(
+        returned - started >= Duration::from_millis(500),
+        "the revoke waited for node B's lease to end"
+    );
+    // Then the database goes away altogether.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.cut();
+    wait_for_status(&node_b, "/readyz", 503, Duration::from_secs(10)).await;
+    node_b
+        .post("/api/v1/keys/verify", json!({ "key": survivor }))
+        .await
+        .assert_error(503, "SERVICE_UNAVAILABLE", "storage_unavailable");
+
+    relay.restore();
+    wait_for_status(&node_b, "/readyz", 200, Duration::from_secs(20)).await;
+    cluster.wait_until_caching(1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let samples = load.finish().await;
+
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.started > returned).collect();
+    assert!(
+        after.iter().any(|s| s.status == 503),
+        "the outage was answered with 503s"
+    );
+    for sample in &after {
+        let acceptable = sample.status == 503 || sample.code.as_deref() == Some("KEY_REVOKED");
+        assert!(acceptable, "wrong answer during the outage: {sample:?}");
+    }
+    assert!(
+        after
+            .iter()
+            .any(|s| s.code.as_deref() == Some("KEY_REVOKED")),
+        "the node recovered"
+    );
+    assert_eq!(node_b.verify_code(&survivor).await, "VALID");
+    assert_eq!(node_b.verify_code(&secret).await, "KEY_REVOKED");
+}
