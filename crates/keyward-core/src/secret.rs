@@ -114,6 +114,30 @@ impl<'a> ParsedKey<'a> {
     }
 }
 
+/// The non-secret display form of a secret in another system's format: its prefix up to
+/// the last `_` and the first few characters after it (`sk_live_AbCd` for `sk_live_AbCd…`),
+/// or just the first few characters when it has no short prefix. It never shows more of the
+/// random part than a Keyward secret's `start` does.
+pub fn foreign_start(secret: &str) -> String {
+    let prefix_len = secret
+        .rfind('_')
+        .map(|underscore| underscore + 1)
+        .filter(|&len| len <= 24 && len * 2 <= secret.len())
+        .unwrap_or(0);
+    secret
+        .char_indices()
+        .nth(prefix_len + START_RANDOM_LEN)
+        .map_or_else(
+            || {
+                secret
+                    .chars()
+                    .take(START_RANDOM_LEN.min(secret.len() / 2))
+                    .collect()
+            },
+            |(end, _)| secret[..end].to_owned(),
+        )
+}
+
 /// Why a prefix was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PrefixError {
@@ -242,6 +266,15 @@ impl fmt::Debug for KeyHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreign_starts_show_a_prefix_and_four_characters() {
+        assert_eq!(foreign_start("sk_live_AbCdEfGhIjKlMnOp"), "sk_live_AbCd");
+        assert_eq!(foreign_start("AbCdEfGhIjKlMnOp"), "AbCd");
+        // An underscore deep in the random part is not a prefix.
+        assert_eq!(foreign_start("AbCdEfGh_IjK"), "AbCd");
+        assert_eq!(foreign_start("abc"), "a");
+    }
     use proptest::prelude::*;
     use rand::SeedableRng;
 

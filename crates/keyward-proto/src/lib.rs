@@ -8,6 +8,7 @@
 mod apps;
 mod common;
 mod environment;
+mod import;
 mod keys;
 mod root_keys;
 mod verify;
@@ -15,6 +16,7 @@ mod verify;
 pub use apps::*;
 pub use common::*;
 pub use environment::*;
+pub use import::*;
 pub use keys::*;
 pub use root_keys::*;
 pub use verify::*;

@@ -9,10 +9,10 @@ use std::time::Duration;
 pub use keyward_proto as proto;
 use keyward_proto::{
     ApiKey, ApiKeyWithSecret, App, AuditEntry, CreateAppRequest, CreateKeyRequest,
-    CreateRootKeyRequest, EnvironmentSettings, ErrorEnvelope, Health, ListAuditParams,
-    ListKeysParams, Page, PageParams, RootKey, RootKeyWithSecret, RotateKeyRequest,
-    UpdateAppRequest, UpdateEnvironmentRequest, UpdateKeyRequest, VerifyKeyRequest,
-    VerifyKeyResponse,
+    CreateRootKeyRequest, EnvironmentSettings, ErrorEnvelope, Health, ImportKeysRequest,
+    ImportKeysResponse, ListAuditParams, ListKeysParams, Page, PageParams, RootKey,
+    RootKeyWithSecret, RotateKeyRequest, UpdateAppRequest, UpdateEnvironmentRequest,
+    UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
 };
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
@@ -304,6 +304,22 @@ impl Client {
         self.call(
             Method::POST,
             &["apps", app_slug, "keys"],
+            NONE,
+            Some(request),
+        )
+        .await
+    }
+
+    /// Imports a batch of existing keys (at most [`keyward_proto::MAX_IMPORT_BATCH`]). Keys
+    /// whose secret is already known are skipped, so a batch may be sent again.
+    pub async fn import_keys(
+        &self,
+        app_slug: &str,
+        request: &ImportKeysRequest,
+    ) -> Result<ImportKeysResponse, Error> {
+        self.call(
+            Method::POST,
+            &["apps", app_slug, "keys", "import"],
             NONE,
             Some(request),
         )

@@ -42,6 +42,11 @@ impl ApiError {
         }
     }
 
+    /// The error's message, e.g. for a per-row report inside a successful answer.
+    pub fn message(&self) -> &str {
+        &self.payload.message
+    }
+
     pub fn invalid_api_key() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,

@@ -220,6 +220,10 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        match self.state.store.foreign_secrets_present().await {
+            Ok(present) => self.state.verifier.foreign_secrets(present),
+            Err(error) => tracing::warn!(%error, "cannot tell whether imported secrets exist"),
+        }
         let app = self.router();
         let Server {
             state,

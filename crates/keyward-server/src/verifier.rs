@@ -13,7 +13,7 @@
 //! On a shared database the cache answers only while this node's lease from the cluster
 //! protocol holds ([`keyward_store::cluster`]); otherwise every verification reads storage.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -64,6 +64,10 @@ impl ClusterCache for Verifier {
     fn distrust(&self) {
         self.trusted_until.store(0, Ordering::SeqCst);
     }
+
+    fn foreign_secrets(&self, present: bool) {
+        self.foreign_secrets.store(present, Ordering::Relaxed);
+    }
 }
 
 /// The outcome of verifying an API key.
@@ -109,6 +113,9 @@ pub struct Verifier {
     /// cache, and verifies from storage instead (fail safe, never open).
     trusted_until: AtomicU64,
     clock_base: std::time::Instant,
+    /// Whether imported secrets in other formats exist. Until they do, a string that is not
+    /// a well-formed Keyward secret is refused without a look-up.
+    foreign_secrets: AtomicBool,
 }
 
 const ALWAYS: u64 = u64::MAX;
@@ -126,6 +133,7 @@ impl Verifier {
             epoch: AtomicU64::new(0),
             trusted_until: AtomicU64::new(ALWAYS),
             clock_base: std::time::Instant::now(),
+            foreign_secrets: AtomicBool::new(false),
         }
     }
 
@@ -167,15 +175,20 @@ impl Verifier {
         required: Option<&PermissionQuery>,
         now: Timestamp,
     ) -> InMemory {
-        let Ok(parsed) = ParsedKey::parse(presented) else {
-            return InMemory::Decided(Verdict::invalid());
+        let hash = match ParsedKey::parse(presented) {
+            // Root keys are never verified as API keys, and a key names its environment:
+            // neither needs a look-up to refuse.
+            Ok(parsed) if parsed.is_root_key() || parsed.environment() != tenancy.environment => {
+                return InMemory::Decided(Verdict::invalid());
+            }
+            Ok(parsed) => parsed.hash(),
+            Err(_)
+                if self.foreign_secrets.load(Ordering::Relaxed) && plausible_secret(presented) =>
+            {
+                KeyHash::of(presented)
+            }
+            Err(_) => return InMemory::Decided(Verdict::invalid()),
         };
-        // Root keys are never verified as API keys, and a key names its environment: neither
-        // needs a look-up to refuse.
-        if parsed.is_root_key() || parsed.environment() != tenancy.environment {
-            return InMemory::Decided(Verdict::invalid());
-        }
-        let hash = parsed.hash();
         if !self.cache_trusted() {
             return InMemory::Miss(hash);
         }
@@ -267,6 +280,12 @@ impl Verifier {
             slot.insert(value);
         }
     }
+}
+
+/// Whether a string that is not a Keyward secret could be an imported one: printable ASCII
+/// without spaces, of a length secrets have.
+fn plausible_secret(presented: &str) -> bool {
+    (8..=256).contains(&presented.len()) && presented.bytes().all(|byte| byte.is_ascii_graphic())
 }
 
 fn judge(

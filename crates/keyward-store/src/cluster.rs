@@ -99,6 +99,9 @@ pub trait ClusterCache: Send + Sync + 'static {
     fn trust_until(&self, deadline: std::time::Instant);
     /// The cache must not answer until trusted again.
     fn distrust(&self);
+    /// Whether some node imported secrets in a foreign format (read on every heartbeat, so
+    /// that every node starts looking them up soon after the first import anywhere).
+    fn foreign_secrets(&self, present: bool);
 }
 
 /// An announced change: the nodes whose caches must hear of it before the change's call
@@ -238,13 +241,14 @@ impl Cluster {
         let listener = tokio::spawn(Self::listen(
             Arc::clone(&cluster),
             options.clone(),
-            cache,
+            Arc::clone(&cache),
             applied_tx,
             Arc::clone(&pings),
         ));
         let heartbeat = tokio::spawn(Self::heartbeat(
             Arc::clone(&cluster),
             options,
+            Arc::clone(&cache),
             applied_rx.clone(),
             pings,
         ));
@@ -329,6 +333,7 @@ impl Cluster {
     async fn heartbeat(
         self: Arc<Self>,
         options: ClusterOptions,
+        cache: Arc<dyn ClusterCache>,
         applied: watch::Receiver<u64>,
         pings: PendingPings,
     ) {
@@ -352,12 +357,15 @@ impl Cluster {
             }
             let applied_seq = i64::try_from(*applied.borrow()).unwrap_or(i64::MAX);
             let outcome = self.beat(number, lease_ms, applied_seq, retention_ms).await;
+            if let Ok(foreign_secrets) = outcome {
+                cache.foreign_secrets(foreign_secrets);
+            }
             match outcome {
-                Ok(()) if failing => {
+                Ok(_) if failing => {
                     tracing::info!("cluster heartbeat recovered");
                     failing = false;
                 }
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(error) if !failing => {
                     tracing::warn!(%error, "cluster heartbeat failed; the cache is distrusted when the lease ends");
                     failing = true;
@@ -373,11 +381,15 @@ impl Cluster {
         lease_ms: i64,
         applied_seq: i64,
         retention_ms: i64,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT invalidation_seq FROM cluster_state WHERE singleton = 1 FOR SHARE")
-            .execute(&mut *tx)
-            .await?;
+        let foreign_secrets: Option<bool> = sqlx::query_scalar(
+            "SELECT i.foreign_secrets FROM cluster_state c \
+             LEFT JOIN installation i ON i.singleton = 1 \
+             WHERE c.singleton = 1 FOR SHARE OF c",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO cluster_nodes (node_id, lease_ms, heartbeat_ms, applied_seq) \
              VALUES ($1, $2, (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT, $3) \
@@ -412,7 +424,7 @@ impl Cluster {
             .execute(&self.pool)
             .await?;
         }
-        Ok(())
+        Ok(foreign_secrets.unwrap_or(false))
     }
 
     /// Tells the other nodes how far this one has applied, coalescing bursts.

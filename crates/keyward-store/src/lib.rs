@@ -133,6 +133,15 @@ pub struct Changed<T> {
     pub propagation: Option<Propagation>,
 }
 
+/// A key another system issued, brought in by `keyward import`.
+#[derive(Debug, Clone)]
+pub struct KeyImport {
+    pub key: ApiKey,
+    pub hash: KeyHash,
+    /// The secret is not in Keyward's format (or only its hash is known).
+    pub foreign_format: bool,
+}
+
 /// Everything Keyward keeps. Implementations must be safe to share between nodes: every
 /// method is one transaction.
 #[async_trait]
@@ -172,6 +181,17 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>>;
 
     async fn create_key(&self, change: &Change, key: &ApiKey, hash: KeyHash) -> StoreResult<()>;
+    /// Inserts imported keys into the app `app_slug` in one transaction, skipping every key
+    /// whose secret is already known (so an import can be repeated). Returns, per key,
+    /// whether it was inserted.
+    async fn import_keys(
+        &self,
+        change: &Change,
+        app_slug: &str,
+        keys: &[KeyImport],
+    ) -> StoreResult<Vec<bool>>;
+    /// Whether any imported secret is in a foreign format.
+    async fn foreign_secrets_present(&self) -> StoreResult<bool>;
     async fn key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<ApiKey>;
     async fn find_key(&self, hash: KeyHash) -> StoreResult<Option<FoundKey>>;
     async fn list_keys(

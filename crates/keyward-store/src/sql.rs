@@ -20,8 +20,8 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 use crate::cluster::{Announced, Stale};
 use crate::{
-    AppPatch, AuditFilter, Bootstrap, Change, Changed, FoundKey, FoundRootKey, KeyFilter, KeyPatch,
-    Page, PageRequest, Store, StoreError, StoreResult,
+    AppPatch, AuditFilter, Bootstrap, Change, Changed, FoundKey, FoundRootKey, KeyFilter,
+    KeyImport, KeyPatch, Page, PageRequest, Store, StoreError, StoreResult,
 };
 
 type Transaction<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -876,6 +876,113 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn import_keys(
+        &self,
+        change: &Change,
+        app_slug: &str,
+        keys: &[KeyImport],
+    ) -> StoreResult<Vec<bool>> {
+        let mut inserted = vec![false; keys.len()];
+        if keys.is_empty() {
+            return Ok(inserted);
+        }
+        let mut tx = self.writer.begin().await?;
+        // Locked, so that the app cannot be deleted while its keys arrive.
+        let app = app_in_tx(&mut tx, self.backend, &change.tenancy, app_slug).await?;
+        if keys.iter().any(|import| import.key.app_id != app.id) {
+            return Err(StoreError::Conflict("app_changed"));
+        }
+        // Secrets first: the unique hash decides which keys are new.
+        let mut secrets =
+            FilteredQuery::new("INSERT INTO secrets (hash, credential_id, expires_at) VALUES ");
+        for (index, import) in keys.iter().enumerate() {
+            secrets.push(if index == 0 { "(" } else { ", (" });
+            secrets.bind(Param::Bytes(import.hash.as_bytes().to_vec()));
+            secrets.push(", ");
+            secrets.bind(Param::Text(import.key.id.clone()));
+            secrets.push(", NULL)");
+        }
+        secrets.push(" ON CONFLICT (hash) DO NOTHING RETURNING credential_id");
+        let new_ids = secrets
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String, _>("credential_id"))
+            .collect::<Result<std::collections::HashSet<String>, _>>()?;
+        for (index, import) in keys.iter().enumerate() {
+            inserted[index] = new_ids.contains(&import.key.id);
+        }
+        let fresh: Vec<&KeyImport> = keys
+            .iter()
+            .zip(&inserted)
+            .filter_map(|(import, &new)| new.then_some(import))
+            .collect();
+        if !fresh.is_empty() {
+            let mut rows = FilteredQuery::new(
+                "INSERT INTO api_keys (id, workspace_id, environment, app_id, name, \
+                 owner_user_id, organization_id, permissions, meta, start, expires_at, enabled, \
+                 revoked_at, created_at, updated_at, last_used_at) VALUES ",
+            );
+            for (index, import) in fresh.iter().enumerate() {
+                let key = &import.key;
+                rows.push(if index == 0 { "(" } else { ", (" });
+                let values = [
+                    Param::Text(key.id.clone()),
+                    Param::Text(key.tenancy.workspace_id.clone()),
+                    Param::Text(key.tenancy.environment.as_str().to_owned()),
+                    Param::Text(key.app_id.clone()),
+                    Param::Text(key.name.clone()),
+                    Param::OptionalText(key.owner_user_id.clone()),
+                    Param::OptionalText(key.organization_id.clone()),
+                    Param::Text(to_json(&key.permissions)),
+                    Param::Text(to_json(&key.meta)),
+                    Param::Text(key.start.clone()),
+                    Param::OptionalInt(key.expires_at.map(Timestamp::as_millis)),
+                    Param::Bool(key.enabled),
+                    Param::OptionalInt(key.revoked_at.map(Timestamp::as_millis)),
+                    Param::Int(key.created_at.as_millis()),
+                    Param::Int(key.updated_at.as_millis()),
+                    Param::OptionalInt(key.last_used_at.map(Timestamp::as_millis)),
+                ];
+                for (position, value) in values.into_iter().enumerate() {
+                    if position > 0 {
+                        rows.push(", ");
+                    }
+                    rows.bind(value);
+                }
+                rows.push(")");
+            }
+            rows.fetch_all(&mut *tx).await?;
+        }
+        if fresh.iter().any(|import| import.foreign_format) {
+            sqlx::query("UPDATE installation SET foreign_secrets = $1 WHERE singleton = 1")
+                .bind(true)
+                .execute(&mut *tx)
+                .await?;
+        }
+        audit(
+            &mut tx,
+            change,
+            "key.import",
+            &app.id,
+            serde_json::json!({
+                "app": app.slug,
+                "imported": fresh.len(),
+                "skipped": keys.len() - fresh.len(),
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn foreign_secrets_present(&self) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT foreign_secrets FROM installation WHERE singleton = 1")
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map_or(Ok(false), |row| flag(&row, "foreign_secrets"))
+    }
+
     async fn key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<ApiKey> {
         let row = sqlx::query(&format!(
             "{KEY_SELECT} WHERE k.id = $1 AND k.workspace_id = $2 AND k.environment = $3"
@@ -1167,8 +1274,11 @@ impl Store for SqlStore {
 /// A value for a [`FilteredQuery`].
 enum Param {
     Text(String),
+    OptionalText(Option<String>),
     Int(i64),
+    OptionalInt(Option<i64>),
     Bool(bool),
+    Bytes(Vec<u8>),
 }
 
 /// SQL assembled from optional filters. sqlx's `QueryBuilder` writes the `Any` driver's `?`
@@ -1197,16 +1307,22 @@ impl FilteredQuery {
         self
     }
 
-    async fn fetch_all(self, pool: &AnyPool) -> Result<Vec<AnyRow>, sqlx::Error> {
+    async fn fetch_all<'e, E>(self, executor: E) -> Result<Vec<AnyRow>, sqlx::Error>
+    where
+        E: Executor<'e, Database = sqlx::Any>,
+    {
         let mut query = sqlx::query(&self.sql);
         for param in self.params {
             query = match param {
                 Param::Text(text) => query.bind(text),
+                Param::OptionalText(text) => query.bind(text),
                 Param::Int(number) => query.bind(number),
+                Param::OptionalInt(number) => query.bind(number),
                 Param::Bool(flag) => query.bind(flag),
+                Param::Bytes(bytes) => query.bind(bytes),
             };
         }
-        query.fetch_all(pool).await
+        query.fetch_all(executor).await
     }
 }
 

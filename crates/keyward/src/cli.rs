@@ -175,7 +175,7 @@ pub(crate) enum CliError {
 }
 
 impl Connection {
-    fn client(&self) -> Result<Client, CliError> {
+    pub(crate) fn client(&self) -> Result<Client, CliError> {
         let api_key = self.api_key.as_deref().filter(|key| !key.is_empty());
         let api_key = api_key.ok_or(CliError::MissingApiKey)?;
         Ok(Client::builder()

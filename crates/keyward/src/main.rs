@@ -2,6 +2,7 @@
 //! running server through the SDK.
 
 mod cli;
+mod import;
 mod settings;
 
 use std::process::ExitCode;
@@ -42,6 +43,13 @@ enum Command {
         connection: cli::Connection,
         #[command(subcommand)]
         command: cli::KeysCommand,
+    },
+    /// Import existing keys from a JSONL or CSV file into an app on a running server
+    Import {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(flatten)]
+        args: import::ImportArgs,
     },
 }
 
@@ -90,6 +98,9 @@ fn main() -> ExitCode {
                 connection,
                 command,
             } => cli::run_keys(&connection, command)
+                .await
+                .map_err(|error| error.to_string()),
+            Command::Import { connection, args } => import::run(&connection, args)
                 .await
                 .map_err(|error| error.to_string()),
         }

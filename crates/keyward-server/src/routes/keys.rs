@@ -8,12 +8,14 @@ use keyward_core::model::{ApiKey, App, KeyStatus};
 use keyward_core::scope::Scope;
 use keyward_core::secret::IssuedSecret;
 use keyward_core::validate::{self, MAX_EXTERNAL_ID_LEN, MAX_NAME_LEN};
-use keyward_core::Timestamp;
+use keyward_core::{KeyHash, Timestamp};
 use keyward_proto::{
-    self as wire, ApiKeyWithSecret, CreateKeyRequest, ErrorEnvelope, ListKeysParams,
-    RotateKeyRequest, UpdateKeyRequest,
+    self as wire, ApiKeyWithSecret, CreateKeyRequest, ErrorEnvelope, ImportKeysRequest,
+    ImportKeysResponse, ImportRowError, ImportedKey, ListKeysParams, RotateKeyRequest,
+    UpdateKeyRequest, MAX_IMPORT_BATCH,
 };
-use keyward_store::{Changed, KeyFilter, KeyPatch};
+use keyward_store::cluster::ClusterCache;
+use keyward_store::{Changed, KeyFilter, KeyImport, KeyPatch};
 use secrecy::ExposeSecret;
 
 use super::apps::field_error;
@@ -62,6 +64,68 @@ fn issue_secret(app: &App, caller: &Caller) -> Result<IssuedSecret, ApiError> {
     )
 }
 
+/// What a caller asks of a new key, created or imported.
+struct KeyDraft {
+    name: String,
+    owner_user_id: Option<String>,
+    organization_id: Option<String>,
+    permissions: Option<Vec<String>>,
+    meta: Option<serde_json::Map<String, serde_json::Value>>,
+    expires_at: Option<time::OffsetDateTime>,
+}
+
+/// Validates a draft against its app and makes the key.
+fn new_key(
+    app: &App,
+    caller: &Caller,
+    now: Timestamp,
+    draft: KeyDraft,
+    start: String,
+) -> Result<ApiKey, ApiError> {
+    validate::text("name", &draft.name, MAX_NAME_LEN).map_err(field_error)?;
+    if let Some(owner) = &draft.owner_user_id {
+        validate_owner(owner)?;
+    }
+    let organization_id = match (&app.organization_id, draft.organization_id) {
+        (Some(app_org), Some(key_org)) if *app_org != key_org => {
+            return Err(ApiError::invalid(
+                "organization_mismatch",
+                "The app's keys all belong to the app's organization",
+            ));
+        }
+        (app_org, key_org) => key_org.or_else(|| app_org.clone()),
+    };
+    if let Some(organization) = &organization_id {
+        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN)
+            .map_err(field_error)?;
+    }
+    let permissions = granted_permissions(app, draft.permissions.as_deref().unwrap_or_default())?;
+    let meta = draft.meta.unwrap_or_default();
+    validate::meta(&meta).map_err(field_error)?;
+    let expires_at = draft
+        .expires_at
+        .map(|at| future_expiry(at, now))
+        .transpose()?;
+    Ok(ApiKey {
+        id: id::generate(IdKind::Key, now, &mut os_rng()),
+        tenancy: caller.tenancy.clone(),
+        app_id: app.id.clone(),
+        app_slug: app.slug.clone(),
+        name: draft.name,
+        owner_user_id: draft.owner_user_id,
+        organization_id,
+        permissions,
+        meta,
+        start,
+        expires_at,
+        enabled: true,
+        revoked_at: None,
+        created_at: now,
+        updated_at: now,
+        last_used_at: None,
+    })
+}
+
 /// Renders a changed key (whose secrets `AppState::change_credential` already dropped from
 /// this node's cache).
 fn answer(changed: &Changed<ApiKey>, now: Timestamp) -> Json<wire::ApiKey> {
@@ -81,57 +145,112 @@ pub(crate) async fn create_key(
     caller.require(Scope::KeysWrite)?;
     let app = state.store.app_by_slug(&caller.tenancy, &slug).await?;
     let change = caller.change();
-    validate::text("name", &request.name, MAX_NAME_LEN).map_err(field_error)?;
-    if let Some(owner) = &request.owner_user_id {
-        validate_owner(owner)?;
-    }
-    let organization_id = match (&app.organization_id, request.organization_id) {
-        (Some(app_org), Some(key_org)) if *app_org != key_org => {
-            return Err(ApiError::invalid(
-                "organization_mismatch",
-                "The app's keys all belong to the app's organization",
-            ));
-        }
-        (app_org, key_org) => key_org.or_else(|| app_org.clone()),
-    };
-    if let Some(organization) = &organization_id {
-        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN)
-            .map_err(field_error)?;
-    }
-    let permissions =
-        granted_permissions(&app, request.permissions.as_deref().unwrap_or_default())?;
-    let meta = request.meta.unwrap_or_default();
-    validate::meta(&meta).map_err(field_error)?;
-    let expires_at = request
-        .expires_at
-        .map(|at| future_expiry(at, change.now))
-        .transpose()?;
-
     let secret = issue_secret(&app, &caller)?;
-    let key = ApiKey {
-        id: id::generate(IdKind::Key, change.now, &mut os_rng()),
-        tenancy: caller.tenancy.clone(),
-        app_id: app.id.clone(),
-        app_slug: app.slug.clone(),
-        name: request.name,
-        owner_user_id: request.owner_user_id,
-        organization_id,
-        permissions,
-        meta,
-        start: secret.start.clone(),
-        expires_at,
-        enabled: true,
-        revoked_at: None,
-        created_at: change.now,
-        updated_at: change.now,
-        last_used_at: None,
-    };
+    let key = new_key(
+        &app,
+        &caller,
+        change.now,
+        KeyDraft {
+            name: request.name,
+            owner_user_id: request.owner_user_id,
+            organization_id: request.organization_id,
+            permissions: request.permissions,
+            meta: request.meta,
+            expires_at: request.expires_at,
+        },
+        secret.start.clone(),
+    )?;
     state.store.create_key(&change, &key, secret.hash).await?;
     let body = ApiKeyWithSecret {
         key: convert::key(&key, change.now),
         secret: secret.secret.expose_secret().to_owned(),
     };
     Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Import existing keys from another system: one batch of `keyward import`. Keys whose
+/// secret is already known are skipped, so a batch may be sent again; invalid rows are
+/// reported by index and never stop the others.
+#[utoipa::path(post, path = "/api/v1/apps/{slug}/keys/import", tag = "keys", security(("root_key" = [])),
+    params(("slug" = String, Path)), request_body = ImportKeysRequest,
+    responses((status = 200, body = ImportKeysResponse), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn import_keys(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(slug): Path<String>,
+    ApiJson(request): ApiJson<ImportKeysRequest>,
+) -> Result<Json<ImportKeysResponse>, ApiError> {
+    caller.require(Scope::KeysWrite)?;
+    if request.keys.is_empty() || request.keys.len() > MAX_IMPORT_BATCH {
+        return Err(ApiError::invalid(
+            "invalid_batch_size",
+            format!("Send between 1 and {MAX_IMPORT_BATCH} keys per request"),
+        ));
+    }
+    let app = state.store.app_by_slug(&caller.tenancy, &slug).await?;
+    let change = caller.change();
+    let mut invalid = Vec::new();
+    let mut imports = Vec::with_capacity(request.keys.len());
+    for (index, row) in request.keys.into_iter().enumerate() {
+        match imported_key(&app, &caller, change.now, row) {
+            Ok(import) => imports.push(import),
+            Err(error) => invalid.push(ImportRowError {
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                code: error.code().to_owned(),
+                message: error.message().to_owned(),
+            }),
+        }
+    }
+    let inserted = state.store.import_keys(&change, &slug, &imports).await?;
+    if imports
+        .iter()
+        .zip(&inserted)
+        .any(|(import, &new)| new && import.foreign_format)
+    {
+        state.verifier.foreign_secrets(true);
+    }
+    let imported = inserted.iter().filter(|&&new| new).count() as u64;
+    Ok(Json(ImportKeysResponse {
+        imported,
+        skipped: inserted.len() as u64 - imported,
+        invalid,
+    }))
+}
+
+fn imported_key(
+    app: &App,
+    caller: &Caller,
+    now: Timestamp,
+    row: ImportedKey,
+) -> Result<KeyImport, ApiError> {
+    let hash = KeyHash::from_hex(&row.hash)
+        .ok_or_else(|| ApiError::invalid("invalid_hash", "`hash` must be 64 hexadecimal digits"))?;
+    // `start` is shown in listings: it must not carry more of a secret than a native one.
+    if row.start.len() > 40 || !row.start.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            "invalid_start",
+            "`start` must be at most 40 printable characters",
+        ));
+    }
+    let key = new_key(
+        app,
+        caller,
+        now,
+        KeyDraft {
+            name: row.name,
+            owner_user_id: row.owner_user_id,
+            organization_id: row.organization_id,
+            permissions: row.permissions,
+            meta: row.meta,
+            expires_at: row.expires_at,
+        },
+        row.start,
+    )?;
+    Ok(KeyImport {
+        key,
+        hash,
+        foreign_format: !row.keyward_format,
+    })
 }
 
 /// List an app's keys (metadata only, never secrets), newest first.

@@ -21,6 +21,7 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(apps::get_app, apps::update_app, apps::delete_app))
         .routes(routes!(keys::create_key, keys::list_keys))
         .routes(routes!(keys::get_key, keys::update_key, keys::delete_key))
+        .routes(routes!(keys::import_keys))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::rotate_key))
         .routes(routes!(verify::verify_key))

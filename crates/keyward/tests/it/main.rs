@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod conventions;
 mod hostile_input;
+mod import;
 mod keys;
 mod process;
 mod testkit;
