@@ -311,3 +311,62 @@ fn judge(
         key: (code != VerifyCode::InvalidKey).then(|| Arc::clone(entry)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_single_node_always_trusts_its_cache() {
+        assert!(Verifier::new().cache_trusted());
+    }
+
+    #[test]
+    fn trust_lasts_until_the_lease_ends_or_is_withdrawn() {
+        let verifier = Verifier::new();
+        verifier.distrust();
+        assert!(!verifier.cache_trusted());
+        verifier.trust_until(Instant::now() + Duration::from_secs(60));
+        assert!(verifier.cache_trusted());
+        verifier.distrust();
+        assert!(!verifier.cache_trusted());
+        // A lease that has already ended grants nothing.
+        verifier.trust_until(Instant::now() - Duration::from_millis(1));
+        assert!(!verifier.cache_trusted());
+        verifier.trust_until(Instant::now() + Duration::from_millis(30));
+        assert!(verifier.cache_trusted());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!verifier.cache_trusted(), "the lease ran out by itself");
+    }
+
+    #[test]
+    fn foreign_strings_are_refused_unread_until_foreign_secrets_exist() {
+        let verifier = Verifier::new();
+        let tenancy = Tenancy {
+            workspace_id: "ws_1".to_owned(),
+            environment: keyward_core::Environment::Live,
+        };
+        let now = Timestamp::from_millis(0);
+        let foreign = "legacy_0123456789abcdef";
+        assert!(matches!(
+            verifier.verify_in_memory(&tenancy, foreign, None, now),
+            InMemory::Decided(_)
+        ));
+        verifier.foreign_secrets(true);
+        assert!(matches!(
+            verifier.verify_in_memory(&tenancy, foreign, None, now),
+            InMemory::Miss(hash) if hash == KeyHash::of(foreign)
+        ));
+        // Too short, or not printable: still refused unread.
+        assert!(matches!(
+            verifier.verify_in_memory(&tenancy, "short", None, now),
+            InMemory::Decided(_)
+        ));
+        assert!(matches!(
+            verifier.verify_in_memory(&tenancy, "has a space in it", None, now),
+            InMemory::Decided(_)
+        ));
+    }
+}

@@ -356,7 +356,14 @@ impl Cluster {
                 }
             }
             let applied_seq = i64::try_from(*applied.borrow()).unwrap_or(i64::MAX);
-            let outcome = self.beat(number, lease_ms, applied_seq, retention_ms).await;
+            // A heartbeat stuck on a silent network must not hold up the next one: dropping
+            // it drops its connection, and the next tick starts afresh.
+            let outcome = tokio::time::timeout(
+                options.lease,
+                self.beat(number, lease_ms, applied_seq, retention_ms),
+            )
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
             if let Ok(foreign_secrets) = outcome {
                 cache.foreign_secrets(foreign_secrets);
             }
@@ -479,14 +486,21 @@ impl Cluster {
             backoff = Duration::from_millis(50);
             tracing::debug!("listening for cluster changes");
             loop {
-                let notification = match listener.try_recv().await {
-                    Ok(Some(notification)) => notification,
-                    Ok(None) => {
+                // Pings arrive several times per lease; silence for two leases means the
+                // connection died without saying so.
+                let received = tokio::time::timeout(options.lease * 2, listener.try_recv()).await;
+                let notification = match received {
+                    Ok(Ok(Some(notification))) => notification,
+                    Ok(Ok(None)) => {
                         tracing::warn!("lost the cluster notification connection; reconnecting");
                         break;
                     }
-                    Err(error) => {
+                    Ok(Err(error)) => {
                         tracing::warn!(%error, "cluster notification connection failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!("the notification connection went silent; reconnecting");
                         break;
                     }
                 };

@@ -34,6 +34,13 @@ impl From<sqlx::Error> for StoreError {
                 // SQLITE_BUSY: the database is locked for longer than the busy timeout.
                 StoreError::Unavailable(error)
             }
+            sqlx::Error::Database(ref db)
+                if matches!(db.code().as_deref(), Some("40P01" | "40001" | "57P01")) =>
+            {
+                // PostgreSQL: a deadlock victim, a serialization failure, or a server shutting
+                // down. Nothing was committed; the caller may simply try again.
+                StoreError::Unavailable(error)
+            }
             other => StoreError::Database(other),
         }
     }

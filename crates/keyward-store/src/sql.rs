@@ -892,23 +892,24 @@ impl Store for SqlStore {
         if keys.iter().any(|import| import.key.app_id != app.id) {
             return Err(StoreError::Conflict("app_changed"));
         }
-        // Secrets first: the unique hash decides which keys are new.
-        let mut secrets =
-            FilteredQuery::new("INSERT INTO secrets (hash, credential_id, expires_at) VALUES ");
-        for (index, import) in keys.iter().enumerate() {
-            secrets.push(if index == 0 { "(" } else { ", (" });
-            secrets.bind(Param::Bytes(import.hash.as_bytes().to_vec()));
-            secrets.push(", ");
-            secrets.bind(Param::Text(import.key.id.clone()));
-            secrets.push(", NULL)");
+        // Secrets first: the unique hash decides which keys are new. Statements stay at a
+        // few hundred parameters: SQLite binds them in time quadratic in their number.
+        let mut new_ids = std::collections::HashSet::new();
+        for chunk in keys.chunks(IMPORT_ROWS_PER_STATEMENT) {
+            let mut secrets =
+                FilteredQuery::new("INSERT INTO secrets (hash, credential_id, expires_at) VALUES ");
+            for (index, import) in chunk.iter().enumerate() {
+                secrets.push(if index == 0 { "(" } else { ", (" });
+                secrets.bind(Param::Bytes(import.hash.as_bytes().to_vec()));
+                secrets.push(", ");
+                secrets.bind(Param::Text(import.key.id.clone()));
+                secrets.push(", NULL)");
+            }
+            secrets.push(" ON CONFLICT (hash) DO NOTHING RETURNING credential_id");
+            for row in secrets.fetch_all(&mut *tx).await? {
+                new_ids.insert(row.try_get::<String, _>("credential_id")?);
+            }
         }
-        secrets.push(" ON CONFLICT (hash) DO NOTHING RETURNING credential_id");
-        let new_ids = secrets
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|row| row.try_get::<String, _>("credential_id"))
-            .collect::<Result<std::collections::HashSet<String>, _>>()?;
         for (index, import) in keys.iter().enumerate() {
             inserted[index] = new_ids.contains(&import.key.id);
         }
@@ -917,13 +918,13 @@ impl Store for SqlStore {
             .zip(&inserted)
             .filter_map(|(import, &new)| new.then_some(import))
             .collect();
-        if !fresh.is_empty() {
+        for chunk in fresh.chunks(IMPORT_ROWS_PER_STATEMENT) {
             let mut rows = FilteredQuery::new(
                 "INSERT INTO api_keys (id, workspace_id, environment, app_id, name, \
                  owner_user_id, organization_id, permissions, meta, start, expires_at, enabled, \
                  revoked_at, created_at, updated_at, last_used_at) VALUES ",
             );
-            for (index, import) in fresh.iter().enumerate() {
+            for (index, import) in chunk.iter().enumerate() {
                 let key = &import.key;
                 rows.push(if index == 0 { "(" } else { ", (" });
                 let values = [
@@ -1205,8 +1206,12 @@ impl Store for SqlStore {
         if uses.is_empty() {
             return Ok(());
         }
+        // Every node locks rows in the same order (by id), so that two nodes' batches never
+        // deadlock on PostgreSQL.
+        let mut ordered: Vec<&(String, Timestamp)> = uses.iter().collect();
+        ordered.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut tx = self.writer.begin().await?;
-        for (id, at) in uses {
+        for (id, at) in ordered {
             sqlx::query(
                 "UPDATE api_keys SET last_used_at = $1 \
                  WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
@@ -1270,6 +1275,9 @@ impl Store for SqlStore {
         Ok(paginate(entries, page.limit, |entry| &entry.id))
     }
 }
+
+/// Rows per multi-row INSERT of an import.
+const IMPORT_ROWS_PER_STATEMENT: usize = 100;
 
 /// A value for a [`FilteredQuery`].
 enum Param {
