@@ -100,6 +100,20 @@ fn bench(c: &mut Criterion) {
             verifier.verify_in_memory(&tenancy, std::hint::black_box(&secret), Some(&query), now)
         })
     });
+    // On a cluster node the cache answers under a lease, checked against the monotonic
+    // clock on every verification.
+    {
+        use keyward_store::cluster::ClusterCache;
+        verifier.trust_until(std::time::Instant::now() + Duration::from_secs(3600));
+    }
+    group.bench_function("cached key, cluster node (lease check)", |b| {
+        b.iter(|| {
+            match verifier.verify_in_memory(&tenancy, std::hint::black_box(&secret), None, now) {
+                InMemory::Decided(verdict) => verdict,
+                InMemory::Miss(_) => panic!("the key is cached"),
+            }
+        })
+    });
     group.bench_function("wrong checksum, refused offline", |b| {
         let mut wrong = secret.clone();
         wrong.pop();

@@ -105,11 +105,25 @@ impl Backend {
     /// Locks the rows a read-modify-write transaction reads. SQLite has no row locks and
     /// needs none: its single writer connection serialises every write transaction.
     fn lock_rows(self, table: &str) -> String {
-        match self {
-            Self::Sqlite => String::new(),
-            Self::Postgres => format!(" FOR UPDATE OF {table}"),
+        self.lock(table, Lock::Exclusive)
+    }
+
+    fn lock(self, table: &str, lock: Lock) -> String {
+        match (self, lock) {
+            (Self::Sqlite, _) => String::new(),
+            (Self::Postgres, Lock::Exclusive) => format!(" FOR UPDATE OF {table}"),
+            (Self::Postgres, Lock::Shared) => format!(" FOR SHARE OF {table}"),
         }
     }
+}
+
+/// How a write transaction holds a row it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// Against every other writer: the transaction changes the row.
+    Exclusive,
+    /// Against changes only: the transaction depends on the row, like other readers of it.
+    Shared,
 }
 
 /// See the module documentation.
@@ -479,13 +493,14 @@ async fn write_key(tx: &mut Transaction<'_>, key: &ApiKey) -> StoreResult<()> {
 async fn app_in_tx(
     tx: &mut Transaction<'_>,
     backend: Backend,
+    lock: Lock,
     tenancy: &Tenancy,
     slug: &str,
 ) -> StoreResult<App> {
     let row = sqlx::query(&format!(
         "{APP_SELECT} WHERE workspace_id = $1 AND environment = $2 AND slug = $3 \
          AND deleted_at IS NULL{}",
-        backend.lock_rows("apps")
+        backend.lock("apps", lock)
     ))
     .bind(&tenancy.workspace_id)
     .bind(tenancy.environment.as_str())
@@ -760,7 +775,14 @@ impl Store for SqlStore {
 
     async fn update_app(&self, change: &Change, slug: &str, patch: &AppPatch) -> StoreResult<App> {
         let mut tx = self.writer.begin().await?;
-        let mut app = app_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
+        let mut app = app_in_tx(
+            &mut tx,
+            self.backend,
+            Lock::Exclusive,
+            &change.tenancy,
+            slug,
+        )
+        .await?;
         if let Some(name) = &patch.name {
             app.name.clone_from(name);
         }
@@ -810,7 +832,14 @@ impl Store for SqlStore {
 
     async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>> {
         let mut tx = self.writer.begin().await?;
-        let app = app_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
+        let app = app_in_tx(
+            &mut tx,
+            self.backend,
+            Lock::Exclusive,
+            &change.tenancy,
+            slug,
+        )
+        .await?;
         sqlx::query("UPDATE apps SET deleted_at = $1 WHERE id = $2")
             .bind(change.now.as_millis())
             .bind(&app.id)
@@ -839,6 +868,18 @@ impl Store for SqlStore {
 
     async fn create_key(&self, change: &Change, key: &ApiKey, hash: KeyHash) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
+        // The caller read the app before this transaction; it must still exist, and stay so
+        // until the key is in (an app's deletion revokes the keys it can see).
+        let app_exists = sqlx::query(&format!(
+            "SELECT id FROM apps WHERE id = $1 AND deleted_at IS NULL{}",
+            self.backend.lock("apps", Lock::Shared)
+        ))
+        .bind(&key.app_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if app_exists.is_none() {
+            return Err(StoreError::NotFound("app"));
+        }
         sqlx::query(
             "INSERT INTO api_keys (id, workspace_id, environment, app_id, name, owner_user_id, \
              organization_id, permissions, meta, start, expires_at, enabled, revoked_at, \
@@ -887,8 +928,16 @@ impl Store for SqlStore {
             return Ok(inserted);
         }
         let mut tx = self.writer.begin().await?;
-        // Locked, so that the app cannot be deleted while its keys arrive.
-        let app = app_in_tx(&mut tx, self.backend, &change.tenancy, app_slug).await?;
+        // Share-locked: the app cannot be deleted or changed while its keys arrive, and
+        // several batches can arrive at once.
+        let app = app_in_tx(
+            &mut tx,
+            self.backend,
+            Lock::Shared,
+            &change.tenancy,
+            app_slug,
+        )
+        .await?;
         if keys.iter().any(|import| import.key.app_id != app.id) {
             return Err(StoreError::Conflict("app_changed"));
         }
