@@ -194,6 +194,7 @@ pub struct PropagationReport {
 pub struct Cluster {
     node_id: String,
     pool: PgPool,
+    listener_pool: PgPool,
     acks: Mutex<HashMap<String, u64>>,
     ack_arrived: Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -222,20 +223,28 @@ impl Cluster {
         cache.distrust();
         // Named, so that an operator (or a test) can find this node's connections.
         let connect_options = PgConnectOptions::from_str(url)?
-            .application_name(&format!("keyward_cluster_{node_id}"))
+            .application_name(&format!("keyward_{node_id}"))
             .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(options.lease)
-            .connect_with(connect_options)
+            .connect_with(connect_options.clone())
             .await?;
+        // The notification connection has a pool of its own, so that it can never take the
+        // slot heartbeats and acknowledgements need.
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.lease)
+            .connect_lazy_with(connect_options);
         let cluster = Arc::new(Self {
             node_id: node_id.to_owned(),
             pool,
+            listener_pool,
             acks: Mutex::new(HashMap::new()),
             ack_arrived: Notify::new(),
             tasks: Mutex::new(Vec::new()),
         });
+        let lease = options.lease;
         let (applied_tx, applied_rx) = watch::channel(0_u64);
         let pings: PendingPings = Arc::default();
         let listener = tokio::spawn(Self::listen(
@@ -252,7 +261,7 @@ impl Cluster {
             applied_rx.clone(),
             pings,
         ));
-        let acknowledger = tokio::spawn(Self::acknowledge(Arc::clone(&cluster), applied_rx));
+        let acknowledger = tokio::spawn(Self::acknowledge(Arc::clone(&cluster), applied_rx, lease));
         cluster
             .tasks
             .lock()
@@ -323,6 +332,7 @@ impl Cluster {
             tracing::warn!(%error, "could not leave the cluster; others wait out this lease");
         }
         self.pool.close().await;
+        self.listener_pool.close().await;
     }
 
     fn ping_channel(&self) -> String {
@@ -399,7 +409,7 @@ impl Cluster {
         .await?;
         sqlx::query(
             "INSERT INTO cluster_nodes (node_id, lease_ms, heartbeat_ms, applied_seq) \
-             VALUES ($1, $2, (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT, $3) \
+             VALUES ($1, $2, floor(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT, $3) \
              ON CONFLICT (node_id) DO UPDATE SET lease_ms = EXCLUDED.lease_ms, \
              heartbeat_ms = EXCLUDED.heartbeat_ms, applied_seq = EXCLUDED.applied_seq",
         )
@@ -435,15 +445,18 @@ impl Cluster {
     }
 
     /// Tells the other nodes how far this one has applied, coalescing bursts.
-    async fn acknowledge(self: Arc<Self>, mut applied: watch::Receiver<u64>) {
+    async fn acknowledge(self: Arc<Self>, mut applied: watch::Receiver<u64>, timeout: Duration) {
         while applied.changed().await.is_ok() {
             let seq = *applied.borrow_and_update();
-            let sent = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(ACK_CHANNEL)
-                .bind(format!("{}:{seq}", self.node_id))
-                .execute(&self.pool)
-                .await;
-            if sent.is_err() {
+            let sent = tokio::time::timeout(
+                timeout,
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(ACK_CHANNEL)
+                    .bind(format!("{}:{seq}", self.node_id))
+                    .execute(&self.pool),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(_))) {
                 // The next change, or the lease, settles it; avoid spinning while down.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 applied.mark_changed();
@@ -465,7 +478,7 @@ impl Cluster {
         loop {
             cache.distrust();
             let session = async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
+                let mut listener = PgListener::connect_with(&self.listener_pool).await?;
                 listener.ignore_pool_close_event(true);
                 listener
                     .listen_all([INVALIDATION_CHANNEL, ACK_CHANNEL, &self.ping_channel()])
@@ -474,7 +487,10 @@ impl Cluster {
                     .await?;
                 Ok::<_, sqlx::Error>(listener)
             };
-            let mut listener = match session.await {
+            let session = tokio::time::timeout(options.lease, session)
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+            let mut listener = match session {
                 Ok(listener) => listener,
                 Err(error) => {
                     tracing::warn!(%error, "cannot listen for cluster changes; retrying");
@@ -504,16 +520,19 @@ impl Cluster {
                         break;
                     }
                 };
-                let handled = self
-                    .handle(
+                let handled = tokio::time::timeout(
+                    options.lease,
+                    self.handle(
                         &notification,
                         &mut applied_seq,
                         cache.as_ref(),
                         &applied,
                         &pings,
                         &options,
-                    )
-                    .await;
+                    ),
+                )
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut));
                 if let Err(error) = handled {
                     tracing::warn!(%error, "cannot apply a cluster change; reconnecting");
                     break;

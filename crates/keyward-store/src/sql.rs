@@ -45,11 +45,20 @@ pub struct StoreOptions {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
-    /// This node's name in a cluster (see [`crate::cluster`]); [`StoreOptions::new_node_id`].
+    /// This process's identity in a cluster (see [`crate::cluster`]);
+    /// [`StoreOptions::cluster_member_id`].
     pub node_id: String,
 }
 
 impl StoreOptions {
+    /// This process's identity in a cluster: the node's name and a random incarnation, so
+    /// that a restarted node (or two given the same name by mistake) are never taken for
+    /// each other.
+    pub fn cluster_member_id(name: Option<&str>) -> String {
+        let random = Self::new_node_id();
+        format!("{}-{}", name.unwrap_or(&random[8..]), &random[..8])
+    }
+
     /// A fresh node name: 16 hex digits, unique for all practical purposes.
     pub fn new_node_id() -> String {
         use std::hash::{BuildHasher, Hasher};

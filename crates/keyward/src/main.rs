@@ -156,10 +156,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             SqlStore::sqlite_url(&settings.data_dir)
         }
     };
-    let node_id = settings
-        .node_id
-        .clone()
-        .unwrap_or_else(StoreOptions::new_node_id);
+    let node_id = StoreOptions::cluster_member_id(settings.node_id.as_deref());
     let store = SqlStore::connect(&StoreOptions {
         url: url.clone(),
         max_connections: settings.db_max_connections,

@@ -170,6 +170,20 @@ impl Settings {
                 message: "must be between 200 and 60000".to_owned(),
             });
         }
+        let request_timeout = Duration::from_secs(
+            args.request_timeout_seconds
+                .or(file.request_timeout_seconds)
+                .unwrap_or(30)
+                .max(1),
+        );
+        // A change's call waits up to one lease for a node that died; it must not time out
+        // first, or its caller would see an error for a change that went through.
+        if request_timeout < Duration::from_millis(lease_ms * 2) {
+            return Err(SettingsError::Invalid {
+                name: "cluster_lease_ms",
+                message: "must be at most half of request_timeout_seconds".to_owned(),
+            });
+        }
         let node_id = args.node_id.or(file.node_id);
         if let Some(node_id) = &node_id {
             let valid = (1..=40).contains(&node_id.len())
@@ -211,12 +225,7 @@ impl Settings {
                 })
                 .unwrap_or_default(),
             max_body_bytes,
-            request_timeout: Duration::from_secs(
-                args.request_timeout_seconds
-                    .or(file.request_timeout_seconds)
-                    .unwrap_or(30)
-                    .max(1),
-            ),
+            request_timeout,
             db_max_connections: args
                 .db_max_connections
                 .or(file.db_max_connections)

@@ -19,9 +19,9 @@ CREATE TABLE cache_invalidations (
     created_at BIGINT NOT NULL
 );
 
--- The nodes that may hold a trusted cache. `heartbeat_ms` is the database clock when the
--- node's latest heartbeat read `invalidation_seq`; the node trusts its cache for at most
--- `lease_ms` after that.
+-- The nodes that may hold a trusted cache. `heartbeat_ms` is the database clock (rounded
+-- down) when the node's latest heartbeat began; the node trusts its cache for at most
+-- `lease_ms` after that. The database clock must slew, never step.
 CREATE TABLE cluster_nodes (
     node_id TEXT PRIMARY KEY,
     lease_ms BIGINT NOT NULL,
@@ -44,21 +44,28 @@ CREATE FUNCTION keyward_publish_invalidation(
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     next_seq BIGINT;
+    now_ms BIGINT;
 BEGIN
+    -- The member list below must see heartbeats committed after this transaction began,
+    -- which only READ COMMITTED guarantees.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'keyward needs READ COMMITTED transactions, not %',
+            current_setting('transaction_isolation');
+    END IF;
     UPDATE cluster_state SET invalidation_seq = invalidation_seq + 1
         WHERE singleton = 1 RETURNING invalidation_seq INTO next_seq;
     INSERT INTO cache_invalidations (seq, hashes, created_at)
         VALUES (next_seq, affected, created);
     PERFORM pg_notify('keyward_invalidation', next_seq::TEXT || payload_tail);
+    -- Rounded down, so that the time left is never understated; nodes are kept with the
+    -- same margin for rounding and clock-rate drift that the caller adds to its wait.
+    now_ms := floor(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT;
     RETURN QUERY
         SELECT next_seq, NULL::TEXT, NULL::BIGINT
         UNION ALL
-        SELECT next_seq, n.node_id,
-               n.heartbeat_ms + n.lease_ms
-                 - (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT
+        SELECT next_seq, n.node_id, n.heartbeat_ms + n.lease_ms - now_ms
         FROM cluster_nodes n
         WHERE n.node_id <> caller
-          AND n.heartbeat_ms + n.lease_ms
-                > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT;
+          AND n.heartbeat_ms + n.lease_ms + n.lease_ms / 100 + 5 > now_ms;
 END
 $$;

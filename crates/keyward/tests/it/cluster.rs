@@ -210,8 +210,10 @@ async fn three_nodes_refuse_a_changed_key_once_the_call_returns() {
     let Some(admin_url) = admin_url() else { return };
     let database = TestDatabase::create(&admin_url).await.unwrap();
     let url = database.url.clone();
+    // Two nodes given the same name by mistake are still told apart: each process joins
+    // under an incarnation of its own.
     let cluster =
-        Cluster::start(&["a", "b", "c"], database, &[url.clone(), url.clone(), url]).await;
+        Cluster::start(&["a", "b", "b"], database, &[url.clone(), url.clone(), url]).await;
     let node_a = cluster.api(0);
 
     let (id, secret) = issue_key(&node_a, "revoked").await;
@@ -265,9 +267,9 @@ async fn terminate_cluster_connections(admin_url: &str, database: &TestDatabase,
     let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE application_name = $1 AND datname = $2) AS terminated",
+         WHERE application_name LIKE $1 AND datname = $2) AS terminated",
     )
-    .bind(format!("keyward_cluster_{node}"))
+    .bind(format!("keyward_{node}-%"))
     .bind(database.name())
     .fetch_one(&mut admin)
     .await
