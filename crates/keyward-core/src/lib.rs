@@ -12,6 +12,7 @@ pub mod permission;
 pub mod scope;
 pub mod secret;
 pub mod time;
+pub mod usage;
 pub mod validate;
 pub mod verify;
 
