@@ -177,6 +177,10 @@ impl From<StoreError> for ApiError {
                 code,
                 "The request conflicts with stored data",
             ),
+            StoreError::NotPermitted(code) => ApiError::forbidden(
+                code,
+                "A root key can only revoke root keys whose scopes it holds itself",
+            ),
             StoreError::Unavailable(source) => {
                 tracing::warn!(error = %source, "storage unavailable");
                 ApiError::new(

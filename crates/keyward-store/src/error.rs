@@ -5,6 +5,9 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// The change is not the caller's to make, e.g. revoking a more powerful root key.
+    #[error("not permitted: {0}")]
+    NotPermitted(&'static str),
     /// Storage cannot be reached; the caller should answer 503 and try again later.
     #[error("storage is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),

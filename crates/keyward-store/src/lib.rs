@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use keyward_core::model::{
     ApiKey, App, AuditEntry, EnvironmentSettings, KeyStatus, RootKey, SecretRecord, Tenancy,
 };
+use keyward_core::scope::ScopeSet;
 use keyward_core::{KeyHash, Timestamp};
 
 pub use cluster::{Propagation, Stale};
@@ -171,7 +172,14 @@ pub trait Store: Send + Sync + 'static {
         tenancy: &Tenancy,
         page: &PageRequest,
     ) -> StoreResult<Page<RootKey>>;
-    async fn revoke_root_key(&self, change: &Change, id: &str) -> StoreResult<Changed<RootKey>>;
+    /// Revokes a root key, provided `revoker_scopes` cover all of its scopes (a key cannot
+    /// take down one more powerful than itself).
+    async fn revoke_root_key(
+        &self,
+        change: &Change,
+        id: &str,
+        revoker_scopes: ScopeSet,
+    ) -> StoreResult<Changed<RootKey>>;
 
     async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()>;
     async fn app_by_slug(&self, tenancy: &Tenancy, slug: &str) -> StoreResult<App>;

@@ -679,7 +679,12 @@ impl Store for SqlStore {
         Ok(paginate(keys, page.limit, |key| &key.id))
     }
 
-    async fn revoke_root_key(&self, change: &Change, id: &str) -> StoreResult<Changed<RootKey>> {
+    async fn revoke_root_key(
+        &self,
+        change: &Change,
+        id: &str,
+        revoker_scopes: ScopeSet,
+    ) -> StoreResult<Changed<RootKey>> {
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query(&format!(
             "{ROOT_KEY_SELECT} WHERE r.id = $1 AND r.workspace_id = $2 AND r.environment = $3{}",
@@ -692,6 +697,9 @@ impl Store for SqlStore {
         .await?
         .ok_or(StoreError::NotFound("root key"))?;
         let mut key = root_key_from_row(&row)?;
+        if !revoker_scopes.covers(key.scopes) {
+            return Err(StoreError::NotPermitted("insufficient_scope"));
+        }
         if key.revoked_at.is_none() {
             key.revoked_at = Some(change.now);
             sqlx::query("UPDATE root_keys SET revoked_at = $1 WHERE id = $2")

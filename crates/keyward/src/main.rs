@@ -62,6 +62,11 @@ enum ServeError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "another `keyward serve` is using {path}; several nodes need a shared PostgreSQL \
+         database (DATABASE_URL), not one SQLite directory"
+    )]
+    DataDirInUse { path: String },
     #[error("cannot open storage: {0}")]
     Store(#[from] keyward_store::StoreError),
     #[error("cannot listen on {address}: {source}")]
@@ -156,6 +161,12 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             SqlStore::sqlite_url(&settings.data_dir)
         }
     };
+    // Two processes on one SQLite database would each trust a cache the other's changes
+    // never reach. Held until the process exits.
+    let _data_dir_lock = match &settings.database_url {
+        Some(_) => None,
+        None => Some(lock_data_dir(&settings.data_dir)?),
+    };
     let node_id = StoreOptions::cluster_member_id(settings.node_id.as_deref());
     let store = SqlStore::connect(&StoreOptions {
         url: url.clone(),
@@ -215,6 +226,29 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
+    let path = data_dir.join("keyward.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ServeError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::DataDirInUse {
+            path: data_dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServeError::DataDir {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
 }
 
 async fn shutdown_signal() {

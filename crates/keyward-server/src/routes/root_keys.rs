@@ -94,10 +94,11 @@ pub(crate) async fn revoke_root_key(
 ) -> Result<Json<wire::RootKey>, ApiError> {
     caller.require(Scope::RootKeysWrite)?;
     let change = caller.change();
+    let scopes = caller.scopes;
     let changed = state
-        .change_credential(
-            move |state| async move { state.store.revoke_root_key(&change, &id).await },
-        )
+        .change_credential(move |state| async move {
+            state.store.revoke_root_key(&change, &id, scopes).await
+        })
         .await?;
     Ok(Json(convert::root_key(&changed.record)))
 }

@@ -386,6 +386,44 @@ async fn root_key_scopes_are_enforced() {
         .get("/api/v1/apps/scoped/keys")
         .await
         .assert_error(403, "PERMISSION_ERROR", "key_revoked");
+
+    // A key that manages root keys cannot take down a more powerful one.
+    let manager = admin
+        .post(
+            "/api/v1/root-keys",
+            json!({"name": "manager", "scopes": ["root_keys:write", "verify"]}),
+        )
+        .await
+        .assert_status(201)
+        .clone();
+    let manager_api = server.api_with(secret(&manager));
+    let admin_id = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["scopes"] == json!(["*"]))
+        .map(|key| key["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    manager_api
+        .post(&format!("/api/v1/root-keys/{admin_id}/revoke"), json!({}))
+        .await
+        .assert_error(403, "PERMISSION_ERROR", "insufficient_scope");
+    admin.get("/api/v1/apps").await.assert_status(200);
+    let lesser = admin
+        .post(
+            "/api/v1/root-keys",
+            json!({"name": "lesser", "scopes": ["verify"]}),
+        )
+        .await
+        .assert_status(201)
+        .clone();
+    manager_api
+        .post(
+            &format!("/api/v1/root-keys/{}/revoke", id(&lesser)),
+            json!({}),
+        )
+        .await
+        .assert_status(200);
     server.stop().await;
 }
 

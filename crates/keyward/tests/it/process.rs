@@ -202,3 +202,21 @@ fn unknown_settings_are_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("listen_port"), "{stderr}");
 }
+
+#[test]
+fn one_sqlite_directory_serves_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ServerProcess::start(dir.path(), "first");
+    let output = keyward_binary()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another `keyward serve`"), "{stderr}");
+    // Once the first has stopped, the directory is free again.
+    first.kill_hard();
+    let again = ServerProcess::start(dir.path(), "again");
+    drop(again);
+}
