@@ -181,7 +181,7 @@ impl From<StoreError> for ApiError {
                 code,
                 "A root key can only revoke root keys whose scopes it holds itself",
             ),
-            StoreError::Unavailable(source) => {
+            StoreError::Unavailable(source) | StoreError::UncertainCommit { source, .. } => {
                 tracing::warn!(error = %source, "storage unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -86,19 +86,42 @@ impl AppState {
         let state = Arc::clone(self);
         let pending = work(Arc::clone(&state));
         uncancellable(async move {
-            let changed = pending.await?;
-            state.verifier.forget(&changed.stale);
-            if let (Some(propagation), Some(cluster)) = (&changed.propagation, state.cluster.get())
-            {
-                let report = cluster.await_propagation(propagation).await;
-                state
-                    .metrics
-                    .propagation_lapses
-                    .inc_by(report.lapsed.len() as u64);
+            match pending.await {
+                Ok(changed) => {
+                    state
+                        .forget_everywhere(&changed.stale, changed.propagation.as_ref())
+                        .await;
+                    Ok(changed)
+                }
+                Err(keyward_store::StoreError::UncertainCommit {
+                    source,
+                    stale,
+                    propagation,
+                }) => {
+                    // Treat it as made: no cache may keep what it may have changed. The
+                    // caller gets a retryable 503, and the changes Keyward offers are safe to
+                    // repeat.
+                    state.forget_everywhere(&stale, propagation.as_ref()).await;
+                    Err(keyward_store::StoreError::Unavailable(source).into())
+                }
+                Err(error) => Err(error.into()),
             }
-            Ok(changed)
         })
         .await
+    }
+
+    async fn forget_everywhere(
+        &self,
+        stale: &keyward_store::Stale,
+        propagation: Option<&keyward_store::Propagation>,
+    ) {
+        self.verifier.forget(stale);
+        if let (Some(propagation), Some(cluster)) = (propagation, self.cluster.get()) {
+            let report = cluster.await_propagation(propagation).await;
+            self.metrics
+                .propagation_lapses
+                .inc_by(report.lapsed.len() as u64);
+        }
     }
 }
 

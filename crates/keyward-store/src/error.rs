@@ -13,6 +13,15 @@ pub enum StoreError {
     Unavailable(#[source] sqlx::Error),
     #[error("storage failed: {0}")]
     Database(#[source] sqlx::Error),
+    /// A change's commit failed in a way that does not tell whether it happened. Caches must
+    /// forget `stale` (and the cluster must hear of it) as if it had.
+    #[error("the change may or may not have been stored: {source}")]
+    UncertainCommit {
+        #[source]
+        source: sqlx::Error,
+        stale: crate::Stale,
+        propagation: Option<crate::Propagation>,
+    },
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
     #[error("migrating the database failed: {0}")]

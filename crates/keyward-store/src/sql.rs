@@ -239,7 +239,15 @@ impl SqlStore {
                 Some(Announced::from_rows(&rows)?)
             }
         };
-        tx.commit().await?;
+        if let Err(error) = tx.commit().await {
+            // The commit may have reached the database before the connection failed: the
+            // caller must treat the change as possibly made, and caches as possibly stale.
+            return Err(StoreError::UncertainCommit {
+                source: error,
+                stale,
+                propagation: announced.map(Announced::committed),
+            });
+        }
         Ok(Changed {
             record,
             stale,
