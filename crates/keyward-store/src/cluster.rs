@@ -373,7 +373,7 @@ impl Cluster {
                 self.beat(number, lease_ms, applied_seq, retention_ms),
             )
             .await
-            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+            .unwrap_or_else(|_| Err(timed_out()));
             if let Ok(foreign_secrets) = outcome {
                 cache.foreign_secrets(foreign_secrets);
             }
@@ -489,7 +489,7 @@ impl Cluster {
             };
             let session = tokio::time::timeout(options.lease, session)
                 .await
-                .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+                .unwrap_or_else(|_| Err(timed_out()));
             let mut listener = match session {
                 Ok(listener) => listener,
                 Err(error) => {
@@ -532,7 +532,7 @@ impl Cluster {
                     ),
                 )
                 .await
-                .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+                .unwrap_or_else(|_| Err(timed_out()));
                 if let Err(error) = handled {
                     tracing::warn!(%error, "cannot apply a cluster change; reconnecting");
                     break;
@@ -650,6 +650,15 @@ impl Cluster {
         applied.send_replace(latest);
         Ok(())
     }
+}
+
+/// A protocol call that took longer than a lease: its connection is dropped and the call is
+/// treated as failed.
+fn timed_out() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer from PostgreSQL within one lease",
+    ))
 }
 
 impl Drop for Cluster {
