@@ -19,6 +19,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use keyward_core::model::{ApiKey, RootKey, Tenancy};
 use keyward_core::permission::PermissionQuery;
+use keyward_core::secret::KeyFormatError;
 use keyward_core::verify::{decide, KeyFacts, VerifyCode};
 use keyward_core::{KeyHash, ParsedKey, Timestamp};
 use keyward_store::cluster::ClusterCache;
@@ -182,6 +183,8 @@ impl Verifier {
                 return InMemory::Decided(Verdict::invalid());
             }
             Ok(parsed) => parsed.hash(),
+            // Keyward's own shape with a wrong checksum is a typo, whatever was imported.
+            Err(KeyFormatError::BadChecksum) => return InMemory::Decided(Verdict::invalid()),
             Err(_)
                 if self.foreign_secrets.load(Ordering::Relaxed) && plausible_secret(presented) =>
             {
@@ -359,7 +362,22 @@ mod tests {
             verifier.verify_in_memory(&tenancy, foreign, None, now),
             InMemory::Miss(hash) if hash == KeyHash::of(foreign)
         ));
-        // Too short, or not printable: still refused unread.
+        // Keyward's shape with a bad checksum, too short, or not printable: still refused
+        // unread.
+        let mut typo = keyward_core::secret::IssuedSecret::generate(
+            "acme",
+            keyward_core::Environment::Live,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
+        .expose()
+        .to_owned();
+        let last = typo.pop().unwrap();
+        typo.push(if last == 'x' { 'y' } else { 'x' });
+        assert!(matches!(
+            verifier.verify_in_memory(&tenancy, &typo, None, now),
+            InMemory::Decided(_)
+        ));
         assert!(matches!(
             verifier.verify_in_memory(&tenancy, "short", None, now),
             InMemory::Decided(_)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use keyward_core::secret::foreign_start;
+use keyward_core::secret::{foreign_start, KeyFormatError};
 use keyward_core::{KeyHash, ParsedKey};
 use keyward_proto::{ImportKeysRequest, ImportKeysResponse, ImportedKey, MAX_IMPORT_BATCH};
 use keyward_sdk::{Client, Error as SdkError};
@@ -123,6 +123,12 @@ impl SourceRow {
             (None, None) => return Err("a row needs `secret` or `hash`".to_owned()),
             (Some(secret), None) => match ParsedKey::parse(&secret) {
                 Ok(parsed) => (parsed.hash(), parsed.start(), true),
+                // Verification refuses such strings unread as typos: the key could never work.
+                Err(KeyFormatError::BadChecksum) => {
+                    return Err(
+                        "`secret` has Keyward's format but a wrong checksum (mistyped?)".to_owned(),
+                    )
+                }
                 Err(_) => (KeyHash::of(&secret), foreign_start(&secret), false),
             },
             (None, Some(hash)) => {
@@ -338,7 +344,7 @@ fn format_of(path: &Path, given: Option<Format>) -> Result<Format, CliError> {
         return Ok(format);
     }
     match path.extension().and_then(|extension| extension.to_str()) {
-        Some("jsonl" | "ndjson" | "json") => Ok(Format::Jsonl),
+        Some("jsonl" | "ndjson") => Ok(Format::Jsonl),
         Some("csv") => Ok(Format::Csv),
         _ => Err(CliError::BadArgument(
             "cannot tell the file's format from its name; pass --format jsonl or --format csv"
@@ -569,6 +575,27 @@ mod tests {
             ..SourceRow::default()
         };
         assert!(neither.into_imported().is_err());
+    }
+
+    #[test]
+    fn keyward_shaped_secrets_with_a_bad_checksum_are_refused() {
+        let mut secret = keyward_core::secret::IssuedSecret::generate(
+            "acme",
+            keyward_core::Environment::Live,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
+        .expose()
+        .to_owned();
+        let last = secret.pop().unwrap();
+        secret.push(if last == 'x' { 'y' } else { 'x' });
+        let row = SourceRow {
+            secret: Some(secret),
+            name: "n".into(),
+            ..SourceRow::default()
+        };
+        let refused = row.into_imported().unwrap_err();
+        assert!(refused.contains("checksum"), "{refused}");
     }
 
     #[test]
