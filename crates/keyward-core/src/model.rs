@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::scope::ScopeSet;
 use crate::secret::KeyHash;
 use crate::time::Timestamp;
+use crate::usage::{CapUsage, Credits, Period, RateWindow};
 
 /// A workspace's isolated environment. Keys, apps and settings of one are invisible from another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,6 +59,10 @@ pub struct RootKey {
     pub start: String,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// Limits this key's calls to Keyward's own API.
+    pub rate_limit_scheme: Option<String>,
+    /// Demo sandboxes' keys end with their sandbox.
+    pub expires_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +97,10 @@ pub struct ApiKey {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub last_used_at: Option<Timestamp>,
+    /// `None`: verification never charges this key.
+    pub credits: Option<Credits>,
+    /// Overrides the app's scheme.
+    pub rate_limit_scheme: Option<String>,
 }
 
 impl ApiKey {
@@ -157,4 +166,60 @@ pub struct AuditEntry {
     pub request_id: Option<String>,
     pub details: serde_json::Value,
     pub created_at: Timestamp,
+}
+
+/// A named set of rate windows that apps, keys, organisations and root keys refer to by slug.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitScheme {
+    pub tenancy: Tenancy,
+    pub slug: String,
+    pub windows: Vec<RateWindow>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A customer organisation: limits every key with its id shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    pub tenancy: Tenancy,
+    /// The workspace's own id for it, e.g. `org_abc123`.
+    pub id: String,
+    pub rate_limit_scheme: Option<String>,
+    pub credit_cap: Option<i64>,
+    /// `None`: the cap is for all time.
+    pub credit_period: Option<Period>,
+    /// What its keys have spent, as last written back by the usage engine.
+    pub credits_spent: i64,
+    pub spent_period_start: Timestamp,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Organization {
+    /// The cap's state as storage last knew it, to seed a usage engine.
+    pub fn cap_usage(&self) -> Option<CapUsage> {
+        self.credit_cap.map(|cap| CapUsage {
+            cap,
+            period: self.credit_period,
+            spent: self.credits_spent,
+            period_start: self.spent_period_start,
+        })
+    }
+}
+
+/// Everything that limits one key's verifications, resolved from its app, its own override
+/// and its organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UsagePolicy {
+    /// The key's own windows: its scheme, or else its app's.
+    pub windows: Vec<RateWindow>,
+    pub organization: Option<OrganizationPolicy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganizationPolicy {
+    pub id: String,
+    pub windows: Vec<RateWindow>,
+    /// The cap, seeded with what storage last knew was spent.
+    pub cap: Option<CapUsage>,
 }

@@ -293,6 +293,68 @@ pub fn charge(meters: Meters<'_>, now: Timestamp) -> Decision {
     }
 }
 
+/// How a call changes a key's balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceChange {
+    Keep,
+    Set(i64),
+    Increment(i64),
+    /// Never below zero.
+    Decrement(i64),
+}
+
+/// A change to a key's credits: its balance and, when `Some`, its refill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditAdjustment {
+    pub balance: BalanceChange,
+    pub refill: Option<Option<Refill>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdjustmentError {
+    #[error("the key has no credits to change; set `remaining` first")]
+    NoCredits,
+}
+
+impl CreditAdjustment {
+    /// The credits after the change, from the balance at `now` (refilled if due). Setting
+    /// a balance starts the refill period afresh, so a refill never overwrites it before the
+    /// next boundary.
+    pub fn apply(
+        self,
+        current: Option<Credits>,
+        now: Timestamp,
+    ) -> Result<Credits, AdjustmentError> {
+        let current = current.map(|credits| credits.at(now));
+        let mut credits = match (self.balance, current) {
+            (BalanceChange::Set(remaining), current) => Credits {
+                remaining,
+                refill: current.and_then(|c| c.refill),
+                refilled_at: now,
+            },
+            (_, None) => return Err(AdjustmentError::NoCredits),
+            (BalanceChange::Keep, Some(current)) => current,
+            (BalanceChange::Increment(amount), Some(current)) => Credits {
+                remaining: current.remaining.saturating_add(amount),
+                ..current
+            },
+            (BalanceChange::Decrement(amount), Some(current)) => Credits {
+                remaining: current.remaining.saturating_sub(amount).max(0),
+                ..current
+            },
+        };
+        if let Some(refill) = self.refill {
+            credits.refill = refill;
+        }
+        if let Some(refill) = credits.refill {
+            // The balance stands for the current period: the first refill is at the next
+            // boundary.
+            credits.refilled_at = credits.refilled_at.max(refill.period.start_of(now));
+        }
+        Ok(credits)
+    }
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -505,6 +567,48 @@ mod tests {
         );
         assert_eq!(february.credits_remaining, Some(99));
         assert_eq!(credits.refilled_at, at(ms("2026-02-01")));
+    }
+
+    #[test]
+    fn adjustments_set_increment_and_decrement() {
+        let now = at(ms("2026-03-10"));
+        let refill = Refill {
+            period: Period::Daily,
+            amount: 100,
+        };
+        let set = |balance| CreditAdjustment {
+            balance,
+            refill: None,
+        };
+        assert_eq!(
+            set(BalanceChange::Increment(1)).apply(None, now),
+            Err(AdjustmentError::NoCredits)
+        );
+        let created = CreditAdjustment {
+            balance: BalanceChange::Set(10),
+            refill: Some(Some(refill)),
+        }
+        .apply(None, now)
+        .unwrap();
+        assert_eq!(created.remaining, 10);
+        // The set balance lasts until the next boundary, not until the next check.
+        assert_eq!(created.at(now.plus_seconds(3600)).remaining, 10);
+        assert_eq!(created.at(at(ms("2026-03-11"))).remaining, 100);
+        let more = set(BalanceChange::Increment(5))
+            .apply(Some(created), now)
+            .unwrap();
+        assert_eq!(more.remaining, 15);
+        let less = set(BalanceChange::Decrement(50))
+            .apply(Some(more), now)
+            .unwrap();
+        assert_eq!(less.remaining, 0, "never below zero");
+        let unrefilled = CreditAdjustment {
+            balance: BalanceChange::Keep,
+            refill: Some(None),
+        }
+        .apply(Some(less), now)
+        .unwrap();
+        assert_eq!(unrefilled.refill, None);
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub struct App {
     pub slug: String,
     pub environment: String,
     pub permissions: Vec<String>,
+    /// The scheme every key of the app is limited by, unless a key names its own.
+    pub rate_limit_scheme: Option<String>,
     pub organization_id: Option<String>,
     pub key_prefix: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -27,6 +29,8 @@ pub struct CreateAppRequest {
     pub slug: String,
     #[serde(default)]
     pub permissions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_scheme: Option<String>,
     /// Every key of the app belongs to this organization.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization_id: Option<String>,
@@ -43,4 +47,12 @@ pub struct UpdateAppRequest {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions: Option<Vec<String>>,
+    /// `null` removes the app's scheme.
+    #[serde(
+        default,
+        deserialize_with = "crate::patch::nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub rate_limit_scheme: Option<Option<String>>,
 }

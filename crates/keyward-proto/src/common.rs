@@ -55,5 +55,10 @@ pub struct PageParams {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
+    /// `ok` (liveness), `ready`, or `degraded` (ready, but Redis is unreachable and usage
+    /// control runs on its fallback).
     pub status: String,
+    /// With `REDIS_URL`: `up` or `unreachable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
 }

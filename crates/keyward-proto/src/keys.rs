@@ -31,6 +31,11 @@ pub struct ApiKey {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// `null`: verification never charges the key. The balance may trail verification by
+    /// the usage write-back interval; verification's own answer is exact.
+    pub credits: Option<crate::Credits>,
+    /// Overrides the app's scheme.
+    pub rate_limit_scheme: Option<String>,
 }
 
 /// The answer to creating or rotating a key: the only time its secret is shown.
@@ -63,6 +68,11 @@ pub struct CreateKeyRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub expires_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<crate::Credits>,
+    /// Overrides the app's scheme.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_scheme: Option<String>,
 }
 
 /// Absent fields are kept; `null` clears a nullable field.
@@ -93,6 +103,22 @@ pub struct UpdateKeyRequest {
     pub expires_at: Option<Option<OffsetDateTime>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// `null` makes the key unlimited; otherwise set, increment or decrement the balance.
+    #[serde(
+        default,
+        deserialize_with = "crate::patch::nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<crate::CreditsUpdate>)]
+    pub credits: Option<Option<crate::CreditsUpdate>>,
+    /// `null` returns the key to its app's scheme.
+    #[serde(
+        default,
+        deserialize_with = "crate::patch::nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub rate_limit_scheme: Option<Option<String>>,
 }
 
 fn nullable_datetime<'de, D>(deserializer: D) -> Result<Option<Option<OffsetDateTime>>, D::Error>

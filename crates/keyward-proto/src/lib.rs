@@ -11,6 +11,7 @@ mod environment;
 mod import;
 mod keys;
 mod root_keys;
+mod usage;
 mod verify;
 
 pub use apps::*;
@@ -19,6 +20,7 @@ pub use environment::*;
 pub use import::*;
 pub use keys::*;
 pub use root_keys::*;
+pub use usage::*;
 pub use verify::*;
 
 /// Serde helpers for PATCH bodies, where a field may be absent (keep), `null` (clear) or a value.

@@ -15,6 +15,11 @@ pub struct RootKey {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Limits this key's calls to Keyward's API.
+    pub rate_limit_scheme: Option<String>,
+    /// A demo sandbox's key ends with the sandbox.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -31,4 +36,7 @@ pub struct CreateRootKeyRequest {
     pub name: String,
     /// e.g. `["keys:read", "verify"]`, or `["*"]`.
     pub scopes: Vec<String>,
+    /// Limits this key's calls to Keyward's API; none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_scheme: Option<String>,
 }

@@ -24,6 +24,10 @@ pub struct VerifyKeyRequest {
     /// The tenant the request is for (signed user tokens only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// A retried verification with the same key and `idempotency_key` (within 24 hours)
+    /// gets the first answer again and is charged once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// The verdict. Always HTTP 200; `status` is what the caller's own API should answer.
@@ -55,4 +59,10 @@ pub struct VerifyKeyResponse {
         skip_serializing_if = "Option::is_none"
     )]
     pub expires_at: Option<OffsetDateTime>,
+    /// The key's balance, when it has credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<crate::CreditsStatus>,
+    /// The tightest window, when the key or its organisation is rate limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::RateLimitStatus>,
 }

@@ -37,7 +37,7 @@ fn prepared() -> (
             .await
             .expect("bootstrap")
             .expect("fresh");
-        let server = Server::new(Arc::clone(&store), ServerConfig::default());
+        let server = Server::new(Arc::clone(&store), ServerConfig::default()).expect("server");
         let state = Arc::clone(server.state());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

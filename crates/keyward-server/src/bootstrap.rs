@@ -41,6 +41,8 @@ pub async fn bootstrap(store: &dyn Store) -> Result<Option<FirstRootKeys>, Store
                 start: secret.start.clone(),
                 created_at: now,
                 revoked_at: None,
+                rate_limit_scheme: None,
+                expires_at: None,
             },
             secret.hash,
         ));

@@ -1,6 +1,9 @@
 //! Records to wire types, and wire timestamps to core ones.
 
-use keyward_core::model::{ApiKey, App, AuditEntry, EnvironmentSettings, RootKey};
+use keyward_core::model::{
+    ApiKey, App, AuditEntry, EnvironmentSettings, Organization, RateLimitScheme, RootKey,
+};
+use keyward_core::usage::{Credits, Period, RateWindow};
 use keyward_core::Timestamp;
 use keyward_proto as wire;
 use time::OffsetDateTime;
@@ -22,6 +25,7 @@ pub(crate) fn app(app: &App) -> wire::App {
         slug: app.slug.clone(),
         environment: app.tenancy.environment.as_str().to_owned(),
         permissions: app.permissions.clone(),
+        rate_limit_scheme: app.rate_limit_scheme.clone(),
         organization_id: app.organization_id.clone(),
         key_prefix: app.key_prefix.clone(),
         created_at: datetime(app.created_at),
@@ -47,6 +51,70 @@ pub(crate) fn key(key: &ApiKey, now: Timestamp) -> wire::ApiKey {
         last_used_at: key.last_used_at.map(datetime),
         created_at: datetime(key.created_at),
         updated_at: datetime(key.updated_at),
+        credits: key.credits.map(|credits| credits_at(credits, now)),
+        rate_limit_scheme: key.rate_limit_scheme.clone(),
+    }
+}
+
+/// A balance as it stands at `now`, with any refill due applied.
+pub(crate) fn credits_at(credits: Credits, now: Timestamp) -> wire::Credits {
+    let credits = credits.at(now);
+    wire::Credits {
+        remaining: credits.remaining,
+        refill: credits.refill.map(|refill| wire::Refill {
+            interval: credit_period(refill.period),
+            amount: refill.amount,
+        }),
+    }
+}
+
+pub(crate) fn credit_period(period: Period) -> wire::CreditPeriod {
+    match period {
+        Period::Daily => wire::CreditPeriod::Daily,
+        Period::Monthly => wire::CreditPeriod::Monthly,
+    }
+}
+
+pub(crate) fn period(period: wire::CreditPeriod) -> Period {
+    match period {
+        wire::CreditPeriod::Daily => Period::Daily,
+        wire::CreditPeriod::Monthly => Period::Monthly,
+    }
+}
+
+pub(crate) fn rate_windows(windows: &[RateWindow]) -> Vec<wire::RateWindow> {
+    windows
+        .iter()
+        .map(|window| wire::RateWindow {
+            limit: window.limit,
+            period_seconds: u64::try_from(window.period_ms / 1000).unwrap_or(0),
+        })
+        .collect()
+}
+
+pub(crate) fn rate_limit_scheme(scheme: &RateLimitScheme) -> wire::RateLimitScheme {
+    wire::RateLimitScheme {
+        id: scheme.slug.clone(),
+        slug: scheme.slug.clone(),
+        environment: scheme.tenancy.environment.as_str().to_owned(),
+        windows: rate_windows(&scheme.windows),
+        created_at: datetime(scheme.created_at),
+        updated_at: datetime(scheme.updated_at),
+    }
+}
+
+pub(crate) fn organization(organization: &Organization, now: Timestamp) -> wire::Organization {
+    wire::Organization {
+        id: organization.id.clone(),
+        environment: organization.tenancy.environment.as_str().to_owned(),
+        rate_limit_scheme: organization.rate_limit_scheme.clone(),
+        credit_cap: organization.credit_cap,
+        credit_period: organization.credit_period.map(credit_period),
+        credits_spent: organization
+            .cap_usage()
+            .map_or(organization.credits_spent, |cap| cap.at(now).spent),
+        created_at: datetime(organization.created_at),
+        updated_at: datetime(organization.updated_at),
     }
 }
 
@@ -59,6 +127,8 @@ pub(crate) fn root_key(key: &RootKey) -> wire::RootKey {
         start: key.start.clone(),
         created_at: datetime(key.created_at),
         revoked_at: key.revoked_at.map(datetime),
+        rate_limit_scheme: key.rate_limit_scheme.clone(),
+        expires_at: key.expires_at.map(datetime),
     }
 }
 

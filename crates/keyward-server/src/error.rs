@@ -172,10 +172,28 @@ impl From<StoreError> for ApiError {
                 "key_revoked",
                 "A revoked key cannot be changed",
             ),
+            StoreError::Conflict("rate_limit_scheme_in_use") => ApiError::new(
+                StatusCode::CONFLICT,
+                "rate_limit_scheme_in_use",
+                "An app, key, organization or root key still uses this rate-limit scheme",
+            ),
+            StoreError::Conflict("rate_limit_scheme_exists") => ApiError::new(
+                StatusCode::CONFLICT,
+                "rate_limit_scheme_exists",
+                "A rate-limit scheme with this slug already exists in this environment",
+            ),
             StoreError::Conflict(code) => ApiError::new(
                 StatusCode::CONFLICT,
                 code,
                 "The request conflicts with stored data",
+            ),
+            StoreError::InvalidReference("unknown_rate_limit_scheme") => ApiError::invalid(
+                "unknown_rate_limit_scheme",
+                "No rate-limit scheme with that slug exists in this environment",
+            ),
+            StoreError::InvalidReference(code) => ApiError::invalid(
+                code,
+                "The request refers to something that does not exist",
             ),
             StoreError::NotPermitted(code) => ApiError::forbidden(
                 code,

@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::middleware::{looks_like_secret, RequestId};
+use crate::rate_limit::RateLimitSlot;
+use keyward_core::Environment;
 use crate::verifier::RootKeyRefusal;
 use crate::{clock, AppState};
 
@@ -199,7 +201,24 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 RootKeyRefusal::Revoked => {
                     ApiError::forbidden("key_revoked", "This root key has been revoked")
                 }
+                RootKeyRefusal::Expired => {
+                    ApiError::forbidden("key_expired", "This root key has expired")
+                }
             })?;
+        // A demo sandbox's key is always limited; others when they name a scheme.
+        let windows = if entry.key.tenancy.environment == Environment::Demo {
+            &state.demo.api_windows
+        } else {
+            &entry.windows
+        };
+        state
+            .limit_calls(
+                parts.extensions.get::<RateLimitSlot>(),
+                &entry.meter,
+                windows,
+                clock::now(),
+            )
+            .await?;
         Ok(Self {
             root_key_id: entry.key.id.clone(),
             tenancy: entry.key.tenancy.clone(),

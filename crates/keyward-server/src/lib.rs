@@ -12,7 +12,9 @@ pub mod last_used;
 pub mod metrics;
 mod middleware;
 mod openapi;
+mod rate_limit;
 mod routes;
+pub mod usage;
 pub mod verifier;
 
 use std::future::Future;
@@ -32,6 +34,8 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
 use extract::Caller;
+use keyward_core::usage::RateWindow;
+use usage::{Limiter, UsageSettings};
 use last_used::LastUsedRecorder;
 use metrics::Metrics;
 use verifier::Verifier;
@@ -44,6 +48,45 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub last_used_flush_interval: Duration,
+    pub usage: UsageSettings,
+    /// How often credit balances and organisations' spending are written back to storage.
+    pub usage_write_back_interval: Duration,
+    pub demo: DemoSettings,
+    /// Peers whose `X-Forwarded-For` is believed (for the demo sandbox's per-client limit).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Demo sandboxes (SPEC §4.3).
+#[derive(Debug, Clone)]
+pub struct DemoSettings {
+    /// How long a sandbox lives.
+    pub session_ttl: Duration,
+    /// How often ended sandboxes are purged.
+    pub sweep_interval: Duration,
+    /// Sandboxes one client address may create per minute.
+    pub sessions_per_minute: u64,
+    /// What a sandbox's root key may call, at most.
+    pub api_windows: Vec<RateWindow>,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_secs(60),
+            sessions_per_minute: 5,
+            api_windows: vec![
+                RateWindow {
+                    limit: 20,
+                    period_ms: 1000,
+                },
+                RateWindow {
+                    limit: 600,
+                    period_ms: 60_000,
+                },
+            ],
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -53,6 +96,10 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             last_used_flush_interval: Duration::from_secs(1),
+            usage: UsageSettings::default(),
+            usage_write_back_interval: Duration::from_secs(1),
+            demo: DemoSettings::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -65,6 +112,9 @@ pub struct AppState {
     pub last_used: LastUsedRecorder,
     /// This node's part in a cluster on a shared database; unset on a single node.
     pub cluster: OnceLock<Arc<Cluster>>,
+    pub limiter: Arc<Limiter>,
+    pub(crate) demo: DemoSettings,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl AppState {
@@ -110,7 +160,7 @@ impl AppState {
         .await
     }
 
-    async fn forget_everywhere(
+    pub(crate) async fn forget_everywhere(
         &self,
         stale: &keyward_store::Stale,
         propagation: Option<&keyward_store::Propagation>,
@@ -188,28 +238,49 @@ pub struct Server {
     state: Arc<AppState>,
     config: ServerConfig,
     last_used_task: tokio::task::JoinHandle<()>,
+    write_back_task: tokio::task::JoinHandle<()>,
+    stop_background: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
-    pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Self {
+    /// Fails only on settings it cannot use (a malformed `REDIS_URL`).
+    pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
         let (last_used, last_used_task) = LastUsedRecorder::start(
             Arc::clone(&store),
             config.last_used_flush_interval,
             Arc::clone(&metrics),
         );
+        let limiter = Arc::new(Limiter::new(&config.usage, Arc::clone(&metrics))?);
+        let (stop_background, stopped) = tokio::sync::watch::channel(false);
+        let write_back_task = tokio::spawn(usage::write_back_loop(
+            Arc::clone(&limiter),
+            Arc::clone(&store),
+            config.usage_write_back_interval,
+            stopped.clone(),
+        ));
         let state = Arc::new(AppState {
             store,
             verifier: Arc::new(Verifier::new()),
             metrics,
             last_used,
             cluster: OnceLock::new(),
+            limiter,
+            demo: config.demo.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
         });
-        Self {
+        tokio::spawn(routes::demo::sweep_loop(
+            Arc::downgrade(&state),
+            config.demo.sweep_interval,
+            stopped,
+        ));
+        Ok(Self {
             state,
             config,
             last_used_task,
-        }
+            write_back_task,
+            stop_background,
+        })
     }
 
     pub fn state(&self) -> &Arc<AppState> {
@@ -251,11 +322,21 @@ impl Server {
         let Server {
             state,
             last_used_task,
+            write_back_task,
+            stop_background,
             ..
         } = self;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
+        // Balances spent up to now reach storage before the process ends.
+        let _ = stop_background.send(true);
+        if let Err(error) = write_back_task.await {
+            tracing::error!(%error, "usage write-back ended abnormally");
+        }
         // The router held clones of the state; once it is gone, dropping ours closes the
         // last-used queue and lets its task write its final batch.
         if let Some(cluster) = state.cluster.get() {

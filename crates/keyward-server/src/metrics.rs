@@ -18,6 +18,16 @@ pub struct Metrics {
     pub cache_trusted: Gauge,
     pub last_used_dropped: Counter,
     pub propagation_lapses: Counter,
+    /// 1 while Redis answers; absent without Redis.
+    pub redis_up: Gauge,
+    pub usage_fallbacks: UsageFallbacks,
+}
+
+/// Charges decided by the fallback while Redis was unreachable, by what they involved.
+#[derive(Debug, Default)]
+pub struct UsageFallbacks {
+    pub credits: Counter,
+    pub rate_limits: Counter,
 }
 
 impl Default for Metrics {
@@ -65,8 +75,29 @@ impl Metrics {
             "last_used_at updates dropped because the write queue was full",
             last_used_dropped.clone(),
         );
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 while Redis answers and usage counters are shared by every node; 0 while this \
+             node falls back (see the usage fallback settings)",
+            redis_up.clone(),
+        );
+        let fallbacks = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        registry.register(
+            "usage_fallbacks",
+            "Charges decided while Redis was unreachable, by what they involved",
+            fallbacks.clone(),
+        );
+        let usage_fallbacks = UsageFallbacks {
+            credits: fallbacks.get_or_create(&vec![("kind", "credits")]).clone(),
+            rate_limits: fallbacks
+                .get_or_create(&vec![("kind", "rate_limits")])
+                .clone(),
+        };
         Self {
             registry,
+            redis_up,
+            usage_fallbacks,
             verifications,
             cache_entries,
             cache_trusted,

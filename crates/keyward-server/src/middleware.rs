@@ -12,6 +12,7 @@ use keyward_proto::{ErrorBody, ErrorEnvelope};
 use rand::RngCore;
 
 use crate::error::{payload_for_bare_status, ApiError, ErrorPayload};
+use crate::rate_limit::RateLimitSlot;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static API_VERSION: HeaderName = HeaderName::from_static("api-version");
@@ -48,6 +49,8 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
+    let rate_limits = RateLimitSlot::default();
+    request.extensions_mut().insert(rate_limits.clone());
     let method = request.method().clone();
     let uri = request.uri().clone();
 
@@ -58,6 +61,9 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
         next.run(request).await
     };
     let status = response.status();
+    if let Some(report) = rate_limits.report() {
+        report.write_headers(status, response.headers_mut());
+    }
     if status.is_client_error() || status.is_server_error() {
         let payload = response
             .extensions_mut()

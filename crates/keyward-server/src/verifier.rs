@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use keyward_core::model::{ApiKey, RootKey, Tenancy};
+use keyward_core::model::{ApiKey, RootKey, Tenancy, UsagePolicy};
+use keyward_core::usage::RateWindow;
 use keyward_core::permission::PermissionQuery;
 use keyward_core::secret::KeyFormatError;
 use keyward_core::verify::{decide, KeyFacts, VerifyCode};
@@ -29,6 +30,9 @@ use keyward_store::{Stale, Store, StoreError};
 #[derive(Debug)]
 pub struct CachedKey {
     pub key: ApiKey,
+    /// What limits its verifications, resolved when it was loaded.
+    pub policy: UsagePolicy,
+    pub meters: crate::usage::KeyMeters,
     /// End of the grace period if this secret was superseded by a rotation.
     pub secret_expires_at: Option<Timestamp>,
     /// When this node last queued a `last_used_at` write for the key, to write at most one
@@ -40,6 +44,9 @@ pub struct CachedKey {
 pub struct CachedRootKey {
     pub key: RootKey,
     pub secret_expires_at: Option<Timestamp>,
+    /// Its scheme's windows, limiting its calls to Keyward's API.
+    pub windows: Vec<RateWindow>,
+    pub meter: String,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +110,8 @@ pub enum RootKeyRefusal {
     Invalid,
     /// Known but revoked: 403 `key_revoked`.
     Revoked,
+    /// Past its end (a demo sandbox's key): 403 `key_expired`.
+    Expired,
 }
 
 #[derive(Debug)]
@@ -220,6 +229,12 @@ impl Verifier {
             return Ok(Verdict::invalid());
         };
         let entry = Arc::new(CachedKey {
+            meters: crate::usage::KeyMeters::new(
+                &found.key.id,
+                &found.key.tenancy,
+                found.key.organization_id.as_deref(),
+            ),
+            policy: found.policy,
             key: found.key,
             secret_expires_at: found.secret.expires_at,
             last_used_queued_at: AtomicI64::new(i64::MIN),
@@ -256,8 +271,10 @@ impl Verifier {
                     return Ok(Err(RootKeyRefusal::Invalid));
                 };
                 let entry = Arc::new(CachedRootKey {
+                    meter: format!("root:{}", found.key.id),
                     key: found.key,
                     secret_expires_at: found.secret.expires_at,
+                    windows: found.windows,
                 });
                 self.insert_unless_invalidated(hash, Cached::Root(Arc::clone(&entry)), epoch);
                 entry
@@ -270,6 +287,9 @@ impl Verifier {
         }
         if entry.key.revoked_at.is_some() {
             return Ok(Err(RootKeyRefusal::Revoked));
+        }
+        if entry.key.expires_at.is_some_and(|end| end <= now) {
+            return Ok(Err(RootKeyRefusal::Expired));
         }
         Ok(Ok(entry))
     }

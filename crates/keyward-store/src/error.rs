@@ -5,6 +5,9 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// A value refers to something that does not exist, e.g. an unknown rate-limit scheme.
+    #[error("invalid reference: {0}")]
+    InvalidReference(&'static str),
     /// The change is not the caller's to make, e.g. revoking a more powerful root key.
     #[error("not permitted: {0}")]
     NotPermitted(&'static str),

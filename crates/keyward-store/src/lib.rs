@@ -11,14 +11,17 @@ pub mod testing;
 
 use async_trait::async_trait;
 use keyward_core::model::{
-    ApiKey, App, AuditEntry, EnvironmentSettings, KeyStatus, RootKey, SecretRecord, Tenancy,
+    ApiKey, App, AuditEntry, EnvironmentSettings, KeyStatus, Organization, RateLimitScheme,
+    RootKey, SecretRecord, Tenancy, UsagePolicy,
 };
 use keyward_core::scope::ScopeSet;
+use keyward_core::usage::{CapUsage, Credits, Period, RateWindow};
 use keyward_core::{KeyHash, Timestamp};
 
 pub use cluster::{Propagation, Stale};
 pub use error::StoreError;
 pub use sql::{SqlStore, StoreOptions};
+
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -64,6 +67,7 @@ pub struct AuditFilter {
 pub struct AppPatch {
     pub name: Option<String>,
     pub permissions: Option<Vec<String>>,
+    pub rate_limit_scheme: Option<Option<String>>,
 }
 
 /// Changes to a key; `None` keeps a field, `Some(None)` clears a nullable one.
@@ -75,6 +79,9 @@ pub struct KeyPatch {
     pub meta: Option<serde_json::Map<String, serde_json::Value>>,
     pub expires_at: Option<Option<Timestamp>>,
     pub enabled: Option<bool>,
+    /// The balance the usage engine settled on, when the call changed credits.
+    pub credits: Option<Option<Credits>>,
+    pub rate_limit_scheme: Option<Option<String>>,
 }
 
 impl KeyPatch {
@@ -97,6 +104,12 @@ impl KeyPatch {
         if let Some(enabled) = self.enabled {
             key.enabled = enabled;
         }
+        if let Some(credits) = self.credits {
+            key.credits = credits;
+        }
+        if let Some(scheme) = &self.rate_limit_scheme {
+            key.rate_limit_scheme.clone_from(scheme);
+        }
     }
 }
 
@@ -115,12 +128,16 @@ pub struct Bootstrap {
 pub struct FoundKey {
     pub key: ApiKey,
     pub secret: SecretRecord,
+    /// The limits its verifications are charged against.
+    pub policy: UsagePolicy,
 }
 
 #[derive(Debug, Clone)]
 pub struct FoundRootKey {
     pub key: RootKey,
     pub secret: SecretRecord,
+    /// Its scheme's windows; empty when it has none.
+    pub windows: Vec<RateWindow>,
 }
 
 /// A change to credentials, with what verification caches must forget because of it.
@@ -143,10 +160,97 @@ pub struct KeyImport {
     pub foreign_format: bool,
 }
 
+/// An organisation's configuration, as `PUT` gives it whole.
+#[derive(Debug, Clone)]
+pub struct OrganizationSettings {
+    pub id: String,
+    pub rate_limit_scheme: Option<String>,
+    pub credit_cap: Option<i64>,
+    pub credit_period: Option<Period>,
+}
+
+/// Balances a usage engine writes back to storage, to start again from after a restart.
+#[derive(Debug, Clone, Default)]
+pub struct UsageWriteBack {
+    /// Key id and balance. A key whose credits were removed meanwhile is left alone.
+    pub credits: Vec<(String, Credits)>,
+    /// Organisation and what its keys have spent. The cap itself is not written.
+    pub caps: Vec<(Tenancy, String, CapUsage)>,
+}
+
+/// Rate-limit schemes, organisations and the usage engine's write-back.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    async fn create_rate_limit_scheme(
+        &self,
+        change: &Change,
+        scheme: &RateLimitScheme,
+    ) -> StoreResult<()>;
+    async fn rate_limit_scheme(&self, tenancy: &Tenancy, slug: &str)
+        -> StoreResult<RateLimitScheme>;
+    /// In slug order; the cursor is the last slug of the previous page.
+    async fn list_rate_limit_schemes(
+        &self,
+        tenancy: &Tenancy,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RateLimitScheme>>;
+    /// Changes every cached key that uses the scheme, so caches forget everything.
+    async fn update_rate_limit_scheme(
+        &self,
+        change: &Change,
+        slug: &str,
+        windows: &[RateWindow],
+    ) -> StoreResult<Changed<RateLimitScheme>>;
+    /// Refused with `Conflict("rate_limit_scheme_in_use")` while anything refers to it.
+    async fn delete_rate_limit_scheme(
+        &self,
+        change: &Change,
+        slug: &str,
+    ) -> StoreResult<Changed<RateLimitScheme>>;
+
+    /// Creates or replaces an organisation's configuration; what it has spent is kept.
+    async fn put_organization(
+        &self,
+        change: &Change,
+        settings: &OrganizationSettings,
+    ) -> StoreResult<Changed<Organization>>;
+    async fn organization(&self, tenancy: &Tenancy, id: &str) -> StoreResult<Organization>;
+    async fn delete_organization(
+        &self,
+        change: &Change,
+        id: &str,
+    ) -> StoreResult<Changed<Organization>>;
+
+    /// Writes balances back, in one transaction, locking rows in a fixed order.
+    async fn write_back_usage(&self, usage: &UsageWriteBack) -> StoreResult<()>;
+}
+
+/// A demo sandbox to create: a workspace of its own with a `demo` environment and a root key.
+#[derive(Debug, Clone)]
+pub struct NewSandbox {
+    pub workspace_id: String,
+    pub root_key: RootKey,
+    pub hash: KeyHash,
+    pub expires_at: Timestamp,
+    pub now: Timestamp,
+}
+
+/// Demo sandboxes (SPEC §4.3).
+#[async_trait]
+pub trait SandboxStore: Send + Sync {
+    async fn create_sandbox(&self, sandbox: &NewSandbox) -> StoreResult<()>;
+    /// Deletes every row of the sandbox's workspace. `NotFound("demo session")` when it is
+    /// not a sandbox (or is already gone).
+    async fn purge_sandbox(&self, workspace_id: &str, now: Timestamp)
+        -> StoreResult<Changed<()>>;
+    /// Sandboxes that ended at or before `now`, oldest first.
+    async fn expired_sandboxes(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<String>>;
+}
+
 /// Everything Keyward keeps. Implementations must be safe to share between nodes: every
 /// method is one transaction.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: UsageStore + SandboxStore + Send + Sync + 'static {
     /// Whether storage answers.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -184,7 +288,13 @@ pub trait Store: Send + Sync + 'static {
     async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()>;
     async fn app_by_slug(&self, tenancy: &Tenancy, slug: &str) -> StoreResult<App>;
     async fn list_apps(&self, tenancy: &Tenancy, page: &PageRequest) -> StoreResult<Page<App>>;
-    async fn update_app(&self, change: &Change, slug: &str, patch: &AppPatch) -> StoreResult<App>;
+    /// A changed scheme is a change to every cached key of the app.
+    async fn update_app(
+        &self,
+        change: &Change,
+        slug: &str,
+        patch: &AppPatch,
+    ) -> StoreResult<Changed<App>>;
     /// Deletes the app and revokes every key it has.
     async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>>;
 

@@ -9,10 +9,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+mod sandbox;
+mod usage;
+
 use keyward_core::model::{
     ApiKey, App, AuditEntry, Environment, EnvironmentSettings, KeyStatus, RootKey, SecretRecord,
     Tenancy,
 };
+use keyward_core::usage::{Credits, Refill};
 use keyward_core::scope::ScopeSet;
 use keyward_core::{KeyHash, Timestamp};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -264,27 +268,33 @@ impl SqlStore {
 const KEY_SELECT: &str =
     "SELECT k.id, k.workspace_id, k.environment, k.app_id, a.slug AS app_slug, \
      k.name, k.owner_user_id, k.organization_id, k.permissions, k.meta, k.start, k.expires_at, \
-     k.enabled, k.revoked_at, k.created_at, k.updated_at, k.last_used_at \
+     k.enabled, k.revoked_at, k.created_at, k.updated_at, k.last_used_at, \
+     k.rate_limit_scheme, k.credits_remaining, k.credits_refill_period, \
+     k.credits_refill_amount, k.credits_refilled_at \
      FROM api_keys k JOIN apps a ON a.id = k.app_id";
 
-/// A key with the secret it was found by.
+/// A key with the secret it was found by, and its app's scheme.
 const KEY_BY_HASH: &str =
     "SELECT k.id, k.workspace_id, k.environment, k.app_id, a.slug AS app_slug, \
      k.name, k.owner_user_id, k.organization_id, k.permissions, k.meta, k.start, k.expires_at, \
      k.enabled, k.revoked_at, k.created_at, k.updated_at, k.last_used_at, \
+     k.rate_limit_scheme, k.credits_remaining, k.credits_refill_period, \
+     k.credits_refill_amount, k.credits_refilled_at, \
+     a.rate_limit_scheme AS app_rate_limit_scheme, \
      s.hash, s.expires_at AS secret_expires_at \
      FROM secrets s JOIN api_keys k ON k.id = s.credential_id JOIN apps a ON a.id = k.app_id \
      WHERE s.hash = $1";
 
 const APP_SELECT: &str = "SELECT id, workspace_id, environment, name, slug, permissions, \
-     organization_id, key_prefix, created_at, updated_at FROM apps";
+     rate_limit_scheme, organization_id, key_prefix, created_at, updated_at FROM apps";
 
 const ROOT_KEY_SELECT: &str = "SELECT r.id, r.workspace_id, r.environment, r.name, r.scopes, \
-     r.start, r.created_at, r.revoked_at FROM root_keys r";
+     r.start, r.created_at, r.revoked_at, r.rate_limit_scheme, r.expires_at FROM root_keys r";
 
 /// A root key with the secret it was found by.
 const ROOT_KEY_BY_HASH: &str = "SELECT r.id, r.workspace_id, r.environment, r.name, r.scopes, \
-     r.start, r.created_at, r.revoked_at, s.hash, s.expires_at AS secret_expires_at \
+     r.start, r.created_at, r.revoked_at, r.rate_limit_scheme, r.expires_at, s.hash, \
+     s.expires_at AS secret_expires_at \
      FROM secrets s JOIN root_keys r ON r.id = s.credential_id WHERE s.hash = $1";
 
 fn corrupt(what: &str) -> StoreError {
@@ -333,7 +343,7 @@ fn app_from_row(row: &AnyRow) -> StoreResult<App> {
         name: row.try_get("name")?,
         slug: row.try_get("slug")?,
         permissions: json_list(row, "permissions")?,
-        rate_limit_scheme: None,
+        rate_limit_scheme: row.try_get("rate_limit_scheme")?,
         organization_id: row.try_get("organization_id")?,
         key_prefix: row.try_get("key_prefix")?,
         created_at: timestamp(row, "created_at")?,
@@ -360,7 +370,30 @@ fn key_from_row(row: &AnyRow) -> StoreResult<ApiKey> {
         created_at: timestamp(row, "created_at")?,
         updated_at: timestamp(row, "updated_at")?,
         last_used_at: optional_timestamp(row, "last_used_at")?,
+        credits: credits_from_row(row)?,
+        rate_limit_scheme: row.try_get("rate_limit_scheme")?,
     })
+}
+
+fn credits_from_row(row: &AnyRow) -> StoreResult<Option<Credits>> {
+    let Some(remaining) = row.try_get::<Option<i64>, _>("credits_remaining")? else {
+        return Ok(None);
+    };
+    let period: Option<String> = row.try_get("credits_refill_period")?;
+    let amount: Option<i64> = row.try_get("credits_refill_amount")?;
+    let refill = match (period, amount) {
+        (Some(period), Some(amount)) => Some(Refill {
+            period: usage::period(&period)?,
+            amount,
+        }),
+        _ => None,
+    };
+    Ok(Some(Credits {
+        remaining,
+        refill,
+        refilled_at: optional_timestamp(row, "credits_refilled_at")?
+            .unwrap_or(Timestamp::from_millis(0)),
+    }))
 }
 
 fn root_key_from_row(row: &AnyRow) -> StoreResult<RootKey> {
@@ -375,6 +408,8 @@ fn root_key_from_row(row: &AnyRow) -> StoreResult<RootKey> {
         start: row.try_get("start")?,
         created_at: timestamp(row, "created_at")?,
         revoked_at: optional_timestamp(row, "revoked_at")?,
+        rate_limit_scheme: row.try_get("rate_limit_scheme")?,
+        expires_at: optional_timestamp(row, "expires_at")?,
     })
 }
 
@@ -485,10 +520,13 @@ async fn key_in_tx(
 }
 
 async fn write_key(tx: &mut Transaction<'_>, key: &ApiKey) -> StoreResult<()> {
+    let credits = CreditColumns::of(key.credits.as_ref());
     sqlx::query(
         "UPDATE api_keys SET name = $1, owner_user_id = $2, organization_id = $3, \
          permissions = $4, meta = $5, start = $6, expires_at = $7, enabled = $8, \
-         revoked_at = $9, updated_at = $10 WHERE id = $11",
+         revoked_at = $9, updated_at = $10, rate_limit_scheme = $12, credits_remaining = $13, \
+         credits_refill_period = $14, credits_refill_amount = $15, credits_refilled_at = $16 \
+         WHERE id = $11",
     )
     .bind(&key.name)
     .bind(&key.owner_user_id)
@@ -501,9 +539,33 @@ async fn write_key(tx: &mut Transaction<'_>, key: &ApiKey) -> StoreResult<()> {
     .bind(key.revoked_at.map(Timestamp::as_millis))
     .bind(key.updated_at.as_millis())
     .bind(&key.id)
+    .bind(&key.rate_limit_scheme)
+    .bind(credits.remaining)
+    .bind(credits.refill_period)
+    .bind(credits.refill_amount)
+    .bind(credits.refilled_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A key's credits as its four nullable columns.
+struct CreditColumns {
+    remaining: Option<i64>,
+    refill_period: Option<&'static str>,
+    refill_amount: Option<i64>,
+    refilled_at: Option<i64>,
+}
+
+impl CreditColumns {
+    fn of(credits: Option<&Credits>) -> Self {
+        Self {
+            remaining: credits.map(|c| c.remaining),
+            refill_period: credits.and_then(|c| c.refill).map(|r| r.period.as_str()),
+            refill_amount: credits.and_then(|c| c.refill).map(|r| r.amount),
+            refilled_at: credits.map(|c| c.refilled_at.as_millis()),
+        }
+    }
 }
 
 /// Reads an app inside a write transaction, locked against concurrent writers.
@@ -638,6 +700,13 @@ impl Store for SqlStore {
         hash: KeyHash,
     ) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
+        usage::require_scheme(
+            &mut tx,
+            self.backend,
+            &key.tenancy,
+            key.rate_limit_scheme.as_deref(),
+        )
+        .await?;
         insert_root_key(&mut tx, key, hash).await?;
         audit(
             &mut tx,
@@ -656,13 +725,17 @@ impl Store for SqlStore {
             .bind(hash.as_bytes().to_vec())
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|row| {
-            Ok(FoundRootKey {
-                key: root_key_from_row(&row)?,
-                secret: secret_from_row(&row)?,
-            })
-        })
-        .transpose()
+        let Some(row) = row else { return Ok(None) };
+        let key = root_key_from_row(&row)?;
+        let windows = match &key.rate_limit_scheme {
+            Some(slug) => usage::scheme_windows(&self.reader, &key.tenancy, slug).await?,
+            None => Vec::new(),
+        };
+        Ok(Some(FoundRootKey {
+            key,
+            secret: secret_from_row(&row)?,
+            windows,
+        }))
     }
 
     async fn list_root_keys(
@@ -730,10 +803,17 @@ impl Store for SqlStore {
 
     async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
+        usage::require_scheme(
+            &mut tx,
+            self.backend,
+            &app.tenancy,
+            app.rate_limit_scheme.as_deref(),
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO apps (id, workspace_id, environment, name, slug, permissions, \
-             organization_id, key_prefix, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             organization_id, key_prefix, created_at, updated_at, rate_limit_scheme) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&app.id)
         .bind(&app.tenancy.workspace_id)
@@ -745,6 +825,7 @@ impl Store for SqlStore {
         .bind(&app.key_prefix)
         .bind(app.created_at.as_millis())
         .bind(app.updated_at.as_millis())
+        .bind(&app.rate_limit_scheme)
         .execute(&mut *tx)
         .await
         .map_err(|error| {
@@ -798,7 +879,12 @@ impl Store for SqlStore {
         Ok(paginate(apps, page.limit, |app| &app.id))
     }
 
-    async fn update_app(&self, change: &Change, slug: &str, patch: &AppPatch) -> StoreResult<App> {
+    async fn update_app(
+        &self,
+        change: &Change,
+        slug: &str,
+        patch: &AppPatch,
+    ) -> StoreResult<Changed<App>> {
         let mut tx = self.writer.begin().await?;
         let mut app = app_in_tx(
             &mut tx,
@@ -835,24 +921,46 @@ impl Store for SqlStore {
             }
             app.permissions.clone_from(permissions);
         }
+        let scheme_changed = patch
+            .rate_limit_scheme
+            .as_ref()
+            .is_some_and(|scheme| *scheme != app.rate_limit_scheme);
+        if let Some(scheme) = &patch.rate_limit_scheme {
+            usage::require_scheme(&mut tx, self.backend, &change.tenancy, scheme.as_deref())
+                .await?;
+            app.rate_limit_scheme.clone_from(scheme);
+        }
         app.updated_at = change.now;
-        sqlx::query("UPDATE apps SET name = $1, permissions = $2, updated_at = $3 WHERE id = $4")
-            .bind(&app.name)
-            .bind(to_json(&app.permissions))
-            .bind(app.updated_at.as_millis())
-            .bind(&app.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE apps SET name = $1, permissions = $2, updated_at = $3, \
+             rate_limit_scheme = $5 WHERE id = $4",
+        )
+        .bind(&app.name)
+        .bind(to_json(&app.permissions))
+        .bind(app.updated_at.as_millis())
+        .bind(&app.id)
+        .bind(&app.rate_limit_scheme)
+        .execute(&mut *tx)
+        .await?;
         audit(
             &mut tx,
             change,
             "app.update",
             &app.id,
-            serde_json::json!({ "name": patch.name, "permissions": patch.permissions }),
+            serde_json::json!({
+                "name": patch.name,
+                "permissions": patch.permissions,
+                "rate_limit_scheme": patch.rate_limit_scheme,
+            }),
         )
         .await?;
-        tx.commit().await?;
-        Ok(app)
+        // Cached keys carry their app's limits.
+        let stale = if scheme_changed {
+            Stale::Everything
+        } else {
+            Stale::Secrets(Vec::new())
+        };
+        self.finish_change(tx, app, stale, change.now).await
     }
 
     async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>> {
@@ -905,11 +1013,21 @@ impl Store for SqlStore {
         if app_exists.is_none() {
             return Err(StoreError::NotFound("app"));
         }
+        usage::require_scheme(
+            &mut tx,
+            self.backend,
+            &key.tenancy,
+            key.rate_limit_scheme.as_deref(),
+        )
+        .await?;
+        let credits = CreditColumns::of(key.credits.as_ref());
         sqlx::query(
             "INSERT INTO api_keys (id, workspace_id, environment, app_id, name, owner_user_id, \
              organization_id, permissions, meta, start, expires_at, enabled, revoked_at, \
-             created_at, updated_at, last_used_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             created_at, updated_at, last_used_at, rate_limit_scheme, credits_remaining, \
+             credits_refill_period, credits_refill_amount, credits_refilled_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18, $19, $20, $21)",
         )
         .bind(&key.id)
         .bind(&key.tenancy.workspace_id)
@@ -927,6 +1045,11 @@ impl Store for SqlStore {
         .bind(key.created_at.as_millis())
         .bind(key.updated_at.as_millis())
         .bind(key.last_used_at.map(Timestamp::as_millis))
+        .bind(&key.rate_limit_scheme)
+        .bind(credits.remaining)
+        .bind(credits.refill_period)
+        .bind(credits.refill_amount)
+        .bind(credits.refilled_at)
         .execute(&mut *tx)
         .await?;
         insert_secret(&mut tx, hash, &key.id, None).await?;
@@ -1076,13 +1199,15 @@ impl Store for SqlStore {
             .bind(hash.as_bytes().to_vec())
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|row| {
-            Ok(FoundKey {
-                key: key_from_row(&row)?,
-                secret: secret_from_row(&row)?,
-            })
-        })
-        .transpose()
+        let Some(row) = row else { return Ok(None) };
+        let key = key_from_row(&row)?;
+        let app_scheme: Option<String> = row.try_get("app_rate_limit_scheme")?;
+        let policy = usage::policy_of(&self.reader, &key, app_scheme.as_deref()).await?;
+        Ok(Some(FoundKey {
+            key,
+            secret: secret_from_row(&row)?,
+            policy,
+        }))
     }
 
     async fn list_keys(
@@ -1164,6 +1289,9 @@ impl Store for SqlStore {
     ) -> StoreResult<Changed<ApiKey>> {
         let mut tx = self.writer.begin().await?;
         let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
+        if let Some(Some(scheme)) = &patch.rate_limit_scheme {
+            usage::require_scheme(&mut tx, self.backend, &change.tenancy, Some(scheme)).await?;
+        }
         patch.apply(&mut key);
         key.updated_at = change.now;
         write_key(&mut tx, &key).await?;
@@ -1422,6 +1550,8 @@ fn patch_fields(patch: &KeyPatch) -> Vec<&'static str> {
         ("meta", patch.meta.is_some()),
         ("expires_at", patch.expires_at.is_some()),
         ("enabled", patch.enabled.is_some()),
+        ("credits", patch.credits.is_some()),
+        ("rate_limit_scheme", patch.rate_limit_scheme.is_some()),
     ]
     .into_iter()
     .filter_map(|(name, present)| present.then_some(name))
@@ -1445,7 +1575,8 @@ async fn insert_root_key(
 ) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO root_keys (id, workspace_id, environment, name, scopes, start, created_at, \
-         revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         revoked_at, rate_limit_scheme, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&key.id)
     .bind(&key.tenancy.workspace_id)
@@ -1455,6 +1586,8 @@ async fn insert_root_key(
     .bind(&key.start)
     .bind(key.created_at.as_millis())
     .bind(key.revoked_at.map(Timestamp::as_millis))
+    .bind(&key.rate_limit_scheme)
+    .bind(key.expires_at.map(Timestamp::as_millis))
     .execute(&mut **tx)
     .await?;
     insert_secret(tx, hash, &key.id, None).await

@@ -80,6 +80,8 @@ fn key(id: &str, app: &App, owner: Option<&str>) -> ApiKey {
         created_at: NOW,
         updated_at: NOW,
         last_used_at: None,
+        credits: None,
+        rate_limit_scheme: None,
     }
 }
 
@@ -105,6 +107,8 @@ async fn bootstrap_happens_once() {
                 start: "sk_live_abcd".to_owned(),
                 created_at: NOW,
                 revoked_at: None,
+                rate_limit_scheme: None,
+                expires_at: None,
             },
             KeyHash::of("root"),
         )],

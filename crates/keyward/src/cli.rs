@@ -49,6 +49,9 @@ pub(crate) enum AppsCommand {
         /// The secrets' prefix, e.g. `acme` for `acme_live_…` [default: kw]
         #[arg(long)]
         key_prefix: Option<String>,
+        /// The rate-limit scheme every key of the app is limited by
+        #[arg(long)]
+        rate_limit_scheme: Option<String>,
     },
     /// List apps
     List {
@@ -95,6 +98,12 @@ pub(crate) enum KeysCommand {
         /// RFC 3339, e.g. 2030-01-01T00:00:00Z
         #[arg(long)]
         expires_at: Option<String>,
+        /// Credits the key may spend; each verification costs one by default
+        #[arg(long)]
+        credits: Option<i64>,
+        /// Overrides the app's rate-limit scheme
+        #[arg(long)]
+        rate_limit_scheme: Option<String>,
     },
     /// List an app's keys (never their secrets)
     List {
@@ -317,6 +326,7 @@ pub(crate) async fn run_apps(
             permissions,
             organization,
             key_prefix,
+            rate_limit_scheme,
         } => {
             let organization_id = organization;
             let request = CreateAppRequest {
@@ -325,6 +335,7 @@ pub(crate) async fn run_apps(
                 permissions,
                 organization_id,
                 key_prefix,
+                rate_limit_scheme,
             };
             client.create_app(&request).await?
         }
@@ -339,7 +350,14 @@ pub(crate) async fn run_apps(
             permissions,
         } => {
             client
-                .update_app(&slug, &UpdateAppRequest { name, permissions })
+                .update_app(
+                    &slug,
+                    &UpdateAppRequest {
+                        name,
+                        permissions,
+                        ..UpdateAppRequest::default()
+                    },
+                )
                 .await?
         }
         AppsCommand::Delete { slug } => client.delete_app(&slug).await?,
@@ -361,6 +379,8 @@ pub(crate) async fn run_keys(
             permissions,
             meta,
             expires_at,
+            credits,
+            rate_limit_scheme,
         } => {
             let request = CreateKeyRequest {
                 name,
@@ -369,6 +389,11 @@ pub(crate) async fn run_keys(
                 permissions,
                 meta: parse_meta(meta)?,
                 expires_at: parse_timestamp(expires_at)?,
+                credits: credits.map(|remaining| keyward_proto::Credits {
+                    remaining,
+                    refill: None,
+                }),
+                rate_limit_scheme,
             };
             return connection.print_with_secret(&client.create_key(&app, &request).await?);
         }
@@ -418,6 +443,7 @@ pub(crate) async fn run_keys(
                 expires_at: parse_timestamp(expires_at)?.map(Some),
                 // Neither flag means "keep"; clap refuses both.
                 enabled: (enable || disable).then_some(enable),
+                ..UpdateKeyRequest::default()
             };
             client.update_key(&id, &request).await?
         }

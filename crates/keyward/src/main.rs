@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use keyward_server::{Server, ServerConfig};
+use keyward_server::usage::{RedisSettings, UsageSettings};
+use keyward_server::{DemoSettings, Server, ServerConfig};
 use keyward_store::cluster::ClusterOptions;
 use keyward_store::{SqlStore, StoreOptions};
 use secrecy::ExposeSecret;
@@ -56,7 +57,7 @@ enum Command {
 #[derive(Debug, thiserror::Error)]
 enum ServeError {
     #[error(transparent)]
-    Settings(#[from] settings::SettingsError),
+    InvalidSettings(#[from] settings::SettingsError),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -76,6 +77,8 @@ enum ServeError {
     },
     #[error("the server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    Settings(String),
 }
 
 fn main() -> ExitCode {
@@ -200,8 +203,30 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             max_body_bytes: settings.max_body_bytes,
             request_timeout: settings.request_timeout,
             last_used_flush_interval: settings.last_used_flush_interval,
+            usage: UsageSettings {
+                redis: settings.redis_url.as_ref().map(|url| RedisSettings {
+                    url: url.expose_secret().to_owned(),
+                    key_prefix: settings.redis_key_prefix.clone(),
+                    timeout: settings.redis_timeout,
+                }),
+                rate_limit_fallback: settings.rate_limit_fallback,
+                credit_fallback: settings.credit_fallback,
+            },
+            usage_write_back_interval: settings.usage_write_back_interval,
+            demo: DemoSettings {
+                session_ttl: settings.demo_session_ttl,
+                ..DemoSettings::default()
+            },
+            trusted_proxies: settings.trusted_proxies.clone(),
         },
-    );
+    )
+    .map_err(ServeError::Settings)?;
+    if store.is_shared() && settings.redis_url.is_none() {
+        tracing::warn!(
+            "no REDIS_URL: rate limits and credits are counted by each node on its own; set \
+             REDIS_URL to make them exact across the cluster"
+        );
+    }
     if store.is_shared() {
         // Other nodes may share the database: keep this node's cache coherent with theirs
         // (ARCHITECTURE.md, "Cache coherence across nodes").

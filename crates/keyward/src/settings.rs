@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
+use keyward_server::usage::{CreditFallback, RateLimitFallback};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -69,6 +71,47 @@ pub(crate) struct ServeArgs {
     /// Log format: `text` or `json` [default: text]
     #[arg(long, env = "KEYWARD_LOG_FORMAT")]
     pub(crate) log_format: Option<LogFormat>,
+    /// `redis://…`: rate limits and credits live in Redis, exact across every node.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub(crate) redis_url: Option<String>,
+    /// Prepended to every Redis key (default `keyward`).
+    #[arg(long, env = "KEYWARD_REDIS_KEY_PREFIX")]
+    pub(crate) redis_key_prefix: Option<String>,
+    /// How long a Redis command may take before Redis counts as unreachable (default 250).
+    #[arg(long, env = "KEYWARD_REDIS_TIMEOUT_MS")]
+    pub(crate) redis_timeout_ms: Option<u64>,
+    /// While Redis is unreachable, rate limits are counted `local`ly per node (default),
+    /// `allow`ed uncounted, or `deny`ed with 503.
+    #[arg(long, env = "KEYWARD_REDIS_DOWN_RATE_LIMITS")]
+    pub(crate) redis_down_rate_limits: Option<RateLimitFallbackSetting>,
+    /// While Redis is unreachable, verifications that spend credits are `deny`ed with 503
+    /// (default) or `allow`ed without charging.
+    #[arg(long, env = "KEYWARD_REDIS_DOWN_CREDITS")]
+    pub(crate) redis_down_credits: Option<CreditFallbackSetting>,
+    /// How often credit balances are written back to the database (default 1000).
+    #[arg(long, env = "KEYWARD_USAGE_WRITE_BACK_MS")]
+    pub(crate) usage_write_back_ms: Option<u64>,
+    /// Comma-separated addresses or CIDR ranges whose `X-Forwarded-For` is believed.
+    #[arg(long, env = "KEYWARD_TRUSTED_PROXIES")]
+    pub(crate) trusted_proxies: Option<String>,
+    /// How long a demo sandbox lives (default 86400).
+    #[arg(long, env = "KEYWARD_DEMO_SESSION_TTL_SECONDS")]
+    pub(crate) demo_session_ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RateLimitFallbackSetting {
+    Local,
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CreditFallbackSetting {
+    Deny,
+    Allow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -95,6 +138,14 @@ struct FileSettings {
     cluster_lease_ms: Option<u64>,
     node_id: Option<String>,
     log_format: Option<LogFormat>,
+    redis_url: Option<String>,
+    redis_key_prefix: Option<String>,
+    redis_timeout_ms: Option<u64>,
+    redis_down_rate_limits: Option<RateLimitFallbackSetting>,
+    redis_down_credits: Option<CreditFallbackSetting>,
+    usage_write_back_ms: Option<u64>,
+    trusted_proxies: Option<String>,
+    demo_session_ttl_seconds: Option<u64>,
 }
 
 /// The resolved settings.
@@ -112,6 +163,14 @@ pub(crate) struct Settings {
     pub(crate) cluster_lease: Duration,
     pub(crate) node_id: Option<String>,
     pub(crate) log_format: LogFormat,
+    pub(crate) redis_url: Option<SecretString>,
+    pub(crate) redis_key_prefix: String,
+    pub(crate) redis_timeout: Duration,
+    pub(crate) rate_limit_fallback: RateLimitFallback,
+    pub(crate) credit_fallback: CreditFallback,
+    pub(crate) usage_write_back_interval: Duration,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) demo_session_ttl: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -184,6 +243,55 @@ impl Settings {
                 message: "must be at most half of request_timeout_seconds".to_owned(),
             });
         }
+        let usage_write_back_ms = args
+            .usage_write_back_ms
+            .or(file.usage_write_back_ms)
+            .unwrap_or(1000);
+        if !(10..=60_000).contains(&usage_write_back_ms) {
+            return Err(SettingsError::Invalid {
+                name: "usage_write_back_ms",
+                message: "must be between 10 and 60000".to_owned(),
+            });
+        }
+        let redis_timeout_ms = args
+            .redis_timeout_ms
+            .or(file.redis_timeout_ms)
+            .unwrap_or(250);
+        if !(10..=10_000).contains(&redis_timeout_ms) {
+            return Err(SettingsError::Invalid {
+                name: "redis_timeout_ms",
+                message: "must be between 10 and 10000".to_owned(),
+            });
+        }
+        let redis_key_prefix = args
+            .redis_key_prefix
+            .or(file.redis_key_prefix)
+            .unwrap_or_else(|| "keyward".to_owned());
+        if redis_key_prefix.is_empty()
+            || redis_key_prefix.len() > 64
+            || !redis_key_prefix.bytes().all(|byte| byte.is_ascii_graphic())
+        {
+            return Err(SettingsError::Invalid {
+                name: "redis_key_prefix",
+                message: "use 1 to 64 printable characters without spaces".to_owned(),
+            });
+        }
+        let trusted_proxies = parse_trusted_proxies(
+            args.trusted_proxies
+                .or(file.trusted_proxies)
+                .as_deref()
+                .unwrap_or(""),
+        )?;
+        let demo_session_ttl_seconds = args
+            .demo_session_ttl_seconds
+            .or(file.demo_session_ttl_seconds)
+            .unwrap_or(86_400);
+        if !(1..=30 * 86_400).contains(&demo_session_ttl_seconds) {
+            return Err(SettingsError::Invalid {
+                name: "demo_session_ttl_seconds",
+                message: "must be between 1 and 2592000 (30 days)".to_owned(),
+            });
+        }
         let node_id = args.node_id.or(file.node_id);
         if let Some(node_id) = &node_id {
             let valid = (1..=40).contains(&node_id.len())
@@ -239,8 +347,43 @@ impl Settings {
             cluster_lease: Duration::from_millis(lease_ms),
             node_id,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            redis_url: args.redis_url.or(file.redis_url).map(SecretString::from),
+            redis_key_prefix,
+            redis_timeout: Duration::from_millis(redis_timeout_ms),
+            rate_limit_fallback: match args
+                .redis_down_rate_limits
+                .or(file.redis_down_rate_limits)
+            {
+                Some(RateLimitFallbackSetting::Allow) => RateLimitFallback::Allow,
+                Some(RateLimitFallbackSetting::Deny) => RateLimitFallback::Deny,
+                Some(RateLimitFallbackSetting::Local) | None => RateLimitFallback::Local,
+            },
+            credit_fallback: match args.redis_down_credits.or(file.redis_down_credits) {
+                Some(CreditFallbackSetting::Allow) => CreditFallback::Allow,
+                Some(CreditFallbackSetting::Deny) | None => CreditFallback::Deny,
+            },
+            usage_write_back_interval: Duration::from_millis(usage_write_back_ms),
+            trusted_proxies,
+            demo_session_ttl: Duration::from_secs(demo_session_ttl_seconds),
         })
     }
+}
+
+/// `10.0.0.0/8, 192.168.1.7`: ranges, or single addresses.
+fn parse_trusted_proxies(list: &str) -> Result<Vec<IpNet>, SettingsError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| SettingsError::Invalid {
+                    name: "trusted_proxies",
+                    message: format!("{entry:?} is not an address or CIDR range"),
+                })
+        })
+        .collect()
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, SettingsError> {
@@ -292,6 +435,14 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_take_ranges_and_addresses() {
+        let parsed = parse_trusted_proxies("10.0.0.0/8, 127.0.0.1,::1").unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert!(parse_trusted_proxies("").unwrap().is_empty());
+        assert!(parse_trusted_proxies("10.0.0.0/33").is_err());
+    }
+
+    #[test]
     fn unknown_file_keys_are_named() {
         let error = toml::from_str::<FileSettings>("listen = \"127.0.0.1:1\"\nlisten_port = 3")
             .unwrap_err();
@@ -313,6 +464,14 @@ mod tests {
             cluster_lease: Duration::from_secs(2),
             node_id: None,
             log_format: LogFormat::Text,
+            redis_url: Some(SecretString::from("redis://:hunter2@h")),
+            redis_key_prefix: "keyward".to_owned(),
+            redis_timeout: Duration::from_millis(250),
+            rate_limit_fallback: RateLimitFallback::Local,
+            credit_fallback: CreditFallback::Deny,
+            usage_write_back_interval: Duration::from_secs(1),
+            trusted_proxies: Vec::new(),
+            demo_session_ttl: Duration::from_secs(1),
         };
         assert!(!format!("{settings:?}").contains("hunter2"));
     }

@@ -20,6 +20,15 @@ pub(crate) fn field_error(error: validate::FieldError) -> ApiError {
     ApiError::invalid("invalid_field", error.to_string())
 }
 
+/// A scheme slug a request names; that it exists is checked by storage, in the change's
+/// transaction.
+pub(crate) fn scheme_reference(slug: Option<&str>) -> Result<(), ApiError> {
+    match slug {
+        Some(slug) => validate::scheme_slug(slug).map_err(field_error),
+        None => Ok(()),
+    }
+}
+
 /// Create an app.
 #[utoipa::path(post, path = "/api/v1/apps", tag = "apps", security(("root_key" = [])),
     request_body = CreateAppRequest,
@@ -37,6 +46,7 @@ pub(crate) async fn create_app(
         validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN)
             .map_err(field_error)?;
     }
+    scheme_reference(request.rate_limit_scheme.as_deref())?;
     let key_prefix = request
         .key_prefix
         .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
@@ -51,7 +61,7 @@ pub(crate) async fn create_app(
         name: request.name,
         slug: request.slug,
         permissions,
-        rate_limit_scheme: None,
+        rate_limit_scheme: request.rate_limit_scheme,
         organization_id: request.organization_id,
         key_prefix,
         created_at: change.now,
@@ -90,7 +100,7 @@ pub(crate) async fn get_app(
     Ok(Json(convert::app(&app)))
 }
 
-/// Update an app's name or permissions.
+/// Update an app's name, permissions or rate-limit scheme.
 #[utoipa::path(patch, path = "/api/v1/apps/{slug}", tag = "apps", security(("root_key" = [])),
     params(("slug" = String, Path)), request_body = UpdateAppRequest,
     responses((status = 200, body = wire::App), (status = "4XX", body = ErrorEnvelope)))]
@@ -110,15 +120,21 @@ pub(crate) async fn update_app(
         .map(validate::permissions)
         .transpose()
         .map_err(field_error)?;
+    if let Some(scheme) = &request.rate_limit_scheme {
+        scheme_reference(scheme.as_deref())?;
+    }
     let patch = AppPatch {
         name: request.name,
         permissions,
+        rate_limit_scheme: request.rate_limit_scheme,
     };
-    let app = state
-        .store
-        .update_app(&caller.change(), &slug, &patch)
+    let change = caller.change();
+    let changed = state
+        .change_credential(move |state| async move {
+            state.store.update_app(&change, &slug, &patch).await
+        })
         .await?;
-    Ok(Json(convert::app(&app)))
+    Ok(Json(convert::app(&changed.record)))
 }
 
 /// Delete an app, revoking every key it has.

@@ -8,6 +8,7 @@ use keyward_core::model::{ApiKey, App, KeyStatus};
 use keyward_core::scope::Scope;
 use keyward_core::secret::IssuedSecret;
 use keyward_core::validate::{self, MAX_EXTERNAL_ID_LEN, MAX_NAME_LEN};
+use keyward_core::usage::{BalanceChange, CreditAdjustment, Credits, Refill};
 use keyward_core::{KeyHash, Timestamp};
 use keyward_proto::{
     self as wire, ApiKeyWithSecret, CreateKeyRequest, ErrorEnvelope, ImportKeysRequest,
@@ -72,6 +73,68 @@ struct KeyDraft {
     permissions: Option<Vec<String>>,
     meta: Option<serde_json::Map<String, serde_json::Value>>,
     expires_at: Option<time::OffsetDateTime>,
+    credits: Option<wire::Credits>,
+    rate_limit_scheme: Option<String>,
+}
+
+fn refill(refill: wire::Refill) -> Result<Refill, ApiError> {
+    validate::credits("refill.amount", refill.amount, 0).map_err(field_error)?;
+    Ok(Refill {
+        period: convert::period(refill.interval),
+        amount: refill.amount,
+    })
+}
+
+/// A key's first credits: the balance stands until the next refill boundary.
+fn initial_credits(credits: wire::Credits, now: Timestamp) -> Result<Credits, ApiError> {
+    validate::credits("credits.remaining", credits.remaining, 0).map_err(field_error)?;
+    let adjustment = CreditAdjustment {
+        balance: BalanceChange::Set(credits.remaining),
+        refill: Some(credits.refill.map(refill).transpose()?),
+    };
+    adjustment.apply(None, now).map_err(|_| ApiError::internal())
+}
+
+/// What `PATCH` asks of a key's credits; `None` removes them.
+fn credit_adjustment(
+    update: Option<wire::CreditsUpdate>,
+) -> Result<Option<CreditAdjustment>, ApiError> {
+    let Some(update) = update else {
+        return Ok(None);
+    };
+    let balance = match (update.remaining, update.increment, update.decrement) {
+        (None, None, None) => BalanceChange::Keep,
+        (Some(remaining), None, None) => {
+            validate::credits("credits.remaining", remaining, 0).map_err(field_error)?;
+            BalanceChange::Set(remaining)
+        }
+        (None, Some(amount), None) => {
+            validate::credits("credits.increment", amount, 1).map_err(field_error)?;
+            BalanceChange::Increment(amount)
+        }
+        (None, None, Some(amount)) => {
+            validate::credits("credits.decrement", amount, 1).map_err(field_error)?;
+            BalanceChange::Decrement(amount)
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "invalid_credits_update",
+                "Give at most one of `remaining`, `increment` and `decrement`",
+            ))
+        }
+    };
+    if balance == BalanceChange::Keep && update.refill.is_none() {
+        return Err(ApiError::invalid(
+            "invalid_credits_update",
+            "Give `remaining`, `increment`, `decrement` or `refill`",
+        ));
+    }
+    let refill = match update.refill {
+        Some(Some(wanted)) => Some(Some(refill(wanted)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    Ok(Some(CreditAdjustment { balance, refill }))
 }
 
 /// Validates a draft against its app and makes the key.
@@ -106,6 +169,11 @@ fn new_key(
         .expires_at
         .map(|at| future_expiry(at, now))
         .transpose()?;
+    let credits = draft
+        .credits
+        .map(|credits| initial_credits(credits, now))
+        .transpose()?;
+    super::apps::scheme_reference(draft.rate_limit_scheme.as_deref())?;
     Ok(ApiKey {
         id: id::generate(IdKind::Key, now, &mut os_rng()),
         tenancy: caller.tenancy.clone(),
@@ -123,6 +191,8 @@ fn new_key(
         created_at: now,
         updated_at: now,
         last_used_at: None,
+        credits,
+        rate_limit_scheme: draft.rate_limit_scheme,
     })
 }
 
@@ -157,6 +227,8 @@ pub(crate) async fn create_key(
             permissions: request.permissions,
             meta: request.meta,
             expires_at: request.expires_at,
+            credits: request.credits,
+            rate_limit_scheme: request.rate_limit_scheme,
         },
         secret.start.clone(),
     )?;
@@ -243,6 +315,8 @@ fn imported_key(
             permissions: row.permissions,
             meta: row.meta,
             expires_at: row.expires_at,
+            credits: None,
+            rate_limit_scheme: None,
         },
         row.start,
     )?;
@@ -326,16 +400,34 @@ pub(crate) async fn update_key(
     if let Some(meta) = &request.meta {
         validate::meta(meta).map_err(field_error)?;
     }
-    let permissions = match &request.permissions {
-        Some(requested) => {
-            let key = state.store.key(&caller.tenancy, &id).await?;
+    if let Some(Some(scheme)) = &request.rate_limit_scheme {
+        super::apps::scheme_reference(Some(scheme))?;
+    }
+    let adjustment = request.credits.map(credit_adjustment).transpose()?;
+    let stored = match (&request.permissions, &adjustment) {
+        (None, None) => None,
+        _ => Some(state.store.key(&caller.tenancy, &id).await?),
+    };
+    let permissions = match (&request.permissions, &stored) {
+        (Some(requested), Some(key)) => {
             let app = state
                 .store
                 .app_by_slug(&caller.tenancy, &key.app_slug)
                 .await?;
             Some(granted_permissions(&app, requested)?)
         }
-        None => None,
+        _ => None,
+    };
+    // The engine holds the live balance: it applies the change, and storage records what
+    // it settled on.
+    let credits = match (adjustment, &stored) {
+        (Some(adjustment), Some(key)) => Some(
+            state
+                .limiter
+                .adjust_credits(&key.id, key.credits, adjustment, change.now)
+                .await?,
+        ),
+        _ => None,
     };
     let expires_at = match request.expires_at {
         Some(Some(at)) => Some(Some(future_expiry(at, change.now)?)),
@@ -349,6 +441,8 @@ pub(crate) async fn update_key(
         meta: request.meta,
         expires_at,
         enabled: request.enabled,
+        credits,
+        rate_limit_scheme: request.rate_limit_scheme,
     };
     let now = change.now;
     let changed = state

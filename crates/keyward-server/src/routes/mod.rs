@@ -2,9 +2,12 @@
 //! validate with the core's rules, call storage, drop stale cache entries, convert.
 
 mod apps;
+pub(crate) mod demo;
 mod environment;
 mod keys;
 pub(crate) mod ops;
+mod organizations;
+mod rate_limit_schemes;
 mod root_keys;
 mod verify;
 
@@ -25,6 +28,21 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::rotate_key))
         .routes(routes!(verify::verify_key))
+        .routes(routes!(
+            rate_limit_schemes::create_scheme,
+            rate_limit_schemes::list_schemes
+        ))
+        .routes(routes!(
+            rate_limit_schemes::get_scheme,
+            rate_limit_schemes::update_scheme,
+            rate_limit_schemes::delete_scheme
+        ))
+        .routes(routes!(
+            organizations::put_organization,
+            organizations::get_organization,
+            organizations::delete_organization
+        ))
+        .routes(routes!(demo::create_session, demo::delete_session))
         .routes(routes!(
             root_keys::create_root_key,
             root_keys::list_root_keys

@@ -25,10 +25,12 @@ pub(crate) fn openapi_router(openapi: Arc<OpenApi>) -> Router {
 pub(crate) async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".to_owned(),
+        redis: None,
     })
 }
 
-/// Storage is reachable: 200, or 503 in the error envelope.
+/// Storage is reachable: 200 (`degraded` while Redis is unreachable), or 503 in the error
+/// envelope.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = keyward_proto::ErrorEnvelope)))]
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
@@ -40,8 +42,12 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<He
             "Storage is unreachable",
         )
     })?;
+    // Redis being down does not make a node unready: every node shares the same Redis, and
+    // each still serves (rate limits on its fallback; see the usage settings).
+    let redis = state.limiter.redis_status();
     Ok(Json(Health {
-        status: "ready".to_owned(),
+        status: if redis == Some(false) { "degraded" } else { "ready" }.to_owned(),
+        redis: redis.map(|up| if up { "up" } else { "unreachable" }.to_owned()),
     }))
 }
 

@@ -43,6 +43,7 @@ pub(crate) async fn create_root_key(
             "A root key can only grant scopes it holds itself",
         ));
     }
+    super::apps::scheme_reference(request.rate_limit_scheme.as_deref())?;
     let change = caller.change();
     let secret = IssuedSecret::generate(ROOT_KEY_PREFIX, caller.tenancy.environment, &mut os_rng())
         .map_err(|_| ApiError::internal())?;
@@ -54,6 +55,8 @@ pub(crate) async fn create_root_key(
         start: secret.start.clone(),
         created_at: change.now,
         revoked_at: None,
+        rate_limit_scheme: request.rate_limit_scheme,
+        expires_at: None,
     };
     state
         .store

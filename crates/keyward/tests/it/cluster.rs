@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::testkit::{Api, ServerProcess};
+use crate::testkit::{Api, Relay, ServerProcess};
 use keyward_store::testing::{TestDatabase, DATABASE_URL_VARIABLE};
 
 /// A short lease keeps the tests that wait for one quick.
@@ -304,103 +303,6 @@ async fn a_node_that_loses_its_notification_connection_never_accepts_a_revoked_k
         }
         // The node reconnects and trusts its cache again.
         cluster.wait_until_caching(1).await;
-    }
-}
-
-/// A TCP relay to PostgreSQL that a test can stall (bytes stop flowing, connections stay
-/// open: a network partition nobody notices), cut (every connection dropped, new ones
-/// refused: the database gone) and restore.
-struct Relay {
-    port: u16,
-    stalled: Arc<AtomicBool>,
-    cut: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accepting: JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stalled = Arc::new(AtomicBool::new(false));
-        let cut = Arc::new(AtomicBool::new(false));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accepting = tokio::spawn({
-            let (stalled, cut, connections) = (stalled.clone(), cut.clone(), connections.clone());
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    if cut.load(Ordering::SeqCst) {
-                        continue; // dropped: the connection is refused
-                    }
-                    let (target, stalled) = (target.clone(), stalled.clone());
-                    connections.lock().unwrap().push(tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(&target).await else {
-                            return;
-                        };
-                        let (client_read, client_write) = client.into_split();
-                        let (server_read, server_write) = server.into_split();
-                        tokio::join!(
-                            forward(client_read, server_write, stalled.clone()),
-                            forward(server_read, client_write, stalled),
-                        );
-                    }));
-                }
-            }
-        });
-        Self {
-            port,
-            stalled,
-            cut,
-            connections,
-            accepting,
-        }
-    }
-
-    fn stall(&self) {
-        self.stalled.store(true, Ordering::SeqCst);
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-        self.stalled.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Copies bytes one way, holding them while the relay is stalled.
-async fn forward(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    stalled: Arc<AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buffer = vec![0_u8; 16 * 1024];
-    loop {
-        let Ok(read) = from.read(&mut buffer).await else {
-            return;
-        };
-        if read == 0 {
-            return;
-        }
-        while stalled.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if to.write_all(&buffer[..read]).await.is_err() {
-            return;
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.accepting.abort();
-        self.cut();
     }
 }
 

@@ -216,7 +216,8 @@ async fn readiness_follows_storage() {
         .unwrap(),
     );
     let server =
-        keyward_server::Server::new(store.clone(), keyward_server::ServerConfig::default());
+        keyward_server::Server::new(store.clone(), keyward_server::ServerConfig::default())
+            .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server.run(listener, std::future::pending()));

@@ -4,7 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyward_server::{Server, ServerConfig};
@@ -14,6 +15,8 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 /// A server running inside the test process on a fresh database.
 pub struct TestServer {
@@ -64,7 +67,7 @@ impl TestServer {
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::new(store, config);
+        let server = Server::new(store, config).expect("server settings");
         if let Some(node_id) = shared {
             server
                 .join_cluster(
@@ -260,7 +263,9 @@ pub fn keyward_binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
     // The test's own environment must not leak settings into the server under test.
     for (name, _) in std::env::vars() {
-        if name.starts_with("KEYWARD_") || name == "DATABASE_URL" || name == "CORS_ORIGIN" {
+        if name.starts_with("KEYWARD_")
+            || ["DATABASE_URL", "CORS_ORIGIN", "REDIS_URL"].contains(&name.as_str())
+        {
             command.env_remove(name);
         }
     }
@@ -335,5 +340,102 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TCP relay to PostgreSQL that a test can stall (bytes stop flowing, connections stay
+/// open: a network partition nobody notices), cut (every connection dropped, new ones
+/// refused: the database gone) and restore.
+pub struct Relay {
+    pub port: u16,
+    stalled: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accepting: JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accepting = tokio::spawn({
+            let (stalled, cut, connections) = (stalled.clone(), cut.clone(), connections.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused
+                    }
+                    let (target, stalled) = (target.clone(), stalled.clone());
+                    connections.lock().unwrap().push(tokio::spawn(async move {
+                        let Ok(server) = TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        let (client_read, client_write) = client.into_split();
+                        let (server_read, server_write) = server.into_split();
+                        tokio::join!(
+                            forward(client_read, server_write, stalled.clone()),
+                            forward(server_read, client_write, stalled),
+                        );
+                    }));
+                }
+            }
+        });
+        Self {
+            port,
+            stalled,
+            cut,
+            connections,
+            accepting,
+        }
+    }
+
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies bytes one way, holding them while the relay is stalled.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accepting.abort();
+        self.cut();
     }
 }

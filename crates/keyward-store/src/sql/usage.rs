@@ -1,0 +1,506 @@
+//! Rate-limit schemes, organisations, and the usage engine's write-back.
+
+use async_trait::async_trait;
+use keyward_core::model::{
+    ApiKey, Organization, OrganizationPolicy, RateLimitScheme, Tenancy, UsagePolicy,
+};
+use keyward_core::usage::{Period, RateWindow};
+use keyward_core::KeyHash;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use super::{
+    audit, corrupt, tenancy_from_row, timestamp, Backend, SqlStore,
+    Transaction,
+};
+use crate::cluster::Stale;
+use crate::{
+    Change, Changed, OrganizationSettings, Page, PageRequest, StoreError, StoreResult,
+    UsageStore, UsageWriteBack,
+};
+
+const SCHEME_SELECT: &str = "SELECT workspace_id, environment, slug, windows, created_at, \
+     updated_at FROM rate_limit_schemes";
+
+const ORGANIZATION_SELECT: &str = "SELECT workspace_id, environment, id, rate_limit_scheme, \
+     credit_cap, credit_period, credits_spent, spent_period_start, created_at, updated_at \
+     FROM organizations";
+
+/// Beyond this many secrets, an organisation's change makes caches forget everything rather
+/// than announce each hash.
+const MAX_PRECISE_INVALIDATION: usize = 10_000;
+
+pub(super) fn period(text: &str) -> StoreResult<Period> {
+    match text {
+        "daily" => Ok(Period::Daily),
+        "monthly" => Ok(Period::Monthly),
+        _ => Err(corrupt("period")),
+    }
+}
+
+fn windows_from_text(text: &str) -> StoreResult<Vec<RateWindow>> {
+    serde_json::from_str(text).map_err(|_| corrupt("rate windows"))
+}
+
+fn scheme_from_row(row: &AnyRow) -> StoreResult<RateLimitScheme> {
+    let windows: String = row.try_get("windows")?;
+    Ok(RateLimitScheme {
+        tenancy: tenancy_from_row(row)?,
+        slug: row.try_get("slug")?,
+        windows: windows_from_text(&windows)?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+fn organization_from_row(row: &AnyRow) -> StoreResult<Organization> {
+    let credit_period: Option<String> = row.try_get("credit_period")?;
+    Ok(Organization {
+        tenancy: tenancy_from_row(row)?,
+        id: row.try_get("id")?,
+        rate_limit_scheme: row.try_get("rate_limit_scheme")?,
+        credit_cap: row.try_get("credit_cap")?,
+        credit_period: credit_period.as_deref().map(period).transpose()?,
+        credits_spent: row.try_get("credits_spent")?,
+        spent_period_start: timestamp(row, "spent_period_start")?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+/// Fails with `InvalidReference` unless the scheme exists; on PostgreSQL it stays locked
+/// against deletion until the transaction ends.
+pub(super) async fn require_scheme(
+    tx: &mut Transaction<'_>,
+    backend: Backend,
+    tenancy: &Tenancy,
+    slug: Option<&str>,
+) -> StoreResult<()> {
+    let Some(slug) = slug else { return Ok(()) };
+    let found = sqlx::query(&format!(
+        "SELECT slug FROM rate_limit_schemes \
+         WHERE workspace_id = $1 AND environment = $2 AND slug = $3{}",
+        backend.lock("rate_limit_schemes", super::Lock::Shared)
+    ))
+    .bind(&tenancy.workspace_id)
+    .bind(tenancy.environment.as_str())
+    .bind(slug)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(StoreError::InvalidReference("unknown_rate_limit_scheme")),
+    }
+}
+
+/// A scheme's windows; none if it no longer exists.
+pub(super) async fn scheme_windows(
+    reader: &AnyPool,
+    tenancy: &Tenancy,
+    slug: &str,
+) -> StoreResult<Vec<RateWindow>> {
+    let row = sqlx::query(
+        "SELECT windows FROM rate_limit_schemes \
+         WHERE workspace_id = $1 AND environment = $2 AND slug = $3",
+    )
+    .bind(&tenancy.workspace_id)
+    .bind(tenancy.environment.as_str())
+    .bind(slug)
+    .fetch_optional(reader)
+    .await?;
+    match row {
+        Some(row) => windows_from_text(&row.try_get::<String, _>("windows")?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Resolves what limits a key: its own scheme or its app's, and its organisation's.
+pub(super) async fn policy_of(
+    reader: &AnyPool,
+    key: &ApiKey,
+    app_scheme: Option<&str>,
+) -> StoreResult<UsagePolicy> {
+    let windows = match key.rate_limit_scheme.as_deref().or(app_scheme) {
+        Some(slug) => scheme_windows(reader, &key.tenancy, slug).await?,
+        None => Vec::new(),
+    };
+    let organization = match &key.organization_id {
+        Some(id) => {
+            let row = sqlx::query(&format!(
+                "{ORGANIZATION_SELECT} WHERE workspace_id = $1 AND environment = $2 AND id = $3"
+            ))
+            .bind(&key.tenancy.workspace_id)
+            .bind(key.tenancy.environment.as_str())
+            .bind(id)
+            .fetch_optional(reader)
+            .await?;
+            match row {
+                Some(row) => {
+                    let organization = organization_from_row(&row)?;
+                    let windows = match &organization.rate_limit_scheme {
+                        Some(slug) => scheme_windows(reader, &key.tenancy, slug).await?,
+                        None => Vec::new(),
+                    };
+                    Some(OrganizationPolicy {
+                        cap: organization.cap_usage(),
+                        id: organization.id,
+                        windows,
+                    })
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+    Ok(UsagePolicy {
+        windows,
+        organization,
+    })
+}
+
+async fn scheme_in_tx(
+    tx: &mut Transaction<'_>,
+    backend: Backend,
+    tenancy: &Tenancy,
+    slug: &str,
+) -> StoreResult<RateLimitScheme> {
+    let row = sqlx::query(&format!(
+        "{SCHEME_SELECT} WHERE workspace_id = $1 AND environment = $2 AND slug = $3{}",
+        backend.lock_rows("rate_limit_schemes")
+    ))
+    .bind(&tenancy.workspace_id)
+    .bind(tenancy.environment.as_str())
+    .bind(slug)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::NotFound("rate limit scheme"))?;
+    scheme_from_row(&row)
+}
+
+/// The secrets of every key of an organisation, as what caches must forget when its limits
+/// change.
+async fn organization_secrets(
+    tx: &mut Transaction<'_>,
+    tenancy: &Tenancy,
+    id: &str,
+) -> StoreResult<Stale> {
+    let rows = sqlx::query(&format!(
+        "SELECT s.hash FROM secrets s JOIN api_keys k ON k.id = s.credential_id \
+         WHERE k.workspace_id = $1 AND k.environment = $2 AND k.organization_id = $3 LIMIT {}",
+        MAX_PRECISE_INVALIDATION + 1
+    ))
+    .bind(&tenancy.workspace_id)
+    .bind(tenancy.environment.as_str())
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    if rows.len() > MAX_PRECISE_INVALIDATION {
+        return Ok(Stale::Everything);
+    }
+    let hashes = rows
+        .iter()
+        .map(|row| {
+            let bytes: Vec<u8> = row.try_get("hash")?;
+            KeyHash::from_slice(&bytes).ok_or_else(|| corrupt("hash"))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Stale::Secrets(hashes))
+}
+
+#[async_trait]
+impl UsageStore for SqlStore {
+    async fn create_rate_limit_scheme(
+        &self,
+        change: &Change,
+        scheme: &RateLimitScheme,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO rate_limit_schemes (workspace_id, environment, slug, windows, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&scheme.tenancy.workspace_id)
+        .bind(scheme.tenancy.environment.as_str())
+        .bind(&scheme.slug)
+        .bind(super::to_json(&scheme.windows))
+        .bind(scheme.created_at.as_millis())
+        .bind(scheme.updated_at.as_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| {
+            if StoreError::is_unique_violation(&error) {
+                StoreError::Conflict("rate_limit_scheme_exists")
+            } else {
+                error.into()
+            }
+        })?;
+        audit(
+            &mut tx,
+            change,
+            "rate_limit_scheme.create",
+            &scheme.slug,
+            serde_json::json!({ "windows": scheme.windows }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rate_limit_scheme(
+        &self,
+        tenancy: &Tenancy,
+        slug: &str,
+    ) -> StoreResult<RateLimitScheme> {
+        let row = sqlx::query(&format!(
+            "{SCHEME_SELECT} WHERE workspace_id = $1 AND environment = $2 AND slug = $3"
+        ))
+        .bind(&tenancy.workspace_id)
+        .bind(tenancy.environment.as_str())
+        .bind(slug)
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or(StoreError::NotFound("rate limit scheme"))?;
+        scheme_from_row(&row)
+    }
+
+    async fn list_rate_limit_schemes(
+        &self,
+        tenancy: &Tenancy,
+        page: &PageRequest,
+    ) -> StoreResult<Page<RateLimitScheme>> {
+        let rows = sqlx::query(&format!(
+            "{SCHEME_SELECT} WHERE workspace_id = $1 AND environment = $2 AND slug > $3 \
+             ORDER BY slug LIMIT $4"
+        ))
+        .bind(&tenancy.workspace_id)
+        .bind(tenancy.environment.as_str())
+        .bind(page.cursor.clone().unwrap_or_default())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.reader)
+        .await?;
+        let schemes = rows
+            .iter()
+            .map(scheme_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(super::paginate(schemes, page.limit, |scheme| &scheme.slug))
+    }
+
+    async fn update_rate_limit_scheme(
+        &self,
+        change: &Change,
+        slug: &str,
+        windows: &[RateWindow],
+    ) -> StoreResult<Changed<RateLimitScheme>> {
+        let mut tx = self.writer.begin().await?;
+        let mut scheme = scheme_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
+        scheme.windows = windows.to_vec();
+        scheme.updated_at = change.now;
+        sqlx::query(
+            "UPDATE rate_limit_schemes SET windows = $1, updated_at = $2 \
+             WHERE workspace_id = $3 AND environment = $4 AND slug = $5",
+        )
+        .bind(super::to_json(&scheme.windows))
+        .bind(change.now.as_millis())
+        .bind(&change.tenancy.workspace_id)
+        .bind(change.tenancy.environment.as_str())
+        .bind(slug)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            change,
+            "rate_limit_scheme.update",
+            slug,
+            serde_json::json!({ "windows": scheme.windows }),
+        )
+        .await?;
+        self.finish_change(tx, scheme, Stale::Everything, change.now)
+            .await
+    }
+
+    async fn delete_rate_limit_scheme(
+        &self,
+        change: &Change,
+        slug: &str,
+    ) -> StoreResult<Changed<RateLimitScheme>> {
+        let mut tx = self.writer.begin().await?;
+        let scheme = scheme_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
+        let in_use = sqlx::query(
+            "SELECT 1 FROM apps WHERE workspace_id = $1 AND environment = $2 \
+               AND rate_limit_scheme = $3 AND deleted_at IS NULL \
+             UNION ALL SELECT 1 FROM api_keys WHERE workspace_id = $1 AND environment = $2 \
+               AND rate_limit_scheme = $3 AND revoked_at IS NULL \
+             UNION ALL SELECT 1 FROM organizations WHERE workspace_id = $1 \
+               AND environment = $2 AND rate_limit_scheme = $3 \
+             UNION ALL SELECT 1 FROM root_keys WHERE workspace_id = $1 AND environment = $2 \
+               AND rate_limit_scheme = $3 AND revoked_at IS NULL \
+             LIMIT 1",
+        )
+        .bind(&change.tenancy.workspace_id)
+        .bind(change.tenancy.environment.as_str())
+        .bind(slug)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if in_use.is_some() {
+            return Err(StoreError::Conflict("rate_limit_scheme_in_use"));
+        }
+        sqlx::query(
+            "DELETE FROM rate_limit_schemes \
+             WHERE workspace_id = $1 AND environment = $2 AND slug = $3",
+        )
+        .bind(&change.tenancy.workspace_id)
+        .bind(change.tenancy.environment.as_str())
+        .bind(slug)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            change,
+            "rate_limit_scheme.delete",
+            slug,
+            serde_json::json!({}),
+        )
+        .await?;
+        // Revoked keys may still name it; they never verify, so nothing cached uses it.
+        self.finish_change(tx, scheme, Stale::Secrets(Vec::new()), change.now)
+            .await
+    }
+
+    async fn put_organization(
+        &self,
+        change: &Change,
+        settings: &OrganizationSettings,
+    ) -> StoreResult<Changed<Organization>> {
+        let mut tx = self.writer.begin().await?;
+        require_scheme(
+            &mut tx,
+            self.backend,
+            &change.tenancy,
+            settings.rate_limit_scheme.as_deref(),
+        )
+        .await?;
+        let row = sqlx::query(
+            "INSERT INTO organizations (workspace_id, environment, id, rate_limit_scheme, \
+             credit_cap, credit_period, credits_spent, spent_period_start, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7, $7) \
+             ON CONFLICT (workspace_id, environment, id) DO UPDATE SET \
+             rate_limit_scheme = excluded.rate_limit_scheme, credit_cap = excluded.credit_cap, \
+             credit_period = excluded.credit_period, updated_at = excluded.updated_at \
+             RETURNING workspace_id, environment, id, rate_limit_scheme, credit_cap, \
+             credit_period, credits_spent, spent_period_start, created_at, updated_at",
+        )
+        .bind(&change.tenancy.workspace_id)
+        .bind(change.tenancy.environment.as_str())
+        .bind(&settings.id)
+        .bind(&settings.rate_limit_scheme)
+        .bind(settings.credit_cap)
+        .bind(settings.credit_period.map(Period::as_str))
+        .bind(change.now.as_millis())
+        .fetch_one(&mut *tx)
+        .await?;
+        let organization = organization_from_row(&row)?;
+        audit(
+            &mut tx,
+            change,
+            "organization.put",
+            &settings.id,
+            serde_json::json!({
+                "rate_limit_scheme": settings.rate_limit_scheme,
+                "credit_cap": settings.credit_cap,
+                "credit_period": settings.credit_period.map(Period::as_str),
+            }),
+        )
+        .await?;
+        let stale = organization_secrets(&mut tx, &change.tenancy, &settings.id).await?;
+        self.finish_change(tx, organization, stale, change.now)
+            .await
+    }
+
+    async fn organization(&self, tenancy: &Tenancy, id: &str) -> StoreResult<Organization> {
+        let row = sqlx::query(&format!(
+            "{ORGANIZATION_SELECT} WHERE workspace_id = $1 AND environment = $2 AND id = $3"
+        ))
+        .bind(&tenancy.workspace_id)
+        .bind(tenancy.environment.as_str())
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or(StoreError::NotFound("organization"))?;
+        organization_from_row(&row)
+    }
+
+    async fn delete_organization(
+        &self,
+        change: &Change,
+        id: &str,
+    ) -> StoreResult<Changed<Organization>> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(
+            "DELETE FROM organizations WHERE workspace_id = $1 AND environment = $2 AND id = $3 \
+             RETURNING workspace_id, environment, id, rate_limit_scheme, credit_cap, \
+             credit_period, credits_spent, spent_period_start, created_at, updated_at",
+        )
+        .bind(&change.tenancy.workspace_id)
+        .bind(change.tenancy.environment.as_str())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound("organization"))?;
+        let organization = organization_from_row(&row)?;
+        audit(
+            &mut tx,
+            change,
+            "organization.delete",
+            id,
+            serde_json::json!({}),
+        )
+        .await?;
+        let stale = organization_secrets(&mut tx, &change.tenancy, id).await?;
+        self.finish_change(tx, organization, stale, change.now)
+            .await
+    }
+
+    async fn write_back_usage(&self, usage: &UsageWriteBack) -> StoreResult<()> {
+        if usage.credits.is_empty() && usage.caps.is_empty() {
+            return Ok(());
+        }
+        // Every node writes rows in the same order, so two nodes' batches never deadlock.
+        let mut credits: Vec<_> = usage.credits.iter().collect();
+        credits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut caps: Vec<_> = usage.caps.iter().collect();
+        caps.sort_unstable_by(|a, b| {
+            (&a.0.workspace_id, a.0.environment.as_str(), &a.1).cmp(&(
+                &b.0.workspace_id,
+                b.0.environment.as_str(),
+                &b.1,
+            ))
+        });
+        let mut tx = self.writer.begin().await?;
+        for (id, balance) in credits {
+            sqlx::query(
+                "UPDATE api_keys SET credits_remaining = $1, credits_refilled_at = $2 \
+                 WHERE id = $3 AND credits_remaining IS NOT NULL",
+            )
+            .bind(balance.remaining)
+            .bind(balance.refilled_at.as_millis())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (tenancy, id, cap) in caps {
+            sqlx::query(
+                "UPDATE organizations SET credits_spent = $1, spent_period_start = $2 \
+                 WHERE workspace_id = $3 AND environment = $4 AND id = $5",
+            )
+            .bind(cap.spent)
+            .bind(cap.period_start.as_millis())
+            .bind(&tenancy.workspace_id)
+            .bind(tenancy.environment.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
