@@ -191,10 +191,9 @@ impl From<StoreError> for ApiError {
                 "unknown_rate_limit_scheme",
                 "No rate-limit scheme with that slug exists in this environment",
             ),
-            StoreError::InvalidReference(code) => ApiError::invalid(
-                code,
-                "The request refers to something that does not exist",
-            ),
+            StoreError::InvalidReference(code) => {
+                ApiError::invalid(code, "The request refers to something that does not exist")
+            }
             StoreError::NotPermitted(code) => ApiError::forbidden(
                 code,
                 "A root key can only revoke root keys whose scopes it holds itself",

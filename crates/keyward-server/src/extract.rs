@@ -14,9 +14,9 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::middleware::{looks_like_secret, RequestId};
 use crate::rate_limit::RateLimitSlot;
-use keyward_core::Environment;
 use crate::verifier::RootKeyRefusal;
 use crate::{clock, AppState};
+use keyward_core::Environment;
 
 /// A JSON body that must be present.
 pub(crate) struct ApiJson<T>(pub T);

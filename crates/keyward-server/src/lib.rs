@@ -35,9 +35,9 @@ use tower_http::timeout::TimeoutLayer;
 pub use error::ApiError;
 use extract::Caller;
 use keyward_core::usage::RateWindow;
-use usage::{Limiter, UsageSettings};
 use last_used::LastUsedRecorder;
 use metrics::Metrics;
+use usage::{Limiter, UsageSettings};
 use verifier::Verifier;
 
 /// How the server behaves; the binary fills it from flags, environment and file.

@@ -88,11 +88,14 @@ impl Metrics {
             "Charges decided while Redis was unreachable, by what they involved",
             fallbacks.clone(),
         );
+        // One statement each: `get_or_create` holds the family's lock until the statement ends.
+        let credits = fallbacks.get_or_create(&vec![("kind", "credits")]).clone();
+        let rate_limits = fallbacks
+            .get_or_create(&vec![("kind", "rate_limits")])
+            .clone();
         let usage_fallbacks = UsageFallbacks {
-            credits: fallbacks.get_or_create(&vec![("kind", "credits")]).clone(),
-            rate_limits: fallbacks
-                .get_or_create(&vec![("kind", "rate_limits")])
-                .clone(),
+            credits,
+            rate_limits,
         };
         Self {
             registry,

@@ -36,7 +36,10 @@ impl RateLimitSlot {
 
 fn seconds_until(at: Timestamp, now: Timestamp) -> i64 {
     // Rounded up: a client that waits this long finds the window reset.
-    (at.as_millis() - now.as_millis()).max(0).saturating_add(999) / 1000
+    (at.as_millis() - now.as_millis())
+        .max(0)
+        .saturating_add(999)
+        / 1000
 }
 
 fn policy_name(period_ms: i64) -> String {
@@ -134,11 +137,9 @@ impl From<UsageError> for ApiError {
                 "Usage limits cannot be checked right now (Redis is unreachable); try again \
                  shortly",
             ),
-            UsageError::Adjustment(error) => ApiError::new(
-                StatusCode::CONFLICT,
-                "no_credits",
-                error.to_string(),
-            ),
+            UsageError::Adjustment(error) => {
+                ApiError::new(StatusCode::CONFLICT, "no_credits", error.to_string())
+            }
         }
     }
 }

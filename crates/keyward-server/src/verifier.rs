@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use keyward_core::model::{ApiKey, RootKey, Tenancy, UsagePolicy};
-use keyward_core::usage::RateWindow;
 use keyward_core::permission::PermissionQuery;
 use keyward_core::secret::KeyFormatError;
+use keyward_core::usage::RateWindow;
 use keyward_core::verify::{decide, KeyFacts, VerifyCode};
 use keyward_core::{KeyHash, ParsedKey, Timestamp};
 use keyward_store::cluster::ClusterCache;

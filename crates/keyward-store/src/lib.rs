@@ -22,7 +22,6 @@ pub use cluster::{Propagation, Stale};
 pub use error::StoreError;
 pub use sql::{SqlStore, StoreOptions};
 
-
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Who makes a change, and when: what the audit entry records.
@@ -186,8 +185,11 @@ pub trait UsageStore: Send + Sync {
         change: &Change,
         scheme: &RateLimitScheme,
     ) -> StoreResult<()>;
-    async fn rate_limit_scheme(&self, tenancy: &Tenancy, slug: &str)
-        -> StoreResult<RateLimitScheme>;
+    async fn rate_limit_scheme(
+        &self,
+        tenancy: &Tenancy,
+        slug: &str,
+    ) -> StoreResult<RateLimitScheme>;
     /// In slug order; the cursor is the last slug of the previous page.
     async fn list_rate_limit_schemes(
         &self,
@@ -241,8 +243,7 @@ pub trait SandboxStore: Send + Sync {
     async fn create_sandbox(&self, sandbox: &NewSandbox) -> StoreResult<()>;
     /// Deletes every row of the sandbox's workspace. `NotFound("demo session")` when it is
     /// not a sandbox (or is already gone).
-    async fn purge_sandbox(&self, workspace_id: &str, now: Timestamp)
-        -> StoreResult<Changed<()>>;
+    async fn purge_sandbox(&self, workspace_id: &str, now: Timestamp) -> StoreResult<Changed<()>>;
     /// Sandboxes that ended at or before `now`, oldest first.
     async fn expired_sandboxes(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<String>>;
 }

@@ -16,8 +16,8 @@ use keyward_core::model::{
     ApiKey, App, AuditEntry, Environment, EnvironmentSettings, KeyStatus, RootKey, SecretRecord,
     Tenancy,
 };
-use keyward_core::usage::{Credits, Refill};
 use keyward_core::scope::ScopeSet;
+use keyward_core::usage::{Credits, Refill};
 use keyward_core::{KeyHash, Timestamp};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, ConnectOptions, Executor, Row};

@@ -304,3 +304,221 @@ async fn keys_round_trip_rotate_and_filter() {
         "every successful mutation is audited once"
     );
 }
+
+#[tokio::test]
+async fn a_purged_sandbox_leaves_no_row_behind_and_nothing_else_is_touched() {
+    use keyward_core::model::RateLimitScheme;
+    use keyward_core::usage::{Credits, RateWindow};
+    use keyward_store::{
+        NewSandbox, OrganizationSettings, SandboxStore, UsageStore, UsageWriteBack,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _database) = fresh_database(dir.path()).await;
+    let store = SqlStore::connect(&StoreOptions {
+        url: url.clone(),
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(5),
+        node_id: keyward_store::StoreOptions::new_node_id(),
+    })
+    .await
+    .unwrap();
+    let demo = Tenancy {
+        workspace_id: "ws_demo".to_owned(),
+        environment: Environment::Demo,
+    };
+    store
+        .create_sandbox(&NewSandbox {
+            workspace_id: demo.workspace_id.clone(),
+            root_key: RootKey {
+                id: "rk_demo".to_owned(),
+                tenancy: demo.clone(),
+                name: "Demo sandbox".to_owned(),
+                scopes: ScopeSet::all(),
+                start: "sk_demo_abcd".to_owned(),
+                created_at: NOW,
+                revoked_at: None,
+                rate_limit_scheme: None,
+                expires_at: Some(NOW.plus_seconds(60)),
+            },
+            hash: KeyHash::of("demo root"),
+            expires_at: NOW.plus_seconds(60),
+            now: NOW,
+        })
+        .await
+        .unwrap();
+    let in_demo = Change {
+        tenancy: demo.clone(),
+        ..change(Environment::Demo, "aud_1")
+    };
+    store
+        .create_rate_limit_scheme(
+            &in_demo,
+            &RateLimitScheme {
+                tenancy: demo.clone(),
+                slug: "tier".to_owned(),
+                windows: vec![RateWindow {
+                    limit: 1,
+                    period_ms: 1000,
+                }],
+                created_at: NOW,
+                updated_at: NOW,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .put_organization(
+            &Change {
+                audit_id: "aud_2".to_owned(),
+                ..in_demo.clone()
+            },
+            &OrganizationSettings {
+                id: "org_1".to_owned(),
+                rate_limit_scheme: Some("tier".to_owned()),
+                credit_cap: Some(10),
+                credit_period: None,
+            },
+        )
+        .await
+        .unwrap();
+    let sandbox_app = App {
+        tenancy: demo.clone(),
+        rate_limit_scheme: Some("tier".to_owned()),
+        ..app("app_demo", "demo-app")
+    };
+    store
+        .create_app(
+            &Change {
+                audit_id: "aud_3".to_owned(),
+                ..in_demo.clone()
+            },
+            &sandbox_app,
+        )
+        .await
+        .unwrap();
+    let mut sandbox_key = key("key_demo", &sandbox_app, None);
+    sandbox_key.organization_id = Some("org_1".to_owned());
+    sandbox_key.credits = Some(Credits {
+        remaining: 5,
+        refill: None,
+        refilled_at: NOW,
+    });
+    store
+        .create_key(
+            &Change {
+                audit_id: "aud_4".to_owned(),
+                ..in_demo.clone()
+            },
+            &sandbox_key,
+            KeyHash::of("demo key"),
+        )
+        .await
+        .unwrap();
+    // Verification sees the key's resolved limits.
+    let found = store
+        .find_key(KeyHash::of("demo key"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.policy.windows.len(), 1);
+    let organization = found.policy.organization.expect("its organisation");
+    assert_eq!(organization.cap.map(|cap| cap.cap), Some(10));
+    // Write-back reaches the key and the organisation.
+    let mut spent = organization.cap.unwrap();
+    spent.spent = 3;
+    store
+        .write_back_usage(&UsageWriteBack {
+            credits: vec![(
+                "key_demo".to_owned(),
+                Credits {
+                    remaining: 2,
+                    refill: None,
+                    refilled_at: NOW,
+                },
+            )],
+            caps: vec![(demo.clone(), "org_1".to_owned(), spent)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .key(&demo, "key_demo")
+            .await
+            .unwrap()
+            .credits
+            .unwrap()
+            .remaining,
+        2
+    );
+    assert_eq!(
+        store
+            .organization(&demo, "org_1")
+            .await
+            .unwrap()
+            .credits_spent,
+        3
+    );
+
+    // Another workspace's app, which the purge must leave alone.
+    store
+        .create_app(
+            &change(Environment::Live, "aud_5"),
+            &app("app_live", "live-app"),
+        )
+        .await
+        .unwrap();
+
+    assert!(store.expired_sandboxes(NOW, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .expired_sandboxes(NOW.plus_seconds(60), 10)
+            .await
+            .unwrap(),
+        ["ws_demo"]
+    );
+    let purged = store.purge_sandbox("ws_demo", NOW).await.unwrap();
+    match purged.stale {
+        keyward_store::Stale::Secrets(hashes) => assert_eq!(hashes.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    for table in [
+        "api_keys",
+        "apps",
+        "root_keys",
+        "audit_log",
+        "organizations",
+        "rate_limit_schemes",
+        "environments",
+        "demo_sessions",
+    ] {
+        let left: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE workspace_id = $1"
+        ))
+        .bind("ws_demo")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(left, 0, "{table} kept the sandbox's rows");
+    }
+    let secrets: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM secrets")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(secrets, 0);
+    let workspaces: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces WHERE id = $1")
+        .bind("ws_demo")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(workspaces, 0);
+    pool.close().await;
+    assert!(store
+        .app_by_slug(&tenancy(Environment::Live), "live-app")
+        .await
+        .is_ok());
+    assert!(matches!(
+        store.purge_sandbox("ws_demo", NOW).await,
+        Err(StoreError::NotFound(_))
+    ));
+}

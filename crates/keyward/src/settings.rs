@@ -350,10 +350,7 @@ impl Settings {
             redis_url: args.redis_url.or(file.redis_url).map(SecretString::from),
             redis_key_prefix,
             redis_timeout: Duration::from_millis(redis_timeout_ms),
-            rate_limit_fallback: match args
-                .redis_down_rate_limits
-                .or(file.redis_down_rate_limits)
-            {
+            rate_limit_fallback: match args.redis_down_rate_limits.or(file.redis_down_rate_limits) {
                 Some(RateLimitFallbackSetting::Allow) => RateLimitFallback::Allow,
                 Some(RateLimitFallbackSetting::Deny) => RateLimitFallback::Deny,
                 Some(RateLimitFallbackSetting::Local) | None => RateLimitFallback::Local,

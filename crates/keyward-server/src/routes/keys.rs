@@ -7,8 +7,8 @@ use keyward_core::id::{self, IdKind};
 use keyward_core::model::{ApiKey, App, KeyStatus};
 use keyward_core::scope::Scope;
 use keyward_core::secret::IssuedSecret;
-use keyward_core::validate::{self, MAX_EXTERNAL_ID_LEN, MAX_NAME_LEN};
 use keyward_core::usage::{BalanceChange, CreditAdjustment, Credits, Refill};
+use keyward_core::validate::{self, MAX_EXTERNAL_ID_LEN, MAX_NAME_LEN};
 use keyward_core::{KeyHash, Timestamp};
 use keyward_proto::{
     self as wire, ApiKeyWithSecret, CreateKeyRequest, ErrorEnvelope, ImportKeysRequest,
@@ -92,7 +92,9 @@ fn initial_credits(credits: wire::Credits, now: Timestamp) -> Result<Credits, Ap
         balance: BalanceChange::Set(credits.remaining),
         refill: Some(credits.refill.map(refill).transpose()?),
     };
-    adjustment.apply(None, now).map_err(|_| ApiError::internal())
+    adjustment
+        .apply(None, now)
+        .map_err(|_| ApiError::internal())
 }
 
 /// What `PATCH` asks of a key's credits; `None` removes them.

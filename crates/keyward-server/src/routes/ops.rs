@@ -46,7 +46,12 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<He
     // each still serves (rate limits on its fallback; see the usage settings).
     let redis = state.limiter.redis_status();
     Ok(Json(Health {
-        status: if redis == Some(false) { "degraded" } else { "ready" }.to_owned(),
+        status: if redis == Some(false) {
+            "degraded"
+        } else {
+            "ready"
+        }
+        .to_owned(),
         redis: redis.map(|up| if up { "up" } else { "unreachable" }.to_owned()),
     }))
 }

@@ -21,7 +21,8 @@ fn windows(windows: &[wire::RateWindow]) -> Result<Vec<RateWindow>, ApiError> {
         .iter()
         .map(|window| (window.limit, window.period_seconds))
         .collect();
-    validate::rate_windows(&pairs).map_err(|error| ApiError::invalid("invalid_windows", error.to_string()))
+    validate::rate_windows(&pairs)
+        .map_err(|error| ApiError::invalid("invalid_windows", error.to_string()))
 }
 
 /// Create a rate-limit scheme: named windows apps, keys, organizations and root keys use.
@@ -43,8 +44,14 @@ pub(crate) async fn create_scheme(
         created_at: change.now,
         updated_at: change.now,
     };
-    state.store.create_rate_limit_scheme(&change, &scheme).await?;
-    Ok((StatusCode::CREATED, Json(convert::rate_limit_scheme(&scheme))))
+    state
+        .store
+        .create_rate_limit_scheme(&change, &scheme)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(convert::rate_limit_scheme(&scheme)),
+    ))
 }
 
 /// List the environment's rate-limit schemes, by slug.
@@ -75,7 +82,10 @@ pub(crate) async fn get_scheme(
     Path(slug): Path<String>,
 ) -> Result<Json<wire::RateLimitScheme>, ApiError> {
     caller.require(Scope::AppsRead)?;
-    let scheme = state.store.rate_limit_scheme(&caller.tenancy, &slug).await?;
+    let scheme = state
+        .store
+        .rate_limit_scheme(&caller.tenancy, &slug)
+        .await?;
     Ok(Json(convert::rate_limit_scheme(&scheme)))
 }
 

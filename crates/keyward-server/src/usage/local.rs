@@ -10,8 +10,7 @@ use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use keyward_core::usage::{
-    charge, CapUsage, CreditAdjustment, Credits, Decision, Meters, Outcome, RateWindow,
-    WindowCount,
+    charge, CapUsage, CreditAdjustment, Credits, Decision, Meters, Outcome, RateWindow, WindowCount,
 };
 use keyward_core::Timestamp;
 
@@ -34,7 +33,11 @@ struct State {
 
 fn count_for(counts: Option<&Vec<(i64, WindowCount)>>, window: RateWindow) -> WindowCount {
     counts
-        .and_then(|counts| counts.iter().find(|(period, _)| *period == window.period_ms))
+        .and_then(|counts| {
+            counts
+                .iter()
+                .find(|(period, _)| *period == window.period_ms)
+        })
         .map(|(_, count)| *count)
         .unwrap_or_default()
 }
@@ -47,7 +50,9 @@ fn store_counts(
     if counted.is_empty() {
         return;
     }
-    let fresh = counted.iter().map(|(window, count)| (window.period_ms, *count));
+    let fresh = counted
+        .iter()
+        .map(|(window, count)| (window.period_ms, *count));
     match windows.get_mut(meter) {
         Some(counts) => {
             counts.clear();

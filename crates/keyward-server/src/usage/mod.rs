@@ -65,7 +65,9 @@ impl ChargeRequest<'_> {
     fn windows_only(&self) -> Self {
         Self {
             credits: None,
-            organization: self.organization.map(|org| OrganizationCharge { cap: None, ..org }),
+            organization: self
+                .organization
+                .map(|org| OrganizationCharge { cap: None, ..org }),
             ..*self
         }
     }
@@ -343,7 +345,10 @@ impl Limiter {
                         })
                         .collect(),
                 };
-                store.write_back_usage(&usage).await.map_err(|e| e.to_string())
+                store
+                    .write_back_usage(&usage)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Err(error) => Err(error.to_string()),
         };

@@ -83,7 +83,9 @@ impl RedisEngine {
     /// Pings Redis every `interval`, marking it up or down; runs until the engine is dropped.
     pub async fn watch(engine: std::sync::Weak<Self>, interval: Duration) {
         loop {
-            let Some(engine) = engine.upgrade() else { return };
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
             let mut connection = engine.connection.clone();
             let answered = tokio::time::timeout(
                 engine.timeout,
@@ -288,7 +290,11 @@ impl UsageEngine for RedisEngine {
     ) -> Result<(Vec<Option<Credits>>, Vec<Option<CapUsage>>), EngineError> {
         let mut pipeline = redis::pipe();
         for meter in credit_meters {
-            pipeline.cmd("HMGET").arg(self.key(meter, "c")).arg("r").arg("t");
+            pipeline
+                .cmd("HMGET")
+                .arg(self.key(meter, "c"))
+                .arg("r")
+                .arg("t");
         }
         for meter in cap_meters {
             pipeline

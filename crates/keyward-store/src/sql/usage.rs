@@ -9,14 +9,11 @@ use keyward_core::KeyHash;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use super::{
-    audit, corrupt, tenancy_from_row, timestamp, Backend, SqlStore,
-    Transaction,
-};
+use super::{audit, corrupt, tenancy_from_row, timestamp, Backend, SqlStore, Transaction};
 use crate::cluster::Stale;
 use crate::{
-    Change, Changed, OrganizationSettings, Page, PageRequest, StoreError, StoreResult,
-    UsageStore, UsageWriteBack,
+    Change, Changed, OrganizationSettings, Page, PageRequest, StoreError, StoreResult, UsageStore,
+    UsageWriteBack,
 };
 
 const SCHEME_SELECT: &str = "SELECT workspace_id, environment, slug, windows, created_at, \

@@ -9,4 +9,6 @@ mod hostile_input;
 mod import;
 mod keys;
 mod process;
+mod redis;
 mod testkit;
+mod usage;

@@ -188,6 +188,10 @@ impl Api {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
     pub async fn patch(&self, path: &str, body: Value) -> Reply {
         self.call(Method::PATCH, path, Some(body)).await
     }
