@@ -1,7 +1,10 @@
-//! In-process verification of a cached key: parse, checksum, hash, cache hit, decision.
+//! In-process verification of a cached key: parse, checksum, hash, cache hit, decision; and
+//! the same with the in-process usage engine charging a rate limit and credits.
 //! Run: `cargo bench -p keyward-server --bench verify`. Recorded in docs/benchmarks.md.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -18,6 +21,7 @@ use serde_json::json;
 fn prepared() -> (
     Arc<keyward_server::AppState>,
     keyward_core::model::Tenancy,
+    String,
     String,
     tempfile::TempDir,
 ) {
@@ -63,6 +67,29 @@ fn prepared() -> (
             .await
             .expect("json");
         let secret = key["secret"].as_str().expect("secret").to_owned();
+        // A key with a rate limit and credits that never run out during the benchmark.
+        http.post(format!("{base}/api/v1/rate-limit-schemes"))
+            .bearer_auth(&root)
+            .json(&json!({"slug": "bench", "windows": [
+                {"limit": 1_000_000_000_000_u64, "period_seconds": 1},
+                {"limit": 1_000_000_000_000_u64, "period_seconds": 3600}]}))
+            .send()
+            .await
+            .expect("create scheme");
+        let metered: serde_json::Value = http
+            .post(format!("{base}/api/v1/apps/bench/keys"))
+            .bearer_auth(&root)
+            .json(
+                &json!({"name": "metered", "permissions": ["read"], "rate_limit_scheme": "bench",
+                          "credits": {"remaining": 1_000_000_000_000_000_i64}}),
+            )
+            .send()
+            .await
+            .expect("create metered key")
+            .json()
+            .await
+            .expect("json");
+        let metered = metered["secret"].as_str().expect("secret").to_owned();
         let tenancy = keyward_core::model::Tenancy {
             workspace_id: first.workspace_id.clone(),
             environment: Environment::Live,
@@ -73,12 +100,18 @@ fn prepared() -> (
             .await
             .expect("verify");
         assert!(verdict.code.is_valid());
-        (state, tenancy, secret, dir)
+        let verdict = state
+            .verifier
+            .verify_key(state.store.as_ref(), &tenancy, &metered, None, clock::now())
+            .await
+            .expect("verify");
+        assert!(verdict.code.is_valid());
+        (state, tenancy, secret, metered, dir)
     })
 }
 
 fn bench(c: &mut Criterion) {
-    let (state, tenancy, secret, _dir) = prepared();
+    let (state, tenancy, secret, metered, _dir) = prepared();
     let verifier: &Verifier = &state.verifier;
     let query = PermissionQuery::parse("read OR admin").expect("query");
     let now = clock::now();
@@ -95,6 +128,27 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    // What the in-process engine adds: the same cached verification, then the charge
+    // against two rate windows and the key's credits.
+    group.bench_function(
+        "cached key with a rate limit and credits, in-process",
+        |b| {
+            b.iter(|| {
+                let InMemory::Decided(verdict) =
+                    verifier.verify_in_memory(&tenancy, std::hint::black_box(&metered), None, now)
+                else {
+                    panic!("the key is cached")
+                };
+                let entry = verdict.key.expect("found");
+                // The in-process engine never waits: its future is ready on the first poll.
+                let charge = std::pin::pin!(state.charge_key(&entry, 1, None, now));
+                match charge.poll(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(decision) => decision.expect("charged"),
+                    Poll::Pending => panic!("the in-process engine waited"),
+                }
+            })
+        },
+    );
     group.bench_function("cached key with a permission query", |b| {
         b.iter(|| {
             verifier.verify_in_memory(&tenancy, std::hint::black_box(&secret), Some(&query), now)

@@ -44,7 +44,7 @@ fn validate_idempotency_key(key: &str) -> Result<(), ApiError> {
 impl AppState {
     /// Charges a key that passed every other check against its rate limits, credits and
     /// organisation (SPEC §4.2: last in the check order). `None` when nothing limits it.
-    pub(crate) async fn charge_key(
+    pub async fn charge_key(
         &self,
         entry: &CachedKey,
         cost: i64,

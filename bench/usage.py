@@ -1,0 +1,218 @@
+"""Drives bench/usage.sh. Every figure is a median of several runs, and each is reported as a
+ratio of a reference measured in the same run, because absolute numbers on shared machines
+drift."""
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BINARY, SECONDS, RUNS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+CONNECTIONS = 32
+REDIS = os.environ.get("KEYWARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+DATABASE = os.environ.get("KEYWARD_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+HUGE = 1_000_000_000_000
+
+
+def start_server(data_dir, env=None, name="a"):
+    process = subprocess.Popen(
+        [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")},
+             "KEYWARD_LOG": "warn", "KEYWARD_NODE_ID": name, **(env or {})},
+    )
+    live_key = base = None
+    for line in process.stdout:
+        line = line.strip()
+        if line.startswith("live: "):
+            live_key = line.removeprefix("live: ")
+        if line.startswith("Keyward listening on "):
+            base = line.removeprefix("Keyward listening on ")
+            break
+    return process, base, live_key
+
+
+def call(base, key, method, path, body=None):
+    request = urllib.request.Request(
+        base + path, method=method, data=json.dumps(body or {}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
+
+
+def wait_ready(base, redis=False):
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(base + "/readyz") as response:
+                body = json.load(response)
+                if not redis or body.get("redis") == "up":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{base} never became ready")
+
+
+def script(directory, root, secret, name):
+    path = os.path.join(directory, f"{name}.lua")
+    with open(path, "w") as out:
+        out.write(f"""
+wrk.method = "POST"
+wrk.headers["Authorization"] = "Bearer {root}"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{{"key":"{secret}"}}'
+""")
+    return path
+
+
+def wrk(bases, lua, connections=CONNECTIONS):
+    """Runs one wrk per base at once; returns total req/s and the worst p99 (ms)."""
+    processes = [subprocess.Popen(
+        ["wrk", "-t1", f"-c{max(1, connections // len(bases))}", f"-d{SECONDS}s", "--latency",
+         "-s", lua, base + "/api/v1/keys/verify"], stdout=subprocess.PIPE, text=True)
+        for base in bases]
+    total, worst = 0.0, 0.0
+    for process in processes:
+        output = process.communicate()[0]
+        total += float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+        p99 = re.search(r"99%\s+([\d.]+)(\w+)", output)
+        worst = max(worst, float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)])
+        if "Non-2xx" in output:
+            raise SystemExit(output)
+    return total, worst
+
+
+def redis_command(*words):
+    host, port = REDIS.removeprefix("redis://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port))) as connection:
+        payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        connection.sendall(payload.encode())
+        data = b""
+        while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2 and data.startswith(b"$"):
+            chunk = connection.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+            if data.startswith(b"$"):
+                length = int(data[1:data.index(b"\r\n")])
+                if len(data) >= data.index(b"\r\n") + 2 + length + 2:
+                    break
+        return data.decode(errors="replace")
+
+
+def redis_calls():
+    """Commands Redis has processed in all (every client)."""
+    stats = redis_command("INFO", "stats")
+    return int(re.search(r"total_commands_processed:(\d+)", stats).group(1))
+
+
+def seed(base, root):
+    call(base, root, "POST", "/api/v1/rate-limit-schemes", {"slug": "bench", "windows": [
+        {"limit": HUGE, "period_seconds": 1}, {"limit": HUGE, "period_seconds": 3600}]})
+    call(base, root, "POST", "/api/v1/apps", {"name": "Bench", "slug": "bench"})
+    plain = call(base, root, "POST", "/api/v1/apps/bench/keys", {"name": "plain"})["secret"]
+    metered = call(base, root, "POST", "/api/v1/apps/bench/keys", {
+        "name": "metered", "rate_limit_scheme": "bench",
+        "credits": {"remaining": HUGE * 1000}})["secret"]
+    return plain, metered
+
+
+def measure(bases, plain_lua, metered_lua):
+    plain, metered = [], []
+    for _ in range(RUNS):
+        plain.append(wrk(bases, plain_lua))
+        metered.append(wrk(bases, metered_lua))
+    median = lambda runs, i: statistics.median(r[i] for r in runs)
+    return (median(plain, 0), median(plain, 1)), (median(metered, 0), median(metered, 1))
+
+
+def row(name, figures, reference=None):
+    rps, p99 = figures
+    ratio = f"{rps / reference:.0%} of plain verify" if reference else "reference"
+    print(f"| {name} | {rps:,.0f} req/s | p99 {p99:.2f} ms | {ratio} |")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as directory:
+        # One node, in-process engine.
+        process, base, root = start_server(directory)
+        try:
+            wait_ready(base)
+            plain, metered = seed(base, root)
+            plain_lua = script(directory, root, plain, "plain")
+            metered_lua = script(directory, root, metered, "metered")
+            wrk([base], metered_lua)  # warm up
+            p, m = measure([base], plain_lua, metered_lua)
+            row("one node, plain verify", p)
+            row("one node, rate limit + credits, in-process engine", m, p[0])
+        finally:
+            process.terminate()
+            process.wait()
+
+        # One node, Redis engine.
+        prefix = f"kwbench{int(time.time())}"
+        with tempfile.TemporaryDirectory() as data:
+            process, base, root = start_server(data, {"REDIS_URL": REDIS, "KEYWARD_REDIS_KEY_PREFIX": prefix})
+            try:
+                wait_ready(base, redis=True)
+                plain, metered = seed(base, root)
+                plain_lua = script(directory, root, plain, "plain1")
+                metered_lua = script(directory, root, metered, "metered1")
+                wrk([base], metered_lua)
+                before = redis_calls()
+                started = time.time()
+                call(base, root, "POST", "/api/v1/keys/verify", {"key": metered})
+                for _ in range(999):
+                    call(base, root, "POST", "/api/v1/keys/verify", {"key": metered})
+                elapsed = time.time() - started
+                # The node pings Redis every 250 ms; subtract those.
+                pings = elapsed / 0.25
+                per_verify = (redis_calls() - before - pings) / 1000
+                p, m = measure([base], plain_lua, metered_lua)
+                row("one node + Redis, plain verify", p)
+                row("one node + Redis, rate limit + credits", m, p[0])
+                print(f"| Redis commands per metered verification | {per_verify:.2f} | | target ≤ 1 |")
+            finally:
+                process.terminate()
+                process.wait()
+
+        # Three nodes on one PostgreSQL database and one Redis.
+        database = f"keyward_bench_{int(time.time())}"
+        server, _ = DATABASE.rsplit("/", 1)
+        subprocess.run(["psql", DATABASE, "-qc", f"CREATE DATABASE {database}"], check=True)
+        nodes = []
+        try:
+            env = {"DATABASE_URL": f"{server}/{database}", "REDIS_URL": REDIS,
+                   "KEYWARD_REDIS_KEY_PREFIX": prefix + "c"}
+            root = None
+            for name in ["a", "b", "c"]:
+                data = tempfile.mkdtemp(dir=directory)
+                process, base, key = start_server(data, env, name)
+                nodes.append((process, base))
+                root = root or key
+            for _, base in nodes:
+                wait_ready(base, redis=True)
+            plain, metered = seed(nodes[0][1], root)
+            plain_lua = script(directory, root, plain, "plain3")
+            metered_lua = script(directory, root, metered, "metered3")
+            bases = [base for _, base in nodes]
+            wrk(bases, metered_lua)
+            p, m = measure(bases, plain_lua, metered_lua)
+            row("three nodes + Redis + PostgreSQL, plain verify", p)
+            row("three nodes + Redis + PostgreSQL, rate limit + credits", m, p[0])
+        finally:
+            for process, _ in nodes:
+                process.terminate()
+                process.wait()
+            subprocess.run(["psql", DATABASE, "-qc", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"])
+
+
+main()
