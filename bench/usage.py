@@ -91,21 +91,14 @@ def wrk(bases, lua, connections=CONNECTIONS):
 
 
 def redis_command(*words):
+    """Sends one command over RESP and returns its bulk-string reply (INFO's)."""
     host, port = REDIS.removeprefix("redis://").rstrip("/").split(":")
     with socket.create_connection((host, int(port))) as connection:
         payload = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
         connection.sendall(payload.encode())
-        data = b""
-        while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2 and data.startswith(b"$"):
-            chunk = connection.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-            if data.startswith(b"$"):
-                length = int(data[1:data.index(b"\r\n")])
-                if len(data) >= data.index(b"\r\n") + 2 + length + 2:
-                    break
-        return data.decode(errors="replace")
+        reader = connection.makefile("rb")
+        length = int(reader.readline()[1:])
+        return reader.read(length).decode(errors="replace")
 
 
 def redis_calls():

@@ -18,7 +18,8 @@ pub struct Metrics {
     pub cache_trusted: Gauge,
     pub last_used_dropped: Counter,
     pub propagation_lapses: Counter,
-    /// 1 while Redis answers; absent without Redis.
+    /// 1 while Redis answers; 0 while it does not, and also when no Redis is configured
+    /// (`/readyz` tells the two apart).
     pub redis_up: Gauge,
     pub usage_fallbacks: UsageFallbacks,
 }

@@ -35,6 +35,17 @@ impl StoreError {
     pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
         matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
     }
+
+    /// For `map_err` on an insert: a unique violation becomes `Conflict(code)`.
+    pub(crate) fn conflict_if_duplicate(code: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |error| {
+            if Self::is_unique_violation(&error) {
+                Self::Conflict(code)
+            } else {
+                error.into()
+            }
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -470,13 +470,7 @@ async fn insert_secret(
         .bind(expires_at.map(Timestamp::as_millis))
         .execute(&mut **tx)
         .await
-        .map_err(|error| {
-            if StoreError::is_unique_violation(&error) {
-                StoreError::Conflict("secret already exists")
-            } else {
-                error.into()
-            }
-        })?;
+        .map_err(StoreError::conflict_if_duplicate("secret already exists"))?;
     Ok(())
 }
 
@@ -828,13 +822,7 @@ impl Store for SqlStore {
         .bind(&app.rate_limit_scheme)
         .execute(&mut *tx)
         .await
-        .map_err(|error| {
-            if StoreError::is_unique_violation(&error) {
-                StoreError::Conflict("app_slug_taken")
-            } else {
-                error.into()
-            }
-        })?;
+        .map_err(StoreError::conflict_if_duplicate("app_slug_taken"))?;
         audit(
             &mut tx,
             change,

@@ -233,7 +233,11 @@ impl Limiter {
             None => self.local.charge_now(request),
             Some(redis) if redis.is_up() => match redis.charge(request).await {
                 Ok(decision) => {
-                    self.fallback_logged.store(false, Ordering::Relaxed);
+                    // Read first: a store on every verification would bounce the cache
+                    // line between cores.
+                    if self.fallback_logged.load(Ordering::Relaxed) {
+                        self.fallback_logged.store(false, Ordering::Relaxed);
+                    }
                     decision
                 }
                 Err(error) => {

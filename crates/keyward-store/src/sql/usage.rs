@@ -19,9 +19,9 @@ use crate::{
 const SCHEME_SELECT: &str = "SELECT workspace_id, environment, slug, windows, created_at, \
      updated_at FROM rate_limit_schemes";
 
-const ORGANIZATION_SELECT: &str = "SELECT workspace_id, environment, id, rate_limit_scheme, \
-     credit_cap, credit_period, credits_spent, spent_period_start, created_at, updated_at \
-     FROM organizations";
+/// What an organisation's row holds, for `SELECT` and `RETURNING`.
+const ORGANIZATION_COLUMNS: &str = "workspace_id, environment, id, rate_limit_scheme, \
+     credit_cap, credit_period, credits_spent, spent_period_start, created_at, updated_at";
 
 /// Beyond this many secrets, an organisation's change makes caches forget everything rather
 /// than announce each hash.
@@ -124,7 +124,7 @@ pub(super) async fn policy_of(
     let organization = match &key.organization_id {
         Some(id) => {
             let row = sqlx::query(&format!(
-                "{ORGANIZATION_SELECT} WHERE workspace_id = $1 AND environment = $2 AND id = $3"
+                "SELECT {ORGANIZATION_COLUMNS} FROM organizations WHERE workspace_id = $1 AND environment = $2 AND id = $3"
             ))
             .bind(&key.tenancy.workspace_id)
             .bind(key.tenancy.environment.as_str())
@@ -224,13 +224,9 @@ impl UsageStore for SqlStore {
         .bind(scheme.updated_at.as_millis())
         .execute(&mut *tx)
         .await
-        .map_err(|error| {
-            if StoreError::is_unique_violation(&error) {
-                StoreError::Conflict("rate_limit_scheme_exists")
-            } else {
-                error.into()
-            }
-        })?;
+        .map_err(StoreError::conflict_if_duplicate(
+            "rate_limit_scheme_exists",
+        ))?;
         audit(
             &mut tx,
             change,
@@ -376,16 +372,14 @@ impl UsageStore for SqlStore {
             settings.rate_limit_scheme.as_deref(),
         )
         .await?;
-        let row = sqlx::query(
-            "INSERT INTO organizations (workspace_id, environment, id, rate_limit_scheme, \
-             credit_cap, credit_period, credits_spent, spent_period_start, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7, $7) \
+        let row = sqlx::query(&format!(
+            "INSERT INTO organizations ({ORGANIZATION_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7, $7) \
              ON CONFLICT (workspace_id, environment, id) DO UPDATE SET \
              rate_limit_scheme = excluded.rate_limit_scheme, credit_cap = excluded.credit_cap, \
              credit_period = excluded.credit_period, updated_at = excluded.updated_at \
-             RETURNING workspace_id, environment, id, rate_limit_scheme, credit_cap, \
-             credit_period, credits_spent, spent_period_start, created_at, updated_at",
-        )
+             RETURNING {ORGANIZATION_COLUMNS}"
+        ))
         .bind(&change.tenancy.workspace_id)
         .bind(change.tenancy.environment.as_str())
         .bind(&settings.id)
@@ -415,7 +409,7 @@ impl UsageStore for SqlStore {
 
     async fn organization(&self, tenancy: &Tenancy, id: &str) -> StoreResult<Organization> {
         let row = sqlx::query(&format!(
-            "{ORGANIZATION_SELECT} WHERE workspace_id = $1 AND environment = $2 AND id = $3"
+            "SELECT {ORGANIZATION_COLUMNS} FROM organizations WHERE workspace_id = $1 AND environment = $2 AND id = $3"
         ))
         .bind(&tenancy.workspace_id)
         .bind(tenancy.environment.as_str())
@@ -432,11 +426,10 @@ impl UsageStore for SqlStore {
         id: &str,
     ) -> StoreResult<Changed<Organization>> {
         let mut tx = self.writer.begin().await?;
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "DELETE FROM organizations WHERE workspace_id = $1 AND environment = $2 AND id = $3 \
-             RETURNING workspace_id, environment, id, rate_limit_scheme, credit_cap, \
-             credit_period, credits_spent, spent_period_start, created_at, updated_at",
-        )
+             RETURNING {ORGANIZATION_COLUMNS}"
+        ))
         .bind(&change.tenancy.workspace_id)
         .bind(change.tenancy.environment.as_str())
         .bind(id)

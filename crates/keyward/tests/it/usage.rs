@@ -190,7 +190,7 @@ async fn credits_are_spent_set_incremented_decremented_and_charged_once_per_retr
 }
 
 #[tokio::test]
-async fn an_organisation_cap_is_shared_by_its_keys_and_survives_a_restart_of_its_limits() {
+async fn an_organisation_cap_is_shared_by_its_keys_and_spending_is_kept_when_it_changes() {
     let server = TestServer::start_with(quick_config()).await;
     let api = server.api();
     let org = api
