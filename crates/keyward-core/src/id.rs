@@ -16,6 +16,10 @@ pub enum IdKind {
     App,
     Key,
     AuditEntry,
+    JwtPublicKey,
+    ClientPublicKey,
+    SigningKey,
+    WorkspaceKey,
 }
 
 impl IdKind {
@@ -26,6 +30,10 @@ impl IdKind {
             IdKind::App => "app",
             IdKind::Key => "key",
             IdKind::AuditEntry => "aud",
+            IdKind::JwtPublicKey => "pkj",
+            IdKind::ClientPublicKey => "pk",
+            IdKind::SigningKey => "sgk",
+            IdKind::WorkspaceKey => "wk",
         }
     }
 }

@@ -6,12 +6,15 @@
 //! here is testable without sleeping, mocking or a runtime.
 
 pub mod base62;
+pub mod credential;
 pub mod id;
 pub mod model;
 pub mod permission;
 pub mod scope;
 pub mod secret;
+pub mod signature;
 pub mod time;
+pub mod token;
 pub mod usage;
 pub mod validate;
 pub mod verify;

@@ -223,3 +223,79 @@ pub struct OrganizationPolicy {
     /// The cap, seeded with what storage last knew was spent.
     pub cap: Option<CapUsage>,
 }
+
+/// A browser-safe key (SPEC §1): a JWT public key or a client public key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublicKey {
+    /// `pkj_…` for a JWT public key, `pk_…` for a client public key.
+    pub id: String,
+    pub tenancy: Tenancy,
+    pub name: String,
+    /// The current value, `pk_jwt_…` or `pk_live_…`; not secret.
+    pub key: String,
+    pub kind: PublicKeyKind,
+    /// Its end users manage their own keys of this app (SPEC §4.1b).
+    pub self_service_app: Option<String>,
+    pub max_keys_per_user: u32,
+    /// Limits each subject's verifications.
+    pub rate_limit_scheme: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PublicKeyKind {
+    Jwt(JwtSettings),
+    Client,
+}
+
+/// How a JWT public key checks its end users' tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtSettings {
+    pub source: JwtKeySource,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub algorithms: Vec<crate::token::JwtAlgorithm>,
+    /// The claim that names the end user; `sub` unless configured.
+    pub subject_claim: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKeySource {
+    JwksUrl(String),
+    /// A PEM public key, a JWK, or a JWK set, as given.
+    Inline(String),
+}
+
+/// An ES256 key pair's public half; the private half was shown once and never kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKey {
+    /// `sgk_…`; tokens name it in their `kid`.
+    pub id: String,
+    pub tenancy: Tenancy,
+    pub name: String,
+    /// SubjectPublicKeyInfo PEM.
+    pub public_key_pem: String,
+    pub created_at: Timestamp,
+}
+
+/// A workspace key (`wk_…`): its secret signs backend requests with HMAC-SHA256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkspaceKey {
+    pub id: String,
+    pub tenancy: Tenancy,
+    pub name: String,
+    pub scopes: ScopeSet,
+    /// The non-secret start of its secret, for display.
+    pub start: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A workspace key's secret, sealed under the server's master key (AES-256-GCM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub ciphertext: Vec<u8>,
+    /// End of the grace period of a superseded secret; `None` for the current one.
+    pub expires_at: Option<Timestamp>,
+}

@@ -18,10 +18,16 @@ pub enum Scope {
     EnvironmentWrite,
     AuditRead,
     UsageRead,
+    PublicKeysRead,
+    PublicKeysWrite,
+    SigningKeysRead,
+    SigningKeysWrite,
+    WorkspaceKeysRead,
+    WorkspaceKeysWrite,
 }
 
 impl Scope {
-    pub const EVERY: [Scope; 13] = [
+    pub const EVERY: [Scope; 19] = [
         Scope::All,
         Scope::AppsRead,
         Scope::AppsWrite,
@@ -35,6 +41,12 @@ impl Scope {
         Scope::EnvironmentWrite,
         Scope::AuditRead,
         Scope::UsageRead,
+        Scope::PublicKeysRead,
+        Scope::PublicKeysWrite,
+        Scope::SigningKeysRead,
+        Scope::SigningKeysWrite,
+        Scope::WorkspaceKeysRead,
+        Scope::WorkspaceKeysWrite,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -52,6 +64,12 @@ impl Scope {
             Scope::EnvironmentWrite => "environment:write",
             Scope::AuditRead => "audit:read",
             Scope::UsageRead => "usage:read",
+            Scope::PublicKeysRead => "public_keys:read",
+            Scope::PublicKeysWrite => "public_keys:write",
+            Scope::SigningKeysRead => "signing_keys:read",
+            Scope::SigningKeysWrite => "signing_keys:write",
+            Scope::WorkspaceKeysRead => "workspace_keys:read",
+            Scope::WorkspaceKeysWrite => "workspace_keys:write",
         }
     }
 
@@ -70,6 +88,9 @@ impl Scope {
             Scope::KeysWrite => Some(Scope::KeysRead),
             Scope::RootKeysWrite => Some(Scope::RootKeysRead),
             Scope::EnvironmentWrite => Some(Scope::EnvironmentRead),
+            Scope::PublicKeysWrite => Some(Scope::PublicKeysRead),
+            Scope::SigningKeysWrite => Some(Scope::SigningKeysRead),
+            Scope::WorkspaceKeysWrite => Some(Scope::WorkspaceKeysRead),
             _ => None,
         }
     }

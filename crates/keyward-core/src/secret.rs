@@ -26,7 +26,7 @@ pub const MAX_KEY_LEN: usize = MAX_PREFIX_LEN + "_demo_".len() + RANDOM_LEN + CH
 /// The prefix of root keys (`sk_live_…`), which authenticate calls to Keyward itself.
 pub const ROOT_KEY_PREFIX: &str = "sk";
 /// Prefixes an app may not take, because other credentials use them.
-pub const RESERVED_PREFIXES: [&str; 4] = ["sk", "pk", "wk", "rk"];
+pub const RESERVED_PREFIXES: [&str; 5] = ["sk", "pk", "wk", "rk", "wksec"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFormatError {

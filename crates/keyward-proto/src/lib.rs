@@ -7,6 +7,7 @@
 
 mod apps;
 mod common;
+mod credentials;
 mod environment;
 mod import;
 mod keys;
@@ -16,6 +17,7 @@ mod verify;
 
 pub use apps::*;
 pub use common::*;
+pub use credentials::*;
 pub use environment::*;
 pub use import::*;
 pub use keys::*;

@@ -31,7 +31,7 @@ pub struct VerifyKeyRequest {
 }
 
 /// The verdict. Always HTTP 200; `status` is what the caller's own API should answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyKeyResponse {
     pub valid: bool,
     /// `VALID`, `INVALID_KEY`, `KEY_REVOKED`, `KEY_DISABLED`, `KEY_EXPIRED`,
@@ -65,4 +65,41 @@ pub struct VerifyKeyResponse {
     /// The tightest window, when the key or its organisation is rate limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::RateLimitStatus>,
+    /// `verify-request` only: `api_key`, `jwt`, `client_public_key` or `workspace_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_type: Option<String>,
+    /// `verify-request` only: the end user a token speaks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `verify-request` only: a signed user token's tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// `verify-request` only: the precise reason for a refusal, e.g. `token_expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A request as a gateway saw it (SPEC §4.2 `verify-request`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequestRequest {
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// Header names are matched without regard to case.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The raw query string, without `?`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Lowercase hex SHA-256 of the body; needed for workspace-key signatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<PermissionQuery>,
+    /// Credits an API key spends; 1 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits_cost: Option<u32>,
 }

@@ -159,3 +159,63 @@ pub(crate) fn page<T, W>(page: keyward_store::Page<T>, convert: impl Fn(&T) -> W
         next_cursor: page.next_cursor,
     }
 }
+
+pub(crate) fn public_key(key: &keyward_core::model::PublicKey) -> wire::PublicKey {
+    use keyward_core::model::{JwtKeySource, PublicKeyKind};
+    let jwt = match &key.kind {
+        PublicKeyKind::Jwt(jwt) => Some(jwt),
+        PublicKeyKind::Client => None,
+    };
+    wire::PublicKey {
+        id: key.id.clone(),
+        key_type: if jwt.is_some() { "jwt" } else { "client" }.to_owned(),
+        name: key.name.clone(),
+        environment: key.tenancy.environment.as_str().to_owned(),
+        key: key.key.clone(),
+        jwks_url: jwt.and_then(|jwt| match &jwt.source {
+            JwtKeySource::JwksUrl(url) => Some(url.clone()),
+            JwtKeySource::Inline(_) => None,
+        }),
+        public_key: jwt.and_then(|jwt| match &jwt.source {
+            JwtKeySource::Inline(text) => Some(text.clone()),
+            JwtKeySource::JwksUrl(_) => None,
+        }),
+        issuer: jwt.and_then(|jwt| jwt.issuer.clone()),
+        audience: jwt.and_then(|jwt| jwt.audience.clone()),
+        algorithms: jwt.map(|jwt| {
+            jwt.algorithms
+                .iter()
+                .map(|alg| alg.as_str().to_owned())
+                .collect()
+        }),
+        subject_claim: jwt.map(|jwt| jwt.subject_claim.clone()),
+        self_service_app: key.self_service_app.clone(),
+        max_keys_per_user: key.max_keys_per_user,
+        rate_limit_scheme: key.rate_limit_scheme.clone(),
+        created_at: datetime(key.created_at),
+        updated_at: datetime(key.updated_at),
+    }
+}
+
+pub(crate) fn signing_key(key: &keyward_core::model::SigningKey) -> wire::SigningKey {
+    wire::SigningKey {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        environment: key.tenancy.environment.as_str().to_owned(),
+        algorithm: "ES256".to_owned(),
+        public_key_pem: key.public_key_pem.clone(),
+        created_at: datetime(key.created_at),
+    }
+}
+
+pub(crate) fn workspace_key(key: &keyward_core::model::WorkspaceKey) -> wire::WorkspaceKey {
+    wire::WorkspaceKey {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        environment: key.tenancy.environment.as_str().to_owned(),
+        scopes: key.scopes.to_names(),
+        start: key.start.clone(),
+        created_at: datetime(key.created_at),
+        updated_at: datetime(key.updated_at),
+    }
+}

@@ -11,11 +11,13 @@ use keyward_core::model::Tenancy;
 use keyward_core::scope::{Scope, ScopeSet};
 use serde::de::DeserializeOwned;
 
+use crate::authn::RequestFacts;
 use crate::error::ApiError;
 use crate::middleware::{looks_like_secret, RequestId};
 use crate::rate_limit::RateLimitSlot;
 use crate::verifier::RootKeyRefusal;
 use crate::{clock, AppState};
+use keyward_core::credential::{self, Presented, PresentedError};
 use keyward_core::Environment;
 
 /// A JSON body that must be present.
@@ -145,10 +147,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The root key behind a call to Keyward's own API.
+/// The credential behind a call to Keyward's own API: a root key, or a workspace key's
+/// signature (SPEC §4.4).
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
-    pub root_key_id: String,
+    /// `rk_…` or `wk_…`, as the audit log records it.
+    pub actor_id: String,
     pub tenancy: Tenancy,
     pub scopes: ScopeSet,
     pub request_id: Option<String>,
@@ -161,27 +165,39 @@ impl Caller {
         } else {
             Err(ApiError::forbidden(
                 "insufficient_scope",
-                format!("This root key lacks the `{scope}` scope"),
+                format!("This key lacks the `{scope}` scope"),
             ))
         }
     }
 }
 
-/// The secret a request presents: `Authorization: Bearer …` or `X-API-Key` (SPEC §4.4).
-pub(crate) fn presented_secret(headers: &HeaderMap) -> Option<&str> {
-    if let Some(authorization) = headers.get(header::AUTHORIZATION) {
-        let value = authorization.to_str().ok()?;
-        let (scheme, credential) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| credential.trim())
-            .filter(|credential| !credential.is_empty());
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
+/// The hex SHA-256 of a signed request's body, computed by
+/// [`crate::middleware::digest_signed_body`] before handlers read the body.
+#[derive(Debug, Clone)]
+pub(crate) struct BodyDigest(pub String);
+
+/// What a request presents to authenticate (SPEC §4.4); `Err` with the envelope's 401 when
+/// it presents nothing readable.
+pub(crate) fn presented(headers: &HeaderMap) -> Result<Presented<'_>, ApiError> {
+    let header = |name| {
+        headers
+            .get(name)
+            .map(|value| value.to_str().map_err(|_| ()))
+    };
+    let authorization = header(header::AUTHORIZATION.as_str())
+        .transpose()
+        .map_err(|()| ApiError::invalid_api_key())?;
+    let x_api_key = header("x-api-key")
+        .transpose()
+        .map_err(|()| ApiError::invalid_api_key())?;
+    credential::from_headers(authorization, x_api_key).map_err(|error| match error {
+        PresentedError::Signature(error) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            error.to_string(),
+        ),
+        PresentedError::Missing | PresentedError::UnsupportedScheme => ApiError::invalid_api_key(),
+    })
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
@@ -191,10 +207,38 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let presented = presented_secret(&parts.headers).ok_or_else(ApiError::invalid_api_key)?;
+        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        let secret = match presented(&parts.headers)? {
+            Presented::Secret(secret) => secret,
+            Presented::WorkspaceSignature(signature) => {
+                let digest = parts.extensions.get::<BodyDigest>().map_or_else(
+                    || keyward_core::signature::body_digest(b""),
+                    |d| d.0.clone(),
+                );
+                let facts = RequestFacts {
+                    method: parts.method.as_str(),
+                    path: parts.uri.path(),
+                    query: parts.uri.query().unwrap_or(""),
+                    body_sha256: &digest,
+                };
+                let workspace_key = state
+                    .authenticate_signature(&signature, &facts, clock::now())
+                    .await?;
+                return Ok(Self {
+                    actor_id: workspace_key.key.id.clone(),
+                    tenancy: workspace_key.key.tenancy.clone(),
+                    scopes: workspace_key.key.scopes,
+                    request_id,
+                });
+            }
+            // Public keys never reach Keyward's management API.
+            Presented::JwtPublicKey { .. } | Presented::ClientPublicKey { .. } => {
+                return Err(ApiError::invalid_api_key())
+            }
+        };
         let entry = state
             .verifier
-            .authenticate_root(state.store.as_ref(), presented, clock::now())
+            .authenticate_root(state.store.as_ref(), secret, clock::now())
             .await?
             .map_err(|refusal| match refusal {
                 RootKeyRefusal::Invalid => ApiError::invalid_api_key(),
@@ -220,10 +264,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             )
             .await?;
         Ok(Self {
-            root_key_id: entry.key.id.clone(),
+            actor_id: entry.key.id.clone(),
             tenancy: entry.key.tenancy.clone(),
             scopes: entry.key.scopes,
-            request_id: parts.extensions.get::<RequestId>().map(|id| id.0.clone()),
+            request_id,
         })
     }
 }
@@ -231,7 +275,6 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     #[test]
     fn quoted_values_are_redacted() {
@@ -244,26 +287,5 @@ mod tests {
             redact_quoted("unknown field `kw_live_abc`, expected `name`"),
             "unknown field `…`, expected `name`"
         );
-    }
-
-    #[test]
-    fn credentials_come_from_bearer_or_x_api_key() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(presented_secret(&headers), None);
-        headers.insert("x-api-key", HeaderValue::from_static("sk_x"));
-        assert_eq!(presented_secret(&headers), Some("sk_x"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(
-            presented_secret(&headers),
-            None,
-            "a wrong scheme is not ignored"
-        );
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer  sk_y "),
-        );
-        assert_eq!(presented_secret(&headers), Some("sk_y"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer"));
-        assert_eq!(presented_secret(&headers), None);
     }
 }

@@ -4,8 +4,10 @@
 //! Architecture invariant: only this crate knows HTTP. It owns no business rule that
 //! `keyward-core` could hold, and reaches storage only through [`keyward_store::Store`].
 
+mod authn;
 pub mod bootstrap;
 mod convert;
+pub mod crypto;
 pub mod error;
 mod extract;
 pub mod last_used;
@@ -14,6 +16,7 @@ mod middleware;
 mod openapi;
 mod rate_limit;
 mod routes;
+pub mod tokens;
 pub mod usage;
 pub mod verifier;
 
@@ -32,11 +35,14 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
+use crypto::MasterKey;
 pub use error::ApiError;
 use extract::Caller;
 use keyward_core::usage::RateWindow;
 use last_used::LastUsedRecorder;
 use metrics::Metrics;
+use tokens::jwks::{JwksCache, JwksSettings};
+use tokens::TokenVerifier;
 use usage::{Limiter, UsageSettings};
 use verifier::Verifier;
 
@@ -54,6 +60,10 @@ pub struct ServerConfig {
     pub demo: DemoSettings,
     /// Peers whose `X-Forwarded-For` is believed (for the demo sandbox's per-client limit).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Seals workspace secrets at rest. The binary reads it from settings or its key file;
+    /// the default is a random key that lives as long as the process.
+    pub master_key: Arc<MasterKey>,
+    pub jwks: JwksSettings,
 }
 
 /// Demo sandboxes (SPEC §4.3).
@@ -100,6 +110,8 @@ impl Default for ServerConfig {
             usage_write_back_interval: Duration::from_secs(1),
             demo: DemoSettings::default(),
             trusted_proxies: Vec::new(),
+            master_key: Arc::new(MasterKey::generate().1),
+            jwks: JwksSettings::default(),
         }
     }
 }
@@ -115,6 +127,9 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     pub(crate) demo: DemoSettings,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    pub tokens: TokenVerifier,
+    pub(crate) master_key: Arc<MasterKey>,
+    pub(crate) seen_signatures: authn::LocalSeenSignatures,
 }
 
 impl AppState {
@@ -208,7 +223,7 @@ impl Caller {
         let now = clock::now();
         Change {
             tenancy: self.tenancy.clone(),
-            actor: self.root_key_id.clone(),
+            actor: self.actor_id.clone(),
             request_id: self.request_id.clone(),
             audit_id: id::generate(IdKind::AuditEntry, now, &mut os_rng()),
             now,
@@ -268,6 +283,9 @@ impl Server {
             limiter,
             demo: config.demo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            tokens: TokenVerifier::new(Arc::new(JwksCache::new(config.jwks.clone()))),
+            master_key: Arc::clone(&config.master_key),
+            seen_signatures: authn::LocalSeenSignatures::default(),
         });
         tokio::spawn(routes::demo::sweep_loop(
             Arc::downgrade(&state),
@@ -355,6 +373,10 @@ fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     let openapi = Arc::new(openapi::finish(openapi));
     api.merge(routes::ops::openapi_router(openapi))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            config.max_body_bytes,
+            middleware::digest_signed_body,
+        ))
         .layer(axum::middleware::from_fn(middleware::require_json))
         .layer(cors(&config.cors_origins))
         .layer(TimeoutLayer::with_status_code(

@@ -159,6 +159,38 @@ pub(crate) async fn require_json(request: Request, next: Next) -> Response {
     .into_response()
 }
 
+/// A request signed with a workspace key covers its body's SHA-256: read the body (within
+/// the size limit) and note its digest before any handler consumes it.
+pub(crate) async fn digest_signed_body(
+    axum::extract::State(max_body_bytes): axum::extract::State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let signed = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_whitespace().next())
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(keyward_core::signature::SCHEME));
+    if !signed {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, max_body_bytes).await else {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "The request body is larger than the server accepts",
+        )
+        .into_response();
+    };
+    parts.extensions.insert(crate::extract::BodyDigest(
+        keyward_core::signature::body_digest(&bytes),
+    ));
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
 fn is_json(content_type: Option<&HeaderValue>) -> bool {
     content_type
         .and_then(|value| value.to_str().ok())

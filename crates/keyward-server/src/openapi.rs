@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{InfoBuilder, OpenApi};
 
 pub(crate) fn finish(mut openapi: OpenApi) -> OpenApi {
@@ -16,6 +16,14 @@ pub(crate) fn finish(mut openapi: OpenApi) -> OpenApi {
     components.add_security_scheme(
         "root_key",
         SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    // A public key in `X-API-Key`, with the end user's token as `Authorization: Bearer`.
+    components.add_security_scheme(
+        "public_key",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            "X-API-Key",
+            "A pk_jwt_… or pk_live_… key; the end user's token goes in Authorization: Bearer",
+        ))),
     );
     openapi
 }

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use keyward_core::model::{ApiKey, RootKey, Tenancy, UsagePolicy};
+use keyward_core::model::{
+    ApiKey, JwtKeySource, PublicKey, PublicKeyKind, RootKey, Tenancy, UsagePolicy, WorkspaceKey,
+};
 use keyward_core::permission::PermissionQuery;
 use keyward_core::secret::KeyFormatError;
 use keyward_core::usage::RateWindow;
@@ -25,6 +27,7 @@ use keyward_core::verify::{decide, KeyFacts, VerifyCode};
 use keyward_core::{KeyHash, ParsedKey, Timestamp};
 use keyward_store::cluster::ClusterCache;
 use keyward_store::{Stale, Store, StoreError};
+use secrecy::SecretString;
 
 /// What the cache holds for an API key's secret.
 #[derive(Debug)]
@@ -49,10 +52,40 @@ pub struct CachedRootKey {
     pub meter: String,
 }
 
+/// A public key with what verifying its tokens needs, parsed once.
+#[derive(Debug)]
+pub struct CachedPublicKey {
+    pub key: PublicKey,
+    pub secret_expires_at: Option<Timestamp>,
+    pub enhanced_security: bool,
+    /// An inline JWT key, or the environment's signing keys for a client public key.
+    pub verification_keys: Vec<crate::tokens::VerificationKey>,
+    /// Limits each subject's verifications.
+    pub windows: Vec<RateWindow>,
+}
+
+/// A workspace key with its secrets opened, for checking HMAC signatures.
+pub struct CachedWorkspaceKey {
+    pub key: WorkspaceKey,
+    /// The current secret, then a superseded one with the end of its grace period.
+    pub secrets: Vec<(SecretString, Option<Timestamp>)>,
+    pub meter: String,
+}
+
+impl std::fmt::Debug for CachedWorkspaceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedWorkspaceKey")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Cached {
     Key(Arc<CachedKey>),
     Root(Arc<CachedRootKey>),
+    Public(Arc<CachedPublicKey>),
+    Workspace(Arc<CachedWorkspaceKey>),
 }
 
 impl ClusterCache for Verifier {
@@ -206,7 +239,7 @@ impl Verifier {
         }
         match self.cache.get(&hash).as_deref() {
             Some(Cached::Key(entry)) => InMemory::Decided(judge(tenancy, entry, required, now)),
-            Some(Cached::Root(_)) => InMemory::Decided(Verdict::invalid()),
+            Some(_) => InMemory::Decided(Verdict::invalid()),
             None => InMemory::Miss(hash),
         }
     }
@@ -264,7 +297,7 @@ impl Verifier {
         };
         let entry = match cached {
             Some(Cached::Root(entry)) => entry,
-            Some(Cached::Key(_)) => return Ok(Err(RootKeyRefusal::Invalid)),
+            Some(_) => return Ok(Err(RootKeyRefusal::Invalid)),
             None => {
                 let epoch = self.epoch.load(Ordering::SeqCst);
                 let Some(found) = store.find_root_key(hash).await? else {
@@ -292,6 +325,120 @@ impl Verifier {
             return Ok(Err(RootKeyRefusal::Expired));
         }
         Ok(Ok(entry))
+    }
+
+    /// Finds a public key by its value (`pk_jwt_…`, `pk_live_…`). `None` for a value that is
+    /// malformed, unknown, or past its rotation grace period.
+    pub async fn find_public_key(
+        &self,
+        store: &dyn Store,
+        presented: &str,
+        now: Timestamp,
+    ) -> Result<Option<Arc<CachedPublicKey>>, StoreError> {
+        let well_formed = keyward_core::credential::is_jwt_public_key(presented)
+            || ParsedKey::parse(presented).is_ok_and(|parsed| {
+                parsed.prefix() == keyward_core::credential::CLIENT_PUBLIC_KEY_PREFIX
+            });
+        if !well_formed {
+            return Ok(None);
+        }
+        let hash = KeyHash::of(presented);
+        let entry = match self.cached(&hash) {
+            Some(Cached::Public(entry)) => entry,
+            Some(_) => return Ok(None),
+            None => {
+                let epoch = self.epoch.load(Ordering::SeqCst);
+                let Some(found) = store.find_public_key(hash).await? else {
+                    return Ok(None);
+                };
+                let verification_keys = match &found.key.kind {
+                    PublicKeyKind::Jwt(jwt) => match &jwt.source {
+                        JwtKeySource::Inline(text) => {
+                            crate::tokens::parse_inline_keys(text).unwrap_or_default()
+                        }
+                        JwtKeySource::JwksUrl(_) => Vec::new(),
+                    },
+                    PublicKeyKind::Client => found
+                        .signing_keys
+                        .iter()
+                        .filter_map(|signing_key| {
+                            jsonwebtoken::DecodingKey::from_ec_pem(
+                                signing_key.public_key_pem.as_bytes(),
+                            )
+                            .ok()
+                            .map(|key| {
+                                crate::tokens::VerificationKey {
+                                    key_id: Some(signing_key.id.clone()),
+                                    key,
+                                }
+                            })
+                        })
+                        .collect(),
+                };
+                let entry = Arc::new(CachedPublicKey {
+                    key: found.key,
+                    secret_expires_at: found.secret.expires_at,
+                    enhanced_security: found.enhanced_security,
+                    verification_keys,
+                    windows: found.windows,
+                });
+                self.insert_unless_invalidated(hash, Cached::Public(Arc::clone(&entry)), epoch);
+                entry
+            }
+        };
+        if entry.secret_expires_at.is_some_and(|end| end <= now) {
+            return Ok(None);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Finds a workspace key by id and opens its secrets with the master key.
+    pub async fn find_workspace_key(
+        &self,
+        store: &dyn Store,
+        master_key: &crate::crypto::MasterKey,
+        id: &str,
+    ) -> Result<Option<Arc<CachedWorkspaceKey>>, StoreError> {
+        let hash = keyward_store::workspace_key_cache_hash(id);
+        if let Some(cached) = self.cached(&hash) {
+            return Ok(match cached {
+                Cached::Workspace(entry) => Some(entry),
+                _ => None,
+            });
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let Some(found) = store.find_workspace_key(id).await? else {
+            return Ok(None);
+        };
+        let mut secrets = Vec::with_capacity(found.secrets.len());
+        for sealed in &found.secrets {
+            let Some(plain) = master_key
+                .open(&sealed.ciphertext, &found.key.id)
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+            else {
+                tracing::error!(
+                    workspace_key = %found.key.id,
+                    "a workspace secret does not open with this node's master key; \
+                     every node needs the same KEYWARD_MASTER_KEY"
+                );
+                return Ok(None);
+            };
+            secrets.push((SecretString::from(plain), sealed.expires_at));
+        }
+        let entry = Arc::new(CachedWorkspaceKey {
+            meter: format!("workspace:{}", found.key.id),
+            key: found.key,
+            secrets,
+        });
+        self.insert_unless_invalidated(hash, Cached::Workspace(Arc::clone(&entry)), epoch);
+        Ok(Some(entry))
+    }
+
+    fn cached(&self, hash: &KeyHash) -> Option<Cached> {
+        if !self.cache_trusted() {
+            return None;
+        }
+        self.cache.get(hash).map(|entry| entry.value().clone())
     }
 
     fn insert_unless_invalidated(&self, hash: KeyHash, value: Cached, epoch_before_load: u64) {

@@ -11,8 +11,9 @@ pub mod testing;
 
 use async_trait::async_trait;
 use keyward_core::model::{
-    ApiKey, App, AuditEntry, EnvironmentSettings, KeyStatus, Organization, RateLimitScheme,
-    RootKey, SecretRecord, Tenancy, UsagePolicy,
+    ApiKey, App, AuditEntry, EnvironmentSettings, KeyStatus, Organization, PublicKey,
+    RateLimitScheme, RootKey, SealedSecret, SecretRecord, SigningKey, Tenancy, UsagePolicy,
+    WorkspaceKey,
 };
 use keyward_core::scope::ScopeSet;
 use keyward_core::usage::{CapUsage, Credits, Period, RateWindow};
@@ -248,10 +249,113 @@ pub trait SandboxStore: Send + Sync {
     async fn expired_sandboxes(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<String>>;
 }
 
+/// A public key found by the hash of one of its values, with everything verifying a request
+/// with it needs.
+#[derive(Debug, Clone)]
+pub struct FoundPublicKey {
+    pub key: PublicKey,
+    pub secret: SecretRecord,
+    /// Whether its environment requires signed user tokens with client public keys.
+    pub enhanced_security: bool,
+    /// Its environment's signing keys, which sign user tokens.
+    pub signing_keys: Vec<SigningKey>,
+    /// Its scheme's windows, applied per subject; empty when it has none.
+    pub windows: Vec<RateWindow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FoundWorkspaceKey {
+    pub key: WorkspaceKey,
+    /// The current secret first, then a superseded one still in its grace period.
+    pub secrets: Vec<SealedSecret>,
+}
+
+/// Public keys, signing keys, workspace keys, and the HMAC signatures already accepted.
+///
+/// A change to signing keys or to an environment's settings makes caches forget everything:
+/// each cached client public key carries its environment's signing keys and settings.
+#[async_trait]
+pub trait CredentialStore: Send + Sync {
+    /// Stores the key and the hash of its value.
+    async fn create_public_key(&self, change: &Change, key: &PublicKey) -> StoreResult<()>;
+    async fn public_key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<PublicKey>;
+    async fn list_public_keys(
+        &self,
+        tenancy: &Tenancy,
+        page: &PageRequest,
+    ) -> StoreResult<Page<PublicKey>>;
+    /// Gives the key a new value; the previous ones stop working at `previous_expire_at`,
+    /// or at once.
+    async fn rotate_public_key(
+        &self,
+        change: &Change,
+        id: &str,
+        new_value: &str,
+        previous_expire_at: Option<Timestamp>,
+    ) -> StoreResult<Changed<PublicKey>>;
+    async fn delete_public_key(&self, change: &Change, id: &str)
+        -> StoreResult<Changed<PublicKey>>;
+    async fn find_public_key(&self, hash: KeyHash) -> StoreResult<Option<FoundPublicKey>>;
+
+    async fn create_signing_key(
+        &self,
+        change: &Change,
+        key: &SigningKey,
+    ) -> StoreResult<Changed<()>>;
+    async fn list_signing_keys(
+        &self,
+        tenancy: &Tenancy,
+        page: &PageRequest,
+    ) -> StoreResult<Page<SigningKey>>;
+    async fn delete_signing_key(
+        &self,
+        change: &Change,
+        id: &str,
+    ) -> StoreResult<Changed<SigningKey>>;
+
+    async fn create_workspace_key(
+        &self,
+        change: &Change,
+        key: &WorkspaceKey,
+        sealed_secret: &[u8],
+    ) -> StoreResult<()>;
+    async fn list_workspace_keys(
+        &self,
+        tenancy: &Tenancy,
+        page: &PageRequest,
+    ) -> StoreResult<Page<WorkspaceKey>>;
+    /// Seals in a new secret; the previous one keeps working until `previous_expire_at`.
+    async fn rotate_workspace_key(
+        &self,
+        change: &Change,
+        id: &str,
+        start: &str,
+        sealed_secret: &[u8],
+        previous_expire_at: Option<Timestamp>,
+    ) -> StoreResult<Changed<WorkspaceKey>>;
+    async fn delete_workspace_key(
+        &self,
+        change: &Change,
+        id: &str,
+    ) -> StoreResult<Changed<WorkspaceKey>>;
+    /// By its id, `wk_…`, which signed requests name.
+    async fn find_workspace_key(&self, id: &str) -> StoreResult<Option<FoundWorkspaceKey>>;
+
+    /// Records an accepted signature; `false` if it was recorded before (a replay).
+    async fn remember_signature(&self, hash: KeyHash, expires_at: Timestamp) -> StoreResult<bool>;
+    /// Drops signatures whose window has passed.
+    async fn forget_signatures(&self, now: Timestamp) -> StoreResult<u64>;
+}
+
+/// The key under which caches hold a workspace key: it is looked up by id, not by a secret.
+pub fn workspace_key_cache_hash(id: &str) -> KeyHash {
+    KeyHash::of(&format!("workspace-key:{id}"))
+}
+
 /// Everything Keyward keeps. Implementations must be safe to share between nodes: every
 /// method is one transaction.
 #[async_trait]
-pub trait Store: UsageStore + SandboxStore + Send + Sync + 'static {
+pub trait Store: UsageStore + SandboxStore + CredentialStore + Send + Sync + 'static {
     /// Whether storage answers.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -259,11 +363,12 @@ pub trait Store: UsageStore + SandboxStore + Send + Sync + 'static {
     async fn bootstrap(&self, bootstrap: &Bootstrap) -> StoreResult<bool>;
 
     async fn environment(&self, tenancy: &Tenancy) -> StoreResult<EnvironmentSettings>;
+    /// Caches forget everything: cached public keys carry their environment's settings.
     async fn update_environment(
         &self,
         change: &Change,
         enhanced_security: Option<bool>,
-    ) -> StoreResult<EnvironmentSettings>;
+    ) -> StoreResult<Changed<EnvironmentSettings>>;
 
     async fn create_root_key(
         &self,

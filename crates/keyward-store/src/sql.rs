@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+mod credentials;
 mod sandbox;
 mod usage;
 
@@ -493,6 +494,42 @@ async fn secrets_of(
     rows.iter().map(secret_from_row).collect()
 }
 
+/// Ends a credential's current secrets at `previous_expire_at` (or at once), for a rotation.
+/// A grace period can shorten a previous secret's life, never lengthen it. Returns every
+/// secret the credential had, which caches must forget.
+async fn supersede_secrets(
+    tx: &mut Transaction<'_>,
+    credential_id: &str,
+    previous_expire_at: Option<Timestamp>,
+    now: Timestamp,
+) -> StoreResult<Vec<KeyHash>> {
+    let previous = secrets_of(tx, credential_id).await?;
+    for secret in &previous {
+        let still_in_grace = secret.expires_at.is_none_or(|end| end > now);
+        let end = match (previous_expire_at, secret.expires_at) {
+            (Some(grace), Some(existing)) => Some(grace.min(existing)),
+            (grace, None) => grace,
+            (None, Some(_)) => None,
+        };
+        match end {
+            Some(end) if still_in_grace => {
+                sqlx::query("UPDATE secrets SET expires_at = $1 WHERE hash = $2")
+                    .bind(end.as_millis())
+                    .bind(secret.hash.as_bytes().to_vec())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            _ => {
+                sqlx::query("DELETE FROM secrets WHERE hash = $1")
+                    .bind(secret.hash.as_bytes().to_vec())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+    }
+    Ok(previous.iter().map(|secret| secret.hash).collect())
+}
+
 /// Reads a key inside a write transaction, locked against concurrent writers.
 async fn key_in_tx(
     tx: &mut Transaction<'_>,
@@ -647,7 +684,7 @@ impl Store for SqlStore {
         &self,
         change: &Change,
         enhanced_security: Option<bool>,
-    ) -> StoreResult<EnvironmentSettings> {
+    ) -> StoreResult<Changed<EnvironmentSettings>> {
         let mut tx = self.writer.begin().await?;
         if let Some(enhanced_security) = enhanced_security {
             let updated = sqlx::query(
@@ -683,8 +720,8 @@ impl Store for SqlStore {
         .await?
         .ok_or(StoreError::NotFound("environment"))?;
         let settings = environment_from_row(&row)?;
-        tx.commit().await?;
-        Ok(settings)
+        self.finish_change(tx, settings, Stale::Everything, change.now)
+            .await
     }
 
     async fn create_root_key(
@@ -1323,31 +1360,7 @@ impl Store for SqlStore {
         if key.revoked_at.is_some() {
             return Err(StoreError::Conflict("key_revoked"));
         }
-        let previous = secrets_of(&mut tx, id).await?;
-        for secret in &previous {
-            let still_in_grace = secret.expires_at.is_none_or(|end| end > change.now);
-            // A grace period can shorten a previous secret's life, never lengthen it.
-            let end = match (previous_expire_at, secret.expires_at) {
-                (Some(grace), Some(existing)) => Some(grace.min(existing)),
-                (grace, None) => grace,
-                (None, Some(_)) => None,
-            };
-            match end {
-                Some(end) if still_in_grace => {
-                    sqlx::query("UPDATE secrets SET expires_at = $1 WHERE hash = $2")
-                        .bind(end.as_millis())
-                        .bind(secret.hash.as_bytes().to_vec())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                _ => {
-                    sqlx::query("DELETE FROM secrets WHERE hash = $1")
-                        .bind(secret.hash.as_bytes().to_vec())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
+        let mut affected = supersede_secrets(&mut tx, id, previous_expire_at, change.now).await?;
         insert_secret(&mut tx, new_secret.0, id, None).await?;
         new_secret.1.clone_into(&mut key.start);
         key.updated_at = change.now;
@@ -1362,7 +1375,6 @@ impl Store for SqlStore {
             }),
         )
         .await?;
-        let mut affected: Vec<KeyHash> = previous.iter().map(|s| s.hash).collect();
         affected.push(new_secret.0);
         self.finish_change(tx, key, Stale::Secrets(affected), change.now)
             .await

@@ -3,6 +3,7 @@
 
 mod cli;
 mod import;
+mod master_key;
 mod settings;
 
 use std::process::ExitCode;
@@ -218,6 +219,11 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 ..DemoSettings::default()
             },
             trusted_proxies: settings.trusted_proxies.clone(),
+            master_key: Arc::new(master_key::load(&settings).map_err(ServeError::Settings)?),
+            jwks: keyward_server::tokens::jwks::JwksSettings {
+                allow_private: settings.allow_private_jwks,
+                ..Default::default()
+            },
         },
     )
     .map_err(ServeError::Settings)?;

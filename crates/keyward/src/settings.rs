@@ -97,6 +97,14 @@ pub(crate) struct ServeArgs {
     /// How long a demo sandbox lives (default 86400).
     #[arg(long, env = "KEYWARD_DEMO_SESSION_TTL_SECONDS")]
     pub(crate) demo_session_ttl_seconds: Option<u64>,
+    /// Base64 of the 32-byte key that seals workspace secrets. Without it, `serve` keeps one
+    /// in `<data dir>/master.key` (made on first start, mode 0600). Every node of a cluster
+    /// needs the same key.
+    #[arg(long, env = "KEYWARD_MASTER_KEY", hide_env_values = true)]
+    pub(crate) master_key: Option<String>,
+    /// Let JWT public keys fetch JWKS from private, loopback and link-local addresses.
+    #[arg(long, env = "KEYWARD_ALLOW_PRIVATE_JWKS")]
+    pub(crate) allow_private_jwks: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -146,6 +154,8 @@ struct FileSettings {
     usage_write_back_ms: Option<u64>,
     trusted_proxies: Option<String>,
     demo_session_ttl_seconds: Option<u64>,
+    master_key: Option<String>,
+    allow_private_jwks: Option<bool>,
 }
 
 /// The resolved settings.
@@ -171,6 +181,9 @@ pub(crate) struct Settings {
     pub(crate) usage_write_back_interval: Duration,
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) demo_session_ttl: Duration,
+    /// Base64; `None` means the key file in the data directory.
+    pub(crate) master_key: Option<SecretString>,
+    pub(crate) allow_private_jwks: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -362,6 +375,11 @@ impl Settings {
             usage_write_back_interval: Duration::from_millis(usage_write_back_ms),
             trusted_proxies,
             demo_session_ttl: Duration::from_secs(demo_session_ttl_seconds),
+            master_key: args.master_key.or(file.master_key).map(SecretString::from),
+            allow_private_jwks: args
+                .allow_private_jwks
+                .or(file.allow_private_jwks)
+                .unwrap_or(false),
         })
     }
 }

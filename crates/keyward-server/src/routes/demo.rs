@@ -124,6 +124,14 @@ pub(crate) async fn sweep_loop(
         if let Err(error) = sweep(&state).await {
             tracing::warn!(%error, "could not purge ended demo sandboxes; will retry");
         }
+        // The same housekeeping pass forgets HMAC signatures whose window has passed.
+        let now = clock::now();
+        state
+            .seen_signatures
+            .sweep(now.as_millis().div_euclid(1000));
+        if let Err(error) = state.store.forget_signatures(now).await {
+            tracing::warn!(%error, "could not forget old signatures; will retry");
+        }
     }
 }
 

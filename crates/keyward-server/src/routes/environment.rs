@@ -31,11 +31,16 @@ pub(crate) async fn update_environment(
     ApiJson(request): ApiJson<UpdateEnvironmentRequest>,
 ) -> Result<Json<wire::EnvironmentSettings>, ApiError> {
     caller.require(Scope::EnvironmentWrite)?;
-    let settings = state
-        .store
-        .update_environment(&caller.change(), request.enhanced_security)
+    let change = caller.change();
+    let changed = state
+        .change_credential(move |state| async move {
+            state
+                .store
+                .update_environment(&change, request.enhanced_security)
+                .await
+        })
         .await?;
-    Ok(Json(convert::environment(&settings)))
+    Ok(Json(convert::environment(&changed.record)))
 }
 
 /// Who changed what, when, in which request; newest first.

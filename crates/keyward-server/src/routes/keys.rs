@@ -66,15 +66,16 @@ fn issue_secret(app: &App, caller: &Caller) -> Result<IssuedSecret, ApiError> {
 }
 
 /// What a caller asks of a new key, created or imported.
-struct KeyDraft {
-    name: String,
-    owner_user_id: Option<String>,
-    organization_id: Option<String>,
-    permissions: Option<Vec<String>>,
-    meta: Option<serde_json::Map<String, serde_json::Value>>,
-    expires_at: Option<time::OffsetDateTime>,
-    credits: Option<wire::Credits>,
-    rate_limit_scheme: Option<String>,
+#[derive(Default)]
+pub(super) struct KeyDraft {
+    pub name: String,
+    pub owner_user_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub meta: Option<serde_json::Map<String, serde_json::Value>>,
+    pub expires_at: Option<time::OffsetDateTime>,
+    pub credits: Option<wire::Credits>,
+    pub rate_limit_scheme: Option<String>,
 }
 
 fn refill(refill: wire::Refill) -> Result<Refill, ApiError> {
@@ -216,30 +217,35 @@ pub(crate) async fn create_key(
 ) -> Result<(StatusCode, Json<ApiKeyWithSecret>), ApiError> {
     caller.require(Scope::KeysWrite)?;
     let app = state.store.app_by_slug(&caller.tenancy, &slug).await?;
+    let draft = KeyDraft {
+        name: request.name,
+        owner_user_id: request.owner_user_id,
+        organization_id: request.organization_id,
+        permissions: request.permissions,
+        meta: request.meta,
+        expires_at: request.expires_at,
+        credits: request.credits,
+        rate_limit_scheme: request.rate_limit_scheme,
+    };
+    let body = issue_key(&state, &caller, &app, draft).await?;
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Makes and stores a key under `app`; the answer is the only time its secret is shown.
+pub(super) async fn issue_key(
+    state: &AppState,
+    caller: &Caller,
+    app: &App,
+    draft: KeyDraft,
+) -> Result<ApiKeyWithSecret, ApiError> {
     let change = caller.change();
-    let secret = issue_secret(&app, &caller)?;
-    let key = new_key(
-        &app,
-        &caller,
-        change.now,
-        KeyDraft {
-            name: request.name,
-            owner_user_id: request.owner_user_id,
-            organization_id: request.organization_id,
-            permissions: request.permissions,
-            meta: request.meta,
-            expires_at: request.expires_at,
-            credits: request.credits,
-            rate_limit_scheme: request.rate_limit_scheme,
-        },
-        secret.start.clone(),
-    )?;
+    let secret = issue_secret(app, caller)?;
+    let key = new_key(app, caller, change.now, draft, secret.start.clone())?;
     state.store.create_key(&change, &key, secret.hash).await?;
-    let body = ApiKeyWithSecret {
+    Ok(ApiKeyWithSecret {
         key: convert::key(&key, change.now),
         secret: secret.secret.expose_secret().to_owned(),
-    };
-    Ok((StatusCode::CREATED, Json(body)))
+    })
 }
 
 /// Import existing keys from another system: one batch of `keyward import`. Keys whose
@@ -465,6 +471,14 @@ pub(crate) async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Json<wire::ApiKey>, ApiError> {
     caller.require(Scope::KeysWrite)?;
+    revoke(&state, &caller, id).await
+}
+
+pub(super) async fn revoke(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: String,
+) -> Result<Json<wire::ApiKey>, ApiError> {
     let change = caller.change();
     let now = change.now;
     let changed = state
@@ -484,21 +498,41 @@ pub(crate) async fn rotate_key(
     OptionalJson(request): OptionalJson<RotateKeyRequest>,
 ) -> Result<Json<ApiKeyWithSecret>, ApiError> {
     caller.require(Scope::KeysWrite)?;
-    let grace = request.expire_previous_in_seconds.unwrap_or(0);
+    rotate(&state, &caller, id, request.expire_previous_in_seconds)
+        .await
+        .map(Json)
+}
+
+/// When a rotated credential's previous secret stops working: after `grace_seconds`, or
+/// when the call returns.
+pub(crate) fn previous_expiry(
+    grace_seconds: Option<u64>,
+    now: Timestamp,
+) -> Result<Option<Timestamp>, ApiError> {
+    let grace = grace_seconds.unwrap_or(0);
     if grace > MAX_ROTATION_GRACE_SECONDS {
         return Err(ApiError::invalid(
             "invalid_grace_period",
             format!("`expire_previous_in_seconds` is at most {MAX_ROTATION_GRACE_SECONDS}"),
         ));
     }
+    Ok((grace > 0).then(|| now.plus_seconds(grace as i64)))
+}
+
+pub(super) async fn rotate(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: String,
+    grace_seconds: Option<u64>,
+) -> Result<ApiKeyWithSecret, ApiError> {
     let change = caller.change();
+    let previous_expire_at = previous_expiry(grace_seconds, change.now)?;
     let key = state.store.key(&caller.tenancy, &id).await?;
     let app = state
         .store
         .app_by_slug(&caller.tenancy, &key.app_slug)
         .await?;
-    let secret = issue_secret(&app, &caller)?;
-    let previous_expire_at = (grace > 0).then(|| change.now.plus_seconds(grace as i64));
+    let secret = issue_secret(&app, caller)?;
     let now = change.now;
     let (new_hash, new_start) = (secret.hash, secret.start.clone());
     let changed = state
@@ -509,10 +543,10 @@ pub(crate) async fn rotate_key(
                 .await
         })
         .await?;
-    Ok(Json(ApiKeyWithSecret {
+    Ok(ApiKeyWithSecret {
         key: convert::key(&changed.record, now),
         secret: secret.secret.expose_secret().to_owned(),
-    }))
+    })
 }
 
 /// Delete a key. It is revoked first, so no node accepts it afterwards.

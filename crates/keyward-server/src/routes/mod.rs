@@ -2,9 +2,11 @@
 //! validate with the core's rules, call storage, drop stale cache entries, convert.
 
 mod apps;
+mod credentials;
 pub(crate) mod demo;
 mod environment;
 mod keys;
+mod me;
 pub(crate) mod ops;
 mod organizations;
 mod rate_limit_schemes;
@@ -28,6 +30,27 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::rotate_key))
         .routes(routes!(verify::verify_key))
+        .routes(routes!(verify::verify_request))
+        .routes(routes!(
+            credentials::create_public_key,
+            credentials::list_public_keys
+        ))
+        .routes(routes!(credentials::rotate_public_key))
+        .routes(routes!(credentials::delete_public_key))
+        .routes(routes!(
+            credentials::create_signing_key,
+            credentials::list_signing_keys
+        ))
+        .routes(routes!(credentials::delete_signing_key))
+        .routes(routes!(
+            credentials::create_workspace_key,
+            credentials::list_workspace_keys
+        ))
+        .routes(routes!(credentials::rotate_workspace_key))
+        .routes(routes!(credentials::delete_workspace_key))
+        .routes(routes!(me::list_my_keys, me::create_my_key))
+        .routes(routes!(me::rotate_my_key))
+        .routes(routes!(me::revoke_my_key))
         .routes(routes!(
             rate_limit_schemes::create_scheme,
             rate_limit_schemes::list_schemes

@@ -17,18 +17,10 @@ use super::apps::field_error;
 use crate::extract::{ApiJson, ApiQuery, Caller};
 use crate::{convert, os_rng, page_request, ApiError, AppState};
 
-/// Create a root key for this environment, with at most the caller's own scopes.
-#[utoipa::path(post, path = "/api/v1/root-keys", tag = "root keys", security(("root_key" = [])),
-    request_body = CreateRootKeyRequest,
-    responses((status = 201, body = RootKeyWithSecret), (status = "4XX", body = ErrorEnvelope)))]
-pub(crate) async fn create_root_key(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    ApiJson(request): ApiJson<CreateRootKeyRequest>,
-) -> Result<(StatusCode, Json<RootKeyWithSecret>), ApiError> {
-    caller.require(Scope::RootKeysWrite)?;
-    validate::text("name", &request.name, MAX_NAME_LEN).map_err(field_error)?;
-    let scopes = ScopeSet::parse(request.scopes.iter().map(String::as_str)).map_err(|unknown| {
+/// The scopes a new credential asks for: known, at least one, and all held by the caller (a
+/// key cannot make one more powerful than itself).
+pub(super) fn granted_scopes(caller: &Caller, names: &[String]) -> Result<ScopeSet, ApiError> {
+    let scopes = ScopeSet::parse(names.iter().map(String::as_str)).map_err(|unknown| {
         ApiError::invalid("invalid_scope", format!("Unknown scope {unknown:?}"))
     })?;
     if scopes.is_empty() {
@@ -40,9 +32,24 @@ pub(crate) async fn create_root_key(
     if !caller.scopes.covers(scopes) {
         return Err(ApiError::forbidden(
             "insufficient_scope",
-            "A root key can only grant scopes it holds itself",
+            "A key can only grant scopes it holds itself",
         ));
     }
+    Ok(scopes)
+}
+
+/// Create a root key for this environment, with at most the caller's own scopes.
+#[utoipa::path(post, path = "/api/v1/root-keys", tag = "root keys", security(("root_key" = [])),
+    request_body = CreateRootKeyRequest,
+    responses((status = 201, body = RootKeyWithSecret), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn create_root_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateRootKeyRequest>,
+) -> Result<(StatusCode, Json<RootKeyWithSecret>), ApiError> {
+    caller.require(Scope::RootKeysWrite)?;
+    validate::text("name", &request.name, MAX_NAME_LEN).map_err(field_error)?;
+    let scopes = granted_scopes(&caller, &request.scopes)?;
     super::apps::scheme_reference(request.rate_limit_scheme.as_deref())?;
     let change = caller.change();
     let secret = IssuedSecret::generate(ROOT_KEY_PREFIX, caller.tenancy.environment, &mut os_rng())

@@ -216,6 +216,19 @@ impl Limiter {
     }
 
     /// Whether counters are shared by every node (Redis), and whether it answers now.
+    /// Records `name` in Redis for `ttl` unless it is there: `Some(true)` the first time,
+    /// `Some(false)` after; `None` without Redis or while it does not answer.
+    pub async fn set_once_shared(&self, name: &str, ttl: std::time::Duration) -> Option<bool> {
+        let redis = self.redis.as_ref().filter(|redis| redis.is_up())?;
+        match redis.set_once(name, ttl).await {
+            Ok(first) => Some(first),
+            Err(error) => {
+                redis.mark_down(&error);
+                None
+            }
+        }
+    }
+
     pub fn redis_status(&self) -> Option<bool> {
         self.redis.as_ref().map(|redis| redis.is_up())
     }

@@ -123,6 +123,24 @@ impl RedisEngine {
         }
     }
 
+    /// Sets `name` unless it exists, to expire after `ttl`: `true` when this call set it.
+    pub async fn set_once(&self, name: &str, ttl: Duration) -> Result<bool, EngineError> {
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("SET");
+        command
+            .arg(format!("{}:{name}", self.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let set = command.query_async::<Option<String>>(&mut connection);
+        match tokio::time::timeout(self.timeout, set).await {
+            Ok(Ok(reply)) => Ok(reply.is_some()),
+            Ok(Err(error)) => Err(EngineError::Unreachable(error.to_string())),
+            Err(_) => Err(EngineError::Unreachable("timed out".to_owned())),
+        }
+    }
+
     async fn read_credits(&self, meter: &str) -> Result<Option<(i64, i64)>, EngineError> {
         let mut connection = self.connection.clone();
         let mut command = redis::cmd("HMGET");

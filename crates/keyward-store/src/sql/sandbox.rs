@@ -11,11 +11,15 @@ use crate::{Changed, NewSandbox, SandboxStore, StoreError, StoreResult};
 
 /// Every credential of a workspace, by id.
 const CREDENTIALS_OF_WORKSPACE: &str = "SELECT id FROM api_keys WHERE workspace_id = $1 \
-     UNION ALL SELECT id FROM root_keys WHERE workspace_id = $1";
+     UNION ALL SELECT id FROM root_keys WHERE workspace_id = $1 \
+     UNION ALL SELECT id FROM public_keys WHERE workspace_id = $1";
 
 /// Every table that holds a workspace's rows, children before parents.
-const WORKSPACE_TABLES: [&str; 8] = [
+const WORKSPACE_TABLES: [&str; 11] = [
     "api_keys",
+    "public_keys",
+    "signing_keys",
+    "workspace_keys",
     "apps",
     "root_keys",
     "audit_log",

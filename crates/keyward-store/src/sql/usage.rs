@@ -327,6 +327,8 @@ impl UsageStore for SqlStore {
                AND environment = $2 AND rate_limit_scheme = $3 \
              UNION ALL SELECT 1 FROM root_keys WHERE workspace_id = $1 AND environment = $2 \
                AND rate_limit_scheme = $3 AND revoked_at IS NULL \
+             UNION ALL SELECT 1 FROM public_keys WHERE workspace_id = $1 \
+               AND environment = $2 AND rate_limit_scheme = $3 \
              LIMIT 1",
         )
         .bind(&change.tenancy.workspace_id)

@@ -1,0 +1,373 @@
+//! Verifying the tokens that come with public keys: end users' JWTs (checked against a JWKS
+//! URL or an inline key) and signed user tokens (checked against the environment's signing
+//! keys), with a cache of verified tokens until they expire.
+
+pub mod jwks;
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use keyward_core::model::{JwtKeySource, JwtSettings};
+use keyward_core::token::{self, JwtAlgorithm, TokenError, UserTokenClaims, LEEWAY_SECONDS};
+use keyward_core::Timestamp;
+
+use jwks::{JwksCache, JwksError};
+
+/// Verified tokens kept at most; beyond, expired ones are dropped, then everything.
+const MAX_CACHED_TOKENS: usize = 100_000;
+
+/// A public key that can verify signatures, with the `kid` it is known by.
+#[derive(Clone)]
+pub struct VerificationKey {
+    pub key_id: Option<String>,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerificationKey {
+    pub fn from_jwk(jwk: &Jwk) -> Result<Self, jsonwebtoken::errors::Error> {
+        Ok(Self {
+            key_id: jwk.common.key_id.clone(),
+            key: DecodingKey::from_jwk(jwk)?,
+        })
+    }
+
+    fn fits(&self, algorithm: Algorithm) -> bool {
+        self.key.family() == algorithm.family()
+    }
+}
+
+/// Reads an inline public key: a PEM (RSA, EC or Ed25519), a JWK, or a JWK set.
+pub fn parse_inline_keys(text: &str) -> Result<Vec<VerificationKey>, &'static str> {
+    let text = text.trim();
+    let keys = if text.starts_with("-----BEGIN") {
+        let pem = text.as_bytes();
+        let key = DecodingKey::from_rsa_pem(pem)
+            .or_else(|_| DecodingKey::from_ec_pem(pem))
+            .or_else(|_| DecodingKey::from_ed_pem(pem))
+            .map_err(|_| "`public_key` is not an RSA, EC or Ed25519 public key in PEM")?;
+        vec![VerificationKey { key_id: None, key }]
+    } else if text.contains("\"keys\"") {
+        jwks::parse_jwks(text.as_bytes()).map_err(|_| "`public_key` is not a valid JWK set")?
+    } else {
+        let jwk: Jwk =
+            serde_json::from_str(text).map_err(|_| "`public_key` is not a PEM or a JWK")?;
+        vec![VerificationKey::from_jwk(&jwk).map_err(|_| "`public_key` is not a usable JWK")?]
+    };
+    if keys.is_empty() {
+        return Err("`public_key` holds no key Keyward can verify with");
+    }
+    Ok(keys)
+}
+
+fn algorithm(alg: JwtAlgorithm) -> Algorithm {
+    match alg {
+        JwtAlgorithm::Rs256 => Algorithm::RS256,
+        JwtAlgorithm::Rs384 => Algorithm::RS384,
+        JwtAlgorithm::Rs512 => Algorithm::RS512,
+        JwtAlgorithm::Ps256 => Algorithm::PS256,
+        JwtAlgorithm::Ps384 => Algorithm::PS384,
+        JwtAlgorithm::Ps512 => Algorithm::PS512,
+        JwtAlgorithm::Es256 => Algorithm::ES256,
+        JwtAlgorithm::Es384 => Algorithm::ES384,
+        JwtAlgorithm::EdDsa => Algorithm::EdDSA,
+    }
+}
+
+fn token_error(error: &jsonwebtoken::errors::Error) -> TokenError {
+    match error.kind() {
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidIssuer => TokenError::IssuerMismatch,
+        ErrorKind::InvalidAudience => TokenError::AudienceMismatch,
+        ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::InvalidAlgorithmName => TokenError::AlgorithmNotAllowed,
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat => TokenError::InvalidSignature,
+        _ => TokenError::Malformed,
+    }
+}
+
+/// Who a verified token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIdentity {
+    pub subject: String,
+    /// The tenant of a signed user token.
+    pub tenant: Option<String>,
+    /// From a JWT's `permissions` (array) or `scope` (space-separated) claim.
+    pub permissions: Vec<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Why a token could not be checked: it is bad, or its keys are out of reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Token(TokenError),
+    Jwks(JwksError),
+}
+
+impl From<TokenError> for TokenRefusal {
+    fn from(error: TokenError) -> Self {
+        Self::Token(error)
+    }
+}
+
+struct CachedToken {
+    public_key_id: Box<str>,
+    token: Box<str>,
+    identity: Arc<TokenIdentity>,
+}
+
+/// Checks tokens, remembering verified ones until their `exp`.
+pub struct TokenVerifier {
+    jwks: Arc<JwksCache>,
+    cache: DashMap<u64, CachedToken>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl TokenVerifier {
+    pub fn new(jwks: Arc<JwksCache>) -> Self {
+        Self {
+            jwks,
+            cache: DashMap::new(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    pub fn jwks(&self) -> &Arc<JwksCache> {
+        &self.jwks
+    }
+
+    /// The cache slot of a token. The signature part alone is hashed (it is short and
+    /// unique per token); a hit still compares the whole token and the public key.
+    fn slot(&self, public_key_id: &str, token: &str) -> u64 {
+        let signature = token.rsplit('.').next().unwrap_or(token);
+        let mut hasher = self.hasher.build_hasher();
+        public_key_id.hash(&mut hasher);
+        signature.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// A verified token of this public key that has not expired.
+    pub fn cached(
+        &self,
+        public_key_id: &str,
+        token: &str,
+        now: Timestamp,
+    ) -> Option<Arc<TokenIdentity>> {
+        let entry = self.cache.get(&self.slot(public_key_id, token))?;
+        let now_seconds = now.as_millis().div_euclid(1000);
+        (entry.token.as_ref() == token
+            && entry.public_key_id.as_ref() == public_key_id
+            && entry.identity.expires_at > now_seconds - LEEWAY_SECONDS)
+            .then(|| Arc::clone(&entry.identity))
+    }
+
+    fn remember(
+        &self,
+        public_key_id: &str,
+        token: &str,
+        identity: &Arc<TokenIdentity>,
+        now: Timestamp,
+    ) {
+        if self.cache.len() >= MAX_CACHED_TOKENS {
+            let now_seconds = now.as_millis().div_euclid(1000);
+            self.cache
+                .retain(|_, entry| entry.identity.expires_at > now_seconds - LEEWAY_SECONDS);
+            if self.cache.len() >= MAX_CACHED_TOKENS {
+                self.cache.clear();
+            }
+        }
+        self.cache.insert(
+            self.slot(public_key_id, token),
+            CachedToken {
+                public_key_id: public_key_id.into(),
+                token: token.into(),
+                identity: Arc::clone(identity),
+            },
+        );
+    }
+
+    /// Verifies an end user's JWT for a JWT public key.
+    pub async fn verify_jwt(
+        &self,
+        public_key_id: &str,
+        settings: &JwtSettings,
+        inline_keys: &[VerificationKey],
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Arc<TokenIdentity>, TokenRefusal> {
+        if let Some(identity) = self.cached(public_key_id, token, now) {
+            return Ok(identity);
+        }
+        let header = token::peek_header(token, &settings.algorithms)?;
+        let alg = algorithm(header.algorithm);
+        let claims = match &settings.source {
+            JwtKeySource::Inline(_) => {
+                decode_with(inline_keys, &header.key_id, alg, token, settings)?
+            }
+            JwtKeySource::JwksUrl(url) => {
+                let keys = self.jwks.keys(url).await.map_err(TokenRefusal::Jwks)?;
+                match decode_with(&keys, &header.key_id, alg, token, settings) {
+                    Err(TokenRefusal::Token(TokenError::UnknownKeyId)) => {
+                        let keys = self
+                            .jwks
+                            .keys_after_unknown_kid(url)
+                            .await
+                            .map_err(TokenRefusal::Jwks)?;
+                        decode_with(&keys, &header.key_id, alg, token, settings)?
+                    }
+                    other => other?,
+                }
+            }
+        };
+        let identity = Arc::new(jwt_identity(&claims, settings, now)?);
+        self.remember(public_key_id, token, &identity, now);
+        Ok(identity)
+    }
+
+    /// Verifies a signed user token for a client public key (ES256, signed with one of the
+    /// environment's signing keys, named by `kid` when it has one).
+    pub fn verify_user_token(
+        &self,
+        public_key_id: &str,
+        signing_keys: &[VerificationKey],
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Arc<TokenIdentity>, TokenRefusal> {
+        if let Some(identity) = self.cached(public_key_id, token, now) {
+            return Ok(identity);
+        }
+        let header = token::peek_header(token, &[JwtAlgorithm::Es256])?;
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.leeway = LEEWAY_SECONDS.unsigned_abs();
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        let claims: UserTokenClaims =
+            try_keys(signing_keys, &header.key_id, Algorithm::ES256, |key| {
+                jsonwebtoken::decode::<UserTokenClaims>(token, key, &validation)
+                    .map(|data| data.claims)
+            })?;
+        let subscriber = claims.subscriber(now)?;
+        let identity = Arc::new(TokenIdentity {
+            subject: subscriber.entity_id,
+            tenant: Some(subscriber.tenant),
+            permissions: Vec::new(),
+            expires_at: subscriber.expires_at,
+        });
+        self.remember(public_key_id, token, &identity, now);
+        Ok(identity)
+    }
+}
+
+/// Tries the keys that could have signed the token: the one its `kid` names, or every key
+/// of the right family when it names none.
+fn try_keys<T>(
+    keys: &[VerificationKey],
+    key_id: &Option<String>,
+    alg: Algorithm,
+    decode: impl Fn(&DecodingKey) -> Result<T, jsonwebtoken::errors::Error>,
+) -> Result<T, TokenError> {
+    let mut candidates = keys
+        .iter()
+        .filter(|key| key.fits(alg))
+        .filter(|key| key_id.is_none() || key.key_id.is_none() || key.key_id == *key_id)
+        .peekable();
+    if candidates.peek().is_none() {
+        return Err(TokenError::UnknownKeyId);
+    }
+    let mut last = TokenError::InvalidSignature;
+    for candidate in candidates {
+        match decode(&candidate.key) {
+            Ok(value) => return Ok(value),
+            // Another key may still verify it; any other failure is the token's own.
+            Err(error) if matches!(error.kind(), ErrorKind::InvalidSignature) => {
+                last = TokenError::InvalidSignature;
+            }
+            Err(error) => return Err(token_error(&error)),
+        }
+    }
+    Err(last)
+}
+
+fn decode_with(
+    keys: &[VerificationKey],
+    key_id: &Option<String>,
+    alg: Algorithm,
+    token: &str,
+    settings: &JwtSettings,
+) -> Result<serde_json::Map<String, serde_json::Value>, TokenRefusal> {
+    let mut validation = Validation::new(alg);
+    validation.leeway = LEEWAY_SECONDS.unsigned_abs();
+    validation.validate_nbf = true;
+    let mut required = vec!["exp"];
+    if let Some(issuer) = &settings.issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    match &settings.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    try_keys(keys, key_id, alg, |key| {
+        jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, &validation)
+            .map(|data| data.claims)
+    })
+    .map_err(TokenRefusal::Token)
+}
+
+fn jwt_identity(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    settings: &JwtSettings,
+    now: Timestamp,
+) -> Result<TokenIdentity, TokenError> {
+    token::check_issued_at(claims.get("iat").and_then(serde_json::Value::as_i64), now)?;
+    let subject = match claims.get(&settings.subject_claim) {
+        Some(serde_json::Value::String(subject)) if !subject.is_empty() => subject.clone(),
+        Some(serde_json::Value::Number(number)) => number.to_string(),
+        _ => return Err(TokenError::MissingClaim),
+    };
+    let permissions = match (claims.get("permissions"), claims.get("scope")) {
+        (Some(serde_json::Value::Array(names)), _) => names
+            .iter()
+            .filter_map(|name| name.as_str().map(str::to_owned))
+            .collect(),
+        (_, Some(serde_json::Value::String(scope))) => {
+            scope.split_whitespace().map(str::to_owned).collect()
+        }
+        _ => Vec::new(),
+    };
+    let expires_at = claims
+        .get("exp")
+        .and_then(serde_json::Value::as_i64)
+        .ok_or(TokenError::MissingClaim)?;
+    Ok(TokenIdentity {
+        subject,
+        tenant: None,
+        permissions,
+        expires_at,
+    })
+}

@@ -1,0 +1,47 @@
+//! The master key that seals workspace secrets: from settings, or from `master.key` in the
+//! data directory, made on first start readable by its owner only.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+
+use keyward_server::crypto::MasterKey;
+use secrecy::ExposeSecret;
+
+use crate::settings::Settings;
+
+const FILE_NAME: &str = "master.key";
+
+pub(crate) fn load(settings: &Settings) -> Result<MasterKey, String> {
+    if let Some(text) = &settings.master_key {
+        return MasterKey::from_base64(text.expose_secret())
+            .map_err(|error| format!("KEYWARD_MASTER_KEY: {error}"));
+    }
+    let path = settings.data_dir.join(FILE_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            if let Ok(metadata) = std::fs::metadata(&path) {
+                if metadata.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(path = %path.display(), "the master key file is readable by others; chmod 600 it");
+                }
+            }
+            MasterKey::from_base64(&text).map_err(|error| format!("{}: {error}", path.display()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&settings.data_dir)
+                .map_err(|error| format!("{}: {error}", settings.data_dir.display()))?;
+            let (text, key) = MasterKey::generate();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+            file.write_all(format!("{text}\n").as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+            tracing::info!(path = %path.display(), "made a master key for workspace secrets");
+            Ok(key)
+        }
+        Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+    }
+}
