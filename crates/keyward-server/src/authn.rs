@@ -200,25 +200,16 @@ impl AppState {
             (PublicKeyKind::Jwt(_), None) => return Err(Refusal::token(TokenError::Missing)),
             (PublicKeyKind::Jwt(settings), Some(token)) => Some(
                 self.tokens
-                    .verify_jwt(
-                        &public_key.key.id,
-                        settings,
-                        &public_key.verification_keys,
-                        token,
-                        now,
-                    )
+                    .verify_jwt(&public_key, settings, token, now)
                     .await?,
             ),
             (PublicKeyKind::Client, None) if public_key.enhanced_security => {
                 return Err(Refusal::token(TokenError::Missing))
             }
             (PublicKeyKind::Client, None) => None,
-            (PublicKeyKind::Client, Some(token)) => Some(self.tokens.verify_user_token(
-                &public_key.key.id,
-                &public_key.verification_keys,
-                token,
-                now,
-            )?),
+            (PublicKeyKind::Client, Some(token)) => {
+                Some(self.tokens.verify_user_token(&public_key, token, now)?)
+            }
         };
         let user = EndUser {
             public_key,

@@ -487,7 +487,10 @@ mod tests {
             usage_write_back_interval: Duration::from_secs(1),
             trusted_proxies: Vec::new(),
             demo_session_ttl: Duration::from_secs(1),
+            master_key: Some(SecretString::from("bWFzdGVyLWtleS1zZWNyZXQ=")),
+            allow_private_jwks: false,
         };
         assert!(!format!("{settings:?}").contains("hunter2"));
+        assert!(!format!("{settings:?}").contains("bWFzdGVy"));
     }
 }

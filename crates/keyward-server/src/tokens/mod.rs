@@ -15,6 +15,7 @@ use keyward_core::model::{JwtKeySource, JwtSettings};
 use keyward_core::token::{self, JwtAlgorithm, TokenError, UserTokenClaims, LEEWAY_SECONDS};
 use keyward_core::Timestamp;
 
+use crate::verifier::CachedPublicKey;
 use jwks::{JwksCache, JwksError};
 
 /// Verified tokens kept at most; beyond, expired ones are dropped, then everything.
@@ -131,7 +132,10 @@ impl From<TokenError> for TokenRefusal {
 }
 
 struct CachedToken {
-    public_key_id: Box<str>,
+    /// The public key as cached when the token was verified. Any change to the key, its
+    /// environment or its signing keys makes the verifier load a new entry, so a token
+    /// verified under the old one no longer matches.
+    public_key: std::sync::Weak<CachedPublicKey>,
     token: Box<str>,
     identity: Arc<TokenIdentity>,
 }
@@ -169,21 +173,21 @@ impl TokenVerifier {
     /// A verified token of this public key that has not expired.
     pub fn cached(
         &self,
-        public_key_id: &str,
+        public_key: &Arc<CachedPublicKey>,
         token: &str,
         now: Timestamp,
     ) -> Option<Arc<TokenIdentity>> {
-        let entry = self.cache.get(&self.slot(public_key_id, token))?;
+        let entry = self.cache.get(&self.slot(&public_key.key.id, token))?;
         let now_seconds = now.as_millis().div_euclid(1000);
         (entry.token.as_ref() == token
-            && entry.public_key_id.as_ref() == public_key_id
+            && std::ptr::eq(entry.public_key.as_ptr(), Arc::as_ptr(public_key))
             && entry.identity.expires_at > now_seconds - LEEWAY_SECONDS)
             .then(|| Arc::clone(&entry.identity))
     }
 
     fn remember(
         &self,
-        public_key_id: &str,
+        public_key: &Arc<CachedPublicKey>,
         token: &str,
         identity: &Arc<TokenIdentity>,
         now: Timestamp,
@@ -197,9 +201,9 @@ impl TokenVerifier {
             }
         }
         self.cache.insert(
-            self.slot(public_key_id, token),
+            self.slot(&public_key.key.id, token),
             CachedToken {
-                public_key_id: public_key_id.into(),
+                public_key: Arc::downgrade(public_key),
                 token: token.into(),
                 identity: Arc::clone(identity),
             },
@@ -209,21 +213,24 @@ impl TokenVerifier {
     /// Verifies an end user's JWT for a JWT public key.
     pub async fn verify_jwt(
         &self,
-        public_key_id: &str,
+        public_key: &Arc<CachedPublicKey>,
         settings: &JwtSettings,
-        inline_keys: &[VerificationKey],
         token: &str,
         now: Timestamp,
     ) -> Result<Arc<TokenIdentity>, TokenRefusal> {
-        if let Some(identity) = self.cached(public_key_id, token, now) {
+        if let Some(identity) = self.cached(public_key, token, now) {
             return Ok(identity);
         }
         let header = token::peek_header(token, &settings.algorithms)?;
         let alg = algorithm(header.algorithm);
         let claims = match &settings.source {
-            JwtKeySource::Inline(_) => {
-                decode_with(inline_keys, &header.key_id, alg, token, settings)?
-            }
+            JwtKeySource::Inline(_) => decode_with(
+                &public_key.verification_keys,
+                &header.key_id,
+                alg,
+                token,
+                settings,
+            )?,
             JwtKeySource::JwksUrl(url) => {
                 let keys = self.jwks.keys(url).await.map_err(TokenRefusal::Jwks)?;
                 match decode_with(&keys, &header.key_id, alg, token, settings) {
@@ -240,7 +247,7 @@ impl TokenVerifier {
             }
         };
         let identity = Arc::new(jwt_identity(&claims, settings, now)?);
-        self.remember(public_key_id, token, &identity, now);
+        self.remember(public_key, token, &identity, now);
         Ok(identity)
     }
 
@@ -248,12 +255,12 @@ impl TokenVerifier {
     /// environment's signing keys, named by `kid` when it has one).
     pub fn verify_user_token(
         &self,
-        public_key_id: &str,
-        signing_keys: &[VerificationKey],
+        public_key: &Arc<CachedPublicKey>,
         token: &str,
         now: Timestamp,
     ) -> Result<Arc<TokenIdentity>, TokenRefusal> {
-        if let Some(identity) = self.cached(public_key_id, token, now) {
+        let signing_keys = &public_key.verification_keys;
+        if let Some(identity) = self.cached(public_key, token, now) {
             return Ok(identity);
         }
         let header = token::peek_header(token, &[JwtAlgorithm::Es256])?;
@@ -274,7 +281,7 @@ impl TokenVerifier {
             permissions: Vec::new(),
             expires_at: subscriber.expires_at,
         });
-        self.remember(public_key_id, token, &identity, now);
+        self.remember(public_key, token, &identity, now);
         Ok(identity)
     }
 }

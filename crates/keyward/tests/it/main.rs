@@ -5,6 +5,7 @@
 mod cli;
 mod cluster;
 mod conventions;
+mod credentials;
 mod hostile_input;
 mod import;
 mod keys;
