@@ -208,10 +208,10 @@ mod tests {
         assert!(SignatureHeader::parse(&format!("sig={sig},ts=1,key=wk_a")).is_ok());
         for bad in [
             String::new(),
-            format!("key=wk_a, ts=1"),
+            "key=wk_a, ts=1".to_owned(),
             format!("key=wk_a, ts=-1, sig={sig}"),
             format!("key=wk_a, ts=1.5, sig={sig}"),
-            format!("key=wk_a, ts=1, sig=AAAA"),
+            "key=wk_a, ts=1, sig=AAAA".to_owned(),
             format!("key=wk_a, ts=1, sig={sig}, extra=1"),
             format!("key=wk_a, key=wk_b, ts=1, sig={sig}"),
             format!("key=, ts=1, sig={sig}"),

@@ -258,7 +258,7 @@ mod tests {
             "a.b.c.d".to_owned(),
             format!("{}.e30.sig", encode("not json")),
             format!("{}.e30.sig", encode(r#"{"kid":"x"}"#)),
-            format!("%%%.e30.sig"),
+            "%%%.e30.sig".to_owned(),
             "x".repeat(MAX_TOKEN_LEN + 1),
         ] {
             assert_eq!(
