@@ -18,13 +18,47 @@ use serde_json::json;
 
 /// Issues one key through the real HTTP API and warms the verifier's cache with it. The
 /// runtime ends afterwards; the in-memory path needs none.
-fn prepared() -> (
-    Arc<keyward_server::AppState>,
-    keyward_core::model::Tenancy,
-    String,
-    String,
-    tempfile::TempDir,
-) {
+/// What the benchmarks verify: two API keys, and a JWT public key with a token of its own.
+struct Prepared {
+    state: Arc<keyward_server::AppState>,
+    tenancy: keyward_core::model::Tenancy,
+    secret: String,
+    metered: String,
+    jwt_public_key: String,
+    jwt: String,
+    /// The P-256 point that verifies `jwt`, for the bare crypto reference.
+    jwt_verifying_point: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+/// An ES256 key pair: its public half as PEM, and a token it signed.
+fn es256_token() -> (String, String, Vec<u8>) {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use base64::Engine as _;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .expect("key pair");
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("pkcs8");
+    let der = pair.public_key().as_der().expect("spki");
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+    );
+    let exp = clock::now().as_millis() / 1000 + 24 * 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &json!({"sub": "usr_bench", "exp": exp, "permissions": ["read"]}),
+        &jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+    )
+    .expect("sign");
+    (pem, token, pair.public_key().as_ref().to_vec())
+}
+
+fn prepared() -> Prepared {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -90,6 +124,25 @@ fn prepared() -> (
             .await
             .expect("json");
         let metered = metered["secret"].as_str().expect("secret").to_owned();
+        let (pem, jwt, jwt_verifying_point) = es256_token();
+        let public_key: serde_json::Value = http
+            .post(format!("{base}/api/v1/public-keys"))
+            .bearer_auth(&root)
+            .json(&json!({"type": "jwt", "public_key": pem, "algorithms": ["ES256"]}))
+            .send()
+            .await
+            .expect("create public key")
+            .json()
+            .await
+            .expect("json");
+        let jwt_public_key = public_key["key"].as_str().expect("key").to_owned();
+        // Warm the cache, so the benchmarks below never wait on storage.
+        state
+            .verifier
+            .find_public_key(state.store.as_ref(), &jwt_public_key, clock::now())
+            .await
+            .expect("storage")
+            .expect("the public key exists");
         let tenancy = keyward_core::model::Tenancy {
             workspace_id: first.workspace_id.clone(),
             environment: Environment::Live,
@@ -106,12 +159,35 @@ fn prepared() -> (
             .await
             .expect("verify");
         assert!(verdict.code.is_valid());
-        (state, tenancy, secret, metered, dir)
+        Prepared {
+            state,
+            tenancy,
+            secret,
+            metered,
+            jwt_public_key,
+            jwt,
+            jwt_verifying_point,
+            _dir: dir,
+        }
     })
 }
 
+/// Polls a future that must not wait (everything it needs is in memory).
+fn ready<T>(future: impl Future<Output = T>) -> T {
+    match std::pin::pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(value) => value,
+        Poll::Pending => panic!("an in-memory path waited"),
+    }
+}
+
 fn bench(c: &mut Criterion) {
-    let (state, tenancy, secret, metered, _dir) = prepared();
+    let prepared = prepared();
+    let state = &prepared.state;
+    let (tenancy, secret, metered) = (
+        prepared.tenancy.clone(),
+        prepared.secret.clone(),
+        prepared.metered.clone(),
+    );
     let verifier: &Verifier = &state.verifier;
     let query = PermissionQuery::parse("read OR admin").expect("query");
     let now = clock::now();
@@ -141,11 +217,7 @@ fn bench(c: &mut Criterion) {
                 };
                 let entry = verdict.key.expect("found");
                 // The in-process engine never waits: its future is ready on the first poll.
-                let charge = std::pin::pin!(state.charge_key(&entry, 1, None, now));
-                match charge.poll(&mut Context::from_waker(Waker::noop())) {
-                    Poll::Ready(decision) => decision.expect("charged"),
-                    Poll::Pending => panic!("the in-process engine waited"),
-                }
+                ready(state.charge_key(&entry, 1, None, now)).expect("charged")
             })
         },
     );
@@ -168,6 +240,7 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
+    credentials(&mut group, &prepared, now);
     group.bench_function("wrong checksum, refused offline", |b| {
         let mut wrong = secret.clone();
         wrong.pop();
@@ -175,6 +248,102 @@ fn bench(c: &mut Criterion) {
         b.iter(|| verifier.verify_in_memory(&tenancy, std::hint::black_box(&wrong), None, now))
     });
     group.finish();
+}
+
+/// JWTs and HMAC signatures, each against a reference measured in the same run.
+fn credentials(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    prepared: &Prepared,
+    now: keyward_core::Timestamp,
+) {
+    use keyward_core::model::PublicKeyKind;
+    let state = &prepared.state;
+    let public_key = ready(state.verifier.find_public_key(
+        state.store.as_ref(),
+        &prepared.jwt_public_key,
+        now,
+    ))
+    .expect("storage")
+    .expect("the public key exists");
+    let PublicKeyKind::Jwt(settings) = &public_key.key.kind else {
+        panic!("a JWT public key")
+    };
+    let token = prepared.jwt.as_str();
+    // Reference: the bare ES256 check of the token's signature with the same crypto library.
+    let (signing_input, signature) = token.rsplit_once('.').expect("three parts");
+    let signature = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(signature)
+            .expect("base64")
+    };
+    let point = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        prepared.jwt_verifying_point.clone(),
+    );
+    group.bench_function("reference: bare ES256 signature check (aws-lc-rs)", |b| {
+        b.iter(|| {
+            point
+                .verify(signing_input.as_bytes(), std::hint::black_box(&signature))
+                .expect("valid")
+        })
+    });
+    group.bench_function(
+        "JWT, cold: header, key, ES256, claims (Keyward path)",
+        |b| {
+            b.iter_batched(
+                || state.tokens.forget_tokens(),
+                |()| {
+                    ready(state.tokens.verify_jwt(&public_key, settings, token, now))
+                        .expect("valid")
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
+    ready(state.tokens.verify_jwt(&public_key, settings, token, now)).expect("valid");
+    group.bench_function("JWT, repeated: public key + token cache hit", |b| {
+        b.iter(|| {
+            let public_key = ready(state.verifier.find_public_key(
+                state.store.as_ref(),
+                std::hint::black_box(&prepared.jwt_public_key),
+                now,
+            ))
+            .expect("storage")
+            .expect("found");
+            ready(state.tokens.verify_jwt(&public_key, settings, token, now)).expect("valid")
+        })
+    });
+    // A workspace-key signature over a request with a 1 KiB body: digest, then HMAC.
+    let body = vec![b'x'; 1024];
+    let secret = "wksec_live_0123456789abcdefghijklmnopqrstuv";
+    let digest = keyward_core::signature::body_digest(&body);
+    let signed = keyward_core::signature::SignedRequest {
+        method: "POST",
+        path: "/api/v1/orders",
+        query: "expand=items",
+        timestamp: 1_700_000_000,
+        body_sha256: &digest,
+    };
+    let header_text = format!(
+        "key=wk_1, ts=1700000000, sig={}",
+        signed.sign(secret.as_bytes())
+    );
+    group.bench_function(
+        "HMAC request signature, 1 KiB body (digest + parse + verify)",
+        |b| {
+            b.iter(|| {
+                let digest = keyward_core::signature::body_digest(std::hint::black_box(&body));
+                let header =
+                    keyward_core::signature::SignatureHeader::parse(&header_text).expect("header");
+                let request = keyward_core::signature::SignedRequest {
+                    body_sha256: &digest,
+                    ..signed
+                };
+                assert!(request.verify(secret.as_bytes(), &header.signature));
+            })
+        },
+    );
 }
 
 criterion_group!(benches, bench);

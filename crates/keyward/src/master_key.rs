@@ -29,18 +29,33 @@ pub(crate) fn load(settings: &Settings) -> Result<MasterKey, String> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(&settings.data_dir)
                 .map_err(|error| format!("{}: {error}", settings.data_dir.display()))?;
+            // Written whole to a file of its own, then linked into place: a node starting at
+            // the same moment on the same directory either wins or reads the winner's key,
+            // never a half-written one.
             let (text, key) = MasterKey::generate();
+            let draft = settings
+                .data_dir
+                .join(format!("{FILE_NAME}.{}.tmp", std::process::id()));
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .mode(0o600)
-                .open(&path)
-                .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+                .open(&draft)
+                .map_err(|error| format!("cannot create {}: {error}", draft.display()))?;
             file.write_all(format!("{text}\n").as_bytes())
                 .and_then(|()| file.sync_all())
-                .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
-            tracing::info!(path = %path.display(), "made a master key for workspace secrets");
-            Ok(key)
+                .map_err(|error| format!("cannot write {}: {error}", draft.display()))?;
+            let linked = std::fs::hard_link(&draft, &path);
+            let _ = std::fs::remove_file(&draft);
+            match linked {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "made a master key for workspace secrets");
+                    Ok(key)
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => load(settings),
+                Err(error) => Err(format!("cannot create {}: {error}", path.display())),
+            }
         }
         Err(error) => Err(format!("cannot read {}: {error}", path.display())),
     }
