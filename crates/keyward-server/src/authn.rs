@@ -15,7 +15,6 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
-use crate::tokens::jwks::JwksError;
 use crate::tokens::{TokenIdentity, TokenRefusal};
 use crate::verifier::{CachedPublicKey, CachedWorkspaceKey};
 use crate::AppState;
@@ -90,8 +89,8 @@ impl Refusal {
         Self::new(StatusCode::UNAUTHORIZED, error.code(), token_message(error))
     }
 
-    fn jwks(error: &JwksError) -> Self {
-        let _ = error;
+    /// The fetch's own failure was logged where it happened (`JwksCache`).
+    const fn jwks_unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "jwks_unavailable",
@@ -141,7 +140,7 @@ impl From<TokenRefusal> for Refusal {
     fn from(refusal: TokenRefusal) -> Self {
         match refusal {
             TokenRefusal::Token(error) => Refusal::token(error),
-            TokenRefusal::Jwks(error) => Refusal::jwks(&error),
+            TokenRefusal::Jwks(_) => Refusal::jwks_unavailable(),
         }
     }
 }

@@ -182,18 +182,19 @@ fn verdict_of(code: VerifyCode) -> VerifyKeyResponse {
 }
 
 /// A refusal of a credential as a verdict, with its precise reason.
-fn refused(refusal: &Refusal, credential_type: &str) -> VerifyKeyResponse {
+fn refused(refusal: &Refusal, credential_type: &str) -> (VerifyCode, VerifyKeyResponse) {
     let code = if refusal.code == "tenant_mismatch" {
         VerifyCode::TenantMismatch
     } else {
         VerifyCode::InvalidKey
     };
-    VerifyKeyResponse {
+    let verdict = VerifyKeyResponse {
         status: refusal.status.as_u16(),
         credential_type: Some(credential_type.to_owned()),
         reason: Some(refusal.code.to_owned()),
         ..verdict_of(code)
-    }
+    };
+    (code, verdict)
 }
 
 const MAX_METHOD_LEN: usize = 16;
@@ -234,74 +235,90 @@ pub(crate) async fn verify_request(
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
             .map(|(_, value)| value.as_str())
     };
-    let presented = match credential::from_headers(header("authorization"), header("x-api-key")) {
-        Ok(presented) => presented,
-        Err(PresentedError::Signature(_)) => {
-            let refusal = Refusal::invalid_signature();
-            return Ok(Json(refused(&refusal, "workspace_key")));
-        }
-        Err(_) => return Ok(Json(refused(&Refusal::invalid_key(), "api_key"))),
-    };
-    let credential_type = presented.credential_type();
-    let now = clock::now();
-    let verdict = match presented {
-        Presented::Secret(secret) => {
-            let cost = i64::from(request.credits_cost.unwrap_or(1));
-            let verdict = state
-                .verify_secret(&caller.tenancy, secret, required.as_ref(), cost, None)
-                .await?;
-            VerifyKeyResponse {
-                credential_type: Some(credential_type.to_owned()),
-                ..verdict
+    let (code, verdict) =
+        match credential::from_headers(header("authorization"), header("x-api-key")) {
+            // API keys are counted where they are verified, as for `keys/verify`.
+            Ok(Presented::Secret(secret)) => {
+                let cost = i64::from(request.credits_cost.unwrap_or(1));
+                let verdict = state
+                    .verify_secret(&caller.tenancy, secret, required.as_ref(), cost, None)
+                    .await?;
+                return Ok(Json(VerifyKeyResponse {
+                    credential_type: Some("api_key".to_owned()),
+                    ..verdict
+                }));
             }
-        }
-        Presented::JwtPublicKey { key, token } | Presented::ClientPublicKey { key, token } => {
-            match state
-                .authenticate_public_key(key, token, header("x-tenant-id"), now)
-                .await
-            {
-                Ok(user) if user.public_key.key.tenancy == caller.tenancy => {
-                    state
-                        .end_user_verdict(&user, required.as_ref(), credential_type, now)
-                        .await?
-                }
-                Ok(_) => refused(&Refusal::invalid_key(), credential_type),
-                Err(refusal) if refusal.is_unavailable() => return Err(refusal.into()),
-                Err(refusal) => refused(&refusal, credential_type),
+            Ok(presented) => {
+                state
+                    .verify_other_credential(
+                        &caller,
+                        &request,
+                        presented,
+                        header("x-tenant-id"),
+                        required.as_ref(),
+                    )
+                    .await?
             }
-        }
-        Presented::WorkspaceSignature(signature) => {
-            let empty_body = keyward_core::signature::body_digest(b"");
-            let facts = RequestFacts {
-                method: &request.method,
-                path: &request.path,
-                query: request.query.as_deref().unwrap_or(""),
-                body_sha256: request.body_sha256.as_deref().unwrap_or(&empty_body),
-            };
-            match state.authenticate_signature(&signature, &facts, now).await {
-                Ok(workspace_key) if workspace_key.key.tenancy == caller.tenancy => {
-                    VerifyKeyResponse {
-                        key_id: Some(workspace_key.key.id.clone()),
-                        environment: Some(caller.tenancy.environment.as_str().to_owned()),
-                        credential_type: Some(credential_type.to_owned()),
-                        ..verdict_of(VerifyCode::Valid)
-                    }
-                }
-                Ok(_) => refused(&Refusal::invalid_key(), credential_type),
-                Err(refusal) if refusal.is_unavailable() => return Err(refusal.into()),
-                Err(refusal) => refused(&refusal, credential_type),
+            Err(PresentedError::Signature(_)) => {
+                refused(&Refusal::invalid_signature(), "workspace_key")
             }
-        }
-    };
-    if verdict.credential_type.as_deref() != Some("api_key") {
-        state.metrics.count_verification(
-            VerifyCode::EVERY
-                .into_iter()
-                .find(|code| code.as_str() == verdict.code)
-                .unwrap_or(VerifyCode::InvalidKey),
-        );
-    }
+            Err(_) => refused(&Refusal::invalid_key(), "api_key"),
+        };
+    state.metrics.count_verification(code);
     Ok(Json(verdict))
+}
+
+impl AppState {
+    /// A public key with its token, or a workspace key's signature, as `verify-request`
+    /// sees it.
+    async fn verify_other_credential(
+        &self,
+        caller: &Caller,
+        request: &VerifyRequestRequest,
+        presented: Presented<'_>,
+        tenant: Option<&str>,
+        required: Option<&PermissionQuery>,
+    ) -> Result<(VerifyCode, VerifyKeyResponse), ApiError> {
+        let credential_type = presented.credential_type();
+        let now = clock::now();
+        Ok(match presented {
+            Presented::Secret(_) => refused(&Refusal::invalid_key(), credential_type),
+            Presented::JwtPublicKey { key, token } | Presented::ClientPublicKey { key, token } => {
+                match self.authenticate_public_key(key, token, tenant, now).await {
+                    Ok(user) if user.public_key.key.tenancy == caller.tenancy => {
+                        self.end_user_verdict(&user, required, credential_type, now)
+                            .await?
+                    }
+                    Ok(_) => refused(&Refusal::invalid_key(), credential_type),
+                    Err(refusal) if refusal.is_unavailable() => return Err(refusal.into()),
+                    Err(refusal) => refused(&refusal, credential_type),
+                }
+            }
+            Presented::WorkspaceSignature(signature) => {
+                let empty_body = keyward_core::signature::body_digest(b"");
+                let facts = RequestFacts {
+                    method: &request.method,
+                    path: &request.path,
+                    query: request.query.as_deref().unwrap_or(""),
+                    body_sha256: request.body_sha256.as_deref().unwrap_or(&empty_body),
+                };
+                match self.authenticate_signature(&signature, &facts, now).await {
+                    Ok(workspace_key) if workspace_key.key.tenancy == caller.tenancy => (
+                        VerifyCode::Valid,
+                        VerifyKeyResponse {
+                            key_id: Some(workspace_key.key.id.clone()),
+                            environment: Some(caller.tenancy.environment.as_str().to_owned()),
+                            credential_type: Some(credential_type.to_owned()),
+                            ..verdict_of(VerifyCode::Valid)
+                        },
+                    ),
+                    Ok(_) => refused(&Refusal::invalid_key(), credential_type),
+                    Err(refusal) if refusal.is_unavailable() => return Err(refusal.into()),
+                    Err(refusal) => refused(&refusal, credential_type),
+                }
+            }
+        })
+    }
 }
 
 impl AppState {
@@ -313,7 +330,7 @@ impl AppState {
         required: Option<&PermissionQuery>,
         credential_type: &str,
         now: Timestamp,
-    ) -> Result<VerifyKeyResponse, ApiError> {
+    ) -> Result<(VerifyCode, VerifyKeyResponse), ApiError> {
         let permissions = user
             .identity
             .as_ref()
@@ -348,7 +365,7 @@ impl AppState {
             rate_limit = rate_status(&decision);
         }
         let key = &user.public_key.key;
-        Ok(VerifyKeyResponse {
+        let verdict = VerifyKeyResponse {
             key_id: Some(key.id.clone()),
             environment: Some(key.tenancy.environment.as_str().to_owned()),
             permissions: Some(permissions),
@@ -357,6 +374,7 @@ impl AppState {
             subject: user.subject().map(str::to_owned),
             tenant: user.tenant().map(str::to_owned),
             ..verdict_of(code)
-        })
+        };
+        Ok((code, verdict))
     }
 }
