@@ -5,7 +5,6 @@ healthz figure measured in the same run, because absolute numbers on shared mach
 """
 
 import concurrent.futures
-import json
 import os
 import re
 import statistics
@@ -15,39 +14,12 @@ import tempfile
 import time
 import urllib.request
 
+import kwbench
+from kwbench import call
+
 BINARY, SECONDS, RUNS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 CONNECTIONS = 32
 MANY_KEYS = 100_000
-
-
-def start_server(data_dir):
-    process = subprocess.Popen(
-        [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}, "KEYWARD_LOG": "warn"},
-    )
-    live_key = base = None
-    for line in process.stdout:
-        line = line.strip()
-        if line.startswith("live: "):
-            live_key = line.removeprefix("live: ")
-        if line.startswith("Keyward listening on "):
-            base = line.removeprefix("Keyward listening on ")
-            break
-    return process, base, live_key
-
-
-def call(base, key, method, path, body=None):
-    request = urllib.request.Request(
-        base + path,
-        method=method,
-        data=json.dumps(body or {}).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request) as response:
-        return json.load(response)
 
 
 def rss_mb(pid):
@@ -59,17 +31,7 @@ def rss_mb(pid):
 
 
 def wrk(base, path, script=None):
-    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency"]
-    if script:
-        command += ["-s", script]
-    output = subprocess.run(command + [base + path], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    p99 = re.search(r"99%\s+([\d.]+)(\w+)", output)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if errors:
-        raise SystemExit(f"{path}: {errors.group(1)} non-2xx answers\n{output}")
-    return rps, float(p99.group(1)) * scale
+    return kwbench.wrk(base + path, SECONDS, script, CONNECTIONS)
 
 
 def lua_script(directory, key, secrets):
@@ -96,7 +58,7 @@ end
 
 def main():
     with tempfile.TemporaryDirectory() as directory:
-        process, base, root = start_server(directory)
+        process, base, root = kwbench.start_server(BINARY, directory)
         try:
             time.sleep(1)
             idle_rss = rss_mb(process.pid)

@@ -2,7 +2,6 @@
 ratio of a reference measured in the same run, because absolute numbers on shared machines
 drift."""
 
-import json
 import os
 import re
 import socket
@@ -11,7 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+from kwbench import call, parse_wrk, post_script, start_server, wait_ready
 
 BINARY, SECONDS, RUNS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 CONNECTIONS = 32
@@ -20,57 +20,8 @@ DATABASE = os.environ.get("KEYWARD_BENCH_DATABASE_URL", "postgres://postgres@127
 HUGE = 1_000_000_000_000
 
 
-def start_server(data_dir, env=None, name="a"):
-    process = subprocess.Popen(
-        [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")},
-             "KEYWARD_LOG": "warn", "KEYWARD_NODE_ID": name, **(env or {})},
-    )
-    live_key = base = None
-    for line in process.stdout:
-        line = line.strip()
-        if line.startswith("live: "):
-            live_key = line.removeprefix("live: ")
-        if line.startswith("Keyward listening on "):
-            base = line.removeprefix("Keyward listening on ")
-            break
-    return process, base, live_key
-
-
-def call(base, key, method, path, body=None):
-    request = urllib.request.Request(
-        base + path, method=method, data=json.dumps(body or {}).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request) as response:
-        return json.load(response)
-
-
-def wait_ready(base, redis=False):
-    for _ in range(200):
-        try:
-            with urllib.request.urlopen(base + "/readyz") as response:
-                body = json.load(response)
-                if not redis or body.get("redis") == "up":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"{base} never became ready")
-
-
 def script(directory, root, secret, name):
-    path = os.path.join(directory, f"{name}.lua")
-    with open(path, "w") as out:
-        out.write(f"""
-wrk.method = "POST"
-wrk.headers["Authorization"] = "Bearer {root}"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{{"key":"{secret}"}}'
-""")
-    return path
+    return post_script(directory, name, root, {"key": secret})
 
 
 def wrk(bases, lua, connections=CONNECTIONS):
@@ -81,12 +32,9 @@ def wrk(bases, lua, connections=CONNECTIONS):
         for base in bases]
     total, worst = 0.0, 0.0
     for process in processes:
-        output = process.communicate()[0]
-        total += float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-        p99 = re.search(r"99%\s+([\d.]+)(\w+)", output)
-        worst = max(worst, float(p99.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)])
-        if "Non-2xx" in output:
-            raise SystemExit(output)
+        rps, p99 = parse_wrk(process.communicate()[0])
+        total += rps
+        worst = max(worst, p99)
     return total, worst
 
 
@@ -142,7 +90,7 @@ def row(name, figures, reference=None):
 def main():
     with tempfile.TemporaryDirectory() as directory:
         # One node, in-process engine.
-        process, base, root = start_server(directory)
+        process, base, root = start_server(BINARY, directory)
         try:
             wait_ready(base)
             plain, metered = seed(base, root)
@@ -159,7 +107,7 @@ def main():
         # One node, Redis engine.
         prefix = f"kwbench{int(time.time())}"
         with tempfile.TemporaryDirectory() as data:
-            process, base, root = start_server(data, {"REDIS_URL": REDIS, "KEYWARD_REDIS_KEY_PREFIX": prefix})
+            process, base, root = start_server(BINARY, data, {"REDIS_URL": REDIS, "KEYWARD_REDIS_KEY_PREFIX": prefix})
             try:
                 wait_ready(base, redis=True)
                 plain, metered = seed(base, root)
@@ -191,7 +139,7 @@ def main():
             root = None
             for name in ["a", "b", "c"]:
                 data = tempfile.mkdtemp(dir=directory)
-                process, base, key = start_server(data, env, name)
+                process, base, key = start_server(BINARY, data, env, name)
                 nodes.append((process, base))
                 root = root or key
             for _, base in nodes:

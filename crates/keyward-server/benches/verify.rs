@@ -28,6 +28,8 @@ struct Prepared {
     jwt: String,
     /// The P-256 point that verifies `jwt`, for the bare crypto reference.
     jwt_verifying_point: Vec<u8>,
+    /// A workspace key's id and secret, for signed requests.
+    workspace_key: (String, String),
     _dir: tempfile::TempDir,
 }
 
@@ -136,6 +138,44 @@ fn prepared() -> Prepared {
             .await
             .expect("json");
         let jwt_public_key = public_key["key"].as_str().expect("key").to_owned();
+        let workspace_key: serde_json::Value = http
+            .post(format!("{base}/api/v1/workspace-keys"))
+            .bearer_auth(&root)
+            .json(&json!({"name": "bench"}))
+            .send()
+            .await
+            .expect("create workspace key")
+            .json()
+            .await
+            .expect("json");
+        let workspace_key = (
+            workspace_key["id"].as_str().expect("id").to_owned(),
+            workspace_key["secret"].as_str().expect("secret").to_owned(),
+        );
+        // A signed call caches the workspace key (its secret unsealed) on this node.
+        let timestamp = clock::now().as_millis() / 1000;
+        let digest = keyward_core::signature::body_digest(b"");
+        let signature = keyward_core::signature::SignedRequest {
+            method: "GET",
+            path: "/api/v1/apps",
+            query: "",
+            timestamp,
+            body_sha256: &digest,
+        }
+        .sign(workspace_key.1.as_bytes());
+        let signed = http
+            .get(format!("{base}/api/v1/apps"))
+            .header(
+                "authorization",
+                format!(
+                    "KW-HMAC-SHA256 key={}, ts={timestamp}, sig={signature}",
+                    workspace_key.0
+                ),
+            )
+            .send()
+            .await
+            .expect("signed call");
+        assert!(signed.status().is_success(), "{}", signed.status());
         // Warm the cache, so the benchmarks below never wait on storage.
         state
             .verifier
@@ -167,6 +207,7 @@ fn prepared() -> Prepared {
             jwt_public_key,
             jwt,
             jwt_verifying_point,
+            workspace_key,
             _dir: dir,
         }
     })
@@ -297,7 +338,9 @@ fn credentials(
                     ready(state.tokens.verify_jwt(&public_key, settings, token, now))
                         .expect("valid")
                 },
-                criterion::BatchSize::SmallInput,
+                // Each run forgets the token just before it: a batch of setups first would
+                // leave all but one run warm.
+                criterion::BatchSize::PerIteration,
             )
         },
     );
@@ -316,19 +359,21 @@ fn credentials(
     });
     // A workspace-key signature over a request with a 1 KiB body: digest, then HMAC.
     let body = vec![b'x'; 1024];
-    let secret = "wksec_live_0123456789abcdefghijklmnopqrstuv";
-    let digest = keyward_core::signature::body_digest(&body);
-    let signed = keyward_core::signature::SignedRequest {
-        method: "POST",
-        path: "/api/v1/orders",
-        query: "expand=items",
-        timestamp: 1_700_000_000,
-        body_sha256: &digest,
+    let (workspace_key, secret) = &prepared.workspace_key;
+    let now_seconds = now.as_millis() / 1000;
+    let signed_header = |query: &str| {
+        let digest = keyward_core::signature::body_digest(&body);
+        let signature = keyward_core::signature::SignedRequest {
+            method: "POST",
+            path: "/api/v1/orders",
+            query,
+            timestamp: now_seconds,
+            body_sha256: &digest,
+        }
+        .sign(secret.as_bytes());
+        format!("key={workspace_key}, ts={now_seconds}, sig={signature}")
     };
-    let header_text = format!(
-        "key=wk_1, ts=1700000000, sig={}",
-        signed.sign(secret.as_bytes())
-    );
+    let header_text = signed_header("expand=items");
     group.bench_function(
         "HMAC request signature, 1 KiB body (digest + parse + verify)",
         |b| {
@@ -337,11 +382,43 @@ fn credentials(
                 let header =
                     keyward_core::signature::SignatureHeader::parse(&header_text).expect("header");
                 let request = keyward_core::signature::SignedRequest {
+                    method: "POST",
+                    path: "/api/v1/orders",
+                    query: "expand=items",
+                    timestamp: header.timestamp,
                     body_sha256: &digest,
-                    ..signed
                 };
                 assert!(request.verify(secret.as_bytes(), &header.signature));
             })
+        },
+    );
+    // The whole path of a signed request on one node: the above, plus the cached workspace
+    // key and the replay guard. Every signature is new (a counter in the query), as a
+    // replayed one would be refused.
+    let mut counter = 0_u64;
+    group.bench_function(
+        "HMAC request, 1 KiB body, full path (cached key, replay guard)",
+        |b| {
+            b.iter_batched(
+                || {
+                    counter += 1;
+                    let query = format!("n={counter}");
+                    (signed_header(&query), query)
+                },
+                |(header_text, query)| {
+                    let digest = keyward_core::signature::body_digest(std::hint::black_box(&body));
+                    let header = keyward_core::signature::SignatureHeader::parse(&header_text)
+                        .expect("header");
+                    let facts = keyward_server::authn::RequestFacts {
+                        method: "POST",
+                        path: "/api/v1/orders",
+                        query: &query,
+                        body_sha256: &digest,
+                    };
+                    ready(state.authenticate_signature(&header, &facts, now)).expect("accepted")
+                },
+                criterion::BatchSize::SmallInput,
+            )
         },
     );
 }

@@ -1,7 +1,9 @@
 //! Authenticating the credentials of SPEC §4.4 other than root keys: public keys with their
 //! tokens, and HMAC-signed workspace-key requests. `verify-request`, the self-service API and
-//! Keyward's own API (for workspace keys) share these checks.
+//! Keyward's own API (for workspace keys) share these checks. The signature check is public
+//! so that the benchmarks measure the very path requests take.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use crate::AppState;
 
 /// What a request says about itself, for checks that cover more than its credential.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct RequestFacts<'a> {
+pub struct RequestFacts<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a str,
@@ -54,7 +56,7 @@ impl EndUser {
 /// Why a credential was refused: an HTTP error for Keyward's own API, a verdict for
 /// `verify-request`.
 #[derive(Debug, Clone)]
-pub(crate) struct Refusal {
+pub struct Refusal {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: &'static str,
@@ -150,14 +152,21 @@ impl From<TokenRefusal> for Refusal {
 #[derive(Debug, Default)]
 pub(crate) struct LocalSeenSignatures {
     seen: DashMap<KeyHash, i64>,
+    /// The second of the last sweep forced by a full map, so that a flood of fresh signatures
+    /// costs one scan per second rather than one per request.
+    last_forced_sweep: AtomicI64,
 }
 
+/// Past this many, accepting a signature first forgets the expired ones. Every live entry is
+/// still kept: forgetting one would let it be replayed.
 const MAX_LOCAL_SIGNATURES: usize = 1_000_000;
 
 impl LocalSeenSignatures {
     fn first_use(&self, hash: KeyHash, forget_after: i64, now_seconds: i64) -> bool {
-        if self.seen.len() >= MAX_LOCAL_SIGNATURES {
-            self.seen.retain(|_, until| *until > now_seconds);
+        if self.seen.len() >= MAX_LOCAL_SIGNATURES
+            && self.last_forced_sweep.swap(now_seconds, Ordering::Relaxed) != now_seconds
+        {
+            self.sweep(now_seconds);
         }
         match self.seen.entry(hash) {
             dashmap::Entry::Occupied(_) => false,
@@ -224,7 +233,7 @@ impl AppState {
 
     /// Authenticates a request signed with a workspace key's secret: fresh, made over this
     /// very request, and never seen before.
-    pub(crate) async fn authenticate_signature(
+    pub async fn authenticate_signature(
         &self,
         header: &SignatureHeader<'_>,
         request: &RequestFacts<'_>,

@@ -4,7 +4,7 @@
 //! Architecture invariant: only this crate knows HTTP. It owns no business rule that
 //! `keyward-core` could hold, and reaches storage only through [`keyward_store::Store`].
 
-mod authn;
+pub mod authn;
 pub mod bootstrap;
 mod convert;
 pub mod crypto;

@@ -23,7 +23,7 @@ use crate::testkit::{Api, TestServer};
 const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -573,7 +573,7 @@ async fn client_public_keys_take_signed_user_tokens_scoped_to_a_tenant() {
 }
 
 /// Signs a request to Keyward with a workspace key.
-fn signed(
+pub(crate) fn signed(
     method: &str,
     path: &str,
     query: &str,

@@ -1,8 +1,10 @@
 //! The real `keyward serve` binary: first start, crash durability, graceful shutdown,
-//! settings errors, and secrets that must never reach disk or logs.
+//! settings errors, and secrets (API keys, root keys, workspace secrets, signing keys' private
+//! halves) that must never reach disk or logs.
 
 use serde_json::json;
 
+use crate::credentials::{now, signed};
 use crate::testkit::{keyward_binary, Api, ServerProcess};
 
 #[tokio::test]
@@ -101,6 +103,41 @@ async fn secrets_never_reach_the_database_or_the_logs() {
         )
         .await;
     secrets.push(root.body["secret"].as_str().unwrap().to_owned());
+    // A workspace secret, used for a signed call (so it was unsealed and cached), and a
+    // signing key's private half.
+    let workspace_key = api
+        .post("/api/v1/workspace-keys", json!({"name": "backend"}))
+        .await
+        .assert_status(201)
+        .clone();
+    let (key_id, workspace_secret) = (
+        workspace_key["id"].as_str().unwrap(),
+        workspace_key["secret"].as_str().unwrap(),
+    );
+    let authorization = signed(
+        "GET",
+        "/api/v1/apps",
+        "",
+        b"",
+        key_id,
+        workspace_secret,
+        now(),
+    );
+    let signed_call = api
+        .http
+        .get(format!("{}/api/v1/apps", server.base))
+        .header("authorization", authorization)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_call.status(), 200);
+    secrets.push(workspace_secret.to_owned());
+    let signing_key = api
+        .post("/api/v1/signing-keys", json!({"name": "tokens"}))
+        .await
+        .assert_status(201)
+        .clone();
+    let private_scalar = signing_key_scalar(signing_key["private_key_base64"].as_str().unwrap());
     // Secrets sent where they do not belong must not be logged either.
     api.post("/api/v1/apps", json!({"name": 1, "slug": secrets[2]}))
         .await;
@@ -135,7 +172,32 @@ async fn secrets_never_reach_the_database_or_the_logs() {
                 "{what}"
             );
         }
+        assert!(
+            !bytes
+                .windows(private_scalar.len())
+                .any(|window| window == private_scalar),
+            "a signing key's private half was found in the {what}"
+        );
     }
+}
+
+/// The 32-byte private scalar of a signing key, from the `private_key_base64` Keyward returned
+/// once (Base64 of a PKCS#8 PEM).
+fn signing_key_scalar(private_key_base64: &str) -> Vec<u8> {
+    use aws_lc_rs::encoding::AsBigEndian;
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pem = String::from_utf8(b64.decode(private_key_base64).unwrap()).unwrap();
+    let body: String = pem
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &b64.decode(body).unwrap())
+            .unwrap();
+    let scalar = pair.private_key().as_be_bytes().unwrap();
+    scalar.as_ref().to_vec()
 }
 
 #[tokio::test]
