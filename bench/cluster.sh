@@ -10,4 +10,4 @@ if ! command -v wrk >/dev/null || ! command -v psql >/dev/null; then
   apt-get update && apt-get install -y wrk postgresql-client
 fi
 cargo build --release -p keyward
-exec python3 bench/cluster.py target/release/keyward "${1:-1000}" "${2:-1000000}" "${3:-5}"
+exec python3 bench/cluster.py "${CARGO_TARGET_DIR:-target}/release/keyward" "${1:-1000}" "${2:-1000000}" "${3:-5}"

@@ -9,4 +9,4 @@ if ! command -v wrk >/dev/null; then
   apt-get update && apt-get install -y wrk
 fi
 cargo build --release -p keyward
-exec python3 bench/credentials.py target/release/keyward "${1:-10}" "${2:-3}"
+exec python3 bench/credentials.py "${CARGO_TARGET_DIR:-target}/release/keyward" "${1:-10}" "${2:-3}"
