@@ -7,6 +7,7 @@
 
 pub mod base62;
 pub mod credential;
+pub mod event;
 pub mod id;
 pub mod model;
 pub mod permission;

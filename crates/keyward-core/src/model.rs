@@ -101,6 +101,8 @@ pub struct ApiKey {
     pub credits: Option<Credits>,
     /// Overrides the app's scheme.
     pub rate_limit_scheme: Option<String>,
+    /// The `credits.low` alert fires when a charge takes the balance below this.
+    pub low_credits_threshold: Option<i64>,
 }
 
 impl ApiKey {

@@ -36,6 +36,9 @@ pub struct ApiKey {
     pub credits: Option<crate::Credits>,
     /// Overrides the app's scheme.
     pub rate_limit_scheme: Option<String>,
+    /// A charge that takes the balance below this raises a `credits.low` alert.
+    #[serde(default)]
+    pub low_credits_threshold: Option<i64>,
 }
 
 /// The answer to creating or rotating a key: the only time its secret is shown.
@@ -73,6 +76,10 @@ pub struct CreateKeyRequest {
     /// Overrides the app's scheme.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_scheme: Option<String>,
+    /// A charge that takes the balance below this (at least 1) raises a `credits.low` alert
+    /// on the WebSocket `alerts` channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_credits_threshold: Option<i64>,
 }
 
 /// Absent fields are kept; `null` clears a nullable field.
@@ -119,6 +126,14 @@ pub struct UpdateKeyRequest {
     )]
     #[schema(value_type = Option<String>)]
     pub rate_limit_scheme: Option<Option<String>>,
+    /// `null` turns the `credits.low` alert off.
+    #[serde(
+        default,
+        deserialize_with = "crate::patch::nullable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<i64>)]
+    pub low_credits_threshold: Option<Option<i64>>,
 }
 
 fn nullable_datetime<'de, D>(deserializer: D) -> Result<Option<Option<OffsetDateTime>>, D::Error>

@@ -53,6 +53,7 @@ pub(crate) fn key(key: &ApiKey, now: Timestamp) -> wire::ApiKey {
         updated_at: datetime(key.updated_at),
         credits: key.credits.map(|credits| credits_at(credits, now)),
         rate_limit_scheme: key.rate_limit_scheme.clone(),
+        low_credits_threshold: key.low_credits_threshold,
     }
 }
 
@@ -217,5 +218,37 @@ pub(crate) fn workspace_key(key: &keyward_core::model::WorkspaceKey) -> wire::Wo
         start: key.start.clone(),
         created_at: datetime(key.created_at),
         updated_at: datetime(key.updated_at),
+    }
+}
+
+/// RFC 3339, as in every answer, for values inside free-form JSON (alert details).
+pub(crate) fn rfc3339(timestamp: Timestamp) -> String {
+    datetime(timestamp)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub(crate) fn event(event: &keyward_core::event::Event) -> wire::Event {
+    let key = &event.key;
+    wire::Event {
+        id: event.id(),
+        event_type: event.kind.as_str().to_owned(),
+        created_at: datetime(event.created_at),
+        environment: event.tenancy.environment.as_str().to_owned(),
+        key: wire::EventKey {
+            id: key.id.clone(),
+            app: key.app.clone(),
+            name: key.name.clone(),
+            owner_user_id: key.owner_user_id.clone(),
+            organization_id: key.organization_id.clone(),
+            permissions: key.permissions.clone(),
+            meta: key.meta.clone(),
+            start: key.start.clone(),
+            enabled: key.enabled,
+            revoked: key.revoked,
+            expires_at: key.expires_at.map(datetime),
+            created_at: datetime(key.created_at),
+        },
+        details: event.details.clone(),
     }
 }

@@ -20,6 +20,18 @@ pub(crate) struct ErrorPayload {
     pub(crate) message: Cow<'static, str>,
 }
 
+impl ErrorPayload {
+    /// The envelope's `error` object.
+    pub(crate) fn body(&self, request_id: &str) -> keyward_proto::ErrorBody {
+        keyward_proto::ErrorBody {
+            error_type: self.error_type,
+            code: self.code.clone().into_owned(),
+            message: self.message.clone().into_owned(),
+            request_id: request_id.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
@@ -83,6 +95,11 @@ impl ApiError {
             "internal_error",
             "The server failed to handle the request; it has been logged",
         )
+    }
+
+    /// The envelope's `error` object, for answers that are not HTTP responses (WebSocket).
+    pub(crate) fn body(&self, request_id: &str) -> keyward_proto::ErrorBody {
+        self.payload.body(request_id)
     }
 
     pub fn status(&self) -> StatusCode {

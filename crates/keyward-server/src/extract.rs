@@ -200,6 +200,16 @@ pub(crate) fn presented(headers: &HeaderMap) -> Result<Presented<'_>, ApiError> 
     })
 }
 
+pub(crate) fn root_key_refusal(refusal: RootKeyRefusal) -> ApiError {
+    match refusal {
+        RootKeyRefusal::Invalid => ApiError::invalid_api_key(),
+        RootKeyRefusal::Revoked => {
+            ApiError::forbidden("key_revoked", "This root key has been revoked")
+        }
+        RootKeyRefusal::Expired => ApiError::forbidden("key_expired", "This root key has expired"),
+    }
+}
+
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
@@ -240,15 +250,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .verifier
             .authenticate_root(state.store.as_ref(), secret, clock::now())
             .await?
-            .map_err(|refusal| match refusal {
-                RootKeyRefusal::Invalid => ApiError::invalid_api_key(),
-                RootKeyRefusal::Revoked => {
-                    ApiError::forbidden("key_revoked", "This root key has been revoked")
-                }
-                RootKeyRefusal::Expired => {
-                    ApiError::forbidden("key_expired", "This root key has expired")
-                }
-            })?;
+            .map_err(root_key_refusal)?;
         // A demo sandbox's key is always limited; others when they name a scheme.
         let windows = if entry.key.tenancy.environment == Environment::Demo {
             &state.demo.api_windows

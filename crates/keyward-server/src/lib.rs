@@ -9,6 +9,7 @@ pub mod bootstrap;
 mod convert;
 pub mod crypto;
 pub mod error;
+pub mod events;
 mod extract;
 pub mod last_used;
 pub mod metrics;
@@ -37,6 +38,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crypto::MasterKey;
 pub use error::ApiError;
+use events::{EventHub, EventSettings};
 use extract::Caller;
 use keyward_core::usage::RateWindow;
 use last_used::LastUsedRecorder;
@@ -64,6 +66,7 @@ pub struct ServerConfig {
     /// the default is a random key that lives as long as the process.
     pub master_key: Arc<MasterKey>,
     pub jwks: JwksSettings,
+    pub events: EventSettings,
 }
 
 /// Demo sandboxes (SPEC §4.3).
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             master_key: Arc::new(MasterKey::generate().1),
             jwks: JwksSettings::default(),
+            events: EventSettings::default(),
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct AppState {
     pub tokens: TokenVerifier,
     pub(crate) master_key: Arc<MasterKey>,
     pub(crate) seen_signatures: authn::LocalSeenSignatures,
+    /// The event and alert stream of `GET /ws`.
+    pub events: Arc<EventHub>,
 }
 
 impl AppState {
@@ -274,7 +280,14 @@ impl Server {
             config.usage_write_back_interval,
             stopped.clone(),
         ));
+        let events = EventHub::start(
+            Arc::clone(&store),
+            config.events.clone(),
+            Arc::clone(&metrics),
+            stopped.clone(),
+        );
         let state = Arc::new(AppState {
+            events,
             store,
             verifier: Arc::new(Verifier::new()),
             metrics,
@@ -313,6 +326,7 @@ impl Server {
         node_id: &str,
         options: ClusterOptions,
     ) -> StoreResult<()> {
+        self.state.events.follow_postgres(database_url);
         let cache: Arc<dyn ClusterCache> = self.state.verifier.clone();
         let cluster = Cluster::join(database_url, node_id, options, cache).await?;
         if self.state.cluster.set(cluster).is_err() {
@@ -344,6 +358,13 @@ impl Server {
             stop_background,
             ..
         } = self;
+        // Sockets are long-lived: they are told to go before the server waits for its
+        // connections to finish.
+        let events = Arc::clone(&state.events);
+        let shutdown = async move {
+            shutdown.await;
+            events.close_sockets();
+        };
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -22,6 +22,18 @@ pub struct Metrics {
     /// (`/readyz` tells the two apart).
     pub redis_up: Gauge,
     pub usage_fallbacks: UsageFallbacks,
+    pub stream: StreamMetrics,
+}
+
+/// The WebSocket event stream.
+#[derive(Debug, Default)]
+pub struct StreamMetrics {
+    pub sockets: Gauge,
+    pub events_published: Counter,
+    /// Alerts not recorded because their queue was full or storage refused them.
+    pub alerts_dropped: Counter,
+    /// Events a slow socket missed (the socket was told with `lagged`).
+    pub events_missed: Counter,
 }
 
 /// Charges decided by the fallback while Redis was unreachable, by what they involved.
@@ -98,8 +110,30 @@ impl Metrics {
             credits,
             rate_limits,
         };
+        let stream = StreamMetrics::default();
+        registry.register(
+            "ws_sockets",
+            "Open WebSocket sessions",
+            stream.sockets.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events and alerts this node has passed to its sockets",
+            stream.events_published.clone(),
+        );
+        registry.register(
+            "alerts_dropped",
+            "Alerts not recorded, because their queue was full or storage failed",
+            stream.alerts_dropped.clone(),
+        );
+        registry.register(
+            "ws_events_missed",
+            "Events slow sockets fell behind on (each socket was sent `lagged`)",
+            stream.events_missed.clone(),
+        );
         Self {
             registry,
+            stream,
             redis_up,
             usage_fallbacks,
             verifications,

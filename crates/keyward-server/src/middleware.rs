@@ -8,7 +8,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use keyward_proto::{ErrorBody, ErrorEnvelope};
+use keyward_proto::ErrorEnvelope;
 use rand::RngCore;
 
 use crate::error::{payload_for_bare_status, ApiError, ErrorPayload};
@@ -120,12 +120,7 @@ fn loggable_path(path: &str) -> String {
 
 fn render_envelope(response: &mut Response, payload: ErrorPayload, request_id: &str) {
     let envelope = ErrorEnvelope {
-        error: ErrorBody {
-            error_type: payload.error_type,
-            code: payload.code.into_owned(),
-            message: payload.message.into_owned(),
-            request_id: request_id.to_owned(),
-        },
+        error: payload.body(request_id),
     };
     match serde_json::to_vec(&envelope) {
         Ok(body) => {

@@ -10,6 +10,7 @@ mod sql;
 pub mod testing;
 
 use async_trait::async_trait;
+use keyward_core::event::{Event, EventType, NewEvent};
 use keyward_core::model::{
     ApiKey, App, AuditEntry, EnvironmentSettings, KeyStatus, Organization, PublicKey,
     RateLimitScheme, RootKey, SealedSecret, SecretRecord, SigningKey, Tenancy, UsagePolicy,
@@ -21,6 +22,7 @@ use keyward_core::{KeyHash, Timestamp};
 
 pub use cluster::{Propagation, Stale};
 pub use error::StoreError;
+pub use sql::events::{expiry_dedup_key, EventAnnouncements, EVENTS_CHANNEL};
 pub use sql::{SqlStore, StoreOptions};
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -82,6 +84,7 @@ pub struct KeyPatch {
     /// The balance the usage engine settled on, when the call changed credits.
     pub credits: Option<Option<Credits>>,
     pub rate_limit_scheme: Option<Option<String>>,
+    pub low_credits_threshold: Option<Option<i64>>,
 }
 
 impl KeyPatch {
@@ -109,6 +112,9 @@ impl KeyPatch {
         }
         if let Some(scheme) = &self.rate_limit_scheme {
             key.rate_limit_scheme.clone_from(scheme);
+        }
+        if let Some(threshold) = self.low_credits_threshold {
+            key.low_credits_threshold = threshold;
         }
     }
 }
@@ -354,8 +360,44 @@ pub fn workspace_key_cache_hash(id: &str) -> KeyHash {
 
 /// Everything Keyward keeps. Implementations must be safe to share between nodes: every
 /// method is one transaction.
+/// Events and alerts about keys (SPEC §4.5). Key changes record theirs in their own
+/// transaction; this records the rest and reads them back in order.
 #[async_trait]
-pub trait Store: UsageStore + SandboxStore + CredentialStore + Send + Sync + 'static {
+pub trait EventStore: Send + Sync {
+    /// Records events raised outside any change (alerts, expiries) in one transaction. One
+    /// whose `dedup_key` is already recorded is skipped.
+    async fn append_events(&self, events: &[NewEvent], now: Timestamp) -> StoreResult<()>;
+    /// Woken after this process commits a change that may have recorded events.
+    fn events_committed(&self) -> std::sync::Arc<tokio::sync::Notify>;
+    /// Up to `limit` events numbered above `after`, oldest first: of one environment, or of
+    /// every workspace.
+    async fn events_after(
+        &self,
+        after: i64,
+        tenancy: Option<&Tenancy>,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>>;
+    /// The number of the newest event committed or being committed (0 before the first).
+    async fn last_event_seq(&self) -> StoreResult<i64>;
+    /// The number of the oldest event still kept.
+    async fn oldest_event_seq(&self) -> StoreResult<Option<i64>>;
+    /// Forgets events recorded before `before`; returns how many.
+    async fn purge_events(&self, before: Timestamp) -> StoreResult<u64>;
+    /// Live keys whose expiry falls in `(after, until]` and that have no `unreported` event
+    /// for that expiry yet (see [`expiry_dedup_key`]), soonest first.
+    async fn keys_expiring_between(
+        &self,
+        after: Timestamp,
+        until: Timestamp,
+        unreported: EventType,
+        limit: u32,
+    ) -> StoreResult<Vec<ApiKey>>;
+}
+
+#[async_trait]
+pub trait Store:
+    UsageStore + SandboxStore + CredentialStore + EventStore + Send + Sync + 'static
+{
     /// Whether storage answers.
     async fn ping(&self) -> StoreResult<()>;
 

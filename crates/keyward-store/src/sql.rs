@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 mod credentials;
+pub(crate) mod events;
 mod sandbox;
 mod usage;
 
+use keyward_core::event::{EventType, NewEvent};
 use keyward_core::model::{
     ApiKey, App, AuditEntry, Environment, EnvironmentSettings, KeyStatus, RootKey, SecretRecord,
     Tenancy,
@@ -152,6 +154,9 @@ pub struct SqlStore {
     backend: Backend,
     /// This process's name among the nodes sharing the database.
     node_id: String,
+    /// Woken after a commit that may have recorded events, so this node's stream needs no
+    /// polling for its own changes (other nodes' arrive by `NOTIFY`).
+    events_committed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl SqlStore {
@@ -207,6 +212,7 @@ impl SqlStore {
             writer,
             backend,
             node_id: options.node_id.clone(),
+            events_committed: std::sync::Arc::default(),
         })
     }
 
@@ -253,11 +259,30 @@ impl SqlStore {
                 propagation: announced.map(Announced::committed),
             });
         }
+        self.events_committed.notify_one();
         Ok(Changed {
             record,
             stale,
             propagation: announced.map(Announced::committed),
         })
+    }
+
+    /// Records an event about a key in the change's own transaction, so that it exists if and
+    /// only if the change does.
+    async fn record_key_event(
+        &self,
+        tx: &mut Transaction<'_>,
+        change: &Change,
+        kind: EventType,
+        key: &ApiKey,
+    ) -> StoreResult<()> {
+        events::record(
+            tx,
+            self.backend,
+            &[NewEvent::about(&change.tenancy, kind, key)],
+            change.now,
+        )
+        .await
     }
 
     pub async fn close(&self) {
@@ -271,7 +296,7 @@ const KEY_SELECT: &str =
      k.name, k.owner_user_id, k.organization_id, k.permissions, k.meta, k.start, k.expires_at, \
      k.enabled, k.revoked_at, k.created_at, k.updated_at, k.last_used_at, \
      k.rate_limit_scheme, k.credits_remaining, k.credits_refill_period, \
-     k.credits_refill_amount, k.credits_refilled_at \
+     k.credits_refill_amount, k.credits_refilled_at, k.low_credits_threshold \
      FROM api_keys k JOIN apps a ON a.id = k.app_id";
 
 /// A key with the secret it was found by, and its app's scheme.
@@ -280,7 +305,7 @@ const KEY_BY_HASH: &str =
      k.name, k.owner_user_id, k.organization_id, k.permissions, k.meta, k.start, k.expires_at, \
      k.enabled, k.revoked_at, k.created_at, k.updated_at, k.last_used_at, \
      k.rate_limit_scheme, k.credits_remaining, k.credits_refill_period, \
-     k.credits_refill_amount, k.credits_refilled_at, \
+     k.credits_refill_amount, k.credits_refilled_at, k.low_credits_threshold, \
      a.rate_limit_scheme AS app_rate_limit_scheme, \
      s.hash, s.expires_at AS secret_expires_at \
      FROM secrets s JOIN api_keys k ON k.id = s.credential_id JOIN apps a ON a.id = k.app_id \
@@ -373,6 +398,7 @@ fn key_from_row(row: &AnyRow) -> StoreResult<ApiKey> {
         last_used_at: optional_timestamp(row, "last_used_at")?,
         credits: credits_from_row(row)?,
         rate_limit_scheme: row.try_get("rate_limit_scheme")?,
+        low_credits_threshold: row.try_get("low_credits_threshold")?,
     })
 }
 
@@ -556,8 +582,8 @@ async fn write_key(tx: &mut Transaction<'_>, key: &ApiKey) -> StoreResult<()> {
         "UPDATE api_keys SET name = $1, owner_user_id = $2, organization_id = $3, \
          permissions = $4, meta = $5, start = $6, expires_at = $7, enabled = $8, \
          revoked_at = $9, updated_at = $10, rate_limit_scheme = $12, credits_remaining = $13, \
-         credits_refill_period = $14, credits_refill_amount = $15, credits_refilled_at = $16 \
-         WHERE id = $11",
+         credits_refill_period = $14, credits_refill_amount = $15, credits_refilled_at = $16, \
+         low_credits_threshold = $17 WHERE id = $11",
     )
     .bind(&key.name)
     .bind(&key.owner_user_id)
@@ -575,6 +601,7 @@ async fn write_key(tx: &mut Transaction<'_>, key: &ApiKey) -> StoreResult<()> {
     .bind(credits.refill_period)
     .bind(credits.refill_amount)
     .bind(credits.refilled_at)
+    .bind(key.low_credits_threshold)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -1003,6 +1030,23 @@ impl Store for SqlStore {
             .bind(&app.id)
             .execute(&mut *tx)
             .await?;
+        let revoked_keys: Vec<NewEvent> = sqlx::query(&format!(
+            "{KEY_SELECT} WHERE k.app_id = $1 AND k.revoked_at IS NULL"
+        ))
+        .bind(&app.id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| {
+            let mut key = key_from_row(row)?;
+            key.revoked_at = Some(change.now);
+            Ok(NewEvent::about(
+                &change.tenancy,
+                EventType::KeyRevoked,
+                &key,
+            ))
+        })
+        .collect::<StoreResult<_>>()?;
         let revoked = sqlx::query(
             "UPDATE api_keys SET revoked_at = $1, updated_at = $1 \
              WHERE app_id = $2 AND revoked_at IS NULL",
@@ -1020,6 +1064,7 @@ impl Store for SqlStore {
             serde_json::json!({ "slug": app.slug, "revoked_keys": revoked }),
         )
         .await?;
+        events::record(&mut tx, self.backend, &revoked_keys, change.now).await?;
         self.finish_change(tx, app, Stale::Everything, change.now)
             .await
     }
@@ -1050,9 +1095,10 @@ impl Store for SqlStore {
             "INSERT INTO api_keys (id, workspace_id, environment, app_id, name, owner_user_id, \
              organization_id, permissions, meta, start, expires_at, enabled, revoked_at, \
              created_at, updated_at, last_used_at, rate_limit_scheme, credits_remaining, \
-             credits_refill_period, credits_refill_amount, credits_refilled_at) \
+             credits_refill_period, credits_refill_amount, credits_refilled_at, \
+             low_credits_threshold) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, $20, $21)",
+             $17, $18, $19, $20, $21, $22)",
         )
         .bind(&key.id)
         .bind(&key.tenancy.workspace_id)
@@ -1075,6 +1121,7 @@ impl Store for SqlStore {
         .bind(credits.refill_period)
         .bind(credits.refill_amount)
         .bind(credits.refilled_at)
+        .bind(key.low_credits_threshold)
         .execute(&mut *tx)
         .await?;
         insert_secret(&mut tx, hash, &key.id, None).await?;
@@ -1086,7 +1133,15 @@ impl Store for SqlStore {
             serde_json::json!({ "app": key.app_slug, "name": key.name }),
         )
         .await?;
+        events::record(
+            &mut tx,
+            self.backend,
+            &[NewEvent::about(&change.tenancy, EventType::KeyCreated, key)],
+            change.now,
+        )
+        .await?;
         tx.commit().await?;
+        self.events_committed.notify_one();
         Ok(())
     }
 
@@ -1331,6 +1386,8 @@ impl Store for SqlStore {
             }),
         )
         .await?;
+        self.record_key_event(&mut tx, change, EventType::KeyUpdated, &key)
+            .await?;
         let stale = secret_hashes(&mut tx, id).await?;
         self.finish_change(tx, key, stale, change.now).await
     }
@@ -1343,6 +1400,8 @@ impl Store for SqlStore {
             key.updated_at = change.now;
             write_key(&mut tx, &key).await?;
             audit(&mut tx, change, "key.revoke", id, serde_json::json!({})).await?;
+            self.record_key_event(&mut tx, change, EventType::KeyRevoked, &key)
+                .await?;
         }
         let stale = secret_hashes(&mut tx, id).await?;
         self.finish_change(tx, key, stale, change.now).await
@@ -1375,6 +1434,8 @@ impl Store for SqlStore {
             }),
         )
         .await?;
+        self.record_key_event(&mut tx, change, EventType::KeyRotated, &key)
+            .await?;
         affected.push(new_secret.0);
         self.finish_change(tx, key, Stale::Secrets(affected), change.now)
             .await
@@ -1401,6 +1462,8 @@ impl Store for SqlStore {
         )
         .await?;
         key.revoked_at.get_or_insert(change.now);
+        self.record_key_event(&mut tx, change, EventType::KeyDeleted, &key)
+            .await?;
         self.finish_change(tx, key, stale, change.now).await
     }
 
@@ -1552,6 +1615,10 @@ fn patch_fields(patch: &KeyPatch) -> Vec<&'static str> {
         ("enabled", patch.enabled.is_some()),
         ("credits", patch.credits.is_some()),
         ("rate_limit_scheme", patch.rate_limit_scheme.is_some()),
+        (
+            "low_credits_threshold",
+            patch.low_credits_threshold.is_some(),
+        ),
     ]
     .into_iter()
     .filter_map(|(name, present)| present.then_some(name))

@@ -82,6 +82,7 @@ fn key(id: &str, app: &App, owner: Option<&str>) -> ApiKey {
         last_used_at: None,
         credits: None,
         rate_limit_scheme: None,
+        low_credits_threshold: None,
     }
 }
 

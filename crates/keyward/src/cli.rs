@@ -394,6 +394,7 @@ pub(crate) async fn run_keys(
                     refill: None,
                 }),
                 rate_limit_scheme,
+                ..CreateKeyRequest::default()
             };
             return connection.print_with_secret(&client.create_key(&app, &request).await?);
         }

@@ -224,6 +224,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 allow_private: settings.allow_private_jwks,
                 ..Default::default()
             },
+            events: settings.events.clone(),
         },
     )
     .map_err(ServeError::Settings)?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use keyward_server::events::EventSettings;
 use keyward_server::usage::{CreditFallback, RateLimitFallback};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -105,6 +106,19 @@ pub(crate) struct ServeArgs {
     /// Let JWT public keys fetch JWKS from private, loopback and link-local addresses.
     #[arg(long, env = "KEYWARD_ALLOW_PRIVATE_JWKS")]
     pub(crate) allow_private_jwks: Option<bool>,
+    /// How long events are kept for clients resuming with `?since=` (default 168).
+    #[arg(long, env = "KEYWARD_EVENT_RETENTION_HOURS")]
+    pub(crate) event_retention_hours: Option<u64>,
+    /// How long before a key's expiry `key.expiring` is raised (default 24; less than the
+    /// event retention).
+    #[arg(long, env = "KEYWARD_KEY_EXPIRING_LEAD_HOURS")]
+    pub(crate) key_expiring_lead_hours: Option<u64>,
+    /// Open WebSocket sessions this node accepts in all (default 10000).
+    #[arg(long, env = "KEYWARD_WS_MAX_CONNECTIONS")]
+    pub(crate) ws_max_connections: Option<usize>,
+    /// Open WebSocket sessions per root key, or per public key and end user (default 100).
+    #[arg(long, env = "KEYWARD_WS_MAX_CONNECTIONS_PER_CREDENTIAL")]
+    pub(crate) ws_max_connections_per_credential: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -156,6 +170,10 @@ struct FileSettings {
     demo_session_ttl_seconds: Option<u64>,
     master_key: Option<String>,
     allow_private_jwks: Option<bool>,
+    event_retention_hours: Option<u64>,
+    key_expiring_lead_hours: Option<u64>,
+    ws_max_connections: Option<usize>,
+    ws_max_connections_per_credential: Option<usize>,
 }
 
 /// The resolved settings.
@@ -184,6 +202,7 @@ pub(crate) struct Settings {
     /// Base64; `None` means the key file in the data directory.
     pub(crate) master_key: Option<SecretString>,
     pub(crate) allow_private_jwks: bool,
+    pub(crate) events: EventSettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -305,6 +324,14 @@ impl Settings {
                 message: "must be between 1 and 2592000 (30 days)".to_owned(),
             });
         }
+        let events = event_settings(
+            args.event_retention_hours.or(file.event_retention_hours),
+            args.key_expiring_lead_hours
+                .or(file.key_expiring_lead_hours),
+            args.ws_max_connections.or(file.ws_max_connections),
+            args.ws_max_connections_per_credential
+                .or(file.ws_max_connections_per_credential),
+        )?;
         let node_id = args.node_id.or(file.node_id);
         if let Some(node_id) = &node_id {
             let valid = (1..=40).contains(&node_id.len())
@@ -380,8 +407,50 @@ impl Settings {
                 .allow_private_jwks
                 .or(file.allow_private_jwks)
                 .unwrap_or(false),
+            events,
         })
     }
+}
+
+fn event_settings(
+    retention_hours: Option<u64>,
+    expiring_lead_hours: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_credential: Option<usize>,
+) -> Result<EventSettings, SettingsError> {
+    let defaults = EventSettings::default();
+    let hours = |value: u64| Duration::from_secs(value * 3600);
+    let retention = retention_hours.unwrap_or(168);
+    if !(1..=24 * 366).contains(&retention) {
+        return Err(SettingsError::Invalid {
+            name: "event_retention_hours",
+            message: "must be between 1 and 8784 (a year)".to_owned(),
+        });
+    }
+    let lead = expiring_lead_hours.unwrap_or(24.min(retention - 1));
+    // The retained `key.expiring` event is what says it was raised already.
+    if lead >= retention {
+        return Err(SettingsError::Invalid {
+            name: "key_expiring_lead_hours",
+            message: "must be less than event_retention_hours".to_owned(),
+        });
+    }
+    let max_sockets = max_connections.unwrap_or(defaults.max_sockets);
+    let per_credential =
+        max_connections_per_credential.unwrap_or(defaults.max_sockets_per_credential);
+    if max_sockets == 0 || per_credential == 0 {
+        return Err(SettingsError::Invalid {
+            name: "ws_max_connections",
+            message: "WebSocket connection limits must be at least 1".to_owned(),
+        });
+    }
+    Ok(EventSettings {
+        retention: hours(retention),
+        expiring_lead: hours(lead),
+        max_sockets,
+        max_sockets_per_credential: per_credential,
+        ..defaults
+    })
 }
 
 /// `10.0.0.0/8, 192.168.1.7`: ranges, or single addresses.
@@ -489,6 +558,7 @@ mod tests {
             demo_session_ttl: Duration::from_secs(1),
             master_key: Some(SecretString::from("bWFzdGVyLWtleS1zZWNyZXQ=")),
             allow_private_jwks: false,
+            events: EventSettings::default(),
         };
         assert!(!format!("{settings:?}").contains("hunter2"));
         assert!(!format!("{settings:?}").contains("bWFzdGVy"));

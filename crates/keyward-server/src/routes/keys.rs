@@ -76,6 +76,7 @@ pub(super) struct KeyDraft {
     pub expires_at: Option<time::OffsetDateTime>,
     pub credits: Option<wire::Credits>,
     pub rate_limit_scheme: Option<String>,
+    pub low_credits_threshold: Option<i64>,
 }
 
 fn refill(refill: wire::Refill) -> Result<Refill, ApiError> {
@@ -177,6 +178,9 @@ fn new_key(
         .map(|credits| initial_credits(credits, now))
         .transpose()?;
     super::apps::scheme_reference(draft.rate_limit_scheme.as_deref())?;
+    if let Some(threshold) = draft.low_credits_threshold {
+        validate_low_credits_threshold(threshold)?;
+    }
     Ok(ApiKey {
         id: id::generate(IdKind::Key, now, &mut os_rng()),
         tenancy: caller.tenancy.clone(),
@@ -196,7 +200,18 @@ fn new_key(
         last_used_at: None,
         credits,
         rate_limit_scheme: draft.rate_limit_scheme,
+        low_credits_threshold: draft.low_credits_threshold,
     })
+}
+
+fn validate_low_credits_threshold(threshold: i64) -> Result<(), ApiError> {
+    if threshold < 1 {
+        return Err(ApiError::invalid(
+            "invalid_low_credits_threshold",
+            "`low_credits_threshold` must be at least 1",
+        ));
+    }
+    Ok(())
 }
 
 /// Renders a changed key (whose secrets `AppState::change_credential` already dropped from
@@ -226,6 +241,7 @@ pub(crate) async fn create_key(
         expires_at: request.expires_at,
         credits: request.credits,
         rate_limit_scheme: request.rate_limit_scheme,
+        low_credits_threshold: request.low_credits_threshold,
     };
     let body = issue_key(&state, &caller, &app, draft).await?;
     Ok((StatusCode::CREATED, Json(body)))
@@ -323,8 +339,7 @@ fn imported_key(
             permissions: row.permissions,
             meta: row.meta,
             expires_at: row.expires_at,
-            credits: None,
-            rate_limit_scheme: None,
+            ..KeyDraft::default()
         },
         row.start,
     )?;
@@ -411,6 +426,9 @@ pub(crate) async fn update_key(
     if let Some(Some(scheme)) = &request.rate_limit_scheme {
         super::apps::scheme_reference(Some(scheme))?;
     }
+    if let Some(Some(threshold)) = request.low_credits_threshold {
+        validate_low_credits_threshold(threshold)?;
+    }
     let adjustment = request.credits.map(credit_adjustment).transpose()?;
     let stored = match (&request.permissions, &adjustment) {
         (None, None) => None,
@@ -451,6 +469,7 @@ pub(crate) async fn update_key(
         enabled: request.enabled,
         credits,
         rate_limit_scheme: request.rate_limit_scheme,
+        low_credits_threshold: request.low_credits_threshold,
     };
     let now = change.now;
     let changed = state

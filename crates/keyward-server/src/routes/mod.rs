@@ -12,6 +12,7 @@ mod organizations;
 mod rate_limit_schemes;
 mod root_keys;
 mod verify;
+mod ws;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(keys::rotate_key))
         .routes(routes!(verify::verify_key))
         .routes(routes!(verify::verify_request))
+        .routes(routes!(ws::websocket))
         .routes(routes!(
             credentials::create_public_key,
             credentials::list_public_keys

@@ -135,6 +135,9 @@ impl AppState {
             if code.is_valid() {
                 self.last_used.record(entry, now);
             }
+            if let Some(decision) = &usage {
+                self.raise_usage_alerts(&entry.key, decision, cost);
+            }
         }
         self.metrics.count_verification(code);
         let key = verdict.key.as_ref().map(|entry| &entry.key);
@@ -153,6 +156,30 @@ impl AppState {
             rate_limit: usage.and_then(|decision| rate_status(&decision)),
             ..verdict_of(code)
         })
+    }
+}
+
+impl AppState {
+    /// The alerts a charge calls for; rare, and never waited for.
+    fn raise_usage_alerts(
+        &self,
+        key: &keyward_core::model::ApiKey,
+        decision: &Decision,
+        cost: i64,
+    ) {
+        match decision.outcome {
+            Outcome::RateLimited { .. } => {
+                if let Some(rate) = decision.rate {
+                    self.events.rate_limited(key, rate.limit, rate.reset_at);
+                }
+            }
+            Outcome::Allowed => {
+                if let Some(remaining) = decision.credits_remaining {
+                    self.events.charged(key, remaining, cost);
+                }
+            }
+            Outcome::UsageExceeded => {}
+        }
     }
 }
 

@@ -31,13 +31,13 @@ pub(crate) fn now() -> i64 {
 }
 
 /// An ES256 key pair: signs tokens, and publishes itself as a JWK.
-struct EcKey {
-    encoding: EncodingKey,
+pub(crate) struct EcKey {
+    pub(crate) encoding: EncodingKey,
     jwk: Value,
-    public_pem: String,
+    pub(crate) public_pem: String,
 }
 
-fn ec_key(kid: &str) -> EcKey {
+pub(crate) fn ec_key(kid: &str) -> EcKey {
     let pkcs8 =
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .unwrap();
@@ -55,7 +55,7 @@ fn ec_key(kid: &str) -> EcKey {
     }
 }
 
-fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+pub(crate) fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, key).unwrap()

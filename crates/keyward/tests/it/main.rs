@@ -11,5 +11,6 @@ mod import;
 mod keys;
 mod process;
 mod redis;
+mod stream;
 mod testkit;
 mod usage;

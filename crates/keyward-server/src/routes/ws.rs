@@ -1,0 +1,451 @@
+//! `GET /ws`: the event and alert stream (SPEC §4.5). The protocol's messages are
+//! `keyward_proto::{ServerMessage, ClientMessage}`; the fan-out is `crate::events`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::Extension;
+use keyward_core::credential::{self, Presented};
+use keyward_core::event::{Audience, Channel, Event};
+use keyward_core::scope::Scope;
+use keyward_proto::{self as wire, ServerMessage};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::events::{Delivery, SocketPermit};
+use crate::extract::{root_key_refusal, ApiQuery};
+use crate::middleware::RequestId;
+use crate::{clock, convert, AppState};
+
+/// The URL parameters of SPEC §4.4, plus `since` to resume.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct SocketParams {
+    #[serde(rename = "api-key")]
+    api_key: Option<String>,
+    token: Option<String>,
+    tenant: Option<String>,
+    /// The id of the last event the client received (`evt_…`).
+    since: Option<String>,
+}
+
+/// The largest message a client may send; its messages are tiny.
+const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
+/// Events read from storage at a time while resuming.
+const RESUME_BATCH: u32 = 500;
+
+/// Open the event and alert stream. Authenticates with `?api-key=` (a root key with
+/// `events:read`, or a public key) and `&token=`; then send
+/// `{"type":"subscribe","channel":"events"|"alerts"}`.
+#[utoipa::path(get, path = "/ws", tag = "events",
+    params(("api-key" = String, Query), ("token" = Option<String>, Query),
+        ("tenant" = Option<String>, Query), ("since" = Option<String>, Query)),
+    responses((status = 101, description = "Switching to the WebSocket protocol; messages are `ServerMessage`, `ClientMessage`")))]
+pub(crate) async fn websocket(
+    State(state): State<Arc<AppState>>,
+    Extension(request_id): Extension<RequestId>,
+    ApiQuery(params): ApiQuery<SocketParams>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            let mut connection = Connection {
+                socket,
+                request_id: request_id.0,
+                send_deadline: state.events.settings.heartbeat_interval * 2,
+            };
+            connection.serve(&state, params).await;
+        })
+}
+
+/// Who a socket speaks for, once authenticated.
+struct Session {
+    audience: Audience,
+    /// What counts against the per-credential limit: the root key, or public key + subject.
+    credential: String,
+    /// When the token ends the session.
+    expires_at: Option<Instant>,
+    welcome: wire::Session,
+}
+
+struct Connection {
+    socket: WebSocket,
+    request_id: String,
+    send_deadline: Duration,
+}
+
+/// The peer is gone, or stopped reading: the session ends.
+#[derive(Debug)]
+struct Gone;
+
+impl Connection {
+    async fn serve(&mut self, state: &Arc<AppState>, params: SocketParams) {
+        let hub = &state.events;
+        if !hub.has_room() {
+            return self
+                .refuse_busy("This server has reached its WebSocket connection limit")
+                .await;
+        }
+        let since = match params.since.as_deref().map(Event::parse_id) {
+            Some(None) => {
+                let error =
+                    ApiError::invalid("invalid_since", "`since` must be an event id, `evt_…`");
+                return self.auth_failed(&error).await;
+            }
+            Some(Some(seq)) => Some(seq),
+            None => None,
+        };
+        let session = match authenticate(state, &params).await {
+            Ok(session) => session,
+            Err(error) => return self.auth_failed(&error).await,
+        };
+        let _permit: SocketPermit = match hub.admit(session.credential.clone()) {
+            Ok(permit) => permit,
+            Err(reason) => return self.refuse_busy(reason).await,
+        };
+        // Before anything is read from storage, so that nothing published meanwhile is lost.
+        let queue = hub.subscribe();
+        let welcome = ServerMessage::Connected {
+            session: session.welcome.clone(),
+        };
+        if self.send(&welcome).await.is_err() {
+            return;
+        }
+        let mut stream = Stream {
+            state,
+            session: &session,
+            since,
+            subscribed: HashMap::new(),
+        };
+        stream.run(self, queue).await;
+    }
+
+    async fn send(&mut self, message: &ServerMessage) -> Result<(), Gone> {
+        let text = serde_json::to_string(message).map_err(|_| Gone)?;
+        self.send_frame(Message::Text(text.into())).await
+    }
+
+    /// A peer that stops reading fills its TCP window, and a send then waits; past the
+    /// deadline the peer is dropped rather than held by a task forever.
+    async fn send_frame(&mut self, message: Message) -> Result<(), Gone> {
+        match tokio::time::timeout(self.send_deadline, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(Gone),
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let _ = self
+            .send_frame(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+    }
+
+    async fn auth_failed(&mut self, error: &ApiError) {
+        let message = ServerMessage::AuthFailed {
+            error: error.body(&self.request_id),
+        };
+        if self.send(&message).await.is_ok() {
+            self.close(wire::CLOSE_AUTH_FAILED, "authentication failed")
+                .await;
+        }
+    }
+
+    async fn refuse_busy(&mut self, reason: &'static str) {
+        self.close(wire::CLOSE_TRY_AGAIN_LATER, reason).await;
+    }
+}
+
+async fn authenticate(state: &AppState, params: &SocketParams) -> Result<Session, ApiError> {
+    let presented =
+        credential::from_url_parameters(params.api_key.as_deref(), params.token.as_deref())
+            .map_err(|_| ApiError::invalid_api_key())?;
+    let now = clock::now();
+    match presented {
+        Presented::Secret(secret) => {
+            let root = state
+                .verifier
+                .authenticate_root(state.store.as_ref(), secret, now)
+                .await?
+                .map_err(root_key_refusal)?;
+            if !root.key.scopes.grants(Scope::EventsRead) {
+                return Err(ApiError::forbidden(
+                    "insufficient_scope",
+                    "This key lacks the `events:read` scope",
+                ));
+            }
+            let tenancy = root.key.tenancy.clone();
+            Ok(Session {
+                welcome: wire::Session {
+                    credential_type: "api_key".to_owned(),
+                    environment: tenancy.environment.as_str().to_owned(),
+                    subject: None,
+                    tenant: None,
+                    expires_at: None,
+                },
+                audience: Audience {
+                    tenancy,
+                    subject: None,
+                },
+                credential: root.key.id.clone(),
+                expires_at: None,
+            })
+        }
+        Presented::JwtPublicKey { key, token } | Presented::ClientPublicKey { key, token } => {
+            let user = state
+                .authenticate_public_key(key, token, params.tenant.as_deref(), now)
+                .await?;
+            // Without a token (a client key while enhanced security is off) there is nobody
+            // whose keys the stream could be about.
+            let Some(identity) = user.identity.as_deref() else {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "token_missing",
+                    "The event stream needs a token in `&token=`",
+                ));
+            };
+            let tenancy = user.public_key.key.tenancy.clone();
+            let expires_at_ms = identity.expires_at.saturating_mul(1000);
+            let remaining = u64::try_from(expires_at_ms - now.as_millis()).unwrap_or(0);
+            Ok(Session {
+                welcome: wire::Session {
+                    credential_type: presented.credential_type().to_owned(),
+                    environment: tenancy.environment.as_str().to_owned(),
+                    subject: Some(identity.subject.clone()),
+                    tenant: identity.tenant.clone(),
+                    expires_at: Some(convert::datetime(keyward_core::Timestamp::from_millis(
+                        expires_at_ms,
+                    ))),
+                },
+                credential: format!("{}:{}", user.public_key.key.id, identity.subject),
+                audience: Audience {
+                    tenancy,
+                    subject: Some(identity.subject.clone()),
+                },
+                expires_at: Some(Instant::now() + Duration::from_millis(remaining)),
+            })
+        }
+        Presented::WorkspaceSignature(_) => Err(ApiError::invalid_api_key()),
+    }
+}
+
+/// One authenticated socket's stream.
+struct Stream<'a> {
+    state: &'a AppState,
+    session: &'a Session,
+    since: Option<i64>,
+    /// Subscribed channels, each with the number of the last event sent on it.
+    subscribed: HashMap<Channel, i64>,
+}
+
+impl Stream<'_> {
+    async fn run(
+        &mut self,
+        connection: &mut Connection,
+        mut queue: tokio::sync::broadcast::Receiver<Arc<Delivery>>,
+    ) {
+        let settings = &self.state.events.settings;
+        let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let expiry = async {
+            match self.session.expires_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        let mut closing = self.state.events.closing();
+        loop {
+            let outcome = tokio::select! {
+                () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
+                    connection.close(wire::CLOSE_GOING_AWAY, "server shutting down").await;
+                    return;
+                }
+                () = &mut expiry => {
+                    if connection.send(&ServerMessage::TokenExpired).await.is_ok() {
+                        connection.close(wire::CLOSE_TOKEN_EXPIRED, "token expired").await;
+                    }
+                    return;
+                }
+                incoming = connection.socket.recv() => {
+                    last_heard = Instant::now();
+                    match incoming {
+                        Some(Ok(message)) => self.on_message(connection, message).await,
+                        Some(Err(_)) | None => return,
+                    }
+                }
+                delivery = queue.recv() => match delivery {
+                    Ok(delivery) => self.deliver(connection, &delivery).await,
+                    Err(RecvError::Lagged(missed)) => {
+                        self.state.metrics.stream.events_missed.inc_by(missed);
+                        connection.send(&ServerMessage::Lagged { missed }).await.map(|()| true)
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > settings.heartbeat_interval * 2 {
+                        tracing::debug!("dropping a socket whose peer stopped answering");
+                        return;
+                    }
+                    connection.send_frame(Message::Ping(Default::default())).await.map(|()| true)
+                }
+            };
+            if !matches!(outcome, Ok(true)) {
+                return;
+            }
+        }
+    }
+
+    /// `Ok(false)` ends the session.
+    async fn on_message(
+        &mut self,
+        connection: &mut Connection,
+        message: Message,
+    ) -> Result<bool, Gone> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => return Ok(false),
+            Message::Ping(_) | Message::Pong(_) => return Ok(true),
+            Message::Binary(_) => {
+                let error = ApiError::bad_request("unsupported_message", "Send JSON text messages");
+                return self.reply_error(connection, &error).await;
+            }
+        };
+        let request: wire::ClientMessage = match serde_json::from_str(text.as_str()) {
+            Ok(request) => request,
+            Err(_) => {
+                let error = ApiError::bad_request(
+                    "invalid_message",
+                    "Send {\"type\":\"subscribe\"|\"unsubscribe\",\"channel\":\"events\"|\"alerts\"}",
+                );
+                return self.reply_error(connection, &error).await;
+            }
+        };
+        let (subscribe, name) = match &request {
+            wire::ClientMessage::Subscribe { channel } => (true, channel),
+            wire::ClientMessage::Unsubscribe { channel } => (false, channel),
+        };
+        let Some(channel) = Channel::parse(name) else {
+            let error =
+                ApiError::invalid("unknown_channel", "The channels are `events` and `alerts`");
+            return self.reply_error(connection, &error).await;
+        };
+        if !subscribe {
+            self.subscribed.remove(&channel);
+            let reply = ServerMessage::Unsubscribed {
+                channel: channel.as_str().to_owned(),
+            };
+            return connection.send(&reply).await.map(|()| true);
+        }
+        if self.subscribed.contains_key(&channel) {
+            return Ok(true);
+        }
+        self.subscribed.insert(channel, 0);
+        let reply = ServerMessage::Subscribed {
+            channel: channel.as_str().to_owned(),
+        };
+        connection.send(&reply).await?;
+        match self.since {
+            Some(since) => self.resume(connection, channel, since).await,
+            None => Ok(true),
+        }
+    }
+
+    /// Sends what storage holds for `channel` after `since`; the live queue then skips what
+    /// this sent.
+    async fn resume(
+        &mut self,
+        connection: &mut Connection,
+        channel: Channel,
+        since: i64,
+    ) -> Result<bool, Gone> {
+        let store = self.state.store.as_ref();
+        let tenancy = &self.session.audience.tenancy;
+        match store.oldest_event_seq().await {
+            Ok(Some(oldest)) if oldest > since + 1 => {
+                // Some of what followed `since` is past the retention window.
+                let missed = u64::try_from(oldest - since - 1).unwrap_or(0);
+                connection.send(&ServerMessage::Lagged { missed }).await?;
+            }
+            Ok(_) => {}
+            Err(error) => return self.storage_failed(connection, &error).await,
+        }
+        let mut after = since;
+        loop {
+            let batch = match store.events_after(after, Some(tenancy), RESUME_BATCH).await {
+                Ok(batch) => batch,
+                Err(error) => return self.storage_failed(connection, &error).await,
+            };
+            let full = batch.len() == RESUME_BATCH as usize;
+            for event in batch {
+                after = event.seq;
+                if event.kind.channel() == channel && self.session.audience.may_see(&event) {
+                    let message = ServerMessage::Event {
+                        channel: channel.as_str().to_owned(),
+                        event: Box::new(convert::event(&event)),
+                    };
+                    connection.send(&message).await?;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        self.subscribed.insert(channel, after);
+        Ok(true)
+    }
+
+    async fn storage_failed(
+        &self,
+        connection: &mut Connection,
+        error: &keyward_store::StoreError,
+    ) -> Result<bool, Gone> {
+        tracing::warn!(%error, "resuming an event stream failed");
+        let error = ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "Storage is unavailable; reconnect with the same `since` shortly",
+        );
+        self.reply_error(connection, &error).await?;
+        Ok(false)
+    }
+
+    async fn deliver(
+        &mut self,
+        connection: &mut Connection,
+        delivery: &Delivery,
+    ) -> Result<bool, Gone> {
+        let Some(last_sent) = self.subscribed.get_mut(&delivery.channel) else {
+            return Ok(true);
+        };
+        if delivery.event.seq <= *last_sent || !self.session.audience.may_see(&delivery.event) {
+            return Ok(true);
+        }
+        *last_sent = delivery.event.seq;
+        connection
+            .send_frame(Message::Text(delivery.frame.clone()))
+            .await
+            .map(|()| true)
+    }
+
+    async fn reply_error(
+        &self,
+        connection: &mut Connection,
+        error: &ApiError,
+    ) -> Result<bool, Gone> {
+        let message = ServerMessage::Error {
+            error: error.body(&connection.request_id),
+        };
+        connection.send(&message).await.map(|()| true)
+    }
+}

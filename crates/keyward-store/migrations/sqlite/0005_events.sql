@@ -1,0 +1,33 @@
+-- Events and alerts about keys (issue 7), streamed over WebSocket and kept for resuming.
+
+-- One row: the last event number handed out. Taking the next number locks this row until
+-- the change commits, so numbers follow commit order and a reader that has seen number N
+-- has seen every event below it.
+CREATE TABLE event_sequence (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    seq BIGINT NOT NULL
+);
+INSERT INTO event_sequence (singleton, seq) VALUES (1, 0);
+
+CREATE TABLE events (
+    seq BIGINT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    type TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    -- JSON: {"key": <snapshot of the key's metadata>, "details": {…}}; never a secret
+    payload TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    -- Raised by several nodes, recorded once (e.g. 'key.expired:<key id>:<expiry>').
+    dedup_key TEXT UNIQUE
+);
+CREATE INDEX events_by_time ON events (created_at);
+
+-- Finds keys about to expire, and keys that just did, without scanning them all.
+CREATE INDEX api_keys_by_expiry ON api_keys (expires_at);
+
+-- A key's own threshold for the credits.low alert.
+ALTER TABLE api_keys ADD COLUMN low_credits_threshold BIGINT;
+
+-- Resuming a stream reads one environment's events after a number.
+CREATE INDEX events_by_environment ON events (workspace_id, environment, seq);
