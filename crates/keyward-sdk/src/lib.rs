@@ -4,8 +4,19 @@
 //! Every call returns `Result<_, `[`Error`]`>`; an error answer from the server keeps its `code`,
 //! `message` and `request_id`, and no error ever contains the API key.
 
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+mod endpoints;
+mod gateway;
+mod pages;
+mod socket;
+
+pub use gateway::{verify_api_key_request, KeywardLayer, KeywardService, Verified};
 pub use keyward_proto as proto;
 use keyward_proto::{
     ApiKey, ApiKeyWithSecret, App, AuditEntry, CreateAppRequest, CreateKeyRequest,
@@ -14,11 +25,13 @@ use keyward_proto::{
     RootKeyWithSecret, RotateKeyRequest, UpdateAppRequest, UpdateEnvironmentRequest,
     UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
 };
+pub use pages::paginate;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+pub use socket::{AlertsSocket, EventsSocket, SocketEvent, SocketOptions};
 
 /// Where a client connects when no base URL is given.
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:8080";
@@ -85,6 +98,24 @@ pub struct ClientBuilder {
     base_url: Option<String>,
     timeout: Option<Duration>,
     api_key: Option<SecretString>,
+    jwt: Option<SecretString>,
+    get_jwt: Option<JwtSource>,
+}
+
+/// The error a [`ClientBuilder::get_jwt`] closure may fail with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+type JwtFuture = Pin<Box<dyn Future<Output = Result<String, BoxError>> + Send>>;
+
+/// Where fresh end-user tokens come from: called before every request and every socket
+/// (re)connection.
+#[derive(Clone)]
+pub(crate) struct JwtSource(Arc<dyn Fn() -> JwtFuture + Send + Sync>);
+
+impl std::fmt::Debug for JwtSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtSource")
+    }
 }
 
 impl ClientBuilder {
@@ -100,10 +131,39 @@ impl ClientBuilder {
         self
     }
 
-    /// The root key sent as `Authorization: Bearer …`. Without one, only [`Client::health`]
-    /// succeeds.
+    /// The credential: a root key (`sk_live_…`), sent as `Authorization: Bearer …`, or a
+    /// public key (`pk_jwt_…`, `pk_live_…`), sent as `X-API-Key` with the end user's token as
+    /// the bearer (SPEC §4.4). Without one, only [`Client::health`] succeeds.
     pub fn api_key(mut self, api_key: impl Into<String>) -> Self {
         self.api_key = Some(SecretString::from(api_key.into()));
+        self
+    }
+
+    /// The end user's token (a JWT, or a signed user token) that goes with a public key. It is
+    /// captured now; use [`ClientBuilder::get_jwt`] for tokens that expire.
+    pub fn jwt(mut self, token: impl Into<String>) -> Self {
+        self.jwt = Some(SecretString::from(token.into()));
+        self
+    }
+
+    /// Fetches a fresh token before every request and every socket (re)connection. It takes
+    /// precedence over [`ClientBuilder::jwt`].
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let client = keyward_sdk::Client::builder()
+    ///     .base_url("https://keyward.example.com")
+    ///     .api_key("pk_jwt_0123456789abcdef0123456789abcdef")
+    ///     .get_jwt(|| async { Ok::<_, keyward_sdk::BoxError>("eyJ…".to_owned()) })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_jwt<F, Fut>(mut self, get_jwt: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, BoxError>> + Send + 'static,
+    {
+        self.get_jwt = Some(JwtSource(Arc::new(move || Box::pin(get_jwt()))));
         self
     }
 
@@ -119,6 +179,8 @@ impl ClientBuilder {
             http,
             base_url,
             api_key: self.api_key,
+            jwt: self.jwt,
+            get_jwt: self.get_jwt,
         })
     }
 }
@@ -159,6 +221,13 @@ pub struct Client {
     /// Checked by [`ClientBuilder::build`] (or a constant), so parsing it again cannot fail.
     base_url: String,
     api_key: Option<SecretString>,
+    jwt: Option<SecretString>,
+    get_jwt: Option<JwtSource>,
+}
+
+/// Public keys travel in `X-API-Key`, with the end user's token beside them.
+pub(crate) fn is_public_key(key: &str) -> bool {
+    key.starts_with("pk_")
 }
 
 impl std::fmt::Debug for Client {
@@ -171,7 +240,7 @@ impl std::fmt::Debug for Client {
 }
 
 /// A typed "no query" or "no body", so one `call` serves every endpoint.
-const NONE: Option<&()> = None;
+pub(crate) const NONE: Option<&()> = None;
 
 impl Client {
     /// A client of the server at [`DEFAULT_BASE_URL`], with [`DEFAULT_TIMEOUT`].
@@ -187,12 +256,39 @@ impl Client {
             http,
             base_url: DEFAULT_BASE_URL.to_owned(),
             api_key: Some(api_key),
+            jwt: None,
+            get_jwt: None,
         }
     }
 
-    /// Starts configuring a client: base URL, timeout and API key.
+    /// Starts configuring a client: base URL, timeout, API key and end-user token.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
+    }
+
+    /// The end user's token for this request or connection: a fresh one from `get_jwt` when
+    /// there is one, else the one given at construction.
+    pub(crate) async fn token(&self) -> Result<Option<SecretString>, Error> {
+        match &self.get_jwt {
+            Some(JwtSource(get_jwt)) => get_jwt()
+                .await
+                .map(|token| Some(SecretString::from(token)))
+                .map_err(|error| Error::Auth {
+                    status: 401,
+                    code: "token_unavailable".to_owned(),
+                    message: format!("get_jwt failed: {error}"),
+                    request_id: String::new(),
+                }),
+            None => Ok(self.jwt.clone()),
+        }
+    }
+
+    pub(crate) fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub(crate) fn api_key(&self) -> Option<&SecretString> {
+        self.api_key.as_ref()
     }
 
     /// The base URL with `segments` appended, each percent-encoded (a `/` in an id stays in
@@ -213,7 +309,7 @@ impl Client {
     }
 
     /// Calls `/api/v1/<segments>`.
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         segments: &[&str],
@@ -234,7 +330,15 @@ impl Client {
         let writes = !matches!(method, Method::GET | Method::HEAD);
         let mut request = self.http.request(method, url);
         if let Some(api_key) = &self.api_key {
-            request = request.bearer_auth(api_key.expose_secret());
+            let api_key = api_key.expose_secret();
+            if is_public_key(api_key) {
+                request = request.header("x-api-key", api_key);
+                if let Some(token) = self.token().await? {
+                    request = request.bearer_auth(token.expose_secret());
+                }
+            } else {
+                request = request.bearer_auth(api_key);
+            }
         }
         if let Some(query) = query {
             request = request.query(query);
@@ -255,6 +359,10 @@ impl Client {
             .bytes()
             .await
             .map_err(|error| Error::Connection(describe(error)))?;
+        if status == StatusCode::NO_CONTENT {
+            return serde_json::from_slice(b"null")
+                .map_err(|error| Error::Decode(format!("HTTP {status}: {error}")));
+        }
         if status.is_success() {
             return serde_json::from_slice(&body)
                 .map_err(|error| Error::Decode(format!("HTTP {status}: {error}")));

@@ -29,6 +29,8 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 pub struct StreamMetrics {
     pub sockets: Gauge,
+    /// Every WebSocket upgrade, accepted or not.
+    pub connections: Counter,
     pub events_published: Counter,
     /// Alerts not recorded because their queue was full or storage refused them.
     pub alerts_dropped: Counter,
@@ -115,6 +117,11 @@ impl Metrics {
             "ws_sockets",
             "Open WebSocket sessions",
             stream.sockets.clone(),
+        );
+        registry.register(
+            "ws_connections",
+            "WebSocket connections opened, whatever became of them",
+            stream.connections.clone(),
         );
         registry.register(
             "events_published",

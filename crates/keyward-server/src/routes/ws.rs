@@ -56,6 +56,7 @@ pub(crate) async fn websocket(
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
+            state.metrics.stream.connections.inc();
             let mut connection = Connection {
                 socket,
                 request_id: request_id.0,

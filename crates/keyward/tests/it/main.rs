@@ -11,6 +11,7 @@ mod import;
 mod keys;
 mod process;
 mod redis;
+mod sdk;
 mod stream;
 mod testkit;
 mod usage;

@@ -1,0 +1,43 @@
+//! Follows alerts (rate limits hit, credits running out, keys about to expire) as they
+//! happen, reconnecting by itself and resuming where it left off.
+//!
+//! ```sh
+//! KEYWARD_URL=http://127.0.0.1:8080 KEYWARD_ROOT_KEY=sk_live_… \
+//!     cargo run -p keyward-sdk --example follow_alerts
+//! ```
+//!
+//! The root key needs the `events:read` scope. With a public key (`pk_jwt_…`) and
+//! `.get_jwt(…)` instead, an end user follows the alerts of their own keys only.
+
+use futures_util::StreamExt;
+use keyward_sdk::{AlertsSocket, Client, SocketEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let keyward = Client::builder()
+        .base_url(std::env::var("KEYWARD_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into()))
+        .api_key(std::env::var("KEYWARD_ROOT_KEY")?)
+        .build()?;
+    let mut alerts = AlertsSocket::connect(&keyward);
+    while let Some(event) = alerts.next().await {
+        match event {
+            SocketEvent::Connected(session) => println!("connected to {}", session.environment),
+            SocketEvent::Event(alert) => println!(
+                "{} {} on key {} ({}) {}",
+                alert.created_at,
+                alert.event_type,
+                alert.key.id,
+                alert.key.name,
+                serde_json::Value::Object(alert.details),
+            ),
+            SocketEvent::Lagged { missed } => println!("missed {missed} alerts"),
+            SocketEvent::AuthFailed(error) => println!("refused: {}", error.message),
+            SocketEvent::Disconnected {
+                reconnecting: false,
+                ..
+            } => break,
+            other => println!("{other:?}"),
+        }
+    }
+    Ok(())
+}

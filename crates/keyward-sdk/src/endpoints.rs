@@ -1,0 +1,237 @@
+//! Typed calls beyond apps and keys: usage control, browser-safe and backend credentials,
+//! gateway verification, end-user self-service and demo sandboxes (SPEC §4.1–4.3).
+
+use keyward_proto::{
+    ApiKey, ApiKeyWithSecret, CreateMyKeyRequest, CreatePublicKeyRequest,
+    CreateRateLimitSchemeRequest, CreateSigningKeyRequest, CreateWorkspaceKeyRequest, DemoSession,
+    Organization, Page, PageParams, PublicKey, PutOrganizationRequest, RateLimitScheme,
+    RotateKeyRequest, SigningKey, SigningKeyWithPrivateKey, UpdateRateLimitSchemeRequest,
+    VerifyKeyResponse, VerifyRequestRequest, WorkspaceKey, WorkspaceKeyWithSecret,
+};
+use reqwest::Method;
+
+use crate::{Client, Error, NONE};
+
+impl Client {
+    /// `POST /api/v1/rate-limit-schemes` (scope `apps:write`).
+    pub async fn create_rate_limit_scheme(
+        &self,
+        request: &CreateRateLimitSchemeRequest,
+    ) -> Result<RateLimitScheme, Error> {
+        self.call(Method::POST, &["rate-limit-schemes"], NONE, Some(request))
+            .await
+    }
+
+    /// `GET /api/v1/rate-limit-schemes`: one page.
+    pub async fn list_rate_limit_schemes(
+        &self,
+        page: &PageParams,
+    ) -> Result<Page<RateLimitScheme>, Error> {
+        self.call(Method::GET, &["rate-limit-schemes"], Some(page), NONE)
+            .await
+    }
+
+    /// `GET /api/v1/rate-limit-schemes/{slug}`.
+    pub async fn get_rate_limit_scheme(&self, slug: &str) -> Result<RateLimitScheme, Error> {
+        self.call(Method::GET, &["rate-limit-schemes", slug], NONE, NONE)
+            .await
+    }
+
+    /// `PATCH /api/v1/rate-limit-schemes/{slug}`: applies to every key using it at once.
+    pub async fn update_rate_limit_scheme(
+        &self,
+        slug: &str,
+        request: &UpdateRateLimitSchemeRequest,
+    ) -> Result<RateLimitScheme, Error> {
+        self.call(
+            Method::PATCH,
+            &["rate-limit-schemes", slug],
+            NONE,
+            Some(request),
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/rate-limit-schemes/{slug}`; refused while in use.
+    pub async fn delete_rate_limit_scheme(&self, slug: &str) -> Result<RateLimitScheme, Error> {
+        self.call(Method::DELETE, &["rate-limit-schemes", slug], NONE, NONE)
+            .await
+    }
+
+    /// `PUT /api/v1/organizations/{id}`: replaces its limits, keeps what it spent.
+    pub async fn put_organization(
+        &self,
+        id: &str,
+        request: &PutOrganizationRequest,
+    ) -> Result<Organization, Error> {
+        self.call(Method::PUT, &["organizations", id], NONE, Some(request))
+            .await
+    }
+
+    /// `GET /api/v1/organizations/{id}`.
+    pub async fn get_organization(&self, id: &str) -> Result<Organization, Error> {
+        self.call(Method::GET, &["organizations", id], NONE, NONE)
+            .await
+    }
+
+    /// `DELETE /api/v1/organizations/{id}`.
+    pub async fn delete_organization(&self, id: &str) -> Result<Organization, Error> {
+        self.call(Method::DELETE, &["organizations", id], NONE, NONE)
+            .await
+    }
+
+    /// `POST /api/v1/public-keys`: a JWT public key or a client public key.
+    pub async fn create_public_key(
+        &self,
+        request: &CreatePublicKeyRequest,
+    ) -> Result<PublicKey, Error> {
+        self.call(Method::POST, &["public-keys"], NONE, Some(request))
+            .await
+    }
+
+    /// `GET /api/v1/public-keys`: one page.
+    pub async fn list_public_keys(&self, page: &PageParams) -> Result<Page<PublicKey>, Error> {
+        self.call(Method::GET, &["public-keys"], Some(page), NONE)
+            .await
+    }
+
+    /// `POST /api/v1/public-keys/{id}/rotate`: a new value for the same key.
+    pub async fn rotate_public_key(
+        &self,
+        id: &str,
+        request: &RotateKeyRequest,
+    ) -> Result<PublicKey, Error> {
+        self.call(
+            Method::POST,
+            &["public-keys", id, "rotate"],
+            NONE,
+            Some(request),
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/public-keys/{id}`.
+    pub async fn delete_public_key(&self, id: &str) -> Result<PublicKey, Error> {
+        self.call(Method::DELETE, &["public-keys", id], NONE, NONE)
+            .await
+    }
+
+    /// `POST /api/v1/signing-keys`: the private key is in this answer only.
+    pub async fn create_signing_key(
+        &self,
+        request: &CreateSigningKeyRequest,
+    ) -> Result<SigningKeyWithPrivateKey, Error> {
+        self.call(Method::POST, &["signing-keys"], NONE, Some(request))
+            .await
+    }
+
+    /// `GET /api/v1/signing-keys`: one page of public halves.
+    pub async fn list_signing_keys(&self, page: &PageParams) -> Result<Page<SigningKey>, Error> {
+        self.call(Method::GET, &["signing-keys"], Some(page), NONE)
+            .await
+    }
+
+    /// `DELETE /api/v1/signing-keys/{id}`: tokens it signed stop verifying.
+    pub async fn delete_signing_key(&self, id: &str) -> Result<SigningKey, Error> {
+        self.call(Method::DELETE, &["signing-keys", id], NONE, NONE)
+            .await
+    }
+
+    /// `POST /api/v1/workspace-keys`: the secret is in this answer only.
+    pub async fn create_workspace_key(
+        &self,
+        request: &CreateWorkspaceKeyRequest,
+    ) -> Result<WorkspaceKeyWithSecret, Error> {
+        self.call(Method::POST, &["workspace-keys"], NONE, Some(request))
+            .await
+    }
+
+    /// `GET /api/v1/workspace-keys`: one page, never secrets.
+    pub async fn list_workspace_keys(
+        &self,
+        page: &PageParams,
+    ) -> Result<Page<WorkspaceKey>, Error> {
+        self.call(Method::GET, &["workspace-keys"], Some(page), NONE)
+            .await
+    }
+
+    /// `POST /api/v1/workspace-keys/{id}/rotate`: a new secret, this once.
+    pub async fn rotate_workspace_key(
+        &self,
+        id: &str,
+        request: &RotateKeyRequest,
+    ) -> Result<WorkspaceKeyWithSecret, Error> {
+        self.call(
+            Method::POST,
+            &["workspace-keys", id, "rotate"],
+            NONE,
+            Some(request),
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/workspace-keys/{id}`.
+    pub async fn delete_workspace_key(&self, id: &str) -> Result<WorkspaceKey, Error> {
+        self.call(Method::DELETE, &["workspace-keys", id], NONE, NONE)
+            .await
+    }
+
+    /// `POST /api/v1/verify-request` (scope `verify`): the verdict on whichever credential a
+    /// request carries. See also [`crate::verify_api_key_request`].
+    pub async fn verify_request(
+        &self,
+        request: &VerifyRequestRequest,
+    ) -> Result<VerifyKeyResponse, Error> {
+        self.call(Method::POST, &["verify-request"], NONE, Some(request))
+            .await
+    }
+
+    /// `GET /api/v1/me/keys`: the end user's own keys (a public-key client).
+    pub async fn list_my_keys(&self, page: &PageParams) -> Result<Page<ApiKey>, Error> {
+        self.call(Method::GET, &["me", "keys"], Some(page), NONE)
+            .await
+    }
+
+    /// `POST /api/v1/me/keys`: a key for the end user; the secret is in this answer only.
+    pub async fn create_my_key(
+        &self,
+        request: &CreateMyKeyRequest,
+    ) -> Result<ApiKeyWithSecret, Error> {
+        self.call(Method::POST, &["me", "keys"], NONE, Some(request))
+            .await
+    }
+
+    /// `POST /api/v1/me/keys/{id}/rotate`.
+    pub async fn rotate_my_key(
+        &self,
+        id: &str,
+        request: &RotateKeyRequest,
+    ) -> Result<ApiKeyWithSecret, Error> {
+        self.call(
+            Method::POST,
+            &["me", "keys", id, "rotate"],
+            NONE,
+            Some(request),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/me/keys/{id}/revoke`.
+    pub async fn revoke_my_key(&self, id: &str) -> Result<ApiKey, Error> {
+        self.call(Method::POST, &["me", "keys", id, "revoke"], NONE, NONE)
+            .await
+    }
+
+    /// `POST /api/v1/demo/session`: a throw-away sandbox with its own root key. Needs no
+    /// API key.
+    pub async fn create_demo_session(&self) -> Result<DemoSession, Error> {
+        self.call(Method::POST, &["demo", "session"], NONE, NONE)
+            .await
+    }
+
+    /// `DELETE /api/v1/demo/session`, with the sandbox's own key: purges the sandbox.
+    pub async fn delete_demo_session(&self) -> Result<(), Error> {
+        self.call(Method::DELETE, &["demo", "session"], NONE, NONE)
+            .await
+    }
+}

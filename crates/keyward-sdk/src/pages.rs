@@ -1,0 +1,89 @@
+//! Lists as streams: every page, fetched as the caller reads.
+
+use std::future::Future;
+
+use futures_util::stream::{self, Stream, TryStreamExt};
+use keyward_proto::{ApiKey, App, AuditEntry, ListAuditParams, ListKeysParams, Page, PageParams};
+
+use crate::{Client, Error};
+
+/// Every item of a cursor-paginated list: `fetch` is given each page's cursor (`None` first)
+/// and the stream ends after the page without a `next_cursor`.
+///
+/// ```no_run
+/// # async fn example(client: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+/// use futures_util::TryStreamExt;
+/// use keyward_sdk::proto::PageParams;
+///
+/// let apps: Vec<_> = keyward_sdk::paginate(|cursor| {
+///     let client = client.clone();
+///     async move { client.list_apps(&PageParams { limit: Some(100), cursor }).await }
+/// })
+/// .try_collect()
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub fn paginate<T, F, Fut>(fetch: F) -> impl Stream<Item = Result<T, Error>>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = Result<Page<T>, Error>>,
+{
+    // State: the fetcher, and the next cursor (`None` once the last page was read).
+    stream::try_unfold(
+        (fetch, Some(None::<String>)),
+        |(mut fetch, cursor)| async move {
+            let Some(cursor) = cursor else {
+                return Ok(None);
+            };
+            let page = fetch(cursor).await?;
+            let next = page.next_cursor.map(Some);
+            Ok(Some((
+                stream::iter(page.data.into_iter().map(Ok)),
+                (fetch, next),
+            )))
+        },
+    )
+    .try_flatten()
+}
+
+impl Client {
+    /// Every app, page after page.
+    pub fn stream_apps(&self) -> impl Stream<Item = Result<App, Error>> + '_ {
+        paginate(move |cursor| async move {
+            self.list_apps(&PageParams {
+                limit: Some(100),
+                cursor,
+            })
+            .await
+        })
+    }
+
+    /// Every key of an app that matches `params`' filters (its `cursor` is ignored).
+    pub fn stream_keys<'a>(
+        &'a self,
+        app_slug: &'a str,
+        params: ListKeysParams,
+    ) -> impl Stream<Item = Result<ApiKey, Error>> + 'a {
+        paginate(move |cursor| {
+            let params = ListKeysParams {
+                cursor,
+                ..params.clone()
+            };
+            async move { self.list_keys(app_slug, &params).await }
+        })
+    }
+
+    /// Every audit entry that matches `params`' filters, newest first.
+    pub fn stream_audit(
+        &self,
+        params: ListAuditParams,
+    ) -> impl Stream<Item = Result<AuditEntry, Error>> + '_ {
+        paginate(move |cursor| {
+            let params = ListAuditParams {
+                cursor,
+                ..params.clone()
+            };
+            async move { self.list_audit(&params).await }
+        })
+    }
+}

@@ -1,0 +1,590 @@
+//! The Rust SDK against the real server: every client method, pagination as a stream, the
+//! gateway layer in a small axum app, and the event sockets (auth failure, token rotation,
+//! token expiry, resuming without loss or repetition).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use jsonwebtoken::Algorithm;
+use keyward_sdk::proto::{
+    CreateAppRequest, CreateKeyRequest, CreateMyKeyRequest, CreatePublicKeyRequest,
+    CreateRateLimitSchemeRequest, CreateRootKeyRequest, CreateSigningKeyRequest,
+    CreateWorkspaceKeyRequest, ImportKeysRequest, ImportedKey, ListAuditParams, ListKeysParams,
+    PageParams, PutOrganizationRequest, RateWindow, RotateKeyRequest, UpdateAppRequest,
+    UpdateEnvironmentRequest, UpdateKeyRequest, UpdateRateLimitSchemeRequest, VerifyKeyRequest,
+    VerifyRequestRequest,
+};
+use keyward_sdk::{AlertsSocket, Client, Error, EventsSocket, SocketEvent, SocketOptions};
+use serde_json::json;
+
+use crate::credentials::{ec_key, now, sign};
+use crate::testkit::TestServer;
+
+fn client(server: &TestServer, key: &str) -> Client {
+    Client::builder()
+        .base_url(&server.base)
+        .api_key(key)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_client_method_works_against_the_real_server() {
+    let server = TestServer::start().await;
+    let sdk = client(&server, &server.live_key);
+    assert_eq!(sdk.health().await.unwrap().status, "ok");
+
+    // Usage control.
+    let window = |limit| RateWindow {
+        limit,
+        period_seconds: 60,
+    };
+    let scheme = sdk
+        .create_rate_limit_scheme(&CreateRateLimitSchemeRequest {
+            slug: "standard".into(),
+            windows: vec![window(100)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(scheme.slug, "standard");
+    assert_eq!(
+        sdk.list_rate_limit_schemes(&PageParams::default())
+            .await
+            .unwrap()
+            .data
+            .len(),
+        1
+    );
+    let updated = sdk
+        .update_rate_limit_scheme(
+            "standard",
+            &UpdateRateLimitSchemeRequest {
+                windows: vec![window(50)],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.windows[0].limit, 50);
+    assert_eq!(
+        sdk.get_rate_limit_scheme("standard").await.unwrap().windows[0].limit,
+        50
+    );
+    let organization = sdk
+        .put_organization(
+            "org_1",
+            &PutOrganizationRequest {
+                credit_cap: Some(1000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(organization.credit_cap, Some(1000));
+    assert_eq!(sdk.get_organization("org_1").await.unwrap().id, "org_1");
+    sdk.delete_organization("org_1").await.unwrap();
+
+    // Apps and keys.
+    let app = sdk
+        .create_app(&CreateAppRequest {
+            name: "Orders".into(),
+            slug: "orders".into(),
+            permissions: vec!["read".into(), "write".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sdk.get_app("orders").await.unwrap().id, app.id);
+    sdk.update_app(
+        "orders",
+        &UpdateAppRequest {
+            name: Some("Orders v2".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sdk.list_apps(&PageParams::default())
+            .await
+            .unwrap()
+            .data
+            .len(),
+        1
+    );
+    let mut secrets = Vec::new();
+    for index in 0..3 {
+        let key = sdk
+            .create_key(
+                "orders",
+                &CreateKeyRequest {
+                    name: format!("k{index}"),
+                    owner_user_id: Some("usr_1".into()),
+                    permissions: Some(vec!["read".into()]),
+                    rate_limit_scheme: Some("standard".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        secrets.push((key.key.id.clone(), key.secret));
+    }
+    let (id, secret) = secrets[0].clone();
+    let verdict = sdk
+        .verify_key(&VerifyKeyRequest {
+            key: secret.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(verdict.valid, "{verdict:?}");
+    assert_eq!(verdict.rate_limit.unwrap().limit, 50);
+    let gateway = sdk
+        .verify_request(&VerifyRequestRequest {
+            method: "GET".into(),
+            path: "/orders".into(),
+            headers: [("x-api-key".to_owned(), secret.clone())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(gateway.credential_type.as_deref(), Some("api_key"));
+    sdk.update_key(
+        &id,
+        &UpdateKeyRequest {
+            name: Some("renamed".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(sdk.get_key(&id).await.unwrap().name, "renamed");
+    let rotated = sdk
+        .rotate_key(&id, &RotateKeyRequest::default())
+        .await
+        .unwrap();
+    assert_ne!(rotated.secret, secret);
+    assert_eq!(sdk.revoke_key(&id).await.unwrap().status, "revoked");
+    sdk.delete_key(&secrets[1].0).await.unwrap();
+    let imported = sdk
+        .import_keys(
+            "orders",
+            &ImportKeysRequest {
+                keys: vec![ImportedKey {
+                    hash: "ab".repeat(32),
+                    start: "legacy".into(),
+                    name: "imported".into(),
+                    ..Default::default()
+                }],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(imported.imported, 1);
+    let page = sdk
+        .list_keys(
+            "orders",
+            &ListKeysParams {
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.data.len(), 1);
+    // Pagination as a stream: every key, one per page.
+    let streamed: Vec<_> = sdk
+        .stream_keys(
+            "orders",
+            ListKeysParams {
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        streamed.len(),
+        3,
+        "two issued (one revoked) and one imported"
+    );
+    assert_eq!(
+        sdk.stream_apps()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        sdk.stream_audit(ListAuditParams::default())
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .len()
+            > 5
+    );
+
+    // Root keys and the environment.
+    let root = sdk
+        .create_root_key(&CreateRootKeyRequest {
+            name: "gateway".into(),
+            scopes: vec!["verify".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(sdk
+        .list_root_keys(&PageParams::default())
+        .await
+        .unwrap()
+        .data
+        .iter()
+        .any(|key| key.id == root.key.id));
+    sdk.revoke_root_key(&root.key.id).await.unwrap();
+    let environment = sdk
+        .update_environment(&UpdateEnvironmentRequest {
+            enhanced_security: Some(true),
+        })
+        .await
+        .unwrap();
+    assert!(environment.enhanced_security);
+    assert!(sdk.get_environment().await.unwrap().enhanced_security);
+
+    // Credentials beyond secret keys.
+    let signer = ec_key("k1");
+    let public_key = sdk
+        .create_public_key(&CreatePublicKeyRequest {
+            key_type: "jwt".into(),
+            public_key: Some(signer.public_pem.clone()),
+            algorithms: Some(vec!["ES256".into()]),
+            self_service_app: Some("orders".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sdk.list_public_keys(&PageParams::default())
+            .await
+            .unwrap()
+            .data
+            .len(),
+        1
+    );
+    let signing = sdk
+        .create_signing_key(&CreateSigningKeyRequest::default())
+        .await
+        .unwrap();
+    assert!(signing.private_key_pem.contains("PRIVATE KEY"));
+    assert_eq!(
+        sdk.list_signing_keys(&PageParams::default())
+            .await
+            .unwrap()
+            .data
+            .len(),
+        1
+    );
+    sdk.delete_signing_key(&signing.key.id).await.unwrap();
+    let workspace = sdk
+        .create_workspace_key(&CreateWorkspaceKeyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        sdk.list_workspace_keys(&PageParams::default())
+            .await
+            .unwrap()
+            .data
+            .len(),
+        1
+    );
+    let rotated = sdk
+        .rotate_workspace_key(&workspace.key.id, &RotateKeyRequest::default())
+        .await
+        .unwrap();
+    assert_ne!(rotated.secret, workspace.secret);
+    sdk.delete_workspace_key(&workspace.key.id).await.unwrap();
+
+    // End-user self-service, with a public key and the end user's token.
+    let token = sign(
+        Algorithm::ES256,
+        None,
+        &signer.encoding,
+        &json!({"sub": "usr_9", "iat": now(), "exp": now() + 600}),
+    );
+    let me = Client::builder()
+        .base_url(&server.base)
+        .api_key(&public_key.key)
+        .jwt(token)
+        .build()
+        .unwrap();
+    let mine = me
+        .create_my_key(&CreateMyKeyRequest {
+            name: "my key".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(mine.key.owner_user_id.as_deref(), Some("usr_9"));
+    assert_eq!(
+        me.list_my_keys(&PageParams::default())
+            .await
+            .unwrap()
+            .data
+            .len(),
+        1
+    );
+    me.rotate_my_key(&mine.key.id, &RotateKeyRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        me.revoke_my_key(&mine.key.id).await.unwrap().status,
+        "revoked"
+    );
+    let rotated = sdk
+        .rotate_public_key(&public_key.id, &RotateKeyRequest::default())
+        .await
+        .unwrap();
+    assert_ne!(rotated.key, public_key.key);
+    sdk.delete_public_key(&public_key.id).await.unwrap();
+
+    // Cleanup calls last: they take what the others used.
+    sdk.delete_app("orders").await.unwrap();
+    sdk.delete_rate_limit_scheme("standard").await.unwrap();
+
+    // A demo sandbox needs no key; its own key deletes it.
+    let anonymous = Client::builder().base_url(&server.base).build().unwrap();
+    let demo = anonymous.create_demo_session().await.unwrap();
+    client(&server, &demo.secret)
+        .delete_demo_session()
+        .await
+        .unwrap();
+    let gone = client(&server, &demo.secret).get_environment().await;
+    assert!(matches!(gone, Err(Error::Auth { .. })), "{gone:?}");
+    server.stop().await;
+}
+
+/// A tiny service of a Keyward user, protected by the layer.
+async fn protected_app(sdk: Client) -> String {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/orders",
+            get(
+                |keyward_sdk::Verified(verdict): keyward_sdk::Verified| async move {
+                    format!("orders for {}", verdict.owner_user_id.unwrap_or_default())
+                },
+            ),
+        )
+        .layer(keyward_sdk::KeywardLayer::new(sdk));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn the_layer_lets_valid_keys_through_and_answers_refusals_itself() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    api.post(
+        "/api/v1/rate-limit-schemes",
+        json!({"slug": "two", "windows": [{"limit": 2, "period_seconds": 60}]}),
+    )
+    .await
+    .assert_status(201);
+    api.create_app("shop", &[]).await;
+    let key = api
+        .create_key(
+            "shop",
+            json!({"name": "customer", "owner_user_id": "usr_7", "rate_limit_scheme": "two"}),
+        )
+        .await;
+    let secret = key["secret"].as_str().unwrap();
+    let base = protected_app(client(&server, &server.live_key)).await;
+    let http = reqwest::Client::new();
+    let get = |credential: Option<&str>| {
+        let mut request = http.get(format!("{base}/orders"));
+        if let Some(credential) = credential {
+            request = request.header("x-api-key", credential);
+        }
+        async move { request.send().await.unwrap() }
+    };
+
+    let answer = get(Some(secret)).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "orders for usr_7");
+
+    let missing = get(None).await;
+    assert_eq!(missing.status(), 401);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "AUTHENTICATION_ERROR");
+
+    assert_eq!(get(Some(secret)).await.status(), 200);
+    let limited = get(Some(secret)).await;
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        limited.json::<serde_json::Value>().await.unwrap()["error"]["type"],
+        "RATE_LIMIT_ERROR"
+    );
+
+    api.post(
+        &format!("/api/v1/keys/{}/revoke", key["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await
+    .assert_status(200);
+    let revoked = get(Some(secret)).await;
+    assert_eq!(revoked.status(), 403);
+    assert_eq!(
+        revoked.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "key_revoked"
+    );
+    server.stop().await;
+}
+
+async fn ws_connections(server: &TestServer) -> u64 {
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("keyward_ws_connections_total "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn next(socket: &mut (impl futures_util::Stream<Item = SocketEvent> + Unpin)) -> SocketEvent {
+    tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("a socket event in time")
+        .expect("the socket goes on")
+}
+
+fn fast_reconnects() -> SocketOptions {
+    SocketOptions {
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        ..SocketOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_refused_socket_reports_then_stops_for_good() {
+    let server = TestServer::start().await;
+    let sdk = client(&server, "sk_live_thisisnotarealkeyatall000000");
+    let mut socket = AlertsSocket::connect_with(&sdk, fast_reconnects());
+    match next(&mut socket).await {
+        SocketEvent::AuthFailed(error) => assert_eq!(error.code, "invalid_api_key"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        next(&mut socket).await,
+        SocketEvent::Disconnected {
+            reconnecting: false,
+            ..
+        }
+    ));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), socket.next())
+            .await
+            .is_ok_and(|end| end.is_none()),
+        "the stream ends"
+    );
+    assert_eq!(ws_connections(&server).await, 1, "no second attempt");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sockets_take_fresh_tokens_and_resume_without_loss_or_repeats() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    api.create_app("mine", &[]).await;
+    let signer = Arc::new(ec_key("k1"));
+    let public_key = api
+        .post(
+            "/api/v1/public-keys",
+            json!({"type": "jwt", "public_key": signer.public_pem, "algorithms": ["ES256"]}),
+        )
+        .await
+        .assert_status(201)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Each token lives 2 s; `get_jwt` counts how often it is asked.
+    let asked = Arc::new(AtomicU64::new(0));
+    let sdk = {
+        let (signer, asked) = (Arc::clone(&signer), Arc::clone(&asked));
+        Client::builder()
+            .base_url(&server.base)
+            .api_key(&public_key)
+            .jwt("captured.but.overridden")
+            .get_jwt(move || {
+                let (signer, asked) = (Arc::clone(&signer), Arc::clone(&asked));
+                async move {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    Ok(sign(
+                        Algorithm::ES256,
+                        None,
+                        &signer.encoding,
+                        &json!({"sub": "alice", "iat": now(), "exp": now() + 2}),
+                    ))
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let mut socket = EventsSocket::connect_with(&sdk, fast_reconnects());
+    assert!(
+        matches!(next(&mut socket).await, SocketEvent::Connected(session) if session.subject.as_deref() == Some("alice")),
+        "get_jwt wins over jwt"
+    );
+    // Keys keep coming while the token expires and the socket reconnects.
+    let maker = {
+        let api = server.api();
+        tokio::spawn(async move {
+            for index in 0..12 {
+                api.create_key(
+                    "mine",
+                    json!({"name": format!("k{index}"), "owner_user_id": "alice"}),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let mut names = Vec::new();
+    let (mut expired, mut connected) = (0, 1);
+    while names.len() < 12 {
+        match next(&mut socket).await {
+            SocketEvent::Event(event) => names.push(event.key.name),
+            SocketEvent::TokenExpired => expired += 1,
+            SocketEvent::Connected(_) => connected += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    maker.await.unwrap();
+    let expected: Vec<String> = (0..12).map(|index| format!("k{index}")).collect();
+    assert_eq!(
+        names, expected,
+        "each event once, in order, across reconnects"
+    );
+    assert!(expired >= 1 && connected >= 2, "{expired} {connected}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        connected,
+        "a fresh token per connection"
+    );
+    server.stop().await;
+}
