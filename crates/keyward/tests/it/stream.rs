@@ -613,3 +613,64 @@ async fn events_reach_sockets_on_other_nodes() {
     assert_eq!(message["event"]["type"], "key.created");
     assert_eq!(message["event"]["key"]["id"], key["id"]);
 }
+
+#[tokio::test]
+async fn hostile_client_messages_get_errors_not_crashes() {
+    let server = TestServer::start().await;
+    let (mut socket, _) = Socket::connect(&server.base, &root_query(&server.live_key)).await;
+    for (message, code) in [
+        (Message::Text("{not json".into()), "invalid_message"),
+        (
+            Message::Text(json!({"type": "subscribe"}).to_string().into()),
+            "invalid_message",
+        ),
+        (
+            Message::Text(
+                json!({"type": "subscribe", "channel": "secrets", "extra": 1})
+                    .to_string()
+                    .into(),
+            ),
+            "invalid_message",
+        ),
+        (
+            Message::Text(
+                json!({"type": "subscribe", "channel": "secrets"})
+                    .to_string()
+                    .into(),
+            ),
+            "unknown_channel",
+        ),
+        (
+            Message::Binary(vec![0, 159, 146, 150].into()),
+            "unsupported_message",
+        ),
+    ] {
+        socket.stream.send(message).await.unwrap();
+        let reply = socket.next().await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+    }
+    // Still serving after all that.
+    socket.subscribe("events").await;
+    // A message far beyond the protocol's size ends the connection, not the server.
+    socket
+        .stream
+        .send(Message::Text("x".repeat(64 * 1024).into()))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match socket.stream.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the oversized message closed the socket");
+    let healthy = reqwest::get(format!("{}/healthz", server.base))
+        .await
+        .unwrap();
+    assert_eq!(healthy.status(), 200);
+    server.stop().await;
+}
