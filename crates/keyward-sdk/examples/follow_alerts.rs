@@ -2,7 +2,7 @@
 //! happen, reconnecting by itself and resuming where it left off.
 //!
 //! ```sh
-//! KEYWARD_URL=http://127.0.0.1:8080 KEYWARD_ROOT_KEY=sk_live_… \
+//! KEYWARD_URL=http://127.0.0.1:8080 KEYWARD_API_KEY=sk_live_… \
 //!     cargo run -p keyward-sdk --example follow_alerts
 //! ```
 //!
@@ -14,10 +14,7 @@ use keyward_sdk::{AlertsSocket, Client, SocketEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let keyward = Client::builder()
-        .base_url(std::env::var("KEYWARD_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into()))
-        .api_key(std::env::var("KEYWARD_ROOT_KEY")?)
-        .build()?;
+    let keyward = Client::from_env()?;
     let mut alerts = AlertsSocket::connect(&keyward);
     while let Some(event) = alerts.next().await {
         match event {

@@ -1,7 +1,7 @@
 //! Issues a key to a customer, verifies it, rotates it with a grace period, then revokes it.
 //!
 //! ```sh
-//! KEYWARD_URL=http://127.0.0.1:8080 KEYWARD_ROOT_KEY=sk_live_… \
+//! KEYWARD_URL=http://127.0.0.1:8080 KEYWARD_API_KEY=sk_live_… \
 //!     cargo run -p keyward-sdk --example issue_and_rotate
 //! ```
 
@@ -10,10 +10,7 @@ use keyward_sdk::{Client, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let keyward = Client::builder()
-        .base_url(std::env::var("KEYWARD_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into()))
-        .api_key(std::env::var("KEYWARD_ROOT_KEY")?)
-        .build()?;
+    let keyward = Client::from_env()?;
     let app = CreateAppRequest {
         name: "Example API".into(),
         slug: "example-api".into(),

@@ -1,7 +1,7 @@
 //! Protects a route of your own axum service with Keyward.
 //!
 //! ```sh
-//! KEYWARD_URL=http://127.0.0.1:8080 KEYWARD_ROOT_KEY=sk_live_… \
+//! KEYWARD_URL=http://127.0.0.1:8080 KEYWARD_API_KEY=sk_live_… \
 //!     cargo run -p keyward-sdk --example protect_route
 //! curl -H "X-API-Key: <a key issued by Keyward>" http://127.0.0.1:3000/orders
 //! ```
@@ -23,10 +23,7 @@ async fn orders(Verified(caller): Verified) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let keyward = Client::builder()
-        .base_url(std::env::var("KEYWARD_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into()))
-        .api_key(std::env::var("KEYWARD_ROOT_KEY")?)
-        .build()?;
+    let keyward = Client::from_env()?;
     let app = Router::new()
         .route("/orders", get(orders))
         .layer(KeywardLayer::new(keyward).require("read"));

@@ -261,6 +261,24 @@ impl Client {
         }
     }
 
+    /// A client configured as the CLI is: the server at `KEYWARD_URL` (or
+    /// [`DEFAULT_BASE_URL`]), authenticated with `KEYWARD_API_KEY` when it is set.
+    ///
+    /// ```no_run
+    /// let keyward = keyward_sdk::Client::from_env()?;
+    /// # Ok::<(), keyward_sdk::Error>(())
+    /// ```
+    pub fn from_env() -> Result<Self, Error> {
+        let mut builder = Self::builder();
+        if let Ok(base_url) = std::env::var("KEYWARD_URL") {
+            builder = builder.base_url(base_url);
+        }
+        if let Ok(api_key) = std::env::var("KEYWARD_API_KEY") {
+            builder = builder.api_key(api_key);
+        }
+        builder.build()
+    }
+
     /// Starts configuring a client: base URL, timeout, API key and end-user token.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()

@@ -20,7 +20,7 @@ use keyward_sdk::{AlertsSocket, Client, Error, EventsSocket, SocketEvent, Socket
 use serde_json::json;
 
 use crate::credentials::{ec_key, now, sign};
-use crate::testkit::TestServer;
+use crate::testkit::{metric, TestServer};
 
 fn client(server: &TestServer, key: &str) -> Client {
     Client::builder()
@@ -449,20 +449,8 @@ async fn the_layer_lets_valid_keys_through_and_answers_refusals_itself() {
     server.stop().await;
 }
 
-async fn ws_connections(server: &TestServer) -> u64 {
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("keyward_ws_connections_total "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+async fn ws_connections(server: &TestServer) -> Option<f64> {
+    metric(&server.base, "keyward_ws_connections_total").await
 }
 
 async fn next(socket: &mut (impl futures_util::Stream<Item = SocketEvent> + Unpin)) -> SocketEvent {
@@ -502,7 +490,11 @@ async fn a_refused_socket_reports_then_stops_for_good() {
             .is_ok_and(|end| end.is_none()),
         "the stream ends"
     );
-    assert_eq!(ws_connections(&server).await, 1, "no second attempt");
+    assert_eq!(
+        ws_connections(&server).await,
+        Some(1.0),
+        "no second attempt"
+    );
     server.stop().await;
 }
 

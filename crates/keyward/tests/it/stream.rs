@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::credentials::{ec_key, now, sign};
-use crate::testkit::{Api, ServerProcess, TestServer};
+use crate::testkit::{metric, Api, ServerProcess, TestServer};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -435,13 +435,10 @@ async fn a_slow_socket_is_told_what_it_missed() {
     }
     assert!(missed > 0, "a queue of 4 cannot hold a burst of 30");
     assert_eq!(received + missed, 30);
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains(&format!("keyward_ws_events_missed_total {missed}")));
+    assert_eq!(
+        metric(&server.base, "keyward_ws_events_missed_total").await,
+        Some(missed as f64)
+    );
     server.stop().await;
 }
 
@@ -567,26 +564,15 @@ async fn silent_peers_are_dropped() {
         ..EventSettings::default()
     })
     .await;
-    let sockets = || async {
-        let metrics = reqwest::get(format!("{}/metrics", server.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("keyward_ws_sockets "))
-            .map(|value| value.trim().to_owned())
-    };
+    let sockets = || metric(&server.base, "keyward_ws_sockets");
     // A client that keeps reading answers pings and stays.
     let (mut live, _) = Socket::connect(&server.base, &root_query(&server.live_key)).await;
     live.subscribe("events").await;
     // A client that never reads never answers them.
     let (_silent, _) = Socket::connect(&server.base, &root_query(&server.live_key)).await;
-    assert_eq!(sockets().await.as_deref(), Some("2"));
+    assert_eq!(sockets().await, Some(2.0));
     live.silent_for(Duration::from_millis(800)).await;
-    assert_eq!(sockets().await.as_deref(), Some("1"));
+    assert_eq!(sockets().await, Some(1.0));
     server.stop().await;
 }
 

@@ -120,6 +120,19 @@ impl TestServer {
     }
 }
 
+/// The value of one of a server's Prometheus metrics (`None` if it does not report it).
+pub async fn metric(base: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// A JSON answer.
 #[derive(Debug)]
 pub struct Reply {
