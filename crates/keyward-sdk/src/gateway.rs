@@ -226,7 +226,8 @@ fn refusal(verdict: &VerifyKeyResponse) -> Response {
         _ => "Invalid or missing credential",
     };
     let mut response = envelope(status, &code, message, "");
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    // Only a rate limit passes with time; exhausted credits do not.
+    if verdict.code == "RATE_LIMITED" {
         let wait = verdict.rate_limit.as_ref().map_or(1, |rate| {
             let seconds = (rate.reset_at - time::OffsetDateTime::now_utc()).whole_seconds();
             seconds.max(1)

@@ -5,7 +5,9 @@
 //!   The token is captured when the socket is made; `get_jwt`, when given, is called before
 //!   every connection and takes precedence.
 //! - Reconnects back off exponentially, with jitter, and resume from the last event received
-//!   (`since`), so no event is lost or repeated within the server's retention window.
+//!   (`since`), so a disconnection loses and repeats nothing within the server's retention
+//!   window. A consumer that reads too slowly is another matter: the server drops what it
+//!   cannot queue and the socket reports [`SocketEvent::Lagged`].
 //! - After `auth_failed` the socket reports [`SocketEvent::AuthFailed`], then
 //!   [`SocketEvent::Disconnected`], and never connects again.
 //! - After `token_expired` it reconnects at once, with a fresh token from `get_jwt`.
@@ -175,6 +177,10 @@ impl Subscription {
     }
 }
 
+/// A connection ended by `token_expired` sooner than this backs off instead of reconnecting
+/// at once.
+const QUICK_EXPIRY: Duration = Duration::from_millis(500);
+
 /// How one connection ended.
 enum Ended {
     /// Never again: refused credential, or nobody is reading any more.
@@ -198,13 +204,26 @@ impl Connection {
     async fn run(mut self) {
         let mut failures = 0_u32;
         loop {
-            let ended = match self.connect().await {
+            let started = tokio::time::Instant::now();
+            let mut accepted = false;
+            let ended = match self.connect(&mut accepted).await {
                 Ok(ended) => ended,
                 Err(error) => Ended::Later(error.to_string()),
             };
+            if accepted {
+                failures = 0;
+            }
+            // A token that expires again right away (a fixed `.jwt()`, a clock far off) must
+            // not turn into a reconnect loop.
+            let ended = match ended {
+                Ended::Now if started.elapsed() < QUICK_EXPIRY => {
+                    Ended::Later("the token expired again at once".to_owned())
+                }
+                other => other,
+            };
             match ended {
                 Ended::Finished => return,
-                Ended::Now => failures = 0,
+                Ended::Now => {}
                 Ended::Later(reason) => {
                     let disconnected = SocketEvent::Disconnected {
                         reconnecting: true,
@@ -260,8 +279,8 @@ impl Connection {
         Ok(url)
     }
 
-    /// One connection, until it ends.
-    async fn connect(&mut self) -> Result<Ended, Error> {
+    /// One connection, until it ends; `accepted` turns true once the server welcomed it.
+    async fn connect(&mut self, accepted: &mut bool) -> Result<Ended, Error> {
         let token = self.client.token().await?;
         let url = self.url(token.as_ref().map(ExposeSecret::expose_secret))?;
         let (mut socket, _) = tokio::time::timeout(
@@ -308,6 +327,9 @@ impl Connection {
                 }
                 _ => continue,
             };
+            if matches!(reported, Reported::Pass(SocketEvent::Connected(_))) {
+                *accepted = true;
+            }
             match reported {
                 Reported::Pass(event) => {
                     if self.sender.send(event).await.is_err() {

@@ -22,7 +22,7 @@ use keyward_core::model::ApiKey;
 use keyward_core::Timestamp;
 use keyward_proto as wire;
 use keyward_store::{expiry_dedup_key, EventAnnouncements, Store};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 
 use crate::metrics::Metrics;
 use crate::{clock, convert};
@@ -45,6 +45,9 @@ pub struct EventSettings {
     pub heartbeat_interval: Duration,
     /// How often storage is read when no notification came.
     pub poll_interval: Duration,
+    /// How often an open session's credential is checked again (revoked, expired, scope
+    /// removed); a cached check.
+    pub credential_recheck: Duration,
 }
 
 impl Default for EventSettings {
@@ -58,6 +61,7 @@ impl Default for EventSettings {
             max_sockets_per_credential: 100,
             heartbeat_interval: Duration::from_secs(20),
             poll_interval: Duration::from_secs(1),
+            credential_recheck: Duration::from_secs(5),
         }
     }
 }
@@ -86,6 +90,10 @@ pub struct EventHub {
     rate_alerts: DashMap<String, i64>,
     /// Set when the node joins a PostgreSQL cluster: other nodes' events are announced there.
     postgres_url: OnceLock<String>,
+    /// Woken by those announcements (several coalesce into one read).
+    announced: Arc<Notify>,
+    /// Turns true when the server stops its background work.
+    stop: watch::Receiver<bool>,
     sockets: AtomicUsize,
     sockets_by_credential: DashMap<String, usize>,
     /// Turns true when the server shuts down: every socket closes with 1001.
@@ -119,6 +127,8 @@ impl EventHub {
             alerts,
             rate_alerts: DashMap::new(),
             postgres_url: OnceLock::new(),
+            announced: Arc::new(Notify::new()),
+            stop: stop.clone(),
             sockets: AtomicUsize::new(0),
             sockets_by_credential: DashMap::new(),
             closing: watch::channel(false).0,
@@ -139,9 +149,21 @@ impl EventHub {
         hub
     }
 
-    /// Listens to PostgreSQL's announcements of other nodes' events.
+    /// The number of the last event handed to sockets, once known.
+    pub(crate) fn published(&self) -> Option<i64> {
+        Some(self.published.load(Ordering::Acquire)).filter(|seq| *seq >= 0)
+    }
+
+    /// Listens to PostgreSQL's announcements of other nodes' events, in a task of its own
+    /// that reconnects with backoff, so that a lost connection never delays this node's own.
     pub(crate) fn follow_postgres(&self, database_url: &str) {
-        let _ = self.postgres_url.set(database_url.to_owned());
+        if self.postgres_url.set(database_url.to_owned()).is_ok() {
+            tokio::spawn(listen(
+                database_url.to_owned(),
+                Arc::clone(&self.announced),
+                self.stop.clone(),
+            ));
+        }
     }
 
     /// A new socket's queue. Created before a resuming socket reads its backlog, so that
@@ -280,11 +302,14 @@ impl Drop for SocketPermit {
 /// Publishes every event storage has beyond what this node published, in order.
 async fn follow(hub: Weak<EventHub>, store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
     let committed = store.events_committed();
-    let mut listener: Option<EventAnnouncements> = None;
-    let mut poll = tokio::time::interval(match hub.upgrade() {
-        Some(hub) => hub.settings.poll_interval,
-        None => return,
-    });
+    let Some((mut poll, announced)) = hub.upgrade().map(|hub| {
+        (
+            tokio::time::interval(hub.settings.poll_interval),
+            Arc::clone(&hub.announced),
+        )
+    }) else {
+        return;
+    };
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let Some(hub) = hub.upgrade() else { return };
@@ -297,42 +322,51 @@ async fn follow(hub: Weak<EventHub>, store: Arc<dyn Store>, mut stop: watch::Rec
         } else if let Err(error) = catch_up(&hub, store.as_ref()).await {
             tracing::warn!(%error, "reading new events failed; retrying");
         }
-        if listener.is_none() {
-            if let Some(url) = hub.postgres_url.get() {
-                listener = listen(url).await;
-            }
-        }
         drop(hub);
         tokio::select! {
             _ = stop.changed() => return,
             () = committed.notified() => {}
+            () = announced.notified() => {}
             _ = poll.tick() => {}
-            notification = async {
-                match listener.as_mut() {
-                    Some(listener) => listener.next().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Err(error) = notification {
-                    tracing::warn!(%error, "the event notification connection failed; polling");
-                    listener = None;
-                }
-            }
         }
     }
 }
 
-async fn listen(url: &str) -> Option<EventAnnouncements> {
-    match tokio::time::timeout(Duration::from_secs(5), EventAnnouncements::connect(url)).await {
-        Ok(Ok(listener)) => Some(listener),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "cannot listen for other nodes' events; polling");
-            None
+/// Holds the connection that hears other nodes' events, reconnecting with backoff; while it
+/// is down, `follow`'s poll covers.
+async fn listen(url: String, announced: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let connect =
+            tokio::time::timeout(Duration::from_secs(5), EventAnnouncements::connect(&url));
+        match connect.await {
+            Ok(Ok(mut listener)) => {
+                backoff = Duration::from_millis(250);
+                // Announcements made while it was away are read by the next poll.
+                announced.notify_one();
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        heard = listener.next() => match heard {
+                            Ok(()) => announced.notify_one(),
+                            Err(error) => {
+                                tracing::warn!(%error, "the event notification connection failed; polling");
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot listen for other nodes' events; polling")
+            }
+            Err(_) => tracing::warn!("listening for other nodes' events timed out; polling"),
         }
-        Err(_) => {
-            tracing::warn!("listening for other nodes' events timed out; polling");
-            None
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(backoff) => {}
         }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -393,7 +427,10 @@ async fn sweep(hub: Weak<EventHub>, store: Arc<dyn Store>, mut stop: watch::Rece
                 tracing::warn!(%error, event = kind.as_str(), "looking for expiries failed");
             }
         }
-        if let Err(error) = store.purge_events(now.plus_millis(-retention)).await {
+        // An hour past the window the sweep looks back over, so that a node whose clock runs
+        // behind never finds an expiry whose event is already forgotten.
+        let purge_before = now.plus_millis(-retention.saturating_add(3_600_000));
+        if let Err(error) = store.purge_events(purge_before).await {
             tracing::warn!(%error, "purging old events failed");
         }
         hub.rate_alerts

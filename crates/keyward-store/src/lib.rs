@@ -360,6 +360,14 @@ pub fn workspace_key_cache_hash(id: &str) -> KeyHash {
 
 /// Everything Keyward keeps. Implementations must be safe to share between nodes: every
 /// method is one transaction.
+/// Which events a reader may see: one environment's, and of those only the ones about an end
+/// user's own keys when `owner_user_id` is set.
+#[derive(Debug, Clone, Copy)]
+pub struct EventScope<'a> {
+    pub tenancy: &'a Tenancy,
+    pub owner_user_id: Option<&'a str>,
+}
+
 /// Events and alerts about keys (SPEC §4.5). Key changes record theirs in their own
 /// transaction; this records the rest and reads them back in order.
 #[async_trait]
@@ -369,12 +377,12 @@ pub trait EventStore: Send + Sync {
     async fn append_events(&self, events: &[NewEvent], now: Timestamp) -> StoreResult<()>;
     /// Woken after this process commits a change that may have recorded events.
     fn events_committed(&self) -> std::sync::Arc<tokio::sync::Notify>;
-    /// Up to `limit` events numbered above `after`, oldest first: of one environment, or of
-    /// every workspace.
+    /// Up to `limit` events numbered above `after`, oldest first: within `scope`, or of every
+    /// workspace. A row this version cannot read is logged and skipped.
     async fn events_after(
         &self,
         after: i64,
-        tenancy: Option<&Tenancy>,
+        scope: Option<&EventScope<'_>>,
         limit: u32,
     ) -> StoreResult<Vec<Event>>;
     /// The number of the newest event committed or being committed (0 before the first).

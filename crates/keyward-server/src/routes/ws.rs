@@ -1,7 +1,7 @@
 //! `GET /ws`: the event and alert stream (SPEC §4.5). The protocol's messages are
 //! `keyward_proto::{ServerMessage, ClientMessage}`; the fan-out is `crate::events`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use keyward_core::credential::{self, Presented};
 use keyward_core::event::{Audience, Channel, Event};
 use keyward_core::scope::Scope;
 use keyward_proto::{self as wire, ServerMessage};
+use keyward_store::EventScope;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
@@ -113,6 +114,15 @@ impl Connection {
         };
         let session = match authenticate(state, &params).await {
             Ok(session) => session,
+            // Keyward's own trouble is no verdict on the credential: try again later.
+            Err(error) if error.status().is_server_error() => {
+                return self
+                    .close(
+                        wire::CLOSE_TRY_AGAIN_LATER,
+                        "service unavailable; retry shortly",
+                    )
+                    .await
+            }
             Err(error) => return self.auth_failed(&error).await,
         };
         let _permit: SocketPermit = match hub.admit(session.credential.clone()) {
@@ -121,6 +131,8 @@ impl Connection {
         };
         // Before anything is read from storage, so that nothing published meanwhile is lost.
         let queue = hub.subscribe();
+        // An id from the future (another deployment, a typo) resumes from now.
+        let since = since.map(|since| hub.published().map_or(since, |now| since.min(now)));
         let welcome = ServerMessage::Connected {
             session: session.welcome.clone(),
         };
@@ -130,7 +142,9 @@ impl Connection {
         let mut stream = Stream {
             state,
             session: &session,
+            params: &params,
             since,
+            resumed: HashSet::new(),
             subscribed: HashMap::new(),
         };
         stream.run(self, queue).await;
@@ -237,7 +251,15 @@ async fn authenticate(state: &AppState, params: &SocketParams) -> Result<Session
             };
             let tenancy = user.public_key.key.tenancy.clone();
             let expires_at_ms = identity.expires_at.saturating_mul(1000);
-            let remaining = u64::try_from(expires_at_ms - now.as_millis()).unwrap_or(0);
+            // Verification allows a minute of clock skew past `exp`; a stream would end at
+            // once, so it refuses such a token outright rather than invite a reconnect loop.
+            let Ok(remaining) = u64::try_from(expires_at_ms - now.as_millis()) else {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    "token_expired",
+                    "The token has expired",
+                ));
+            };
             Ok(Session {
                 welcome: wire::Session {
                     credential_type: presented.credential_type().to_owned(),
@@ -264,7 +286,11 @@ async fn authenticate(state: &AppState, params: &SocketParams) -> Result<Session
 struct Stream<'a> {
     state: &'a AppState,
     session: &'a Session,
+    /// The credential, checked again while the session lasts.
+    params: &'a SocketParams,
     since: Option<i64>,
+    /// Channels that already resumed from `since`: a second subscription starts live.
+    resumed: HashSet<Channel>,
     /// Subscribed channels, each with the number of the last event sent on it.
     subscribed: HashMap<Channel, i64>,
 }
@@ -287,6 +313,10 @@ impl Stream<'_> {
         };
         tokio::pin!(expiry);
         let mut closing = self.state.events.closing();
+        let mut recheck = tokio::time::interval_at(
+            Instant::now() + settings.credential_recheck,
+            settings.credential_recheck,
+        );
         loop {
             let outcome = tokio::select! {
                 () = async { let _ = closing.wait_for(|closing| *closing).await; } => {
@@ -307,6 +337,7 @@ impl Stream<'_> {
                     }
                 }
                 delivery = queue.recv() => self.deliver(connection, delivery, &mut queue).await,
+                _ = recheck.tick() => self.recheck(connection).await,
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > settings.heartbeat_interval * 2 {
                         tracing::debug!("dropping a socket whose peer stopped answering");
@@ -317,6 +348,20 @@ impl Stream<'_> {
             };
             if !matches!(outcome, Ok(true)) {
                 return;
+            }
+        }
+    }
+
+    /// Ends the session once its credential is revoked, disabled, expired or loses its scope.
+    /// The verifier's cache answers, and every node drops a changed credential from it before
+    /// the change returns; storage trouble is not a verdict and leaves the session be.
+    async fn recheck(&self, connection: &mut Connection) -> Result<bool, Gone> {
+        match authenticate(self.state, self.params).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.status().is_server_error() => Ok(true),
+            Err(error) => {
+                connection.auth_failed(&error).await;
+                Ok(false)
             }
         }
     }
@@ -362,17 +407,19 @@ impl Stream<'_> {
             };
             return connection.send(&reply).await.map(|()| true);
         }
-        if self.subscribed.contains_key(&channel) {
-            return Ok(true);
-        }
-        self.subscribed.insert(channel, 0);
         let reply = ServerMessage::Subscribed {
             channel: channel.as_str().to_owned(),
         };
         connection.send(&reply).await?;
+        if self.subscribed.contains_key(&channel) {
+            return Ok(true);
+        }
+        self.subscribed.insert(channel, 0);
         match self.since {
-            Some(since) => self.resume(connection, channel, since).await,
-            None => Ok(true),
+            Some(since) if self.resumed.insert(channel) => {
+                self.resume(connection, channel, since).await
+            }
+            _ => Ok(true),
         }
     }
 
@@ -387,7 +434,7 @@ impl Stream<'_> {
         let store = self.state.store.as_ref();
         let tenancy = &self.session.audience.tenancy;
         match store.oldest_event_seq().await {
-            Ok(Some(oldest)) if oldest > since + 1 => {
+            Ok(Some(oldest)) if oldest > since.saturating_add(1) => {
                 // Some of what followed `since` is past the retention window.
                 let missed = u64::try_from(oldest - since - 1).unwrap_or(0);
                 connection.send(&ServerMessage::Lagged { missed }).await?;
@@ -397,7 +444,11 @@ impl Stream<'_> {
         }
         let mut after = since;
         loop {
-            let batch = match store.events_after(after, Some(tenancy), RESUME_BATCH).await {
+            let scope = EventScope {
+                tenancy,
+                owner_user_id: self.session.audience.subject.as_deref(),
+            };
+            let batch = match store.events_after(after, Some(&scope), RESUME_BATCH).await {
                 Ok(batch) => batch,
                 Err(error) => return self.storage_failed(connection, &error).await,
             };
@@ -448,6 +499,8 @@ impl Stream<'_> {
         while let Some(received) = next.take() {
             let frame = match received {
                 Ok(delivery) => self.frame_for(&delivery),
+                // Before any subscription nothing of this socket's was missed.
+                Err(RecvError::Lagged(_)) if self.subscribed.is_empty() => None,
                 Err(RecvError::Lagged(missed)) => {
                     self.state.metrics.stream.events_missed.inc_by(missed);
                     let lagged = serde_json::to_string(&ServerMessage::Lagged { missed });

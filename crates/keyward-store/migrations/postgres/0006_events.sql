@@ -15,6 +15,8 @@ CREATE TABLE events (
     environment TEXT NOT NULL,
     type TEXT NOT NULL,
     key_id TEXT NOT NULL,
+    -- The key's owner, so an end user's resume reads only their own events.
+    owner_user_id TEXT,
     -- JSON: {"key": <snapshot of the key's metadata>, "details": {…}}; never a secret
     payload TEXT NOT NULL,
     created_at BIGINT NOT NULL,
@@ -31,3 +33,4 @@ ALTER TABLE api_keys ADD COLUMN low_credits_threshold BIGINT;
 
 -- Resuming a stream reads one environment's events after a number.
 CREATE INDEX events_by_environment ON events (workspace_id, environment, seq);
+CREATE INDEX events_by_owner ON events (workspace_id, environment, owner_user_id, seq);

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use keyward_core::event::{Event, EventType, KeySnapshot, NewEvent};
 use std::sync::Arc;
 
-use keyward_core::model::{ApiKey, Tenancy};
+use keyward_core::model::ApiKey;
 use keyward_core::Timestamp;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -15,7 +15,7 @@ use super::{
     corrupt, key_from_row, tenancy_from_row, timestamp, Backend, FilteredQuery, Param, SqlStore,
     Transaction, KEY_SELECT,
 };
-use crate::{EventStore, StoreResult};
+use crate::{EventScope, EventStore, StoreResult};
 
 /// The channel on which PostgreSQL announces new events to every node.
 pub const EVENTS_CHANNEL: &str = "keyward_events";
@@ -53,8 +53,8 @@ pub(super) async fn record(
     let mut seq = last - count;
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let mut insert = FilteredQuery::new(
-            "INSERT INTO events (seq, workspace_id, environment, type, key_id, payload, \
-             created_at, dedup_key) VALUES ",
+            "INSERT INTO events (seq, workspace_id, environment, type, key_id, owner_user_id, \
+             payload, created_at, dedup_key) VALUES ",
         );
         for (index, event) in chunk.iter().enumerate() {
             seq += 1;
@@ -68,6 +68,7 @@ pub(super) async fn record(
                 Param::Text(event.tenancy.environment.as_str().to_owned()),
                 Param::Text(event.kind.as_str().to_owned()),
                 Param::Text(event.key.id.clone()),
+                Param::OptionalText(event.key.owner_user_id.clone()),
                 Param::Text(serde_json::to_string(&payload).map_err(|_| corrupt("payload"))?),
                 Param::Int(now.as_millis()),
                 Param::OptionalText(event.dedup_key.clone()),
@@ -126,7 +127,7 @@ impl EventStore for SqlStore {
     async fn events_after(
         &self,
         after: i64,
-        tenancy: Option<&Tenancy>,
+        scope: Option<&EventScope<'_>>,
         limit: u32,
     ) -> StoreResult<Vec<Event>> {
         let mut query = FilteredQuery::new(
@@ -134,16 +135,29 @@ impl EventStore for SqlStore {
              WHERE seq > ",
         );
         query.bind(Param::Int(after));
-        if let Some(tenancy) = tenancy {
+        if let Some(scope) = scope {
             query.push(" AND workspace_id = ");
-            query.bind(Param::Text(tenancy.workspace_id.clone()));
+            query.bind(Param::Text(scope.tenancy.workspace_id.clone()));
             query.push(" AND environment = ");
-            query.bind(Param::Text(tenancy.environment.as_str().to_owned()));
+            query.bind(Param::Text(scope.tenancy.environment.as_str().to_owned()));
+            if let Some(owner) = scope.owner_user_id {
+                query.push(" AND owner_user_id = ");
+                query.bind(Param::Text(owner.to_owned()));
+            }
         }
         query.push(" ORDER BY seq LIMIT ");
         query.bind(Param::Int(i64::from(limit)));
         let rows = query.fetch_all(&self.reader).await?;
-        rows.iter().map(event_from_row).collect()
+        // One unreadable row (an event type from a newer version, mid-upgrade) must not stop
+        // every stream behind it.
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                event_from_row(row)
+                    .inspect_err(|error| tracing::error!(%error, "skipping an unreadable event"))
+                    .ok()
+            })
+            .collect())
     }
 
     async fn last_event_seq(&self) -> StoreResult<i64> {

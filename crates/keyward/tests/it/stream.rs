@@ -284,6 +284,12 @@ async fn refused_credentials_get_auth_failed_then_4001() {
             401,
             "token_expired",
         ),
+        // Within the minute of skew HTTP allows, but a stream would end at once.
+        (
+            format!("api-key={public_key}&token={}", token("usr_1", -10)),
+            401,
+            "token_expired",
+        ),
         (
             format!("api-key={public_key}&token=not.a.jwt"),
             401,
@@ -658,5 +664,80 @@ async fn hostile_client_messages_get_errors_not_crashes() {
         .await
         .unwrap();
     assert_eq!(healthy.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_credential_ends_its_open_stream() {
+    let server = server_with(EventSettings {
+        credential_recheck: Duration::from_millis(100),
+        ..EventSettings::default()
+    })
+    .await;
+    let api = server.api();
+    let watcher = api
+        .post(
+            "/api/v1/root-keys",
+            json!({"name": "watcher", "scopes": ["events:read"]}),
+        )
+        .await
+        .assert_status(201)
+        .clone();
+    let (mut socket, _) = Socket::connect(
+        &server.base,
+        &root_query(watcher["secret"].as_str().unwrap()),
+    )
+    .await;
+    socket.subscribe("events").await;
+    api.post(
+        &format!(
+            "/api/v1/root-keys/{}/revoke",
+            watcher["id"].as_str().unwrap()
+        ),
+        json!({}),
+    )
+    .await
+    .assert_status(200);
+    let message = socket.next().await;
+    assert_eq!(message["type"], "auth_failed", "{message}");
+    assert_eq!(message["error"]["code"], "key_revoked");
+    assert_eq!(socket.closed().await.0, 4001);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resubscribing_replays_nothing_and_a_future_since_starts_live() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    api.create_app("again", &[]).await;
+    api.create_key("again", json!({"name": "before"})).await;
+    let (mut socket, _) = Socket::connect(
+        &server.base,
+        &format!("{}&since=evt_0", root_query(&server.live_key)),
+    )
+    .await;
+    socket.subscribe("events").await;
+    assert_eq!(socket.event().await["event"]["key"]["name"], "before");
+    socket
+        .send(json!({"type": "unsubscribe", "channel": "events"}))
+        .await;
+    assert_eq!(socket.next().await["type"], "unsubscribed");
+    socket.subscribe("events").await;
+    socket.subscribe("events").await;
+    api.create_key("again", json!({"name": "after"})).await;
+    assert_eq!(socket.event().await["event"]["key"]["name"], "after");
+    socket.silent_for(Duration::from_millis(200)).await;
+
+    let (mut ahead, _) = Socket::connect(
+        &server.base,
+        &format!(
+            "{}&since=evt_9223372036854775807",
+            root_query(&server.live_key)
+        ),
+    )
+    .await;
+    ahead.subscribe("events").await;
+    api.create_key("again", json!({"name": "live"})).await;
+    assert_eq!(ahead.event().await["event"]["key"]["name"], "live");
     server.stop().await;
 }
