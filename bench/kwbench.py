@@ -18,7 +18,7 @@ def start_server(binary, data_dir, env=None, name="a"):
     process = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=None if os.environ.get("KWBENCH_STDERR") else subprocess.DEVNULL,
         text=True,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")},
              "KEYWARD_LOG": "warn", "KEYWARD_NODE_ID": name, **(env or {})},

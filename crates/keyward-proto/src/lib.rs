@@ -5,6 +5,7 @@
 //! reject unknown fields, timestamps travel as RFC 3339 strings, and every type carries its
 //! OpenAPI schema.
 
+mod analytics;
 mod apps;
 mod common;
 mod credentials;
@@ -16,6 +17,7 @@ mod root_keys;
 mod usage;
 mod verify;
 
+pub use analytics::*;
 pub use apps::*;
 pub use common::*;
 pub use credentials::*;

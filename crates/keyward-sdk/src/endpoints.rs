@@ -8,6 +8,7 @@ use keyward_proto::{
     RotateKeyRequest, SigningKey, SigningKeyWithPrivateKey, UpdateRateLimitSchemeRequest,
     VerifyKeyResponse, VerifyRequestRequest, WorkspaceKey, WorkspaceKeyWithSecret,
 };
+use keyward_proto::{UsageParams, UsageReport};
 use reqwest::Method;
 
 use crate::{Client, Error, NONE};
@@ -220,6 +221,11 @@ impl Client {
     pub async fn revoke_my_key(&self, id: &str) -> Result<ApiKey, Error> {
         self.call(Method::POST, &["me", "keys", id, "revoke"], NONE, NONE)
             .await
+    }
+
+    /// `GET /api/v1/usage` (scope `keys:read`): verification counts over time, by outcome.
+    pub async fn usage(&self, params: &UsageParams) -> Result<UsageReport, Error> {
+        self.call(Method::GET, &["usage"], Some(params), NONE).await
     }
 
     /// `POST /api/v1/demo/session`: a throw-away sandbox with its own root key. Needs no

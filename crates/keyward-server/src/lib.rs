@@ -4,6 +4,7 @@
 //! Architecture invariant: only this crate knows HTTP. It owns no business rule that
 //! `keyward-core` could hold, and reaches storage only through [`keyward_store::Store`].
 
+pub mod analytics;
 pub mod authn;
 pub mod bootstrap;
 mod convert;
@@ -36,6 +37,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 
+use analytics::UsageRecorder;
 use crypto::MasterKey;
 pub use error::ApiError;
 use events::{EventHub, EventSettings};
@@ -67,6 +69,31 @@ pub struct ServerConfig {
     pub master_key: Arc<MasterKey>,
     pub jwks: JwksSettings,
     pub events: EventSettings,
+    pub analytics: AnalyticsSettings,
+}
+
+/// Usage analytics (`GET /api/v1/usage`).
+#[derive(Debug, Clone)]
+pub struct AnalyticsSettings {
+    /// Off, verification outcomes are not recorded at all.
+    pub enabled: bool,
+    /// How often counts are written.
+    pub flush_interval: Duration,
+    /// How long minute counts are kept.
+    pub minute_retention: Duration,
+    /// How long hour and day counts are kept.
+    pub rollup_retention: Duration,
+}
+
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            flush_interval: Duration::from_secs(1),
+            minute_retention: Duration::from_secs(35 * 86_400),
+            rollup_retention: Duration::from_secs(400 * 86_400),
+        }
+    }
 }
 
 /// Demo sandboxes (SPEC §4.3).
@@ -116,6 +143,7 @@ impl Default for ServerConfig {
             master_key: Arc::new(MasterKey::generate().1),
             jwks: JwksSettings::default(),
             events: EventSettings::default(),
+            analytics: AnalyticsSettings::default(),
         }
     }
 }
@@ -136,6 +164,7 @@ pub struct AppState {
     pub(crate) seen_signatures: authn::LocalSeenSignatures,
     /// The event and alert stream of `GET /ws`.
     pub events: Arc<EventHub>,
+    pub usage_log: UsageRecorder,
 }
 
 impl AppState {
@@ -259,6 +288,7 @@ pub struct Server {
     state: Arc<AppState>,
     config: ServerConfig,
     last_used_task: tokio::task::JoinHandle<()>,
+    usage_log_task: Option<tokio::task::JoinHandle<()>>,
     write_back_task: tokio::task::JoinHandle<()>,
     stop_background: tokio::sync::watch::Sender<bool>,
 }
@@ -286,7 +316,19 @@ impl Server {
             Arc::clone(&metrics),
             stopped.clone(),
         );
+        let (usage_log, usage_log_task) = UsageRecorder::start(
+            Arc::clone(&store),
+            config.analytics.enabled,
+            config.analytics.flush_interval,
+            Arc::clone(&metrics),
+        );
+        tokio::spawn(analytics::purge_loop(
+            Arc::clone(&store),
+            config.analytics.clone(),
+            stopped.clone(),
+        ));
         let state = Arc::new(AppState {
+            usage_log,
             events,
             store,
             verifier: Arc::new(Verifier::new()),
@@ -309,6 +351,7 @@ impl Server {
             state,
             config,
             last_used_task,
+            usage_log_task,
             write_back_task,
             stop_background,
         })
@@ -354,6 +397,7 @@ impl Server {
         let Server {
             state,
             last_used_task,
+            usage_log_task,
             write_back_task,
             stop_background,
             ..
@@ -384,6 +428,11 @@ impl Server {
         drop(state);
         if let Err(error) = last_used_task.await {
             tracing::error!(%error, "last_used_at writer ended abnormally");
+        }
+        if let Some(task) = usage_log_task {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "usage analytics writer ended abnormally");
+            }
         }
         Ok(())
     }

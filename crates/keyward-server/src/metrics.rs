@@ -17,6 +17,8 @@ pub struct Metrics {
     pub cache_entries: Gauge,
     pub cache_trusted: Gauge,
     pub last_used_dropped: Counter,
+    /// Verification outcomes not counted in usage analytics (queue full, storage down long).
+    pub usage_records_dropped: Counter,
     pub propagation_lapses: Counter,
     /// 1 while Redis answers; 0 while it does not, and also when no Redis is configured
     /// (`/readyz` tells the two apart).
@@ -90,6 +92,13 @@ impl Metrics {
             "last_used_at updates dropped because the write queue was full",
             last_used_dropped.clone(),
         );
+        let usage_records_dropped = Counter::default();
+        registry.register(
+            "usage_records_dropped",
+            "Verification outcomes left out of usage analytics because their queue was full \
+             or storage stayed unavailable",
+            usage_records_dropped.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
@@ -147,6 +156,7 @@ impl Metrics {
             cache_entries,
             cache_trusted,
             last_used_dropped,
+            usage_records_dropped,
             propagation_lapses,
         }
     }

@@ -360,6 +360,61 @@ pub fn workspace_key_cache_hash(id: &str) -> KeyHash {
 
 /// Everything Keyward keeps. Implementations must be safe to share between nodes: every
 /// method is one transaction.
+/// Verifications of one kind in one minute, to be added to the usage counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageCount {
+    pub tenancy: Tenancy,
+    /// `""` when no key was found.
+    pub key_id: String,
+    /// `""` when none.
+    pub app_id: String,
+    /// `""` when none.
+    pub organization_id: String,
+    /// A verification code, e.g. `VALID`.
+    pub outcome: String,
+    /// Any moment in the minute.
+    pub at: Timestamp,
+    pub count: i64,
+}
+
+/// A usage query: one environment, a time range, a granularity and optional filters.
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    pub tenancy: Tenancy,
+    pub granularity: keyward_core::analytics::Granularity,
+    /// From the bucket holding `from`, up to `to` (exclusive).
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub key_id: Option<String>,
+    pub app_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub outcome: Option<String>,
+}
+
+/// One bucket's count of one outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsagePoint {
+    pub bucket: Timestamp,
+    pub outcome: String,
+    pub count: i64,
+}
+
+/// Usage analytics (issue 8): counts kept per minute, hour and day.
+#[async_trait]
+pub trait AnalyticsStore: Send + Sync {
+    /// Adds counts to their minute, hour and day, in one transaction.
+    async fn add_usage(&self, counts: &[UsageCount]) -> StoreResult<()>;
+    /// Counts per bucket and outcome, oldest first; buckets without any are left out.
+    async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<UsagePoint>>;
+    /// Forgets minute counts before `minutes_before`, hour and day counts before
+    /// `rollups_before`; returns how many rows went.
+    async fn purge_usage(
+        &self,
+        minutes_before: Timestamp,
+        rollups_before: Timestamp,
+    ) -> StoreResult<u64>;
+}
+
 /// Which events a reader may see: one environment's, and of those only the ones about an end
 /// user's own keys when `owner_user_id` is set.
 #[derive(Debug, Clone, Copy)]
@@ -404,7 +459,7 @@ pub trait EventStore: Send + Sync {
 
 #[async_trait]
 pub trait Store:
-    UsageStore + SandboxStore + CredentialStore + EventStore + Send + Sync + 'static
+    UsageStore + SandboxStore + CredentialStore + EventStore + AnalyticsStore + Send + Sync + 'static
 {
     /// Whether storage answers.
     async fn ping(&self) -> StoreResult<()>;

@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+mod analytics;
 mod credentials;
 pub(crate) mod events;
 mod sandbox;
@@ -115,6 +116,14 @@ impl Backend {
         match self {
             Self::Sqlite => format!("instr({column}, {needle}) > 0"),
             Self::Postgres => format!("strpos({column}, {needle}) > 0"),
+        }
+    }
+
+    /// Joins the values of `expression` in a group into one text, separated by `separator`.
+    fn text_aggregate(self, expression: &str, separator: &str) -> String {
+        match self {
+            Self::Sqlite => format!("group_concat({expression}, '{separator}')"),
+            Self::Postgres => format!("string_agg({expression}, '{separator}')"),
         }
     }
 

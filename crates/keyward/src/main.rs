@@ -225,6 +225,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 ..Default::default()
             },
             events: settings.events.clone(),
+            analytics: settings.analytics.clone(),
         },
     )
     .map_err(ServeError::Settings)?;

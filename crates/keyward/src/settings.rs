@@ -9,6 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use keyward_server::events::EventSettings;
 use keyward_server::usage::{CreditFallback, RateLimitFallback};
+use keyward_server::AnalyticsSettings;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -113,6 +114,15 @@ pub(crate) struct ServeArgs {
     /// event retention).
     #[arg(long, env = "KEYWARD_KEY_EXPIRING_LEAD_HOURS")]
     pub(crate) key_expiring_lead_hours: Option<u64>,
+    /// Record every verification's outcome for `GET /api/v1/usage` (default true).
+    #[arg(long, env = "KEYWARD_USAGE_ANALYTICS")]
+    pub(crate) usage_analytics: Option<bool>,
+    /// How long per-minute usage counts are kept (default 35).
+    #[arg(long, env = "KEYWARD_USAGE_RETENTION_DAYS")]
+    pub(crate) usage_retention_days: Option<u64>,
+    /// How long hourly and daily usage counts are kept (default 400).
+    #[arg(long, env = "KEYWARD_USAGE_ROLLUP_RETENTION_DAYS")]
+    pub(crate) usage_rollup_retention_days: Option<u64>,
     /// Open WebSocket sessions this node accepts in all (default 10000).
     #[arg(long, env = "KEYWARD_WS_MAX_CONNECTIONS")]
     pub(crate) ws_max_connections: Option<usize>,
@@ -174,6 +184,9 @@ struct FileSettings {
     key_expiring_lead_hours: Option<u64>,
     ws_max_connections: Option<usize>,
     ws_max_connections_per_credential: Option<usize>,
+    usage_analytics: Option<bool>,
+    usage_retention_days: Option<u64>,
+    usage_rollup_retention_days: Option<u64>,
 }
 
 /// The resolved settings.
@@ -203,6 +216,7 @@ pub(crate) struct Settings {
     pub(crate) master_key: Option<SecretString>,
     pub(crate) allow_private_jwks: bool,
     pub(crate) events: EventSettings,
+    pub(crate) analytics: AnalyticsSettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -332,6 +346,30 @@ impl Settings {
             args.ws_max_connections_per_credential
                 .or(file.ws_max_connections_per_credential),
         )?;
+        let days = |value: u64| Duration::from_secs(value * 86_400);
+        let minute_retention = args
+            .usage_retention_days
+            .or(file.usage_retention_days)
+            .unwrap_or(35);
+        let rollup_retention = args
+            .usage_rollup_retention_days
+            .or(file.usage_rollup_retention_days)
+            .unwrap_or(400);
+        if !(1..=3660).contains(&minute_retention) || !(1..=3660).contains(&rollup_retention) {
+            return Err(SettingsError::Invalid {
+                name: "usage_retention_days",
+                message: "usage retentions are between 1 and 3660 days".to_owned(),
+            });
+        }
+        let analytics = AnalyticsSettings {
+            enabled: args
+                .usage_analytics
+                .or(file.usage_analytics)
+                .unwrap_or(true),
+            minute_retention: days(minute_retention),
+            rollup_retention: days(rollup_retention),
+            ..AnalyticsSettings::default()
+        };
         let node_id = args.node_id.or(file.node_id);
         if let Some(node_id) = &node_id {
             let valid = (1..=40).contains(&node_id.len())
@@ -408,6 +446,7 @@ impl Settings {
                 .or(file.allow_private_jwks)
                 .unwrap_or(false),
             events,
+            analytics,
         })
     }
 }
@@ -559,6 +598,7 @@ mod tests {
             master_key: Some(SecretString::from("bWFzdGVyLWtleS1zZWNyZXQ=")),
             allow_private_jwks: false,
             events: EventSettings::default(),
+            analytics: AnalyticsSettings::default(),
         };
         assert!(!format!("{settings:?}").contains("hunter2"));
         assert!(!format!("{settings:?}").contains("bWFzdGVy"));

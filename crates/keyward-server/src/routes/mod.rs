@@ -11,6 +11,7 @@ pub(crate) mod ops;
 mod organizations;
 mod rate_limit_schemes;
 mod root_keys;
+mod usage;
 mod verify;
 mod ws;
 
@@ -78,6 +79,7 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
             environment::update_environment
         ))
         .routes(routes!(environment::list_audit_log))
+        .routes(routes!(usage::usage))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

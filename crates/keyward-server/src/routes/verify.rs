@@ -12,6 +12,7 @@ use keyward_proto::{
     self as wire, ErrorEnvelope, VerifyKeyRequest, VerifyKeyResponse, VerifyRequestRequest,
 };
 
+use crate::analytics::Subject;
 use crate::authn::{EndUser, Refusal, RequestFacts};
 use crate::extract::{ApiJson, Caller};
 use crate::usage::{ChargeRequest, OrganizationCharge};
@@ -140,6 +141,13 @@ impl AppState {
             }
         }
         self.metrics.count_verification(code);
+        if self.usage_log.is_enabled() {
+            let subject = match &verdict.key {
+                Some(entry) => Subject::Key(Arc::clone(entry)),
+                None => Subject::Unknown(tenancy.clone()),
+            };
+            self.usage_log.record(subject, code, now);
+        }
         let key = verdict.key.as_ref().map(|entry| &entry.key);
         Ok(VerifyKeyResponse {
             key_id: key.map(|key| key.id.clone()),
@@ -292,6 +300,14 @@ pub(crate) async fn verify_request(
             Err(_) => refused(&Refusal::invalid_key(), "api_key"),
         };
     state.metrics.count_verification(code);
+    let subject = match &verdict.key_id {
+        Some(id) => Subject::Credential {
+            tenancy: caller.tenancy.clone(),
+            id: id.clone(),
+        },
+        None => Subject::Unknown(caller.tenancy.clone()),
+    };
+    state.usage_log.record(subject, code, clock::now());
     Ok(Json(verdict))
 }
 

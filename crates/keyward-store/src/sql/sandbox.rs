@@ -15,8 +15,9 @@ const CREDENTIALS_OF_WORKSPACE: &str = "SELECT id FROM api_keys WHERE workspace_
      UNION ALL SELECT id FROM public_keys WHERE workspace_id = $1";
 
 /// Every table that holds a workspace's rows, children before parents.
-const WORKSPACE_TABLES: [&str; 12] = [
+const WORKSPACE_TABLES: [&str; 13] = [
     "events",
+    "usage_counts",
     "api_keys",
     "public_keys",
     "signing_keys",

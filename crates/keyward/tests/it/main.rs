@@ -2,6 +2,7 @@
 //! Integration tests: the real server on a random port, real storage, spoken to over HTTP.
 //! One test binary keeps link time down.
 
+mod analytics;
 mod cli;
 mod cluster;
 mod conventions;

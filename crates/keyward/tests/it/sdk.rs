@@ -150,6 +150,11 @@ async fn every_client_method_works_against_the_real_server() {
         .await
         .unwrap();
     assert_eq!(gateway.credential_type.as_deref(), Some("api_key"));
+    let usage = sdk
+        .usage(&keyward_sdk::proto::UsageParams::default())
+        .await
+        .unwrap();
+    assert_eq!(usage.granularity, "hour");
     sdk.update_key(
         &id,
         &UpdateKeyRequest {

@@ -1,0 +1,108 @@
+//! `GET /api/v1/usage`: verification counts over time (issue 8).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use keyward_core::analytics::{Granularity, MAX_BUCKETS};
+use keyward_core::scope::Scope;
+use keyward_core::verify::VerifyCode;
+use keyward_proto::{self as wire, ErrorEnvelope, UsageParams};
+use keyward_store::UsageQuery;
+
+use crate::extract::{ApiQuery, Caller};
+use crate::{clock, convert, ApiError, AppState};
+
+const DEFAULT_RANGE_MILLIS: i64 = 24 * 3_600_000;
+
+/// Verification counts per minute, hour or day, split by outcome, for the caller's
+/// environment; filtered by key, app, organization or outcome.
+#[utoipa::path(get, path = "/api/v1/usage", tag = "usage", security(("root_key" = [])),
+    params(UsageParams),
+    responses((status = 200, body = wire::UsageReport), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn usage(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<UsageParams>,
+) -> Result<Json<wire::UsageReport>, ApiError> {
+    caller.require(Scope::KeysRead)?;
+    let granularity = match params.granularity.as_deref() {
+        None => Granularity::Hour,
+        Some(text) => Granularity::parse(text).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_granularity",
+                "`granularity` is `minute`, `hour` or `day`",
+            )
+        })?,
+    };
+    let to = params.to.map_or_else(clock::now, convert::timestamp);
+    let from = params
+        .from
+        .map_or_else(|| to.plus_millis(-DEFAULT_RANGE_MILLIS), convert::timestamp);
+    if from >= to {
+        return Err(ApiError::invalid(
+            "invalid_range",
+            "`from` must be before `to`",
+        ));
+    }
+    if granularity.buckets_between(from, to) > MAX_BUCKETS {
+        return Err(ApiError::invalid(
+            "range_too_large",
+            format!("A query spans at most {MAX_BUCKETS} buckets; narrow the range or widen the granularity"),
+        ));
+    }
+    if let Some(outcome) = &params.outcome {
+        if !VerifyCode::EVERY
+            .iter()
+            .any(|code| code.as_str() == outcome)
+        {
+            return Err(ApiError::invalid(
+                "invalid_outcome",
+                "`outcome` is a verification code, e.g. `VALID` or `RATE_LIMITED`",
+            ));
+        }
+    }
+    let app_id = match &params.app {
+        Some(slug) => Some(state.store.app_by_slug(&caller.tenancy, slug).await?.id),
+        None => None,
+    };
+    let points = state
+        .store
+        .usage(&UsageQuery {
+            tenancy: caller.tenancy.clone(),
+            granularity,
+            from,
+            to,
+            key_id: params.key_id,
+            app_id,
+            organization_id: params.organization_id,
+            outcome: params.outcome,
+        })
+        .await?;
+    let mut outcomes = BTreeMap::new();
+    let mut data: Vec<wire::UsageBucket> = Vec::new();
+    for point in points {
+        *outcomes.entry(point.outcome.clone()).or_insert(0) += point.count;
+        let start = convert::datetime(point.bucket);
+        match data.last_mut() {
+            Some(bucket) if bucket.start == start => {
+                bucket.total += point.count;
+                bucket.outcomes.insert(point.outcome, point.count);
+            }
+            _ => data.push(wire::UsageBucket {
+                start,
+                total: point.count,
+                outcomes: BTreeMap::from([(point.outcome, point.count)]),
+            }),
+        }
+    }
+    Ok(Json(wire::UsageReport {
+        granularity: granularity.as_str().to_owned(),
+        from: convert::datetime(granularity.bucket_start(from)),
+        to: convert::datetime(to),
+        total: outcomes.values().sum(),
+        outcomes,
+        data,
+    }))
+}

@@ -1,0 +1,144 @@
+//! Usage analytics: counts of verification outcomes per minute, hour and day.
+
+use async_trait::async_trait;
+use keyward_core::analytics::Granularity;
+use keyward_core::Timestamp;
+use sqlx::Row;
+
+use super::{corrupt, FilteredQuery, Param, SqlStore};
+use crate::{AnalyticsStore, StoreResult, UsageCount, UsagePoint, UsageQuery};
+
+/// Points packed into one row of a usage query.
+const POINTS_PER_ROW: i64 = 500;
+
+/// `bucket:outcome:count`, as a usage query packs a point.
+fn unpack(point: &str) -> Option<UsagePoint> {
+    let mut parts = point.splitn(3, ':');
+    let bucket = parts.next()?.parse().ok()?;
+    let outcome = parts.next()?.to_owned();
+    let count = parts.next()?.parse().ok()?;
+    Some(UsagePoint {
+        bucket: Timestamp::from_millis(bucket),
+        outcome,
+        count,
+    })
+}
+
+/// Rows per statement; three per count (minute, hour, day), nine parameters each.
+const COUNTS_PER_STATEMENT: usize = 30;
+
+#[async_trait]
+impl AnalyticsStore for SqlStore {
+    async fn add_usage(&self, counts: &[UsageCount]) -> StoreResult<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        for chunk in counts.chunks(COUNTS_PER_STATEMENT) {
+            let mut insert = FilteredQuery::new(
+                "INSERT INTO usage_counts (workspace_id, environment, granularity, bucket, \
+                 key_id, app_id, organization_id, outcome, count) VALUES ",
+            );
+            let mut first = true;
+            for count in chunk {
+                for granularity in Granularity::ALL {
+                    insert.push(if first { "(" } else { ", (" });
+                    first = false;
+                    let values = [
+                        Param::Text(count.tenancy.workspace_id.clone()),
+                        Param::Text(count.tenancy.environment.as_str().to_owned()),
+                        Param::Text(granularity.as_str().to_owned()),
+                        Param::Int(granularity.bucket_start(count.at).as_millis()),
+                        Param::Text(count.key_id.clone()),
+                        Param::Text(count.app_id.clone()),
+                        Param::Text(count.organization_id.clone()),
+                        Param::Text(count.outcome.clone()),
+                        Param::Int(count.count),
+                    ];
+                    for (position, value) in values.into_iter().enumerate() {
+                        if position > 0 {
+                            insert.push(", ");
+                        }
+                        insert.bind(value);
+                    }
+                    insert.push(")");
+                }
+            }
+            insert.push(
+                " ON CONFLICT (workspace_id, environment, granularity, key_id, app_id, \
+                 organization_id, outcome, bucket) \
+                 DO UPDATE SET count = usage_counts.count + excluded.count",
+            );
+            insert.fetch_all(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<UsagePoint>> {
+        // A month of minutes is 43,200 points. Each row costs the driver far more than its
+        // bytes, so points travel packed, `bucket:outcome:count` joined by commas, a few
+        // hundred rows at most.
+        let point = "CAST(bucket AS TEXT) || ':' || outcome || ':' || CAST(total AS TEXT)";
+        let mut select = FilteredQuery::new(&format!(
+            "SELECT {} AS packed FROM (SELECT bucket, outcome, SUM(count) AS total \
+             FROM usage_counts WHERE workspace_id = ",
+            self.backend.text_aggregate(point, ",")
+        ));
+        select.bind(Param::Text(query.tenancy.workspace_id.clone()));
+        select.push(" AND environment = ");
+        select.bind(Param::Text(query.tenancy.environment.as_str().to_owned()));
+        select.push(" AND granularity = ");
+        select.bind(Param::Text(query.granularity.as_str().to_owned()));
+        select.push(" AND bucket >= ");
+        select.bind(Param::Int(
+            query.granularity.bucket_start(query.from).as_millis(),
+        ));
+        select.push(" AND bucket < ");
+        select.bind(Param::Int(query.to.as_millis()));
+        let filters = [
+            ("key_id", &query.key_id),
+            ("app_id", &query.app_id),
+            ("organization_id", &query.organization_id),
+            ("outcome", &query.outcome),
+        ];
+        for (column, value) in filters {
+            if let Some(value) = value {
+                select.push(&format!(" AND {column} = "));
+                select.bind(Param::Text(value.clone()));
+            }
+        }
+        select.push(" GROUP BY bucket, outcome) points GROUP BY bucket / ");
+        select.bind(Param::Int(query.granularity.millis() * POINTS_PER_ROW));
+        let rows = select.fetch_all(&self.reader).await?;
+        let mut points = Vec::new();
+        for row in &rows {
+            let packed: String = row.try_get("packed")?;
+            for point in packed.split(',') {
+                points.push(unpack(point).ok_or_else(|| corrupt("usage point"))?);
+            }
+        }
+        points.sort_unstable_by(|a, b| (a.bucket, &a.outcome).cmp(&(b.bucket, &b.outcome)));
+        Ok(points)
+    }
+
+    async fn purge_usage(
+        &self,
+        minutes_before: Timestamp,
+        rollups_before: Timestamp,
+    ) -> StoreResult<u64> {
+        let minutes =
+            sqlx::query("DELETE FROM usage_counts WHERE granularity = 'minute' AND bucket < $1")
+                .bind(minutes_before.as_millis())
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+        let rollups =
+            sqlx::query("DELETE FROM usage_counts WHERE granularity <> 'minute' AND bucket < $1")
+                .bind(rollups_before.as_millis())
+                .execute(&self.writer)
+                .await?
+                .rows_affected();
+        Ok(minutes + rollups)
+    }
+}
