@@ -15,6 +15,18 @@ use crate::{Client, Error, NONE};
 
 impl Client {
     /// `POST /api/v1/rate-limit-schemes` (scope `apps:write`).
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{CreateRateLimitSchemeRequest, RateWindow};
+    ///
+    /// let answer = keyward.create_rate_limit_scheme(&CreateRateLimitSchemeRequest {
+    ///     slug: "standard".into(),
+    ///     windows: vec![RateWindow { limit: 100, period_seconds: 60 }],
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_rate_limit_scheme(
         &self,
         request: &CreateRateLimitSchemeRequest,
@@ -24,6 +36,15 @@ impl Client {
     }
 
     /// `GET /api/v1/rate-limit-schemes`: one page.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{PageParams};
+    ///
+    /// let answer = keyward.list_rate_limit_schemes(&PageParams::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_rate_limit_schemes(
         &self,
         page: &PageParams,
@@ -33,12 +54,30 @@ impl Client {
     }
 
     /// `GET /api/v1/rate-limit-schemes/{slug}`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.get_rate_limit_scheme("acme").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_rate_limit_scheme(&self, slug: &str) -> Result<RateLimitScheme, Error> {
         self.call(Method::GET, &["rate-limit-schemes", slug], NONE, NONE)
             .await
     }
 
     /// `PATCH /api/v1/rate-limit-schemes/{slug}`: applies to every key using it at once.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{RateWindow, UpdateRateLimitSchemeRequest};
+    ///
+    /// let answer = keyward.update_rate_limit_scheme("acme", &UpdateRateLimitSchemeRequest {
+    ///     windows: vec![RateWindow { limit: 200, period_seconds: 60 }],
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_rate_limit_scheme(
         &self,
         slug: &str,
@@ -54,12 +93,31 @@ impl Client {
     }
 
     /// `DELETE /api/v1/rate-limit-schemes/{slug}`; refused while in use.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.delete_rate_limit_scheme("acme").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_rate_limit_scheme(&self, slug: &str) -> Result<RateLimitScheme, Error> {
         self.call(Method::DELETE, &["rate-limit-schemes", slug], NONE, NONE)
             .await
     }
 
     /// `PUT /api/v1/organizations/{id}`: replaces its limits, keeps what it spent.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{PutOrganizationRequest};
+    ///
+    /// let answer = keyward.put_organization("key_…", &PutOrganizationRequest {
+    ///     credit_cap: Some(10_000),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn put_organization(
         &self,
         id: &str,
@@ -70,18 +128,46 @@ impl Client {
     }
 
     /// `GET /api/v1/organizations/{id}`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.get_organization("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_organization(&self, id: &str) -> Result<Organization, Error> {
         self.call(Method::GET, &["organizations", id], NONE, NONE)
             .await
     }
 
     /// `DELETE /api/v1/organizations/{id}`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.delete_organization("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_organization(&self, id: &str) -> Result<Organization, Error> {
         self.call(Method::DELETE, &["organizations", id], NONE, NONE)
             .await
     }
 
     /// `POST /api/v1/public-keys`: a JWT public key or a client public key.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{CreatePublicKeyRequest};
+    ///
+    /// let answer = keyward.create_public_key(&CreatePublicKeyRequest {
+    ///     key_type: "jwt".into(),
+    ///     jwks_url: Some("https://auth.example.com/.well-known/jwks.json".into()),
+    ///     algorithms: Some(vec!["RS256".into()]),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_public_key(
         &self,
         request: &CreatePublicKeyRequest,
@@ -91,12 +177,32 @@ impl Client {
     }
 
     /// `GET /api/v1/public-keys`: one page.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{PageParams};
+    ///
+    /// let answer = keyward.list_public_keys(&PageParams::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_public_keys(&self, page: &PageParams) -> Result<Page<PublicKey>, Error> {
         self.call(Method::GET, &["public-keys"], Some(page), NONE)
             .await
     }
 
     /// `POST /api/v1/public-keys/{id}/rotate`: a new value for the same key.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{RotateKeyRequest};
+    ///
+    /// let answer = keyward.rotate_public_key("key_…", &RotateKeyRequest {
+    ///     expire_previous_in_seconds: Some(3600),
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn rotate_public_key(
         &self,
         id: &str,
@@ -112,12 +218,28 @@ impl Client {
     }
 
     /// `DELETE /api/v1/public-keys/{id}`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.delete_public_key("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_public_key(&self, id: &str) -> Result<PublicKey, Error> {
         self.call(Method::DELETE, &["public-keys", id], NONE, NONE)
             .await
     }
 
     /// `POST /api/v1/signing-keys`: the private key is in this answer only.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{CreateSigningKeyRequest};
+    ///
+    /// let answer = keyward.create_signing_key(&CreateSigningKeyRequest::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_signing_key(
         &self,
         request: &CreateSigningKeyRequest,
@@ -127,18 +249,43 @@ impl Client {
     }
 
     /// `GET /api/v1/signing-keys`: one page of public halves.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{PageParams};
+    ///
+    /// let answer = keyward.list_signing_keys(&PageParams::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_signing_keys(&self, page: &PageParams) -> Result<Page<SigningKey>, Error> {
         self.call(Method::GET, &["signing-keys"], Some(page), NONE)
             .await
     }
 
     /// `DELETE /api/v1/signing-keys/{id}`: tokens it signed stop verifying.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.delete_signing_key("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_signing_key(&self, id: &str) -> Result<SigningKey, Error> {
         self.call(Method::DELETE, &["signing-keys", id], NONE, NONE)
             .await
     }
 
     /// `POST /api/v1/workspace-keys`: the secret is in this answer only.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{CreateWorkspaceKeyRequest};
+    ///
+    /// let answer = keyward.create_workspace_key(&CreateWorkspaceKeyRequest::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_workspace_key(
         &self,
         request: &CreateWorkspaceKeyRequest,
@@ -148,6 +295,15 @@ impl Client {
     }
 
     /// `GET /api/v1/workspace-keys`: one page, never secrets.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{PageParams};
+    ///
+    /// let answer = keyward.list_workspace_keys(&PageParams::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_workspace_keys(
         &self,
         page: &PageParams,
@@ -157,6 +313,17 @@ impl Client {
     }
 
     /// `POST /api/v1/workspace-keys/{id}/rotate`: a new secret, this once.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{RotateKeyRequest};
+    ///
+    /// let answer = keyward.rotate_workspace_key("key_…", &RotateKeyRequest {
+    ///     expire_previous_in_seconds: Some(3600),
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn rotate_workspace_key(
         &self,
         id: &str,
@@ -172,6 +339,13 @@ impl Client {
     }
 
     /// `DELETE /api/v1/workspace-keys/{id}`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.delete_workspace_key("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_workspace_key(&self, id: &str) -> Result<WorkspaceKey, Error> {
         self.call(Method::DELETE, &["workspace-keys", id], NONE, NONE)
             .await
@@ -179,6 +353,20 @@ impl Client {
 
     /// `POST /api/v1/verify-request` (scope `verify`): the verdict on whichever credential a
     /// request carries. See also [`crate::verify_api_key_request`].
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{VerifyRequestRequest};
+    ///
+    /// let answer = keyward.verify_request(&VerifyRequestRequest {
+    ///     method: "GET".into(),
+    ///     path: "/orders".into(),
+    ///     headers: [("x-api-key".to_owned(), "acme_live_…".to_owned())].into(),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn verify_request(
         &self,
         request: &VerifyRequestRequest,
@@ -188,12 +376,32 @@ impl Client {
     }
 
     /// `GET /api/v1/me/keys`: the end user's own keys (a public-key client).
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{PageParams};
+    ///
+    /// let answer = keyward.list_my_keys(&PageParams::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_my_keys(&self, page: &PageParams) -> Result<Page<ApiKey>, Error> {
         self.call(Method::GET, &["me", "keys"], Some(page), NONE)
             .await
     }
 
     /// `POST /api/v1/me/keys`: a key for the end user; the secret is in this answer only.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{CreateMyKeyRequest};
+    ///
+    /// let answer = keyward.create_my_key(&CreateMyKeyRequest {
+    ///     name: "my laptop".into(),
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_my_key(
         &self,
         request: &CreateMyKeyRequest,
@@ -203,6 +411,17 @@ impl Client {
     }
 
     /// `POST /api/v1/me/keys/{id}/rotate`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{RotateKeyRequest};
+    ///
+    /// let answer = keyward.rotate_my_key("key_…", &RotateKeyRequest {
+    ///     expire_previous_in_seconds: Some(3600),
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn rotate_my_key(
         &self,
         id: &str,
@@ -218,24 +437,58 @@ impl Client {
     }
 
     /// `POST /api/v1/me/keys/{id}/revoke`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.revoke_my_key("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn revoke_my_key(&self, id: &str) -> Result<ApiKey, Error> {
         self.call(Method::POST, &["me", "keys", id, "revoke"], NONE, NONE)
             .await
     }
 
     /// `GET /api/v1/usage` (scope `keys:read`): verification counts over time, by outcome.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{UsageParams};
+    ///
+    /// let answer = keyward.usage(&UsageParams {
+    ///     key_id: Some("key_…".into()),
+    ///     granularity: Some("day".into()),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn usage(&self, params: &UsageParams) -> Result<UsageReport, Error> {
         self.call(Method::GET, &["usage"], Some(params), NONE).await
     }
 
     /// `POST /api/v1/demo/session`: a throw-away sandbox with its own root key. Needs no
     /// API key.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.create_demo_session().await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_demo_session(&self) -> Result<DemoSession, Error> {
         self.call(Method::POST, &["demo", "session"], NONE, NONE)
             .await
     }
 
     /// `DELETE /api/v1/demo/session`, with the sandbox's own key: purges the sandbox.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.delete_demo_session().await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_demo_session(&self) -> Result<(), Error> {
         self.call(Method::DELETE, &["demo", "session"], NONE, NONE)
             .await

@@ -118,6 +118,12 @@ pub struct KeywardLayer {
 
 impl KeywardLayer {
     /// `client` holds a root key with the `verify` scope.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let layer = keyward_sdk::KeywardLayer::new(keyward_sdk::Client::from_env()?);
+    /// # Ok(()) }
+    /// ```
     pub fn new(client: Client) -> Self {
         Self {
             client,
@@ -126,6 +132,13 @@ impl KeywardLayer {
     }
 
     /// A permission query every request must satisfy, e.g. `read:orders OR admin`.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let layer = keyward_sdk::KeywardLayer::new(keyward_sdk::Client::from_env()?)
+    ///     .require("read:orders AND (write:orders OR admin)");
+    /// # Ok(()) }
+    /// ```
     pub fn require(mut self, permissions: impl Into<String>) -> Self {
         self.permissions = Some(permissions.into());
         self
@@ -144,6 +157,15 @@ impl<S> tower::Layer<S> for KeywardLayer {
 }
 
 /// The service [`KeywardLayer`] wraps around a route.
+///
+/// ```no_run
+/// # fn example() -> Result<(), keyward_sdk::Error> {
+/// // Made by the layer; a service of your router wrapped by it.
+/// let app: axum::Router = axum::Router::new()
+///     .route("/", axum::routing::get(|| async { "hello" }))
+///     .layer(keyward_sdk::KeywardLayer::new(keyward_sdk::Client::from_env()?));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct KeywardService<S> {
     inner: S,

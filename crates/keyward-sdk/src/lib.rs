@@ -34,12 +34,32 @@ use serde::Serialize;
 pub use socket::{AlertsSocket, EventsSocket, SocketEvent, SocketOptions};
 
 /// Where a client connects when no base URL is given.
+///
+/// ```
+/// assert_eq!(keyward_sdk::DEFAULT_BASE_URL, "http://127.0.0.1:8080");
+/// ```
 pub const DEFAULT_BASE_URL: &str = "http://127.0.0.1:8080";
 
 /// How long one call may take when no timeout is given.
+///
+/// ```
+/// assert_eq!(keyward_sdk::DEFAULT_TIMEOUT.as_secs(), 30);
+/// ```
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a call can fail with. No variant ever contains the API key.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), keyward_sdk::Error> {
+/// # let keyward = keyward_sdk::Client::new("sk_live_…");
+/// match keyward.get_key("key_…").await {
+///     Ok(key) => println!("{}", key.status),
+///     Err(keyward_sdk::Error::Http { status: 404, .. }) => println!("no such key"),
+///     Err(keyward_sdk::Error::RateLimited { retry_after, .. }) => println!("wait {retry_after:?} s"),
+///     Err(other) => return Err(other),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -93,6 +113,15 @@ fn retry_hint(retry_after: Option<u64>) -> String {
 }
 
 /// Builds a [`Client`]; see [`Client::builder`].
+///
+/// ```no_run
+/// # fn example() -> Result<(), keyward_sdk::Error> {
+/// let keyward = keyward_sdk::Client::builder()
+///     .base_url("https://keyward.example.com")
+///     .api_key("sk_live_…")
+///     .build()?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Default)]
 pub struct ClientBuilder {
     base_url: Option<String>,
@@ -103,6 +132,15 @@ pub struct ClientBuilder {
 }
 
 /// The error a [`ClientBuilder::get_jwt`] closure may fail with.
+///
+/// ```no_run
+/// # fn example() -> Result<(), keyward_sdk::Error> {
+/// let keyward = keyward_sdk::Client::builder()
+///     .api_key("pk_jwt_0123456789abcdef0123456789abcdef")
+///     .get_jwt(|| async { Err::<String, keyward_sdk::BoxError>("signed out".into()) })
+///     .build()?;
+/// # Ok(()) }
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type JwtFuture = Pin<Box<dyn Future<Output = Result<String, BoxError>> + Send>>;
@@ -120,12 +158,26 @@ impl std::fmt::Debug for JwtSource {
 
 impl ClientBuilder {
     /// The server's address, e.g. `https://keyward.example.com`; [`DEFAULT_BASE_URL`] if unset.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let keyward = keyward_sdk::Client::builder().base_url("https://keyward.example.com").build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
         self.base_url = Some(base_url.into());
         self
     }
 
     /// How long one call may take, connecting included; [`DEFAULT_TIMEOUT`] if unset.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let keyward = keyward_sdk::Client::builder()
+    ///     .timeout(std::time::Duration::from_secs(2))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -134,6 +186,12 @@ impl ClientBuilder {
     /// The credential: a root key (`sk_live_…`), sent as `Authorization: Bearer …`, or a
     /// public key (`pk_jwt_…`, `pk_live_…`), sent as `X-API-Key` with the end user's token as
     /// the bearer (SPEC §4.4). Without one, only [`Client::health`] succeeds.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let keyward = keyward_sdk::Client::builder().api_key("sk_live_…").build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn api_key(mut self, api_key: impl Into<String>) -> Self {
         self.api_key = Some(SecretString::from(api_key.into()));
         self
@@ -141,6 +199,15 @@ impl ClientBuilder {
 
     /// The end user's token (a JWT, or a signed user token) that goes with a public key. It is
     /// captured now; use [`ClientBuilder::get_jwt`] for tokens that expire.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let keyward = keyward_sdk::Client::builder()
+    ///     .api_key("pk_jwt_0123456789abcdef0123456789abcdef")
+    ///     .jwt("eyJ…")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn jwt(mut self, token: impl Into<String>) -> Self {
         self.jwt = Some(SecretString::from(token.into()));
         self
@@ -168,6 +235,13 @@ impl ClientBuilder {
     }
 
     /// Checks the base URL and makes the client.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let keyward = keyward_sdk::Client::builder().build()?;
+    /// assert!(format!("{keyward:?}").contains("127.0.0.1:8080"));
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> Result<Client, Error> {
         let base_url = self.base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
         parse_base_url(&base_url)?;
@@ -244,6 +318,10 @@ pub(crate) const NONE: Option<&()> = None;
 
 impl Client {
     /// A client of the server at [`DEFAULT_BASE_URL`], with [`DEFAULT_TIMEOUT`].
+    ///
+    /// ```
+    /// let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// ```
     pub fn new(api_key: impl Into<String>) -> Self {
         // Building fails only if the TLS backend cannot start; the fallback then fails the
         // same way, as `reqwest::Client::new` documents.
@@ -280,6 +358,12 @@ impl Client {
     }
 
     /// Starts configuring a client: base URL, timeout, API key and end-user token.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let keyward = keyward_sdk::Client::builder().api_key("sk_live_…").build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
@@ -389,39 +473,108 @@ impl Client {
     }
 
     /// `GET /healthz`: whether the process is up. Needs no API key.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.health().await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn health(&self) -> Result<Health, Error> {
         self.send(Method::GET, self.url(&["healthz"])?, NONE, NONE)
             .await
     }
 
     /// `POST /api/v1/apps` (scope `apps:write`).
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{CreateAppRequest};
+    ///
+    /// let answer = keyward.create_app(&CreateAppRequest {
+    ///     name: "Acme API".into(),
+    ///     slug: "acme".into(),
+    ///     permissions: vec!["read:data".into(), "write:data".into()],
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_app(&self, request: &CreateAppRequest) -> Result<App, Error> {
         self.call(Method::POST, &["apps"], NONE, Some(request))
             .await
     }
 
     /// `GET /api/v1/apps`: one page of apps.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{PageParams};
+    ///
+    /// let answer = keyward.list_apps(&PageParams::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_apps(&self, page: &PageParams) -> Result<Page<App>, Error> {
         self.call(Method::GET, &["apps"], Some(page), NONE).await
     }
 
     /// `GET /api/v1/apps/{slug}`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.get_app("acme").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_app(&self, slug: &str) -> Result<App, Error> {
         self.call(Method::GET, &["apps", slug], NONE, NONE).await
     }
 
     /// `PATCH /api/v1/apps/{slug}`: absent fields are kept.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{UpdateAppRequest};
+    ///
+    /// let answer = keyward.update_app("acme", &UpdateAppRequest {
+    ///     name: Some("Acme API v2".into()),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_app(&self, slug: &str, request: &UpdateAppRequest) -> Result<App, Error> {
         self.call(Method::PATCH, &["apps", slug], NONE, Some(request))
             .await
     }
 
     /// `DELETE /api/v1/apps/{slug}`: revokes the app's keys and returns the deleted app.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.delete_app("acme").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_app(&self, slug: &str) -> Result<App, Error> {
         self.call(Method::DELETE, &["apps", slug], NONE, NONE).await
     }
 
     /// `POST /api/v1/apps/{slug}/keys` (scope `keys:write`). The answer holds the secret, once.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{CreateKeyRequest};
+    ///
+    /// let answer = keyward.create_key("acme", &CreateKeyRequest {
+    ///     name: "Customer 42".into(),
+    ///     owner_user_id: Some("usr_42".into()),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_key(
         &self,
         app_slug: &str,
@@ -438,6 +591,22 @@ impl Client {
 
     /// Imports a batch of existing keys (at most [`keyward_proto::MAX_IMPORT_BATCH`]). Keys
     /// whose secret is already known are skipped, so a batch may be sent again.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{ImportKeysRequest, ImportedKey};
+    ///
+    /// let answer = keyward.import_keys("acme", &ImportKeysRequest {
+    ///     keys: vec![ImportedKey {
+    ///         hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+    ///         start: "legacy_9f86".into(),
+    ///         name: "imported".into(),
+    ///         ..Default::default()
+    ///     }],
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn import_keys(
         &self,
         app_slug: &str,
@@ -453,6 +622,18 @@ impl Client {
     }
 
     /// `GET /api/v1/apps/{slug}/keys` (scope `keys:read`): one page of metadata, never secrets.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{ListKeysParams};
+    ///
+    /// let answer = keyward.list_keys("acme", &ListKeysParams {
+    ///     owner_user_id: Some("usr_42".into()),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_keys(
         &self,
         app_slug: &str,
@@ -463,23 +644,60 @@ impl Client {
     }
 
     /// `GET /api/v1/keys/{id}`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.get_key("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_key(&self, id: &str) -> Result<ApiKey, Error> {
         self.call(Method::GET, &["keys", id], NONE, NONE).await
     }
 
     /// `PATCH /api/v1/keys/{id}`: absent fields are kept.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{UpdateKeyRequest};
+    ///
+    /// let answer = keyward.update_key("key_…", &UpdateKeyRequest {
+    ///     name: Some("Customer 42 (prod)".into()),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_key(&self, id: &str, request: &UpdateKeyRequest) -> Result<ApiKey, Error> {
         self.call(Method::PATCH, &["keys", id], NONE, Some(request))
             .await
     }
 
     /// `POST /api/v1/keys/{id}/revoke`: every later verification gets `KEY_REVOKED`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.revoke_key("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn revoke_key(&self, id: &str) -> Result<ApiKey, Error> {
         self.call(Method::POST, &["keys", id, "revoke"], NONE, NONE)
             .await
     }
 
     /// `POST /api/v1/keys/{id}/rotate`. The answer holds the new secret, this once.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{RotateKeyRequest};
+    ///
+    /// let answer = keyward.rotate_key("key_…", &RotateKeyRequest {
+    ///     expire_previous_in_seconds: Some(3600),
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn rotate_key(
         &self,
         id: &str,
@@ -490,17 +708,49 @@ impl Client {
     }
 
     /// `DELETE /api/v1/keys/{id}`: revokes, deletes and returns the deleted key.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.delete_key("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_key(&self, id: &str) -> Result<ApiKey, Error> {
         self.call(Method::DELETE, &["keys", id], NONE, NONE).await
     }
 
     /// `POST /api/v1/keys/verify` (scope `verify`). A refused key is `Ok` with `valid: false`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{VerifyKeyRequest};
+    ///
+    /// let answer = keyward.verify_key(&VerifyKeyRequest {
+    ///     key: "acme_live_…".into(),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn verify_key(&self, request: &VerifyKeyRequest) -> Result<VerifyKeyResponse, Error> {
         self.call(Method::POST, &["keys", "verify"], NONE, Some(request))
             .await
     }
 
     /// `POST /api/v1/root-keys`. The answer holds the secret, this once.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{CreateRootKeyRequest};
+    ///
+    /// let answer = keyward.create_root_key(&CreateRootKeyRequest {
+    ///     name: "gateway".into(),
+    ///     scopes: vec!["verify".into()],
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn create_root_key(
         &self,
         request: &CreateRootKeyRequest,
@@ -510,23 +760,57 @@ impl Client {
     }
 
     /// `GET /api/v1/root-keys`: one page of root keys, never secrets.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{PageParams};
+    ///
+    /// let answer = keyward.list_root_keys(&PageParams::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_root_keys(&self, page: &PageParams) -> Result<Page<RootKey>, Error> {
         self.call(Method::GET, &["root-keys"], Some(page), NONE)
             .await
     }
 
     /// `POST /api/v1/root-keys/{id}/revoke`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.revoke_root_key("key_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn revoke_root_key(&self, id: &str) -> Result<RootKey, Error> {
         self.call(Method::POST, &["root-keys", id, "revoke"], NONE, NONE)
             .await
     }
 
     /// `GET /api/v1/environment`: the settings of the API key's environment.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.get_environment().await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_environment(&self) -> Result<EnvironmentSettings, Error> {
         self.call(Method::GET, &["environment"], NONE, NONE).await
     }
 
     /// `PATCH /api/v1/environment`: absent fields are kept.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{UpdateEnvironmentRequest};
+    ///
+    /// let answer = keyward.update_environment(&UpdateEnvironmentRequest {
+    ///     enhanced_security: Some(true),
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_environment(
         &self,
         request: &UpdateEnvironmentRequest,
@@ -536,6 +820,15 @@ impl Client {
     }
 
     /// `GET /api/v1/audit-log`: one page of who changed what, newest first.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{ListAuditParams};
+    ///
+    /// let answer = keyward.list_audit(&ListAuditParams::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
     pub async fn list_audit(&self, params: &ListAuditParams) -> Result<Page<AuditEntry>, Error> {
         self.call(Method::GET, &["audit-log"], Some(params), NONE)
             .await

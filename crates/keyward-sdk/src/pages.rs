@@ -48,6 +48,14 @@ where
 
 impl Client {
     /// Every app, page after page.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), keyward_sdk::Error> {
+    /// use futures_util::TryStreamExt;
+    /// # let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// let apps: Vec<_> = keyward.stream_apps().try_collect().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn stream_apps(&self) -> impl Stream<Item = Result<App, Error>> + '_ {
         paginate(move |cursor| async move {
             self.list_apps(&PageParams {
@@ -59,6 +67,21 @@ impl Client {
     }
 
     /// Every key of an app that matches `params`' filters (its `cursor` is ignored).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), keyward_sdk::Error> {
+    /// use futures_util::TryStreamExt;
+    /// # let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// let params = keyward_sdk::proto::ListKeysParams {
+    ///     status: Some("active".into()),
+    ///     ..Default::default()
+    /// };
+    /// let mut keys = std::pin::pin!(keyward.stream_keys("acme", params));
+    /// while let Some(key) = keys.try_next().await? {
+    ///     println!("{} {}", key.id, key.name);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn stream_keys<'a>(
         &'a self,
         app_slug: &'a str,
@@ -74,6 +97,17 @@ impl Client {
     }
 
     /// Every audit entry that matches `params`' filters, newest first.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), keyward_sdk::Error> {
+    /// use futures_util::TryStreamExt;
+    /// # let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// let entries: Vec<_> = keyward
+    ///     .stream_audit(Default::default())
+    ///     .try_collect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn stream_audit(
         &self,
         params: ListAuditParams,

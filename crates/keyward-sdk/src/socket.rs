@@ -29,6 +29,21 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{Client, Error};
 
 /// What a socket reports, in order.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), keyward_sdk::Error> {
+/// use futures_util::StreamExt;
+/// use keyward_sdk::SocketEvent;
+/// # let keyward = keyward_sdk::Client::new("sk_live_…");
+/// let mut events = keyward_sdk::EventsSocket::connect(&keyward);
+/// while let Some(event) = events.next().await {
+///     if let SocketEvent::Disconnected { reconnecting: false, reason } = event {
+///         eprintln!("stream ended: {reason}");
+///         break;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum SocketEvent {
@@ -55,6 +70,17 @@ pub enum SocketEvent {
 }
 
 /// How a socket connects and reconnects.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), keyward_sdk::Error> {
+/// # let keyward = keyward_sdk::Client::new("sk_live_…");
+/// let options = keyward_sdk::SocketOptions {
+///     since: Some("evt_1042".into()),
+///     ..Default::default()
+/// };
+/// let alerts = keyward_sdk::AlertsSocket::connect_with(&keyward, options);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct SocketOptions {
     /// The first reconnect waits about this long; each failure doubles it.
@@ -116,11 +142,26 @@ pub struct AlertsSocket(Subscription);
 
 impl EventsSocket {
     /// Connects in the background with default options; read it as a [`Stream`].
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), keyward_sdk::Error> {
+    /// # let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// let socket = keyward_sdk::EventsSocket::connect(&keyward);
+    /// # Ok(()) }
+    /// ```
     pub fn connect(client: &Client) -> Self {
         Self::connect_with(client, SocketOptions::default())
     }
 
     /// Connects in the background with `options`.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), keyward_sdk::Error> {
+    /// # let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// let options = keyward_sdk::SocketOptions::default();
+    /// let socket = keyward_sdk::EventsSocket::connect_with(&keyward, options);
+    /// # Ok(()) }
+    /// ```
     pub fn connect_with(client: &Client, options: SocketOptions) -> Self {
         Self(Subscription::start(client, "events", options))
     }
@@ -128,11 +169,26 @@ impl EventsSocket {
 
 impl AlertsSocket {
     /// Connects in the background with default options; read it as a [`Stream`].
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), keyward_sdk::Error> {
+    /// # let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// let socket = keyward_sdk::AlertsSocket::connect(&keyward);
+    /// # Ok(()) }
+    /// ```
     pub fn connect(client: &Client) -> Self {
         Self::connect_with(client, SocketOptions::default())
     }
 
     /// Connects in the background with `options`.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), keyward_sdk::Error> {
+    /// # let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// let options = keyward_sdk::SocketOptions::default();
+    /// let socket = keyward_sdk::AlertsSocket::connect_with(&keyward, options);
+    /// # Ok(()) }
+    /// ```
     pub fn connect_with(client: &Client, options: SocketOptions) -> Self {
         Self(Subscription::start(client, "alerts", options))
     }
