@@ -26,7 +26,7 @@ use keyward_proto::{
     UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
 };
 pub use pages::paginate;
-use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
@@ -129,6 +129,7 @@ pub struct ClientBuilder {
     api_key: Option<SecretString>,
     jwt: Option<SecretString>,
     get_jwt: Option<JwtSource>,
+    workspace_key: Option<WorkspaceKey>,
 }
 
 /// The error a [`ClientBuilder::get_jwt`] closure may fail with.
@@ -234,6 +235,26 @@ impl ClientBuilder {
         self
     }
 
+    /// A workspace key (`wk_…`) and its secret, for backends: each request is signed with
+    /// HMAC-SHA256 (SPEC §4.4) and the secret never leaves this process. It replaces
+    /// [`ClientBuilder::api_key`].
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), keyward_sdk::Error> {
+    /// let keyward = keyward_sdk::Client::builder()
+    ///     .base_url("https://keyward.example.com")
+    ///     .workspace_key("wk_…", "wksec_live_…")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn workspace_key(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.workspace_key = Some(WorkspaceKey {
+            id: id.into(),
+            secret: SecretString::from(secret.into()),
+        });
+        self
+    }
+
     /// Checks the base URL and makes the client.
     ///
     /// ```no_run
@@ -255,6 +276,7 @@ impl ClientBuilder {
             api_key: self.api_key,
             jwt: self.jwt,
             get_jwt: self.get_jwt,
+            workspace_key: self.workspace_key,
         })
     }
 }
@@ -297,6 +319,47 @@ pub struct Client {
     api_key: Option<SecretString>,
     jwt: Option<SecretString>,
     get_jwt: Option<JwtSource>,
+    workspace_key: Option<WorkspaceKey>,
+}
+
+/// A workspace key and its secret: every request is signed (SPEC §4.4), the secret is never
+/// sent (its `Debug` shows it redacted).
+#[derive(Clone, Debug)]
+struct WorkspaceKey {
+    id: String,
+    secret: SecretString,
+}
+
+impl WorkspaceKey {
+    /// `KW-HMAC-SHA256 key=…, ts=…, sig=…` over this very request: method, path and query,
+    /// the time, and the body's SHA-256.
+    fn sign(&self, request: &reqwest::Request) -> Result<reqwest::header::HeaderValue, Error> {
+        use sha2::Digest as _;
+        let body = request
+            .body()
+            .and_then(reqwest::Body::as_bytes)
+            .unwrap_or_default();
+        let digest = hex::encode(sha2::Sha256::digest(body));
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+            });
+        let url = request.url();
+        let signature = keyward_core::signature::SignedRequest {
+            method: request.method().as_str(),
+            path: url.path(),
+            query: url.query().unwrap_or(""),
+            timestamp,
+            body_sha256: &digest,
+        }
+        .sign(self.secret.expose_secret().as_bytes());
+        reqwest::header::HeaderValue::from_str(&format!(
+            "KW-HMAC-SHA256 key={}, ts={timestamp}, sig={signature}",
+            self.id
+        ))
+        .map_err(|_| Error::InvalidArgument("the workspace key id is not a header value".into()))
+    }
 }
 
 /// Public keys travel in `X-API-Key`, with the end user's token beside them.
@@ -336,6 +399,7 @@ impl Client {
             api_key: Some(api_key),
             jwt: None,
             get_jwt: None,
+            workspace_key: None,
         }
     }
 
@@ -451,8 +515,16 @@ impl Client {
             None if writes => request.header(CONTENT_TYPE, "application/json").body("{}"),
             None => request,
         };
-        let response = request
-            .send()
+        let mut request = request
+            .build()
+            .map_err(|error| Error::InvalidArgument(describe(error)))?;
+        if let Some(workspace_key) = &self.workspace_key {
+            let authorization = workspace_key.sign(&request)?;
+            request.headers_mut().insert(AUTHORIZATION, authorization);
+        }
+        let response = self
+            .http
+            .execute(request)
             .await
             .map_err(|error| Error::Connection(describe(error)))?;
         let status = response.status();

@@ -585,3 +585,53 @@ async fn sockets_take_fresh_tokens_and_resume_without_loss_or_repeats() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_workspace_key_signs_every_call_and_never_sends_its_secret() {
+    let server = TestServer::start().await;
+    let created = server
+        .api()
+        .post("/api/v1/workspace-keys", json!({"name": "backend"}))
+        .await
+        .assert_status(201)
+        .clone();
+    let (id, secret) = (
+        created["id"].as_str().unwrap(),
+        created["secret"].as_str().unwrap(),
+    );
+    let backend = Client::builder()
+        .base_url(&server.base)
+        .workspace_key(id, secret)
+        .build()
+        .unwrap();
+    assert!(!format!("{backend:?}").contains(secret));
+    // A body, a query, a path: each is covered by its own signature.
+    backend
+        .create_app(&CreateAppRequest {
+            name: "Signed".into(),
+            slug: "signed".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let page = backend
+        .list_apps(&PageParams {
+            limit: Some(5),
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.data.len(), 1);
+    assert_eq!(backend.get_app("signed").await.unwrap().slug, "signed");
+    let forged = Client::builder()
+        .base_url(&server.base)
+        .workspace_key(id, "wksec_live_notthesecret")
+        .build()
+        .unwrap();
+    let refused = forged.get_app("signed").await;
+    assert!(
+        matches!(&refused, Err(Error::Auth { code, .. }) if code == "invalid_signature"),
+        "{refused:?}"
+    );
+    server.stop().await;
+}
