@@ -193,6 +193,8 @@ pub struct Organization {
     /// What its keys have spent, as last written back by the usage engine.
     pub credits_spent: i64,
     pub spent_period_start: Timestamp,
+    /// The `credits.low` threshold of its keys that have none of their own.
+    pub low_credits_threshold: Option<i64>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
@@ -224,6 +226,8 @@ pub struct OrganizationPolicy {
     pub windows: Vec<RateWindow>,
     /// The cap, seeded with what storage last knew was spent.
     pub cap: Option<CapUsage>,
+    /// The `credits.low` threshold of its keys that have none of their own.
+    pub low_credits_threshold: Option<i64>,
 }
 
 /// A browser-safe key (SPEC §1): a JWT public key or a client public key.

@@ -62,6 +62,9 @@ pub struct Organization {
     pub credit_period: Option<CreditPeriod>,
     /// Spent against the cap in the current period.
     pub credits_spent: i64,
+    /// The `credits.low` alert's threshold for its keys that have none of their own.
+    #[serde(default)]
+    pub low_credits_threshold: Option<i64>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -79,6 +82,10 @@ pub struct PutOrganizationRequest {
     /// Without it, the cap is for all time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credit_period: Option<CreditPeriod>,
+    /// A charge that takes one of its keys' credits below this raises `credits.low`, for
+    /// keys without a threshold of their own (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_credits_threshold: Option<i64>,
 }
 
 /// Credits come back to `amount` at the start of every day or month (UTC); unused credits

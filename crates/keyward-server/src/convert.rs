@@ -114,6 +114,7 @@ pub(crate) fn organization(organization: &Organization, now: Timestamp) -> wire:
         credits_spent: organization
             .cap_usage()
             .map_or(organization.credits_spent, |cap| cap.at(now).spent),
+        low_credits_threshold: organization.low_credits_threshold,
         created_at: datetime(organization.created_at),
         updated_at: datetime(organization.updated_at),
     }

@@ -240,16 +240,21 @@ impl EventHub {
         self.raise(alert);
     }
 
-    /// Raises `credits.low` or `credits.exhausted` when this charge crossed its line.
-    pub(crate) fn charged(&self, key: &ApiKey, remaining: i64, cost: i64) {
-        let Some(kind) =
-            keyward_core::event::credit_alert(remaining, cost, key.low_credits_threshold)
-        else {
+    /// Raises `credits.low` (below `low_threshold`) or `credits.exhausted` when this charge
+    /// crossed its line.
+    pub(crate) fn charged(
+        &self,
+        key: &ApiKey,
+        remaining: i64,
+        cost: i64,
+        low_threshold: Option<i64>,
+    ) {
+        let Some(kind) = keyward_core::event::credit_alert(remaining, cost, low_threshold) else {
             return;
         };
         let mut alert = NewEvent::about(&key.tenancy, kind, key);
         alert.details.insert("remaining".into(), remaining.into());
-        if let (EventType::CreditsLow, Some(threshold)) = (kind, key.low_credits_threshold) {
+        if let (EventType::CreditsLow, Some(threshold)) = (kind, low_threshold) {
             alert.details.insert("threshold".into(), threshold.into());
         }
         self.raise(alert);

@@ -173,6 +173,7 @@ pub struct OrganizationSettings {
     pub rate_limit_scheme: Option<String>,
     pub credit_cap: Option<i64>,
     pub credit_period: Option<Period>,
+    pub low_credits_threshold: Option<i64>,
 }
 
 /// Balances a usage engine writes back to storage, to start again from after a restart.

@@ -378,6 +378,7 @@ async fn a_purged_sandbox_leaves_no_row_behind_and_nothing_else_is_touched() {
                 rate_limit_scheme: Some("tier".to_owned()),
                 credit_cap: Some(10),
                 credit_period: None,
+                low_credits_threshold: Some(2),
             },
         )
         .await

@@ -204,7 +204,7 @@ fn new_key(
     })
 }
 
-fn validate_low_credits_threshold(threshold: i64) -> Result<(), ApiError> {
+pub(super) fn validate_low_credits_threshold(threshold: i64) -> Result<(), ApiError> {
     if threshold < 1 {
         return Err(ApiError::invalid(
             "invalid_low_credits_threshold",

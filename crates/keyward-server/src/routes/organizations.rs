@@ -34,11 +34,15 @@ pub(crate) async fn put_organization(
             "`credit_period` needs a `credit_cap`",
         ));
     }
+    if let Some(threshold) = request.low_credits_threshold {
+        super::keys::validate_low_credits_threshold(threshold)?;
+    }
     let settings = OrganizationSettings {
         id,
         rate_limit_scheme: request.rate_limit_scheme,
         credit_cap: request.credit_cap,
         credit_period: request.credit_period.map(convert::period),
+        low_credits_threshold: request.low_credits_threshold,
     };
     let change = caller.change();
     let now = change.now;

@@ -137,7 +137,7 @@ impl AppState {
                 self.last_used.record(entry, now);
             }
             if let Some(decision) = &usage {
-                self.raise_usage_alerts(&entry.key, decision, cost);
+                self.raise_usage_alerts(entry, decision, cost);
             }
         }
         self.metrics.count_verification(code);
@@ -169,12 +169,8 @@ impl AppState {
 
 impl AppState {
     /// The alerts a charge calls for; rare, and never waited for.
-    fn raise_usage_alerts(
-        &self,
-        key: &keyward_core::model::ApiKey,
-        decision: &Decision,
-        cost: i64,
-    ) {
+    fn raise_usage_alerts(&self, entry: &CachedKey, decision: &Decision, cost: i64) {
+        let key = &entry.key;
         match decision.outcome {
             Outcome::RateLimited { .. } => {
                 if let Some(rate) = decision.rate {
@@ -183,7 +179,12 @@ impl AppState {
             }
             Outcome::Allowed => {
                 if let Some(remaining) = decision.credits_remaining {
-                    self.events.charged(key, remaining, cost);
+                    // The key's own threshold, or else its organisation's.
+                    let threshold = key.low_credits_threshold.or_else(|| {
+                        let organization = entry.policy.organization.as_ref();
+                        organization.and_then(|org| org.low_credits_threshold)
+                    });
+                    self.events.charged(key, remaining, cost, threshold);
                 }
             }
             Outcome::UsageExceeded => {}

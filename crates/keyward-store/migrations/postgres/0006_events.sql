@@ -28,8 +28,9 @@ CREATE INDEX events_by_time ON events (created_at);
 -- Finds keys about to expire, and keys that just did, without scanning them all.
 CREATE INDEX api_keys_by_expiry ON api_keys (expires_at);
 
--- A key's own threshold for the credits.low alert.
+-- The credits.low alert's threshold: a key's own, or its organisation's for its keys.
 ALTER TABLE api_keys ADD COLUMN low_credits_threshold BIGINT;
+ALTER TABLE organizations ADD COLUMN low_credits_threshold BIGINT;
 
 -- Resuming a stream reads one environment's events after a number.
 CREATE INDEX events_by_environment ON events (workspace_id, environment, seq);

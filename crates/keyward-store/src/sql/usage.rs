@@ -21,7 +21,8 @@ const SCHEME_SELECT: &str = "SELECT workspace_id, environment, slug, windows, cr
 
 /// What an organisation's row holds, for `SELECT` and `RETURNING`.
 const ORGANIZATION_COLUMNS: &str = "workspace_id, environment, id, rate_limit_scheme, \
-     credit_cap, credit_period, credits_spent, spent_period_start, created_at, updated_at";
+     credit_cap, credit_period, credits_spent, spent_period_start, created_at, updated_at, \
+     low_credits_threshold";
 
 /// Beyond this many secrets, an organisation's change makes caches forget everything rather
 /// than announce each hash.
@@ -60,6 +61,7 @@ fn organization_from_row(row: &AnyRow) -> StoreResult<Organization> {
         credit_period: credit_period.as_deref().map(period).transpose()?,
         credits_spent: row.try_get("credits_spent")?,
         spent_period_start: timestamp(row, "spent_period_start")?,
+        low_credits_threshold: row.try_get("low_credits_threshold")?,
         created_at: timestamp(row, "created_at")?,
         updated_at: timestamp(row, "updated_at")?,
     })
@@ -140,6 +142,7 @@ pub(super) async fn policy_of(
                     };
                     Some(OrganizationPolicy {
                         cap: organization.cap_usage(),
+                        low_credits_threshold: organization.low_credits_threshold,
                         id: organization.id,
                         windows,
                     })
@@ -376,10 +379,11 @@ impl UsageStore for SqlStore {
         .await?;
         let row = sqlx::query(&format!(
             "INSERT INTO organizations ({ORGANIZATION_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7, $7) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, 0, $7, $7, $8) \
              ON CONFLICT (workspace_id, environment, id) DO UPDATE SET \
              rate_limit_scheme = excluded.rate_limit_scheme, credit_cap = excluded.credit_cap, \
-             credit_period = excluded.credit_period, updated_at = excluded.updated_at \
+             credit_period = excluded.credit_period, updated_at = excluded.updated_at, \
+             low_credits_threshold = excluded.low_credits_threshold \
              RETURNING {ORGANIZATION_COLUMNS}"
         ))
         .bind(&change.tenancy.workspace_id)
@@ -389,6 +393,7 @@ impl UsageStore for SqlStore {
         .bind(settings.credit_cap)
         .bind(settings.credit_period.map(Period::as_str))
         .bind(change.now.as_millis())
+        .bind(settings.low_credits_threshold)
         .fetch_one(&mut *tx)
         .await?;
         let organization = organization_from_row(&row)?;

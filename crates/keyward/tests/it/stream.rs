@@ -480,6 +480,23 @@ async fn alerts_for_limits_credits_and_expiry_fire_once_each() {
         )
         .await;
     assert_eq!(paid["low_credits_threshold"], 2);
+    // A key without a threshold of its own takes its organisation's.
+    api.put(
+        "/api/v1/organizations/org_alerted",
+        json!({"low_credits_threshold": 5}),
+    )
+    .await
+    .assert_status(200);
+    let org_paid = api
+        .create_key(
+            "metered",
+            json!({"name": "org-paid", "organization_id": "org_alerted", "credits": {"remaining": 5}}),
+        )
+        .await;
+    assert_eq!(
+        api.verify_code(org_paid["secret"].as_str().unwrap()).await,
+        "VALID"
+    );
     let expires_at = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
     let expiring = api
         .create_key(
@@ -498,10 +515,19 @@ async fn alerts_for_limits_credits_and_expiry_fire_once_each() {
     assert_eq!(codes, ["VALID", "VALID", "VALID", "USAGE_EXCEEDED"]);
 
     let mut seen = std::collections::BTreeMap::<String, Value>::new();
-    while seen.len() < 4 {
+    let mut org_low = None;
+    while seen.len() < 4 || org_low.is_none() {
         let message = alerts.event().await;
         assert_eq!(message["channel"], "alerts");
         let kind = message["event"]["type"].as_str().unwrap().to_owned();
+        if message["event"]["key"]["id"] == org_paid["id"] {
+            assert_eq!(kind, "credits.low");
+            assert!(
+                org_low.replace(message["event"].clone()).is_none(),
+                "raised twice"
+            );
+            continue;
+        }
         assert!(
             seen.insert(kind.clone(), message["event"].clone())
                 .is_none(),
@@ -520,9 +546,13 @@ async fn alerts_for_limits_credits_and_expiry_fire_once_each() {
         json!({"remaining": 0})
     );
     assert_eq!(seen["key.expiring"]["key"]["id"], expiring["id"]);
-    // The events channel: three creations, then the expiry, raised once though every
+    assert_eq!(
+        org_low.unwrap()["details"],
+        json!({"remaining": 4, "threshold": 5})
+    );
+    // The events channel: four creations, then the expiry, raised once though every
     // sweep sees the key.
-    for _ in 0..3 {
+    for _ in 0..4 {
         assert_eq!(events.event().await["event"]["type"], "key.created");
     }
     let expired = events.event().await;
