@@ -5,6 +5,7 @@ healthz figure measured in the same run, because absolute numbers on shared mach
 """
 
 import concurrent.futures
+import json
 import os
 import re
 import statistics
@@ -58,7 +59,9 @@ end
 
 def main():
     with tempfile.TemporaryDirectory() as directory:
-        process, base, root = kwbench.start_server(BINARY, directory)
+        # Extra server settings for a comparison run, e.g. '{"KEYWARD_USAGE_ANALYTICS": "false"}'.
+        extra = json.loads(os.environ.get("KEYWARD_BENCH_SERVER_ENV", "{}"))
+        process, base, root = kwbench.start_server(BINARY, directory, extra)
         try:
             time.sleep(1)
             idle_rss = rss_mb(process.pid)

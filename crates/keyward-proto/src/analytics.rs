@@ -21,7 +21,8 @@ pub struct UsageParams {
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[param(value_type = Option<String>, format = DateTime)]
     pub from: Option<OffsetDateTime>,
-    /// RFC 3339, exclusive; now by default.
+    /// RFC 3339, exclusive; now by default. The range is widened to whole buckets, and the
+    /// answer says which.
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[param(value_type = Option<String>, format = DateTime)]
     pub to: Option<OffsetDateTime>,

@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -251,6 +252,7 @@ impl ClientBuilder {
         self.workspace_key = Some(WorkspaceKey {
             id: id.into(),
             secret: SecretString::from(secret.into()),
+            recent: Arc::default(),
         });
         self
     }
@@ -328,6 +330,17 @@ pub struct Client {
 struct WorkspaceKey {
     id: String,
     secret: SecretString,
+    /// The signatures made for this second or later, with their timestamps. The server
+    /// accepts a signature once, so an identical request in the same second is signed for
+    /// the next second instead (well within the ±300 s window).
+    recent: Arc<std::sync::Mutex<RecentSignatures>>,
+}
+
+#[derive(Debug, Default)]
+struct RecentSignatures {
+    /// The second the map was last trimmed at.
+    second: i64,
+    signatures: HashMap<String, i64>,
 }
 
 impl WorkspaceKey {
@@ -340,20 +353,39 @@ impl WorkspaceKey {
             .and_then(reqwest::Body::as_bytes)
             .unwrap_or_default();
         let digest = hex::encode(sha2::Sha256::digest(body));
-        let timestamp = std::time::SystemTime::now()
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| {
                 i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
             });
         let url = request.url();
-        let signature = keyward_core::signature::SignedRequest {
-            method: request.method().as_str(),
-            path: url.path(),
-            query: url.query().unwrap_or(""),
-            timestamp,
-            body_sha256: &digest,
+        let sign = |timestamp| {
+            keyward_core::signature::SignedRequest {
+                method: request.method().as_str(),
+                path: url.path(),
+                query: url.query().unwrap_or(""),
+                timestamp,
+                body_sha256: &digest,
+            }
+            .sign(self.secret.expose_secret().as_bytes())
+        };
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.second != now {
+            // Timestamps before now are never chosen again: only the rest can clash.
+            recent.signatures.retain(|_, at| *at >= now);
+            recent.second = now;
         }
-        .sign(self.secret.expose_secret().as_bytes());
+        let mut timestamp = now;
+        let mut signature = sign(timestamp);
+        while recent.signatures.contains_key(&signature) {
+            timestamp += 1;
+            signature = sign(timestamp);
+        }
+        recent.signatures.insert(signature.clone(), timestamp);
+        drop(recent);
         reqwest::header::HeaderValue::from_str(&format!(
             "KW-HMAC-SHA256 key={}, ts={timestamp}, sig={signature}",
             self.id

@@ -23,8 +23,8 @@ use crate::metrics::Metrics;
 use crate::verifier::CachedKey;
 
 const QUEUE_CAPACITY: usize = 65_536;
-/// Distinct (key, outcome, minute) sums held while storage is unavailable.
-const MAX_PENDING: usize = 100_000;
+/// Distinct (key, outcome, minute) sums held between writes (about 200 bytes each).
+const MAX_PENDING: usize = 500_000;
 
 /// What a verification was about.
 #[derive(Debug)]
@@ -165,6 +165,14 @@ async fn write_counts(
         }
     }
     flush(store.as_ref(), &mut pending).await;
+    // Shutting down with storage unavailable: what could not be written is reported.
+    let lost: i64 = pending.values().sum();
+    if lost > 0 {
+        tracing::error!(lost, "usage counts could not be written before shutdown");
+        metrics
+            .usage_records_dropped
+            .inc_by(u64::try_from(lost).unwrap_or(0));
+    }
 }
 
 /// Writes the sums; on failure they stay pending for the next tick.

@@ -89,7 +89,9 @@ impl Default for AnalyticsSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            flush_interval: Duration::from_secs(1),
+            // Each flush writes a row per key that was used (and its hour and day): with many
+            // distinct keys, a longer interval sums more uses into each row.
+            flush_interval: Duration::from_secs(10),
             minute_retention: Duration::from_secs(35 * 86_400),
             rollup_retention: Duration::from_secs(400 * 86_400),
         }

@@ -524,3 +524,72 @@ async fn a_purged_sandbox_leaves_no_row_behind_and_nothing_else_is_touched() {
         Err(StoreError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn usage_counts_add_up_across_minutes_hours_and_flushes() {
+    use keyward_core::analytics::Granularity;
+    use keyward_store::{AnalyticsStore, UsageCount, UsageQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _database) = open(&dir).await;
+    let hour = Granularity::Hour.bucket_start(NOW);
+    let count = |minute: i64, outcome: &str, count: i64| UsageCount {
+        tenancy: tenancy(Environment::Live),
+        key_id: "key_1".to_owned(),
+        app_id: "app_1".to_owned(),
+        organization_id: String::new(),
+        outcome: outcome.to_owned(),
+        at: hour.plus_millis(minute * 60_000 + 30_000),
+        count,
+    };
+    // Two minutes of one hour in one batch: one hour row and one day row, added once each.
+    store
+        .add_usage(&[
+            count(5, "VALID", 2),
+            count(6, "VALID", 3),
+            count(6, "INVALID_KEY", 1),
+        ])
+        .await
+        .unwrap();
+    // A later flush adds to the same rows.
+    store.add_usage(&[count(6, "VALID", 4)]).await.unwrap();
+    let query = |granularity| UsageQuery {
+        tenancy: tenancy(Environment::Live),
+        granularity,
+        from: hour,
+        to: hour.plus_millis(3_600_000),
+        key_id: Some("key_1".to_owned()),
+        app_id: None,
+        organization_id: None,
+        outcome: None,
+    };
+    let minutes = store.usage(&query(Granularity::Minute)).await.unwrap();
+    let as_tuples = |points: Vec<keyward_store::UsagePoint>| {
+        points
+            .into_iter()
+            .map(|p| {
+                (
+                    (p.bucket.as_millis() - hour.as_millis()) / 60_000,
+                    p.outcome,
+                    p.count,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        as_tuples(minutes),
+        vec![
+            (5, "VALID".to_owned(), 2),
+            (6, "INVALID_KEY".to_owned(), 1),
+            (6, "VALID".to_owned(), 7)
+        ]
+    );
+    let hours = store.usage(&query(Granularity::Hour)).await.unwrap();
+    assert_eq!(
+        as_tuples(hours),
+        vec![(0, "INVALID_KEY".to_owned(), 1), (0, "VALID".to_owned(), 9)]
+    );
+    let mut other_key = query(Granularity::Day);
+    other_key.key_id = Some("key_2".to_owned());
+    other_key.from = Granularity::Day.bucket_start(NOW);
+    assert!(store.usage(&other_key).await.unwrap().is_empty());
+}

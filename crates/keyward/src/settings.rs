@@ -117,6 +117,9 @@ pub(crate) struct ServeArgs {
     /// Record every verification's outcome for `GET /api/v1/usage` (default true).
     #[arg(long, env = "KEYWARD_USAGE_ANALYTICS")]
     pub(crate) usage_analytics: Option<bool>,
+    /// How often usage counts are written, in seconds (default 10).
+    #[arg(long, env = "KEYWARD_USAGE_FLUSH_SECONDS")]
+    pub(crate) usage_flush_seconds: Option<u64>,
     /// How long per-minute usage counts are kept (default 35).
     #[arg(long, env = "KEYWARD_USAGE_RETENTION_DAYS")]
     pub(crate) usage_retention_days: Option<u64>,
@@ -185,6 +188,7 @@ struct FileSettings {
     ws_max_connections: Option<usize>,
     ws_max_connections_per_credential: Option<usize>,
     usage_analytics: Option<bool>,
+    usage_flush_seconds: Option<u64>,
     usage_retention_days: Option<u64>,
     usage_rollup_retention_days: Option<u64>,
 }
@@ -361,7 +365,18 @@ impl Settings {
                 message: "usage retentions are between 1 and 3660 days".to_owned(),
             });
         }
+        let flush_seconds = args
+            .usage_flush_seconds
+            .or(file.usage_flush_seconds)
+            .unwrap_or(10);
+        if !(1..=60).contains(&flush_seconds) {
+            return Err(SettingsError::Invalid {
+                name: "usage_flush_seconds",
+                message: "must be between 1 and 60".to_owned(),
+            });
+        }
         let analytics = AnalyticsSettings {
+            flush_interval: Duration::from_secs(flush_seconds),
             enabled: args
                 .usage_analytics
                 .or(file.usage_analytics)

@@ -36,11 +36,28 @@ pub(crate) async fn usage(
             )
         })?,
     };
-    let to = params.to.map_or_else(clock::now, convert::timestamp);
-    let from = params
-        .from
-        .map_or_else(|| to.plus_millis(-DEFAULT_RANGE_MILLIS), convert::timestamp);
-    if from >= to {
+    for (name, value) in [
+        ("key_id", &params.key_id),
+        ("app", &params.app),
+        ("organization_id", &params.organization_id),
+    ] {
+        if value.as_deref() == Some("") {
+            return Err(ApiError::invalid(
+                "invalid_filter",
+                format!("`{name}` must not be empty; leave it out to count everything"),
+            ));
+        }
+    }
+    // Whole buckets: the range ends where the bucket holding `to` ends.
+    let requested_to = params.to.map_or_else(clock::now, convert::timestamp);
+    let to = granularity
+        .bucket_start(requested_to.plus_millis(-1))
+        .plus_millis(granularity.millis());
+    let from = params.from.map_or_else(
+        || requested_to.plus_millis(-DEFAULT_RANGE_MILLIS),
+        convert::timestamp,
+    );
+    if from >= requested_to {
         return Err(ApiError::invalid(
             "invalid_range",
             "`from` must be before `to`",

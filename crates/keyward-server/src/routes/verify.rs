@@ -301,14 +301,16 @@ pub(crate) async fn verify_request(
             Err(_) => refused(&Refusal::invalid_key(), "api_key"),
         };
     state.metrics.count_verification(code);
-    let subject = match &verdict.key_id {
-        Some(id) => Subject::Credential {
-            tenancy: caller.tenancy.clone(),
-            id: id.clone(),
-        },
-        None => Subject::Unknown(caller.tenancy.clone()),
-    };
-    state.usage_log.record(subject, code, clock::now());
+    if state.usage_log.is_enabled() {
+        let subject = match &verdict.key_id {
+            Some(id) => Subject::Credential {
+                tenancy: caller.tenancy.clone(),
+                id: id.clone(),
+            },
+            None => Subject::Unknown(caller.tenancy.clone()),
+        };
+        state.usage_log.record(subject, code, clock::now());
+    }
     Ok(Json(verdict))
 }
 

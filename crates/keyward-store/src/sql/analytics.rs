@@ -1,12 +1,25 @@
 //! Usage analytics: counts of verification outcomes per minute, hour and day.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use keyward_core::analytics::Granularity;
+use keyward_core::model::Tenancy;
 use keyward_core::Timestamp;
-use sqlx::Row;
+use sqlx::Row as _;
 
 use super::{corrupt, FilteredQuery, Param, SqlStore};
 use crate::{AnalyticsStore, StoreResult, UsageCount, UsagePoint, UsageQuery};
+
+/// What a count row is counted under, besides its granularity and bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Row<'a> {
+    tenancy: &'a Tenancy,
+    key_id: &'a str,
+    app_id: &'a str,
+    organization_id: &'a str,
+    outcome: &'a str,
+}
 
 /// Points packed into one row of a usage query.
 const POINTS_PER_ROW: i64 = 500;
@@ -24,45 +37,58 @@ fn unpack(point: &str) -> Option<UsagePoint> {
     })
 }
 
-/// Rows per statement; three per count (minute, hour, day), nine parameters each.
-const COUNTS_PER_STATEMENT: usize = 30;
+/// Rows per statement, nine parameters each.
+const ROWS_PER_STATEMENT: usize = 90;
 
 #[async_trait]
 impl AnalyticsStore for SqlStore {
     async fn add_usage(&self, counts: &[UsageCount]) -> StoreResult<()> {
-        if counts.is_empty() {
+        // Two minutes of one hour add to the same hour row, and one statement may not touch a
+        // row twice (PostgreSQL refuses): the rows are summed here first.
+        let mut rows: HashMap<(Row<'_>, Granularity, i64), i64> = HashMap::new();
+        for count in counts {
+            let row = Row {
+                tenancy: &count.tenancy,
+                key_id: &count.key_id,
+                app_id: &count.app_id,
+                organization_id: &count.organization_id,
+                outcome: &count.outcome,
+            };
+            for granularity in Granularity::ALL {
+                let bucket = granularity.bucket_start(count.at).as_millis();
+                *rows.entry((row, granularity, bucket)).or_insert(0) += count.count;
+            }
+        }
+        if rows.is_empty() {
             return Ok(());
         }
+        let rows: Vec<_> = rows.into_iter().collect();
         let mut tx = self.writer.begin().await?;
-        for chunk in counts.chunks(COUNTS_PER_STATEMENT) {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut insert = FilteredQuery::new(
                 "INSERT INTO usage_counts (workspace_id, environment, granularity, bucket, \
                  key_id, app_id, organization_id, outcome, count) VALUES ",
             );
-            let mut first = true;
-            for count in chunk {
-                for granularity in Granularity::ALL {
-                    insert.push(if first { "(" } else { ", (" });
-                    first = false;
-                    let values = [
-                        Param::Text(count.tenancy.workspace_id.clone()),
-                        Param::Text(count.tenancy.environment.as_str().to_owned()),
-                        Param::Text(granularity.as_str().to_owned()),
-                        Param::Int(granularity.bucket_start(count.at).as_millis()),
-                        Param::Text(count.key_id.clone()),
-                        Param::Text(count.app_id.clone()),
-                        Param::Text(count.organization_id.clone()),
-                        Param::Text(count.outcome.clone()),
-                        Param::Int(count.count),
-                    ];
-                    for (position, value) in values.into_iter().enumerate() {
-                        if position > 0 {
-                            insert.push(", ");
-                        }
-                        insert.bind(value);
+            for (index, ((row, granularity, bucket), total)) in chunk.iter().enumerate() {
+                insert.push(if index == 0 { "(" } else { ", (" });
+                let values = [
+                    Param::Text(row.tenancy.workspace_id.clone()),
+                    Param::Text(row.tenancy.environment.as_str().to_owned()),
+                    Param::Text(granularity.as_str().to_owned()),
+                    Param::Int(*bucket),
+                    Param::Text(row.key_id.to_owned()),
+                    Param::Text(row.app_id.to_owned()),
+                    Param::Text(row.organization_id.to_owned()),
+                    Param::Text(row.outcome.to_owned()),
+                    Param::Int(*total),
+                ];
+                for (position, value) in values.into_iter().enumerate() {
+                    if position > 0 {
+                        insert.push(", ");
                     }
-                    insert.push(")");
+                    insert.bind(value);
                 }
+                insert.push(")");
             }
             insert.push(
                 " ON CONFLICT (workspace_id, environment, granularity, key_id, app_id, \

@@ -120,6 +120,7 @@ async fn bad_usage_queries_are_refused_clearly() {
             "range_too_large",
         ),
         ("outcome=valid", 422, "invalid_outcome"),
+        ("key_id=", 422, "invalid_filter"),
         ("app=nope", 404, "app_not_found"),
         ("surprise=1", 422, "invalid_query"),
         ("from=yesterday", 422, "invalid_query"),

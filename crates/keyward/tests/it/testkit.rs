@@ -33,6 +33,10 @@ impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(ServerConfig {
             last_used_flush_interval: Duration::from_millis(50),
+            analytics: keyward_server::AnalyticsSettings {
+                flush_interval: Duration::from_millis(100),
+                ..Default::default()
+            },
             cors_origins: vec!["https://app.example.com".to_owned()],
             ..ServerConfig::default()
         })
