@@ -383,7 +383,6 @@ impl Settings {
                 .unwrap_or(true),
             minute_retention: days(minute_retention),
             rollup_retention: days(rollup_retention),
-            ..AnalyticsSettings::default()
         };
         let node_id = args.node_id.or(file.node_id);
         if let Some(node_id) = &node_id {
