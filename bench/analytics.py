@@ -56,7 +56,7 @@ def throughput(directory):
                 base = servers[name][1]
                 runs[name].append(wrk(base + "/api/v1/keys/verify", SECONDS, scripts[name]))
         on_base, on_root = servers["on"][1], servers["on"][2]
-        time.sleep(1.5)  # the last second's counts
+        time.sleep(11)  # the last interval's counts (written every 10 s)
         report = call(on_base, on_root, "GET", "/api/v1/usage?granularity=day")
         with urllib.request.urlopen(on_base + "/metrics") as response:
             metrics = response.read().decode()
