@@ -224,6 +224,15 @@ impl EventHub {
     /// Raises `rate_limit.exceeded` once per key and window.
     pub(crate) fn rate_limited(&self, key: &ApiKey, limit: u64, reset_at: Timestamp) {
         let reset = reset_at.as_millis();
+        // A flood of refusals takes this path on every request: the read answers it without
+        // an allocation or a write lock; only the window's first refusal writes.
+        if self
+            .rate_alerts
+            .get(key.id.as_str())
+            .is_some_and(|previous| *previous == reset)
+        {
+            return;
+        }
         if self
             .rate_alerts
             .insert(key.id.clone(), reset)
