@@ -406,10 +406,24 @@ async fn open_session(base: &str, forwarded_for: Option<&str>) -> crate::testkit
     send(request).await
 }
 
+/// The demo limit counts in fixed windows aligned to the minute: a phase that straddled a
+/// boundary would start counting afresh halfway. Late in a minute, this waits for the next.
+async fn within_one_minute_window() {
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 60_000;
+    if into_minute > 45_000 {
+        tokio::time::sleep(Duration::from_millis(60_100 - into_minute as u64)).await;
+    }
+}
+
 #[tokio::test]
 async fn demo_sessions_are_limited_per_client_and_forwarded_for_only_counts_from_trusted_proxies() {
     // No trusted proxy: the header is the client's own claim and is ignored.
     let server = TestServer::start_with(quick_config()).await;
+    within_one_minute_window().await;
     for n in 0..5 {
         let forwarded = format!("203.0.113.{n}");
         let opened = open_session(&server.base, Some(&forwarded)).await;
@@ -428,6 +442,7 @@ async fn demo_sessions_are_limited_per_client_and_forwarded_for_only_counts_from
         ..quick_config()
     })
     .await;
+    within_one_minute_window().await;
     for client in ["198.51.100.1", "198.51.100.2"] {
         for _ in 0..5 {
             open_session(&server.base, Some(client))
