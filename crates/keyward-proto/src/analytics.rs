@@ -28,6 +28,8 @@ pub struct UsageParams {
     pub to: Option<OffsetDateTime>,
     /// `minute`, `hour` (default) or `day`. At most 50,000 buckets per query.
     pub granularity: Option<String>,
+    /// `GET /api/v1/usage/keys` only: how many keys to list, 1 to 100 (default 10).
+    pub limit: Option<u32>,
 }
 
 /// Counts per bucket, split by outcome; buckets without verifications are left out.
@@ -50,6 +52,25 @@ pub struct UsageBucket {
     /// The bucket's start (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub start: OffsetDateTime,
+    pub total: i64,
+    pub outcomes: BTreeMap<String, i64>,
+}
+
+/// The keys with the most verifications in a range, most first (`GET /api/v1/usage/keys`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyUsageReport {
+    pub granularity: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub to: OffsetDateTime,
+    pub data: Vec<KeyUsage>,
+}
+
+/// One key's verifications over a report's range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyUsage {
+    pub key_id: String,
     pub total: i64,
     pub outcomes: BTreeMap<String, i64>,
 }

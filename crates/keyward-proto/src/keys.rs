@@ -173,4 +173,6 @@ pub struct ListKeysParams {
     pub organization_id: Option<String>,
     /// `active`, `disabled`, `expired` or `revoked`.
     pub status: Option<String>,
+    /// Part of a key's name (any case), the start of its `start`, or its id.
+    pub search: Option<String>,
 }

@@ -8,7 +8,7 @@ use keyward_proto::{
     RotateKeyRequest, SigningKey, SigningKeyWithPrivateKey, UpdateRateLimitSchemeRequest,
     VerifyKeyResponse, VerifyRequestRequest, WorkspaceKey, WorkspaceKeyWithSecret,
 };
-use keyward_proto::{UsageParams, UsageReport};
+use keyward_proto::{KeyUsageReport, UsageParams, UsageReport};
 use reqwest::Method;
 
 use crate::{Client, Error, NONE};
@@ -465,6 +465,26 @@ impl Client {
     /// ```
     pub async fn usage(&self, params: &UsageParams) -> Result<UsageReport, Error> {
         self.call(Method::GET, &["usage"], Some(params), NONE).await
+    }
+
+    /// `GET /api/v1/usage/keys` (scope `keys:read`): the keys with the most verifications
+    /// over a range, most first; `limit` says how many (default 10).
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::UsageParams;
+    ///
+    /// let busiest = keyward.usage_by_key(&UsageParams {
+    ///     app: Some("acme-v2".into()),
+    ///     limit: Some(5),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = busiest;
+    /// # Ok(()) }
+    /// ```
+    pub async fn usage_by_key(&self, params: &UsageParams) -> Result<KeyUsageReport, Error> {
+        self.call(Method::GET, &["usage", "keys"], Some(params), NONE)
+            .await
     }
 
     /// `POST /api/v1/demo/session`: a throw-away sandbox with its own root key. Needs no

@@ -56,6 +56,9 @@ pub struct KeyFilter {
     pub owner_user_id: Option<String>,
     pub organization_id: Option<String>,
     pub status: Option<KeyStatus>,
+    /// Matches a key whose name contains it (ignoring ASCII case), whose `start` begins
+    /// with it, or whose id it is.
+    pub search: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -400,6 +403,14 @@ pub struct UsagePoint {
     pub count: i64,
 }
 
+/// One key's count of one outcome over a usage query's range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsagePoint {
+    pub key_id: String,
+    pub outcome: String,
+    pub count: i64,
+}
+
 /// Usage analytics (issue 8): counts kept per minute, hour and day.
 #[async_trait]
 pub trait AnalyticsStore: Send + Sync {
@@ -407,6 +418,9 @@ pub trait AnalyticsStore: Send + Sync {
     async fn add_usage(&self, counts: &[UsageCount]) -> StoreResult<()>;
     /// Counts per bucket and outcome, oldest first; buckets without any are left out.
     async fn usage(&self, query: &UsageQuery) -> StoreResult<Vec<UsagePoint>>;
+    /// Counts per key and outcome over the whole range, in no particular order; counts not
+    /// tied to a key (unknown keys) are left out.
+    async fn usage_by_key(&self, query: &UsageQuery) -> StoreResult<Vec<KeyUsagePoint>>;
     /// Forgets minute counts before `minutes_before`, hour and day counts before
     /// `rollups_before`; returns how many rows went.
     async fn purge_usage(

@@ -1330,6 +1330,19 @@ impl Store for SqlStore {
                 .push(" AND k.organization_id = ")
                 .bind(Param::Text(organization.clone()));
         }
+        if let Some(search) = &filter.search {
+            let pattern = escape_like(&search.to_ascii_lowercase());
+            query
+                .push(" AND (LOWER(k.name) LIKE ")
+                .bind(Param::Text(format!("%{pattern}%")));
+            query
+                .push(" ESCAPE '\\' OR k.start LIKE ")
+                .bind(Param::Text(format!("{}%", escape_like(search))));
+            query
+                .push(" ESCAPE '\\' OR k.id = ")
+                .bind(Param::Text(search.clone()));
+            query.push(")");
+        }
         // The same precedence as `ApiKey::status`: revoked, disabled, expired, active.
         match filter.status {
             None => {}
@@ -1667,4 +1680,16 @@ async fn insert_root_key(
     .execute(&mut **tx)
     .await?;
     insert_secret(tx, hash, &key.id, None).await
+}
+
+/// `text` as a literal inside a `LIKE … ESCAPE '\'` pattern.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }

@@ -117,6 +117,9 @@ pub(crate) enum KeysCommand {
         /// active, disabled, expired or revoked
         #[arg(long)]
         status: Option<String>,
+        /// Only keys whose name contains this, whose start begins with it, or with this id
+        #[arg(long)]
+        search: Option<String>,
         /// Keys per page
         #[arg(long)]
         limit: Option<u32>,
@@ -403,6 +406,7 @@ pub(crate) async fn run_keys(
             owner,
             organization,
             status,
+            search,
             limit,
             cursor,
             all,
@@ -413,6 +417,7 @@ pub(crate) async fn run_keys(
                 owner_user_id: owner,
                 organization_id: organization,
                 status,
+                search,
             };
             let mut page = client.list_keys(&app, &params).await?;
             while all && page.next_cursor.is_some() {

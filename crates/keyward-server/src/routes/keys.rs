@@ -379,6 +379,7 @@ pub(crate) async fn list_keys(
         owner_user_id: params.owner_user_id,
         organization_id: params.organization_id,
         status,
+        search: search_filter(params.search)?,
     };
     let now = clock::now();
     let keys = state
@@ -584,4 +585,18 @@ pub(crate) async fn delete_key(
         .change_credential(move |state| async move { state.store.delete_key(&change, &id).await })
         .await?;
     Ok(answer(&changed, now))
+}
+
+/// The longest `search` a key list accepts.
+const MAX_SEARCH_CHARS: usize = 200;
+
+fn search_filter(search: Option<String>) -> Result<Option<String>, ApiError> {
+    match search {
+        Some(text) if text.chars().count() > MAX_SEARCH_CHARS => Err(ApiError::invalid(
+            "invalid_search",
+            format!("`search` is at most {MAX_SEARCH_CHARS} characters"),
+        )),
+        Some(text) if text.trim().is_empty() => Ok(None),
+        other => Ok(other),
+    }
 }

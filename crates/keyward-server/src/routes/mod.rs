@@ -80,6 +80,7 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         ))
         .routes(routes!(environment::list_audit_log))
         .routes(routes!(usage::usage))
+        .routes(routes!(usage::usage_by_key))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

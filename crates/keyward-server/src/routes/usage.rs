@@ -26,6 +26,93 @@ pub(crate) async fn usage(
     caller: Caller,
     ApiQuery(params): ApiQuery<UsageParams>,
 ) -> Result<Json<wire::UsageReport>, ApiError> {
+    if params.limit.is_some() {
+        return Err(ApiError::invalid(
+            "invalid_limit",
+            "`limit` applies to `/api/v1/usage/keys` only",
+        ));
+    }
+    let query = usage_query(&state, &caller, params).await?;
+    let points = state.store.usage(&query).await?;
+    let mut outcomes = BTreeMap::new();
+    let mut data: Vec<wire::UsageBucket> = Vec::new();
+    for point in points {
+        *outcomes.entry(point.outcome.clone()).or_insert(0) += point.count;
+        let start = convert::datetime(point.bucket);
+        match data.last_mut() {
+            Some(bucket) if bucket.start == start => {
+                bucket.total += point.count;
+                bucket.outcomes.insert(point.outcome, point.count);
+            }
+            _ => data.push(wire::UsageBucket {
+                start,
+                total: point.count,
+                outcomes: BTreeMap::from([(point.outcome, point.count)]),
+            }),
+        }
+    }
+    Ok(Json(wire::UsageReport {
+        granularity: query.granularity.as_str().to_owned(),
+        from: convert::datetime(query.granularity.bucket_start(query.from)),
+        to: convert::datetime(query.to),
+        total: outcomes.values().sum(),
+        outcomes,
+        data,
+    }))
+}
+
+const DEFAULT_TOP_KEYS: u32 = 10;
+const MAX_TOP_KEYS: u32 = 100;
+
+/// The keys with the most verifications over a range, most first, each split by outcome;
+/// the same filters as `GET /api/v1/usage`.
+#[utoipa::path(get, path = "/api/v1/usage/keys", tag = "usage", security(("root_key" = [])),
+    params(UsageParams),
+    responses((status = 200, body = wire::KeyUsageReport), (status = "4XX", body = ErrorEnvelope)))]
+pub(crate) async fn usage_by_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<UsageParams>,
+) -> Result<Json<wire::KeyUsageReport>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_TOP_KEYS);
+    if !(1..=MAX_TOP_KEYS).contains(&limit) {
+        return Err(ApiError::invalid(
+            "invalid_limit",
+            format!("`limit` must be between 1 and {MAX_TOP_KEYS}"),
+        ));
+    }
+    let query = usage_query(&state, &caller, params).await?;
+    let mut keys: BTreeMap<String, wire::KeyUsage> = BTreeMap::new();
+    for point in state.store.usage_by_key(&query).await? {
+        let key = keys
+            .entry(point.key_id.clone())
+            .or_insert_with(|| wire::KeyUsage {
+                key_id: point.key_id,
+                total: 0,
+                outcomes: BTreeMap::new(),
+            });
+        key.total += point.count;
+        *key.outcomes.entry(point.outcome).or_insert(0) += point.count;
+    }
+    let mut data: Vec<wire::KeyUsage> = keys.into_values().collect();
+    // Ties go to the smaller id, so the answer does not change between calls.
+    data.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key_id.cmp(&b.key_id)));
+    data.truncate(limit as usize);
+    Ok(Json(wire::KeyUsageReport {
+        granularity: query.granularity.as_str().to_owned(),
+        from: convert::datetime(query.granularity.bucket_start(query.from)),
+        to: convert::datetime(query.to),
+        data,
+    }))
+}
+
+/// Checks a usage query's parameters and the caller's scope, and widens the range to whole
+/// buckets.
+async fn usage_query(
+    state: &AppState,
+    caller: &Caller,
+    params: UsageParams,
+) -> Result<UsageQuery, ApiError> {
     caller.require(Scope::KeysRead)?;
     let granularity = match params.granularity.as_deref() {
         None => Granularity::Hour,
@@ -84,42 +171,14 @@ pub(crate) async fn usage(
         Some(slug) => Some(state.store.app_by_slug(&caller.tenancy, slug).await?.id),
         None => None,
     };
-    let points = state
-        .store
-        .usage(&UsageQuery {
-            tenancy: caller.tenancy.clone(),
-            granularity,
-            from,
-            to,
-            key_id: params.key_id,
-            app_id,
-            organization_id: params.organization_id,
-            outcome: params.outcome,
-        })
-        .await?;
-    let mut outcomes = BTreeMap::new();
-    let mut data: Vec<wire::UsageBucket> = Vec::new();
-    for point in points {
-        *outcomes.entry(point.outcome.clone()).or_insert(0) += point.count;
-        let start = convert::datetime(point.bucket);
-        match data.last_mut() {
-            Some(bucket) if bucket.start == start => {
-                bucket.total += point.count;
-                bucket.outcomes.insert(point.outcome, point.count);
-            }
-            _ => data.push(wire::UsageBucket {
-                start,
-                total: point.count,
-                outcomes: BTreeMap::from([(point.outcome, point.count)]),
-            }),
-        }
-    }
-    Ok(Json(wire::UsageReport {
-        granularity: granularity.as_str().to_owned(),
-        from: convert::datetime(granularity.bucket_start(from)),
-        to: convert::datetime(to),
-        total: outcomes.values().sum(),
-        outcomes,
-        data,
-    }))
+    Ok(UsageQuery {
+        tenancy: caller.tenancy.clone(),
+        granularity,
+        from,
+        to,
+        key_id: params.key_id,
+        app_id,
+        organization_id: params.organization_id,
+        outcome: params.outcome,
+    })
 }

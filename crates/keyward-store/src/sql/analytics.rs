@@ -9,7 +9,7 @@ use keyward_core::Timestamp;
 use sqlx::Row as _;
 
 use super::{corrupt, FilteredQuery, Param, SqlStore};
-use crate::{AnalyticsStore, StoreResult, UsageCount, UsagePoint, UsageQuery};
+use crate::{AnalyticsStore, KeyUsagePoint, StoreResult, UsageCount, UsagePoint, UsageQuery};
 
 /// What a count row is counted under, besides its granularity and bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,32 +108,10 @@ impl AnalyticsStore for SqlStore {
         let point = "CAST(bucket AS TEXT) || ':' || outcome || ':' || CAST(total AS TEXT)";
         let mut select = FilteredQuery::new(&format!(
             "SELECT {} AS packed FROM (SELECT bucket, outcome, SUM(count) AS total \
-             FROM usage_counts WHERE workspace_id = ",
+             FROM usage_counts WHERE ",
             self.backend.text_aggregate(point, ",")
         ));
-        select.bind(Param::Text(query.tenancy.workspace_id.clone()));
-        select.push(" AND environment = ");
-        select.bind(Param::Text(query.tenancy.environment.as_str().to_owned()));
-        select.push(" AND granularity = ");
-        select.bind(Param::Text(query.granularity.as_str().to_owned()));
-        select.push(" AND bucket >= ");
-        select.bind(Param::Int(
-            query.granularity.bucket_start(query.from).as_millis(),
-        ));
-        select.push(" AND bucket < ");
-        select.bind(Param::Int(query.to.as_millis()));
-        let filters = [
-            ("key_id", &query.key_id),
-            ("app_id", &query.app_id),
-            ("organization_id", &query.organization_id),
-            ("outcome", &query.outcome),
-        ];
-        for (column, value) in filters {
-            if let Some(value) = value {
-                select.push(&format!(" AND {column} = "));
-                select.bind(Param::Text(value.clone()));
-            }
-        }
+        filter_usage(&mut select, query);
         select.push(" GROUP BY bucket, outcome) points GROUP BY bucket / ");
         select.bind(Param::Int(query.granularity.millis() * POINTS_PER_ROW));
         let rows = select.fetch_all(&self.reader).await?;
@@ -146,6 +124,24 @@ impl AnalyticsStore for SqlStore {
         }
         points.sort_unstable_by(|a, b| (a.bucket, &a.outcome).cmp(&(b.bucket, &b.outcome)));
         Ok(points)
+    }
+
+    async fn usage_by_key(&self, query: &UsageQuery) -> StoreResult<Vec<KeyUsagePoint>> {
+        let mut select = FilteredQuery::new(
+            "SELECT key_id, outcome, CAST(SUM(count) AS BIGINT) AS total FROM usage_counts WHERE ",
+        );
+        filter_usage(&mut select, query);
+        select.push(" AND key_id <> '' GROUP BY key_id, outcome");
+        let rows = select.fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(KeyUsagePoint {
+                    key_id: row.try_get("key_id")?,
+                    outcome: row.try_get("outcome")?,
+                    count: row.try_get("total")?,
+                })
+            })
+            .collect()
     }
 
     async fn purge_usage(
@@ -166,5 +162,33 @@ impl AnalyticsStore for SqlStore {
                 .await?
                 .rows_affected();
         Ok(minutes + rollups)
+    }
+}
+
+/// The conditions every usage query shares: environment, granularity, range and filters.
+fn filter_usage(select: &mut FilteredQuery, query: &UsageQuery) {
+    select.push("workspace_id = ");
+    select.bind(Param::Text(query.tenancy.workspace_id.clone()));
+    select.push(" AND environment = ");
+    select.bind(Param::Text(query.tenancy.environment.as_str().to_owned()));
+    select.push(" AND granularity = ");
+    select.bind(Param::Text(query.granularity.as_str().to_owned()));
+    select.push(" AND bucket >= ");
+    select.bind(Param::Int(
+        query.granularity.bucket_start(query.from).as_millis(),
+    ));
+    select.push(" AND bucket < ");
+    select.bind(Param::Int(query.to.as_millis()));
+    let filters = [
+        ("key_id", &query.key_id),
+        ("app_id", &query.app_id),
+        ("organization_id", &query.organization_id),
+        ("outcome", &query.outcome),
+    ];
+    for (column, value) in filters {
+        if let Some(value) = value {
+            select.push(&format!(" AND {column} = "));
+            select.bind(Param::Text(value.clone()));
+        }
     }
 }

@@ -92,6 +92,31 @@ async fn every_verification_is_counted_exactly() {
             .sum();
         assert_eq!(summed, 16);
     }
+    // The busiest keys, most first, with the same filters; unknown keys are not listed.
+    let b_id = b["id"].as_str().unwrap();
+    let c_id = c["id"].as_str().unwrap();
+    let top = api
+        .get("/api/v1/usage/keys?granularity=minute")
+        .await
+        .assert_status(200)
+        .clone();
+    assert_eq!(
+        top["data"],
+        json!([
+            {"key_id": a_id, "total": 7, "outcomes": {"VALID": 5, "INSUFFICIENT_PERMISSIONS": 2}},
+            {"key_id": b_id, "total": 4, "outcomes": {"VALID": 3, "KEY_REVOKED": 1}},
+            {"key_id": c_id, "total": 1, "outcomes": {"VALID": 1}},
+        ])
+    );
+    let top_valid = api
+        .get("/api/v1/usage/keys?app=counted&outcome=VALID&limit=1")
+        .await
+        .assert_status(200)
+        .clone();
+    assert_eq!(
+        top_valid["data"],
+        json!([{"key_id": a_id, "total": 5, "outcomes": {"VALID": 5}}])
+    );
     // Another environment sees none of it.
     let test_api = server.api_with(&server.test_key);
     let other = test_api
@@ -128,6 +153,16 @@ async fn bad_usage_queries_are_refused_clearly() {
         let reply = api.get(&format!("/api/v1/usage?{query}")).await;
         assert_eq!(reply.status.as_u16(), status, "{query}: {:?}", reply.body);
         assert_eq!(reply.body["error"]["code"], code, "{query}");
+    }
+    for (path, code) in [
+        ("/api/v1/usage?limit=5", "invalid_limit"),
+        ("/api/v1/usage/keys?limit=0", "invalid_limit"),
+        ("/api/v1/usage/keys?limit=101", "invalid_limit"),
+        ("/api/v1/usage/keys?granularity=week", "invalid_granularity"),
+    ] {
+        let reply = api.get(path).await;
+        assert_eq!(reply.status.as_u16(), 422, "{path}: {:?}", reply.body);
+        assert_eq!(reply.body["error"]["code"], code, "{path}");
     }
     let verifier = api
         .post(

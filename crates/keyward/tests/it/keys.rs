@@ -69,6 +69,30 @@ async fn issue_list_verify_and_update() {
         .assert_status(200)
         .clone();
     assert!(by_owner["data"].as_array().unwrap().is_empty());
+    // Search matches part of the name in any case, the start of `start`, or the id; LIKE's
+    // wildcards are literal.
+    let start = key["start"].as_str().unwrap();
+    for (search, found) in [
+        ("DUCTION", 1),
+        (&start[..10], 1),
+        (id(&key), 1),
+        ("%25", 0),
+        ("_", 0),
+        ("nothing like it", 0),
+    ] {
+        let listed = api
+            .get(&format!("/api/v1/apps/acme-v2/keys?search={search}"))
+            .await
+            .assert_status(200)
+            .clone();
+        assert_eq!(listed["data"].as_array().unwrap().len(), found, "{search}");
+    }
+    api.get(&format!(
+        "/api/v1/apps/acme-v2/keys?search={}",
+        "x".repeat(201)
+    ))
+    .await
+    .assert_error(422, "VALIDATION_ERROR", "invalid_search");
 
     let verdict = api
         .verify(secret, Some("read:data AND (write:data OR admin)"))
