@@ -84,6 +84,18 @@ impl MasterKey {
     }
 }
 
+/// The dashboard's session cookies are sealed like workspace secrets, under their own
+/// context.
+impl keyward_dashboard::Sealer for MasterKey {
+    fn seal(&self, plaintext: &[u8], context: &str) -> Vec<u8> {
+        MasterKey::seal(self, plaintext, context)
+    }
+
+    fn open(&self, sealed: &[u8], context: &str) -> Option<Vec<u8>> {
+        MasterKey::open(self, sealed, context)
+    }
+}
+
 /// A new ES256 key pair: the private key as PKCS#8 PEM (shown once), the public key as
 /// SubjectPublicKeyInfo PEM (kept).
 pub struct GeneratedSigningKey {

@@ -43,6 +43,7 @@ pub use error::ApiError;
 use events::{EventHub, EventSettings};
 use extract::Caller;
 use keyward_core::usage::RateWindow;
+pub use keyward_dashboard::{DashboardSettings, SecureCookies};
 use last_used::LastUsedRecorder;
 use metrics::Metrics;
 use tokens::jwks::{JwksCache, JwksSettings};
@@ -70,6 +71,7 @@ pub struct ServerConfig {
     pub jwks: JwksSettings,
     pub events: EventSettings,
     pub analytics: AnalyticsSettings,
+    pub dashboard: keyward_dashboard::DashboardSettings,
 }
 
 /// Usage analytics (`GET /api/v1/usage`).
@@ -146,6 +148,7 @@ impl Default for ServerConfig {
             jwks: JwksSettings::default(),
             events: EventSettings::default(),
             analytics: AnalyticsSettings::default(),
+            dashboard: keyward_dashboard::DashboardSettings::default(),
         }
     }
 }
@@ -441,6 +444,26 @@ impl Server {
 }
 
 fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
+    let api = api_router(state, config);
+    // The dashboard calls the API as any client does: through this same router, middleware
+    // and all. Its own pages take forms, not JSON, so they sit beside the API's layers.
+    let dashboard = keyward_dashboard::router(
+        api.clone(),
+        Arc::clone(&config.master_key) as Arc<dyn keyward_dashboard::Sealer>,
+        config.dashboard,
+    )
+    .layer(TimeoutLayer::with_status_code(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        config.request_timeout,
+    ))
+    .layer(CatchPanicLayer::custom(|_| {
+        tracing::error!("a dashboard handler panicked");
+        axum::response::IntoResponse::into_response(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+    }));
+    api.merge(dashboard)
+}
+
+fn api_router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     let (api, openapi) = routes::api(Arc::clone(&state)).split_for_parts();
     let openapi = Arc::new(openapi::finish(openapi));
     api.merge(routes::ops::openapi_router(openapi))

@@ -194,6 +194,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         })?;
     let address = listener.local_addr().map_err(ServeError::Serve)?;
     println!("Keyward listening on http://{address}");
+    println!("Dashboard: http://{address}/dashboard");
     println!("API: http://{address}/api/v1 · OpenAPI: http://{address}/openapi.json");
     tracing::info!(%address, "listening");
 
@@ -226,6 +227,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             },
             events: settings.events.clone(),
             analytics: settings.analytics.clone(),
+            dashboard: settings.dashboard,
         },
     )
     .map_err(ServeError::Settings)?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use keyward_server::events::EventSettings;
 use keyward_server::usage::{CreditFallback, RateLimitFallback};
-use keyward_server::AnalyticsSettings;
+use keyward_server::{AnalyticsSettings, DashboardSettings, SecureCookies};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -132,6 +132,10 @@ pub(crate) struct ServeArgs {
     /// Open WebSocket sessions per root key, or per public key and end user (default 100).
     #[arg(long, env = "KEYWARD_WS_MAX_CONNECTIONS_PER_CREDENTIAL")]
     pub(crate) ws_max_connections_per_credential: Option<usize>,
+    /// When dashboard cookies are `Secure`: `auto` (default: unless the dashboard is opened
+    /// on a loopback address), `always` or `never`.
+    #[arg(long, env = "KEYWARD_DASHBOARD_SECURE_COOKIES")]
+    pub(crate) dashboard_secure_cookies: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -191,6 +195,7 @@ struct FileSettings {
     usage_flush_seconds: Option<u64>,
     usage_retention_days: Option<u64>,
     usage_rollup_retention_days: Option<u64>,
+    dashboard_secure_cookies: Option<String>,
 }
 
 /// The resolved settings.
@@ -221,6 +226,7 @@ pub(crate) struct Settings {
     pub(crate) allow_private_jwks: bool,
     pub(crate) events: EventSettings,
     pub(crate) analytics: AnalyticsSettings,
+    pub(crate) dashboard: DashboardSettings,
 }
 
 impl std::fmt::Debug for Settings {
@@ -384,6 +390,18 @@ impl Settings {
             minute_retention: days(minute_retention),
             rollup_retention: days(rollup_retention),
         };
+        let dashboard = DashboardSettings {
+            secure_cookies: match args
+                .dashboard_secure_cookies
+                .or(file.dashboard_secure_cookies)
+            {
+                None => SecureCookies::default(),
+                Some(text) => SecureCookies::parse(&text).ok_or(SettingsError::Invalid {
+                    name: "dashboard_secure_cookies",
+                    message: "is `auto`, `always` or `never`".to_owned(),
+                })?,
+            },
+        };
         let node_id = args.node_id.or(file.node_id);
         if let Some(node_id) = &node_id {
             let valid = (1..=40).contains(&node_id.len())
@@ -461,6 +479,7 @@ impl Settings {
                 .unwrap_or(false),
             events,
             analytics,
+            dashboard,
         })
     }
 }
@@ -613,6 +632,7 @@ mod tests {
             allow_private_jwks: false,
             events: EventSettings::default(),
             analytics: AnalyticsSettings::default(),
+            dashboard: DashboardSettings::default(),
         };
         assert!(!format!("{settings:?}").contains("hunter2"));
         assert!(!format!("{settings:?}").contains("bWFzdGVy"));

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod conventions;
 mod credentials;
+mod dashboard;
 mod hostile_input;
 mod import;
 mod keys;
