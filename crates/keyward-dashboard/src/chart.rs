@@ -181,9 +181,13 @@ impl Chart {
                 segments,
             });
         }
-        let tick_every = (buckets as usize).div_ceil(TICKS).max(1);
-        let ticks = (0..buckets as usize)
-            .step_by(tick_every)
+        // Labels fall on round times: every 10 minutes, 3 hours, 5 days…
+        let every = tick_spacing(buckets, &report.granularity);
+        let ticks = (0..buckets)
+            .filter(|index| {
+                let start = report.from + step * *index as i32;
+                (start.unix_timestamp() / step.whole_seconds()) % every == 0
+            })
             .map(|index| Tick {
                 x: PLOT_LEFT + slot * index as f64 + slot / 2.0,
                 label: label_of(report.from + step * index as i32, &report.granularity),
@@ -207,6 +211,21 @@ impl Chart {
             max,
         }
     }
+}
+
+/// Buckets between two time labels: the smallest round spacing that leaves at most
+/// `TICKS` labels.
+fn tick_spacing(buckets: i64, granularity: &str) -> i64 {
+    let round: &[i64] = match granularity {
+        "minute" => &[1, 2, 5, 10, 15, 30, 60, 120, 360, 720, 1440],
+        "hour" => &[1, 2, 3, 6, 12, 24, 48, 168],
+        _ => &[1, 2, 5, 7, 10, 15, 30, 60, 90, 180, 365],
+    };
+    round
+        .iter()
+        .copied()
+        .find(|every| buckets / every < TICKS as i64)
+        .unwrap_or_else(|| buckets / TICKS as i64 + 1)
 }
 
 /// A bucket's start as its axis shows it (UTC).
@@ -299,8 +318,23 @@ mod tests {
         let chart = Chart::new("test", &report(Vec::new()), Grouping::ByOutcome);
         assert!(chart.bars.is_empty());
         assert_eq!(chart.total, 0);
-        assert_eq!(chart.ticks.len(), 5);
+        // Ten minutes get a label every two minutes, on even minutes.
+        let labels: Vec<_> = chart.ticks.iter().map(|tick| tick.label.as_str()).collect();
+        assert_eq!(labels, ["10:00", "10:02", "10:04", "10:06", "10:08"]);
         let svg = chart.render().unwrap();
         assert!(svg.starts_with("<svg"), "{svg}");
+    }
+}
+
+#[cfg(test)]
+mod spacing {
+    use super::tick_spacing;
+
+    #[test]
+    fn labels_are_spaced_by_round_amounts() {
+        assert_eq!(tick_spacing(61, "minute"), 15);
+        assert_eq!(tick_spacing(25, "hour"), 6);
+        assert_eq!(tick_spacing(31, "day"), 7);
+        assert_eq!(tick_spacing(3, "day"), 1);
     }
 }

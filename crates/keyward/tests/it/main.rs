@@ -3,6 +3,7 @@
 //! One test binary keeps link time down.
 
 mod analytics;
+mod browser;
 mod cli;
 mod cluster;
 mod conventions;
