@@ -88,6 +88,13 @@ impl Api {
         self.call(root_key, Method::POST, path, Some(body)).await
     }
 
+    /// Deletes; what the API answers about the deleted record is not needed.
+    pub(crate) async fn delete(&self, root_key: &str, path: &str) -> Result<(), ApiFailure> {
+        self.call::<serde::de::IgnoredAny>(root_key, Method::DELETE, path, None::<&()>)
+            .await
+            .map(drop)
+    }
+
     pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         root_key: &str,

@@ -266,6 +266,16 @@ pub(crate) fn filled(text: &Option<String>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A field that should hold a whole number; `what` names it in the complaint.
+pub(crate) fn whole_number(field: &Option<String>, what: &str) -> Result<Option<i64>, String> {
+    filled(field)
+        .map(|text| {
+            text.parse()
+                .map_err(|_| format!("{what} must be a whole number"))
+        })
+        .transpose()
+}
+
 /// A time as the pages show it: UTC, to the second.
 pub(crate) fn when(moment: &time::OffsetDateTime) -> String {
     let utc = moment.to_offset(time::UtcOffset::UTC);

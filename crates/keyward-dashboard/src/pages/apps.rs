@@ -304,12 +304,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, PageError> {
     dashboard
         .api
-        .call::<serde_json::Value>(
-            signed.key(),
-            Method::DELETE,
-            &path(&["apps", &slug], None::<&()>),
-            None::<&()>,
-        )
+        .delete(signed.key(), &path(&["apps", &slug], None::<&()>))
         .await?;
     Ok(back_to("/dashboard/apps"))
 }

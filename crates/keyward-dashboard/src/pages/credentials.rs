@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+
 use axum::response::Response;
 use keyward_proto::{
     CreatePublicKeyRequest, CreateSigningKeyRequest, CreateWorkspaceKeyRequest, Page, PublicKey,
@@ -16,56 +16,9 @@ use serde::Deserialize;
 use crate::api::{path, ApiFailure};
 use crate::error::PageError;
 use crate::pages::apps::refusal;
-use crate::pages::{back_to, Confirmed, RevealPage, Revealed};
-use crate::view::{
-    filled, render, render_with, split_list, when, Layout, Notice, Section, Submitted,
-};
+use crate::pages::{back_to, list_page, Confirmed, RevealPage, Revealed};
+use crate::view::{filled, render, split_list, when, Layout, Notice, Section, Submitted};
 use crate::{Dashboard, SignedIn};
-
-/// A list page: the records, or what went wrong with a form on it.
-async fn list_page<T, Page>(
-    dashboard: &Dashboard,
-    signed: SignedIn,
-    resource: &str,
-    notice: Option<Notice>,
-    page: impl FnOnce(Layout, keyward_proto::Page<T>) -> Page,
-    section: Section,
-    title: &str,
-) -> Result<Response, PageError>
-where
-    T: serde::de::DeserializeOwned,
-    Page: Template,
-{
-    let records = dashboard
-        .api
-        .get(signed.key(), &path(&[resource], Some(&[("limit", "100")])))
-        .await?;
-    let status = if notice.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    let layout = Layout::new(&signed, section, title).with_notice(notice);
-    Ok(render_with(status, &page(layout, records)))
-}
-
-async fn delete_record<T: serde::de::DeserializeOwned>(
-    dashboard: &Dashboard,
-    signed: &SignedIn,
-    resource: &str,
-    id: &str,
-) -> Result<(), PageError> {
-    dashboard
-        .api
-        .call::<T>(
-            signed.key(),
-            Method::DELETE,
-            &path(&[resource, id], None::<&()>),
-            None::<&()>,
-        )
-        .await?;
-    Ok(())
-}
 
 // Public keys.
 
@@ -191,7 +144,10 @@ pub(crate) async fn delete_public_key(
     Path(id): Path<String>,
     Submitted { signed, .. }: Submitted<Confirmed>,
 ) -> Result<Response, PageError> {
-    delete_record::<PublicKey>(&dashboard, &signed, "public-keys", &id).await?;
+    dashboard
+        .api
+        .delete(signed.key(), &path(&["public-keys", &id], None::<&()>))
+        .await?;
     Ok(back_to("/dashboard/public-keys"))
 }
 
@@ -287,7 +243,10 @@ pub(crate) async fn delete_signing_key(
     Path(id): Path<String>,
     Submitted { signed, .. }: Submitted<Confirmed>,
 ) -> Result<Response, PageError> {
-    delete_record::<SigningKey>(&dashboard, &signed, "signing-keys", &id).await?;
+    dashboard
+        .api
+        .delete(signed.key(), &path(&["signing-keys", &id], None::<&()>))
+        .await?;
     Ok(back_to("/dashboard/signing-keys"))
 }
 
@@ -401,6 +360,9 @@ pub(crate) async fn delete_workspace_key(
     Path(id): Path<String>,
     Submitted { signed, .. }: Submitted<Confirmed>,
 ) -> Result<Response, PageError> {
-    delete_record::<WorkspaceKey>(&dashboard, &signed, "workspace-keys", &id).await?;
+    dashboard
+        .api
+        .delete(signed.key(), &path(&["workspace-keys", &id], None::<&()>))
+        .await?;
     Ok(back_to("/dashboard/workspace-keys"))
 }

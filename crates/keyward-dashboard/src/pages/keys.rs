@@ -20,7 +20,8 @@ use crate::pages::apps::{refusal, scheme_slugs};
 use crate::pages::overview::usage_range;
 use crate::pages::{back_to, link, Confirmed, RevealPage, Revealed};
 use crate::view::{
-    filled, render, render_with, when, when_or_never, Layout, Notice, Section, Submitted,
+    filled, render, render_with, when, when_or_never, whole_number, Layout, Notice, Section,
+    Submitted,
 };
 use crate::{Dashboard, SignedIn};
 
@@ -93,16 +94,6 @@ async fn new_key_page(
     ))
 }
 
-/// A form field that should hold a whole number.
-fn number(field: &Option<String>, what: &str) -> Result<Option<i64>, String> {
-    filled(field)
-        .map(|text| {
-            text.parse()
-                .map_err(|_| format!("{what} must be a whole number"))
-        })
-        .transpose()
-}
-
 /// A `datetime-local` value (`2026-12-31T23:59`), read as UTC.
 fn moment(field: &Option<String>) -> Result<Option<OffsetDateTime>, String> {
     let Some(text) = filled(field) else {
@@ -123,7 +114,7 @@ impl KeyForm {
     fn request(&self) -> Result<CreateKeyRequest, String> {
         let refill = match (
             filled(&self.refill_interval),
-            number(&self.refill_amount, "The refill amount")?,
+            whole_number(&self.refill_amount, "The refill amount")?,
         ) {
             (None, _) => None,
             (Some(interval), Some(amount)) => Some(Refill {
@@ -136,7 +127,7 @@ impl KeyForm {
             }),
             (Some(_), None) => return Err("A refill needs an amount".to_owned()),
         };
-        let credits = match number(&self.credits, "Credits")? {
+        let credits = match whole_number(&self.credits, "Credits")? {
             Some(remaining) => Some(Credits { remaining, refill }),
             None if refill.is_some() => {
                 return Err("A refill needs a starting number of credits".to_owned())
@@ -438,12 +429,7 @@ pub(crate) async fn delete(
         .await?;
     dashboard
         .api
-        .call::<serde_json::Value>(
-            signed.key(),
-            Method::DELETE,
-            &path(&["keys", &id], None::<&()>),
-            None::<&()>,
-        )
+        .delete(signed.key(), &path(&["keys", &id], None::<&()>))
         .await?;
     Ok(back_to(&link(&["apps", &key.app])))
 }

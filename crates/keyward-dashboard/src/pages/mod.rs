@@ -12,11 +12,41 @@ pub(crate) mod settings;
 pub(crate) mod sign_in;
 
 use askama::Template;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
+use crate::api::path;
 use crate::error::PageError;
-use crate::view::Layout;
+use crate::view::{render_with, Layout, Notice, Section};
+use crate::{Dashboard, SignedIn};
+
+/// A list page: the records, or what went wrong with a form on it.
+pub(crate) async fn list_page<T, Page>(
+    dashboard: &Dashboard,
+    signed: SignedIn,
+    resource: &str,
+    notice: Option<Notice>,
+    page: impl FnOnce(Layout, keyward_proto::Page<T>) -> Page,
+    section: Section,
+    title: &str,
+) -> Result<Response, PageError>
+where
+    T: serde::de::DeserializeOwned,
+    Page: Template,
+{
+    let records = dashboard
+        .api
+        .get(signed.key(), &path(&[resource], Some(&[("limit", "100")])))
+        .await?;
+    let status = if notice.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let layout = Layout::new(&signed, section, title).with_notice(notice);
+    Ok(render_with(status, &page(layout, records)))
+}
 
 pub(crate) async fn not_found() -> PageError {
     PageError::NotFound

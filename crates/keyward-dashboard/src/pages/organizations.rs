@@ -14,7 +14,7 @@ use crate::api::path;
 use crate::error::PageError;
 use crate::pages::apps::{refusal, scheme_slugs};
 use crate::pages::back_to;
-use crate::view::{filled, render_with, Layout, Notice, Section, Submitted};
+use crate::view::{filled, render_with, whole_number, Layout, Notice, Section, Submitted};
 use crate::{Dashboard, SignedIn};
 
 #[derive(Template)]
@@ -100,15 +100,6 @@ pub(crate) struct OrganizationForm {
     low_credits_threshold: Option<String>,
 }
 
-fn whole_number(field: &Option<String>, what: &str) -> Result<Option<i64>, String> {
-    filled(field)
-        .map(|text| {
-            text.parse()
-                .map_err(|_| format!("{what} must be a whole number"))
-        })
-        .transpose()
-}
-
 impl OrganizationForm {
     fn request(&self) -> Result<PutOrganizationRequest, String> {
         Ok(PutOrganizationRequest {
@@ -170,11 +161,9 @@ pub(crate) async fn delete(
 ) -> Result<Response, PageError> {
     dashboard
         .api
-        .call::<serde_json::Value>(
+        .delete(
             signed.key(),
-            Method::DELETE,
             &path(&["organizations", form.id.trim()], None::<&()>),
-            None::<&()>,
         )
         .await?;
     Ok(back_to(&organization_link(form.id.trim())))

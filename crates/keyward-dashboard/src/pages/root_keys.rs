@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use keyward_core::scope::Scope;
 use keyward_proto::{CreateRootKeyRequest, Page, RootKey, RootKeyWithSecret};
@@ -13,10 +12,8 @@ use serde::Deserialize;
 use crate::api::path;
 use crate::error::PageError;
 use crate::pages::apps::refusal;
-use crate::pages::{back_to, Confirmed, RevealPage, Revealed};
-use crate::view::{
-    filled, render, render_with, split_list, when, Layout, Notice, Section, Submitted,
-};
+use crate::pages::{back_to, list_page, Confirmed, RevealPage, Revealed};
+use crate::view::{filled, render, split_list, when, Layout, Notice, Section, Submitted};
 use crate::{Dashboard, SignedIn};
 
 #[derive(Template)]
@@ -49,25 +46,16 @@ async fn page(
     signed: SignedIn,
     notice: Option<Notice>,
 ) -> Result<Response, PageError> {
-    let keys = dashboard
-        .api
-        .get(
-            signed.key(),
-            &path(&["root-keys"], Some(&[("limit", "100")])),
-        )
-        .await?;
-    let status = if notice.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    Ok(render_with(
-        status,
-        &RootKeysPage {
-            layout: Layout::new(&signed, Section::RootKeys, "Root keys").with_notice(notice),
-            keys,
-        },
-    ))
+    list_page(
+        dashboard,
+        signed,
+        "root-keys",
+        notice,
+        |layout, keys| RootKeysPage { layout, keys },
+        Section::RootKeys,
+        "Root keys",
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]

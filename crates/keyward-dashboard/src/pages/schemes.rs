@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::response::Response;
 use keyward_proto::{
     CreateRateLimitSchemeRequest, Page, RateLimitScheme, RateWindow, UpdateRateLimitSchemeRequest,
@@ -14,8 +14,8 @@ use serde::Deserialize;
 use crate::api::path;
 use crate::error::PageError;
 use crate::pages::apps::refusal;
-use crate::pages::{back_to, Confirmed};
-use crate::view::{render_with, Layout, Notice, Section, Submitted};
+use crate::pages::{back_to, list_page, Confirmed};
+use crate::view::{Layout, Notice, Section, Submitted};
 use crate::{Dashboard, SignedIn};
 
 #[derive(Template)]
@@ -49,25 +49,16 @@ async fn page(
     signed: SignedIn,
     notice: Option<Notice>,
 ) -> Result<Response, PageError> {
-    let schemes = dashboard
-        .api
-        .get(
-            signed.key(),
-            &path(&["rate-limit-schemes"], Some(&[("limit", "100")])),
-        )
-        .await?;
-    let status = if notice.is_some() {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    Ok(render_with(
-        status,
-        &SchemesPage {
-            layout: Layout::new(&signed, Section::Schemes, "Rate limits").with_notice(notice),
-            schemes,
-        },
-    ))
+    list_page(
+        dashboard,
+        signed,
+        "rate-limit-schemes",
+        notice,
+        |layout, schemes| SchemesPage { layout, schemes },
+        Section::Schemes,
+        "Rate limits",
+    )
+    .await
 }
 
 /// `limit/seconds` pairs separated by commas or new lines, e.g. `10/1, 1000/3600`.
@@ -164,14 +155,12 @@ pub(crate) async fn delete(
 ) -> Result<Response, PageError> {
     let deleted = dashboard
         .api
-        .call::<serde_json::Value>(
+        .delete(
             signed.key(),
-            Method::DELETE,
             &path(&["rate-limit-schemes", &slug], None::<&()>),
-            None::<&()>,
         )
         .await;
-    finish(&dashboard, signed, deleted.map(drop)).await
+    finish(&dashboard, signed, deleted).await
 }
 
 #[cfg(test)]
