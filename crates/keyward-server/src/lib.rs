@@ -467,6 +467,9 @@ fn api_router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     let (api, openapi) = routes::api(Arc::clone(&state)).split_for_parts();
     let openapi = Arc::new(openapi::finish(openapi));
     api.merge(routes::ops::openapi_router(openapi))
+        // An explicit fallback keeps these layers (and so the error envelope of an unknown
+        // route) once the dashboard's routes are merged in.
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             config.max_body_bytes,
