@@ -38,7 +38,9 @@ impl Cluster {
                     ("KEYWARD_NODE_ID", name),
                     ("KEYWARD_CLUSTER_LEASE_MS", LEASE_MS),
                     ("KEYWARD_DB_ACQUIRE_TIMEOUT_SECONDS", "1"),
-                    ("KEYWARD_REQUEST_TIMEOUT_SECONDS", "2"),
+                    // Well above the two leases a change may wait for a silent node, so that
+                    // a loaded machine (a browser test beside it) cannot time a revoke out.
+                    ("KEYWARD_REQUEST_TIMEOUT_SECONDS", "5"),
                 ],
             );
             if let Some((live, _)) = &node.first_keys {
