@@ -126,3 +126,14 @@ pub struct EventKey {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
+
+/// The URL parameters of `GET /ws` (SPEC §4.4), plus `since` to resume.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SocketParams {
+    #[serde(rename = "api-key")]
+    pub api_key: Option<String>,
+    pub token: Option<String>,
+    pub tenant: Option<String>,
+    /// The id of the last event the client received (`evt_…`).
+    pub since: Option<String>,
+}

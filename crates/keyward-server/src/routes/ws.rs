@@ -13,9 +13,8 @@ use futures_util::SinkExt;
 use keyward_core::credential::{self, Presented};
 use keyward_core::event::{Audience, Channel, Event};
 use keyward_core::scope::Scope;
-use keyward_proto::{self as wire, ServerMessage};
+use keyward_proto::{self as wire, ServerMessage, SocketParams};
 use keyward_store::EventScope;
-use serde::Deserialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::Instant;
 
@@ -24,17 +23,6 @@ use crate::events::{Delivery, SocketPermit};
 use crate::extract::{root_key_refusal, ApiQuery};
 use crate::middleware::RequestId;
 use crate::{clock, convert, AppState};
-
-/// The URL parameters of SPEC §4.4, plus `since` to resume.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct SocketParams {
-    #[serde(rename = "api-key")]
-    api_key: Option<String>,
-    token: Option<String>,
-    tenant: Option<String>,
-    /// The id of the last event the client received (`evt_…`).
-    since: Option<String>,
-}
 
 /// The largest message a client may send; its messages are tiny.
 const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
