@@ -1,0 +1,412 @@
+"""Drives bench/compare.sh (issue 9): Keyward against the tools a team might already use to
+check API keys, on this machine, in the same run.
+
+Every system runs on loopback with the configuration kept in bench/peers/, is fed the same
+kind of credential, good and bad, and is measured with wrk (1 thread, 32 connections; wrk
+and the system under test share the machine's cores). Each case runs RUNS times and the
+median is reported, with requests per second, p50 and p99 latency, and the server's CPU time
+per request (utime + stime of its whole process tree, from /proc, before and after)."""
+
+import base64
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from kwbench import call, start_server, stop, wait_ready
+
+BINARY, SECONDS, RUNS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
+# Keys seeded into every system's key store; the benchmark presents one of them.
+SEEDED_KEYS = 10_000
+# Fresh JWTs for the "a new token each request" case, per run: more than a run can use (an
+# uncached ES256 check costs ~50 µs), so that no token is verified twice in the whole
+# benchmark and the token cache never helps.
+TOKENS_PER_RUN = int(os.environ.get("KW_COMPARE_TOKENS_PER_RUN", SECONDS * 40_000))
+CLOCK_TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def fill(template, directory, **values):
+    """A peer's configuration from bench/peers/, with its @@NAME@@ placeholders filled."""
+    with open(os.path.join(PEERS, template)) as source:
+        text = source.read()
+    for name, value in {"DIR": directory, **values}.items():
+        text = text.replace(f"@@{name}@@", str(value))
+    path = os.path.join(directory, template)
+    with open(path, "w") as out:
+        out.write(text)
+    return path
+
+
+def tree_cpu_us(pid):
+    """CPU time used so far by `pid` and every process below it, in µs."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                children.setdefault(int(fields[1]), []).append(int(entry))
+            except OSError:
+                pass
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            with open(f"/proc/{current}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+        stack.extend(children.get(current, []))
+    return total * CLOCK_TICK_US
+
+
+def wrk_once(url, script, expect_ok, env=None):
+    """One wrk run: (requests/s, p50 ms, p99 ms, requests). Good credentials must all get a
+    2xx and bad ones must all be refused, or the figure would measure the wrong thing."""
+    command = ["wrk", "-t1", "-c32", f"-d{SECONDS}s", "--latency", "-s", script, url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True,
+                            env={**os.environ, **(env or {})}).stdout
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    refused = int(refused.group(1)) if refused else 0
+    if expect_ok and refused:
+        raise SystemExit(f"{url} ({script}): {refused} of {requests} refused\n{output}")
+    if not expect_ok and refused < requests:
+        raise SystemExit(f"{url}: {requests - refused} of {requests} accepted\n{output}")
+
+    def latency(label):
+        match = re.search(rf"{label}%\s+([\d.]+)(\w+)", output)
+        return float(match.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    return rps, latency("50"), latency("99"), requests
+
+
+def lua_script(directory, name, method="GET", headers=None, body=None, tokens_file=None):
+    """A wrk script; with `tokens_file`, each request carries the next token of the file
+    in its body (the gateway request's Authorization header)."""
+    path = os.path.join(directory, f"{name}.lua")
+    lines = [f'wrk.method = "{method}"']
+    for header, value in (headers or {}).items():
+        lines.append(f"wrk.headers[{json.dumps(header)}] = {json.dumps(value)}")
+    if body is not None and tokens_file is None:
+        lines.append(f"wrk.body = {json.dumps(json.dumps(body))}")
+    if tokens_file:
+        prefix, suffix = json.dumps(body).split("@@TOKEN@@")
+        lines.append(f"""
+local tokens = {{}}
+for line in io.lines({json.dumps(tokens_file)}) do tokens[#tokens + 1] = line end
+-- Each run starts where bench/compare.py says, so that no run repeats another's tokens.
+local next_token = tonumber(os.getenv("KW_TOKEN_OFFSET") or "0")
+request = function()
+  next_token = next_token % #tokens + 1
+  return wrk.format(nil, nil, nil, {json.dumps(prefix)} .. tokens[next_token] .. {json.dumps(suffix)})
+end""")
+    with open(path, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    return path
+
+
+class Case:
+    def __init__(self, system, name, url, script, pid, expect_ok=True, tokens_per_run=None):
+        self.system, self.name, self.url, self.script = system, name, url, script
+        self.pid, self.expect_ok = pid, expect_ok
+        self.tokens_per_run = tokens_per_run
+        self.runs = []
+        self.started = 0
+
+    def run(self, warm_up=False):
+        env = None
+        if self.tokens_per_run:
+            env = {"KW_TOKEN_OFFSET": str(self.started * self.tokens_per_run)}
+        self.started += 1
+        before = tree_cpu_us(self.pid)
+        rps, p50, p99, requests = wrk_once(self.url, self.script, self.expect_ok, env)
+        if self.tokens_per_run and requests > self.tokens_per_run:
+            raise SystemExit(f"{self.name}: {requests} requests but {self.tokens_per_run} "
+                             "tokens per run; raise KW_COMPARE_TOKENS_PER_RUN")
+        if warm_up:
+            return
+        cpu = (tree_cpu_us(self.pid) - before) / max(requests, 1)
+        self.runs.append((rps, p50, p99, cpu))
+
+    def median(self, index):
+        return statistics.median(run[index] for run in self.runs)
+
+
+# JWTs: ES256, signed with the `cryptography` package (installed by compare.sh).
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def es256_signer(directory):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    with open(os.path.join(directory, "jwt-public.pem"), "w") as out:
+        out.write(public_pem)
+    header = b64url(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
+
+    def sign(subject):
+        claims = b64url(json.dumps({"sub": subject, "exp": int(time.time()) + 86400}).encode())
+        signing_input = f"{header}.{claims}".encode()
+        r, s = decode_dss_signature(private.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        return f"{header}.{claims}.{b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    return public_pem, sign
+
+
+def forged(token):
+    """The same token with its signature's last character changed."""
+    return token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+
+
+def keyward_cases(directory, public_pem, sign, cases, processes):
+    process, base, root = start_server(BINARY, os.path.join(directory, "keyward"))
+    processes.append(process)
+    wait_ready(base)
+    call(base, root, "POST", "/api/v1/apps", {"name": "Bench", "slug": "bench"})
+    call(base, root, "POST", "/api/v1/rate-limit-schemes", {
+        "slug": "roomy", "windows": [{"limit": 1_000_000_000, "period_seconds": 1}]})
+    good = call(base, root, "POST", "/api/v1/apps/bench/keys", {"name": "good"})["secret"]
+    limited = call(base, root, "POST", "/api/v1/apps/bench/keys", {
+        "name": "limited", "rate_limit_scheme": "roomy",
+        "credits": {"remaining": 1_000_000_000_000}})["secret"]
+    gone = call(base, root, "POST", "/api/v1/apps/bench/keys", {"name": "gone"})
+    call(base, root, "DELETE", f"/api/v1/keys/{gone['id']}")
+    public_key = call(base, root, "POST", "/api/v1/public-keys", {
+        "type": "jwt", "public_key": public_pem, "algorithms": ["ES256"]})["key"]
+    warm_token = sign("usr_warm")
+    tokens_file = os.path.join(directory, "fresh-tokens.txt")
+    started = time.time()
+    fresh_tokens = TOKENS_PER_RUN * (RUNS + 1)
+    with open(tokens_file, "w") as out:
+        for n in range(fresh_tokens):
+            out.write(sign(f"usr_{n}") + "\n")
+    print(f"(signed {fresh_tokens:,} fresh tokens in {time.time() - started:.0f} s)",
+          file=sys.stderr)
+
+    auth = {"Authorization": f"Bearer {root}", "Content-Type": "application/json"}
+    verify = base + "/api/v1/keys/verify"
+    gateway = base + "/api/v1/verify-request"
+
+    def gateway_body(token):
+        return {"method": "GET", "path": "/orders",
+                "headers": {"X-API-Key": public_key, "Authorization": f"Bearer {token}"}}
+
+    # verify answers 200 with the verdict in the body; a refusal is checked once here, since
+    # wrk sees only the status.
+    for key, code in [(good, "VALID"), (gone["secret"], "INVALID_KEY"), (limited, "VALID")]:
+        verdict = call(base, root, "POST", "/api/v1/keys/verify", {"key": key})
+        assert verdict["code"] == code, verdict
+    assert call(base, root, "POST", "/api/v1/verify-request", gateway_body(warm_token))["valid"]
+    assert not call(base, root, "POST", "/api/v1/verify-request",
+                    gateway_body(forged(warm_token)))["valid"]
+
+    pid = process.pid
+    cases += [
+        Case("Keyward", "GET /healthz (ceiling)", base + "/healthz",
+             lua_script(directory, "kw-health"), pid),
+        Case("Keyward", "keys/verify, valid key", verify,
+             lua_script(directory, "kw-good", "POST", auth, {"key": good}), pid),
+        Case("Keyward", "keys/verify, unknown key", verify,
+             lua_script(directory, "kw-bad", "POST", auth, {"key": gone["secret"]}), pid),
+        Case("Keyward", "keys/verify, rate limit + credits", verify,
+             lua_script(directory, "kw-limited", "POST", auth, {"key": limited}), pid),
+        Case("Keyward", "verify-request, pk_jwt + ES256 JWT, warm", gateway,
+             lua_script(directory, "kw-jwt-warm", "POST", auth, gateway_body(warm_token)), pid),
+        Case("Keyward", "verify-request, pk_jwt + forged JWT", gateway,
+             lua_script(directory, "kw-jwt-forged", "POST", auth,
+                        gateway_body(forged(warm_token))), pid),
+        Case("Keyward", "verify-request, pk_jwt + a fresh JWT each request", gateway,
+             lua_script(directory, "kw-jwt-fresh", "POST", auth, gateway_body("@@TOKEN@@"),
+                        tokens_file=tokens_file), pid, tokens_per_run=TOKENS_PER_RUN),
+    ]
+    return good
+
+
+def seeded_keys():
+    return [f"key_{secrets.token_hex(16)}" for _ in range(SEEDED_KEYS)]
+
+
+def nginx_cases(directory, keys, cases, processes):
+    # nginx's workers drop to an unprivileged user when started as root: they must be able
+    # to read the page they serve.
+    os.chmod(directory, 0o755)
+    os.makedirs(os.path.join(directory, "www"), exist_ok=True)
+    with open(os.path.join(directory, "www", "ok.txt"), "w") as out:
+        out.write("ok\n")
+    with open(os.path.join(directory, "nginx-keys.map"), "w") as out:
+        for n, key in enumerate(keys):
+            out.write(f'"{key}" "client_{n}";\n')
+    static_port, keys_port = free_port(), free_port()
+    config = fill("nginx.conf", directory, STATIC_PORT=static_port, KEYS_PORT=keys_port)
+    process = subprocess.Popen(["nginx", "-c", config, "-p", directory],
+                               stderr=subprocess.DEVNULL)
+    processes.append(process)
+    wait_port(static_port)
+    wait_port(keys_port)
+    good = {"X-API-Key": keys[len(keys) // 2]}
+    bad = {"X-API-Key": "key_" + "0" * 32}
+    cases += [
+        Case("nginx", "return 200 (ceiling)", f"http://127.0.0.1:{static_port}/",
+             lua_script(directory, "nginx-static"), process.pid),
+        Case("nginx", "X-API-Key in a map + limit_req, valid key",
+             f"http://127.0.0.1:{keys_port}/", lua_script(directory, "nginx-good", headers=good),
+             process.pid),
+        Case("nginx", "X-API-Key in a map, unknown key", f"http://127.0.0.1:{keys_port}/",
+             lua_script(directory, "nginx-bad", headers=bad), process.pid, expect_ok=False),
+    ]
+
+
+def haproxy_cases(directory, keys, sign, warm_token, cases, processes):
+    with open(os.path.join(directory, "haproxy-keys.map"), "w") as out:
+        for n, key in enumerate(keys):
+            out.write(f"{key} client_{n}\n")
+    map_port, jwt_port = free_port(), free_port()
+    config = fill("haproxy.cfg", directory, MAP_PORT=map_port, JWT_PORT=jwt_port)
+    process = subprocess.Popen(["haproxy", "-db", "-f", config], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    processes.append(process)
+    wait_port(map_port)
+    wait_port(jwt_port)
+    cases += [
+        Case("HAProxy", "X-API-Key in a map, valid key", f"http://127.0.0.1:{map_port}/",
+             lua_script(directory, "haproxy-good", headers={"X-API-Key": keys[len(keys) // 2]}),
+             process.pid),
+        Case("HAProxy", "X-API-Key in a map, unknown key", f"http://127.0.0.1:{map_port}/",
+             lua_script(directory, "haproxy-bad", headers={"X-API-Key": "key_" + "0" * 32}),
+             process.pid, expect_ok=False),
+        Case("HAProxy", "jwt_verify ES256, valid JWT", f"http://127.0.0.1:{jwt_port}/",
+             lua_script(directory, "haproxy-jwt-good",
+                        headers={"Authorization": f"Bearer {warm_token}"}), process.pid),
+        Case("HAProxy", "jwt_verify ES256, forged JWT", f"http://127.0.0.1:{jwt_port}/",
+             lua_script(directory, "haproxy-jwt-bad",
+                        headers={"Authorization": f"Bearer {forged(warm_token)}"}),
+             process.pid, expect_ok=False),
+    ]
+
+
+def express_gateway_cases(directory, cases, processes):
+    source = os.path.join(PEERS, "express-gateway")
+    gateway = os.path.join(directory, "express-gateway")
+    shutil.copytree(source, gateway, ignore=shutil.ignore_patterns("node_modules"))
+    os.symlink(os.path.join(source, "node_modules"), os.path.join(gateway, "node_modules"))
+    http_port, admin_port = free_port(), free_port()
+    process = subprocess.Popen(
+        ["node", "server.js"], cwd=gateway, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "EG_HTTP_PORT": str(http_port), "EG_ADMIN_PORT": str(admin_port),
+             "LOG_LEVEL": "error", "NODE_ENV": "production"})
+    processes.append(process)
+    wait_port(http_port)
+    wait_port(admin_port)
+
+    def admin(path, body):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{admin_port}{path}", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request) as response:
+            return json.load(response)
+
+    admin("/users", {"username": "bench", "firstname": "Bench", "lastname": "Mark"})
+    credential = admin("/credentials", {"consumerId": "bench", "type": "key-auth",
+                                        "credential": {}})
+    good = f"apiKey {credential['keyId']}:{credential['keySecret']}"
+    bad = f"apiKey {credential['keyId']}:{'0' * 22}"
+    cases += [
+        Case("Express Gateway", "key-auth, valid key", f"http://127.0.0.1:{http_port}/",
+             lua_script(directory, "eg-good", headers={"Authorization": good}), process.pid),
+        Case("Express Gateway", "key-auth, wrong secret", f"http://127.0.0.1:{http_port}/",
+             lua_script(directory, "eg-bad", headers={"Authorization": bad}), process.pid,
+             expect_ok=False),
+    ]
+
+
+def main():
+    processes, cases = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            public_pem, sign = es256_signer(directory)
+            keyward_cases(directory, public_pem, sign, cases, processes)
+            keys = seeded_keys()
+            nginx_cases(directory, keys, cases, processes)
+            haproxy_cases(directory, keys, sign, sign("usr_warm"), cases, processes)
+            express_gateway_cases(directory, cases, processes)
+            for case in cases:  # warm-up: caches, JITs, connection pools
+                case.run(warm_up=True)
+            for run in range(RUNS):
+                for case in cases:
+                    case.run()
+                print(f"(run {run + 1} of {RUNS} done)", file=sys.stderr)
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    report(cases)
+
+
+def report(cases):
+    by_name = {(case.system, case.name): case for case in cases}
+
+    def rps(system, name):
+        return by_name[(system, name)].median(0)
+
+    print(f"\n{SECONDS} s per run, median of {RUNS} runs; wrk -t1 -c32 on the same 2 cores.\n")
+    print("| system | case | req/s | p50 | p99 | server CPU per request |")
+    print("|---|---|---|---|---|---|")
+    for case in cases:
+        print(f"| {case.system} | {case.name} | {case.median(0):,.0f} | {case.median(1):.2f} ms "
+              f"| {case.median(2):.2f} ms | {case.median(3):.1f} µs |")
+    verify = rps("Keyward", "keys/verify, valid key")
+    targets = [
+        ("Keyward verify / Keyward /healthz", verify / rps("Keyward", "GET /healthz (ceiling)"), 0.70),
+        ("Keyward verify / HAProxy key map", verify / rps("HAProxy", "X-API-Key in a map, valid key"), 0.70),
+        ("Keyward warm JWT / HAProxy jwt_verify",
+         rps("Keyward", "verify-request, pk_jwt + ES256 JWT, warm")
+         / rps("HAProxy", "jwt_verify ES256, valid JWT"), 1.0),
+        ("Keyward verify / Express Gateway key-auth",
+         verify / rps("Express Gateway", "key-auth, valid key"), 50.0),
+    ]
+    print("\n| ratio (same run) | measured | target | |")
+    print("|---|---|---|---|")
+    for name, measured, target in targets:
+        verdict = "met" if measured >= target else "**missed**"
+        print(f"| {name} | {measured:.2f}× | ≥ {target}× | {verdict} |")
+
+
+main()
