@@ -275,6 +275,11 @@ def run(cluster, log, stop, database_relay, redis_relay):
                         revoked.setdefault(key["secret"], time.monotonic())
                     for _ in range(3):
                         verify(secret, "after-revoke")
+                # Deleted at the end of its cycle, so that the number of keys stays steady and
+                # memory measures the server, not a growing key population.
+                status, _ = cluster.call(random.randrange(3), "DELETE", f"/api/v1/keys/{key['id']}")
+                log.answer(time.monotonic(), time.monotonic(), index, "delete", status, None)
+                verify(secret, "after-revoke")
             except OSError:
                 time.sleep(0.2)
 
@@ -364,6 +369,7 @@ def run(cluster, log, stop, database_relay, redis_relay):
 
 
 def report(cluster, log, samples, metered, spent, in_fault, started_at):
+    resource_failures = []
     print(f"\nSoak: {DURATION} s, three nodes on PostgreSQL and Redis; faults at "
           + ", ".join(f"{start - started_at:.0f}–{end - started_at:.0f} s ({what})"
                       for start, end, what in log.faults) + ".\n")
@@ -377,8 +383,16 @@ def report(cluster, log, samples, metered, spent, in_fault, started_at):
         fds = [fds for _, _, fds in after]
         print(f"| node {index}: RSS after warm-up → last minute | {statistics.median(first) / 1024:.1f} → "
               f"{statistics.median(last) / 1024:.1f} MiB ({growth:+.1%}) | < 5% growth |")
-        print(f"| node {index}: open descriptors after warm-up (min–max) | {min(fds)}–{max(fds)}, "
-              f"last {fds[-1]} | flat |")
+        first_fds = [fds for m, _, fds in after if m < WARM_UP + 60]
+        last_fds = [fds for m, _, fds in after if m >= DURATION - 60]
+        print(f"| node {index}: open descriptors after warm-up → last minute (min–max) | "
+              f"{min(first_fds)}–{max(first_fds)} → {min(last_fds)}–{max(last_fds)} | flat |")
+        if growth >= 0.05:
+            resource_failures.append(f"node {index} RSS grew {growth:.1%}")
+        # Flat: the last minute's descriptors stay within what the first minute used, give or
+        # take the few connections that come and go.
+        if max(last_fds) > max(first_fds) + 8:
+            resource_failures.append(f"node {index} descriptors grew")
     answers = log.answers
     total = len(answers)
     outside_5xx = [a for a in answers if a[4] and a[4] >= 500 and not in_fault(a[0])]
@@ -406,7 +420,9 @@ def report(cluster, log, samples, metered, spent, in_fault, started_at):
     print(f"| connections refused outside fault windows | {len(outside_refused)} | 0 |")
     print(f"| other violations | {len(log.violations) - len(revoked_accepted)} | 0 |")
     failed = (revoked_accepted or overspent or outside_5xx or unclean or outside_refused
-              or len(log.violations) > len(revoked_accepted))
+              or len(log.violations) > len(revoked_accepted) or resource_failures)
+    for failure in resource_failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
     if failed:
         for entry in (outside_5xx + unclean + outside_refused)[:10]:
             print(f"  e.g. {entry}", file=sys.stderr)

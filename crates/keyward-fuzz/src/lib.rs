@@ -136,7 +136,9 @@ pub fn permission_query(data: &[u8]) {
     let names: Vec<String> = text
         .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
         .filter(|word| {
-            !word.is_empty() && !word.eq_ignore_ascii_case("and") && !word.eq_ignore_ascii_case("or")
+            !word.is_empty()
+                && !word.eq_ignore_ascii_case("and")
+                && !word.eq_ignore_ascii_case("or")
         })
         .map(str::to_owned)
         .collect();
