@@ -13,8 +13,11 @@ use keyward_core::signature::SignatureHeader;
 use keyward_core::token::{self, JwtAlgorithm, UserTokenClaims};
 use keyward_core::Timestamp;
 
+/// A fuzz target: arbitrary bytes in, a panic on any failed expectation.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name, as `fuzz/fuzz_targets/` and the corpus folders name them.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("key_format", key_format),
     ("credential_headers", credential_headers),
     ("signature_header", signature_header),
