@@ -38,9 +38,10 @@ impl Cluster {
                     ("KEYWARD_NODE_ID", name),
                     ("KEYWARD_CLUSTER_LEASE_MS", LEASE_MS),
                     ("KEYWARD_DB_ACQUIRE_TIMEOUT_SECONDS", "1"),
-                    // Well above the two leases a change may wait for a silent node, so that
-                    // a loaded machine (a browser test beside it) cannot time a revoke out.
-                    ("KEYWARD_REQUEST_TIMEOUT_SECONDS", "5"),
+                    // Well above what a change may wait for a silent node (two leases, or a
+                    // partitioned node's row lock until PostgreSQL ends its idle transaction
+                    // after 3 s), so that a loaded machine cannot time a revoke out.
+                    ("KEYWARD_REQUEST_TIMEOUT_SECONDS", "8"),
                 ],
             );
             if let Some((live, _)) = &node.first_keys {
