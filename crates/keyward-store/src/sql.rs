@@ -199,15 +199,6 @@ impl SqlStore {
                                 connection.execute(pragma).await?;
                             }
                         }
-                        if backend == Backend::Postgres {
-                            // A node cut off mid-transaction (a partition, a stalled
-                            // network) would otherwise hold its row locks until TCP gives
-                            // up, blocking other nodes' revocations of those rows. Keyward
-                            // never leaves a transaction idle on purpose.
-                            connection
-                                .execute("SET idle_in_transaction_session_timeout = '3s'")
-                                .await?;
-                        }
                         Ok(())
                     })
                 })
