@@ -5,6 +5,7 @@
 //! time ([`Timestamp`]) and randomness (any [`SecureRng`]) are parameters, so every rule
 //! here is testable without sleeping, mocking or a runtime.
 
+pub mod address;
 pub mod analytics;
 pub mod base62;
 pub mod credential;

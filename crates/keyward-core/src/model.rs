@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::scope::ScopeSet;
+use crate::scope::{Scope, ScopeSet};
 use crate::secret::KeyHash;
 use crate::time::Timestamp;
 use crate::usage::{CapUsage, Credits, Period, RateWindow};
@@ -249,6 +249,26 @@ pub struct PublicKey {
     pub updated_at: Timestamp,
 }
 
+impl PublicKey {
+    /// What holding this key's trust confers, as the scopes a caller must hold to create,
+    /// rotate or delete it (docs/credentials.md, "No credential confers more than its
+    /// creator holds").
+    ///
+    /// - A JWT public key is a trust anchor: whoever controls its key source (an inline key,
+    ///   or the JWKS URL) mints end users with any subject and any permissions, which every
+    ///   gateway that asks Keyward then believes. Only `*` confers that.
+    /// - A client public key vouches for nobody by itself (its tokens come from signing
+    ///   keys), but with a `self_service_app` it lets end users issue, rotate and revoke
+    ///   keys of that app: the power of `keys:write`.
+    pub fn conferred_scopes(&self) -> ScopeSet {
+        match (&self.kind, &self.self_service_app) {
+            (PublicKeyKind::Jwt(_), _) => ScopeSet::all(),
+            (PublicKeyKind::Client, Some(_)) => Scope::KeysWrite.into(),
+            (PublicKeyKind::Client, None) => ScopeSet::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum PublicKeyKind {
     Jwt(JwtSettings),
@@ -283,6 +303,15 @@ pub struct SigningKey {
     /// SubjectPublicKeyInfo PEM.
     pub public_key_pem: String,
     pub created_at: Timestamp,
+}
+
+impl SigningKey {
+    /// A signing key is a trust anchor for every client public key of its environment: its
+    /// holder signs user tokens for any subject and tenant, present and future self-service
+    /// keys included. Only `*` confers that.
+    pub fn conferred_scopes() -> ScopeSet {
+        ScopeSet::all()
+    }
 }
 
 /// A workspace key (`wk_…`): its secret signs backend requests with HMAC-SHA256.

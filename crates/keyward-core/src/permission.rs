@@ -8,6 +8,10 @@ pub const MAX_QUERY_LEN: usize = 4096;
 /// Bounds recursion, so a hostile query cannot exhaust the stack.
 pub const MAX_QUERY_DEPTH: usize = 32;
 
+// Errors name what was wrong and where, never the text itself: a secret pasted into the
+// wrong field is often a valid permission name (`acme_live_…`), and messages go back to
+// the caller and into logs.
+
 /// A permission name: 1 to 128 of `A-Z a-z 0-9 _ : . - /`, and not a query keyword.
 pub fn is_valid_permission(name: &str) -> bool {
     (1..=MAX_PERMISSION_LEN).contains(&name.len())
@@ -33,9 +37,14 @@ pub enum QueryError {
     #[error("the permission query is incomplete or has an unmatched parenthesis")]
     Incomplete,
     #[error("unexpected {0} in the permission query")]
-    UnexpectedToken(String),
-    #[error("{0:?} is not a valid permission name")]
-    InvalidPermission(String),
+    UnexpectedToken(&'static str),
+    #[error("a permission name in the query is longer than {MAX_PERMISSION_LEN} characters")]
+    PermissionTooLong,
+    #[error(
+        "item {0} of the permission list is not a valid permission name (1 to \
+         {MAX_PERMISSION_LEN} of A-Z a-z 0-9 _ : . - /)"
+    )]
+    InvalidPermission(usize),
 }
 
 /// A parsed permission query.
@@ -54,11 +63,12 @@ impl PermissionQuery {
         }
         let terms = names
             .iter()
-            .map(|name| {
+            .enumerate()
+            .map(|(index, name)| {
                 if is_valid_permission(name) {
                     Ok(Self::Has(name.clone()))
                 } else {
-                    Err(QueryError::InvalidPermission(name.clone()))
+                    Err(QueryError::InvalidPermission(index))
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -80,7 +90,7 @@ impl PermissionQuery {
         let query = parser.or_expression(0)?;
         match parser.tokens.get(parser.position) {
             None => Ok(query),
-            Some(token) => Err(QueryError::UnexpectedToken(token.to_string())),
+            Some(token) => Err(QueryError::UnexpectedToken(token.describe())),
         }
     }
 
@@ -121,14 +131,15 @@ enum Token {
     Close,
 }
 
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Token {
+    /// What kind of token it is, for an error message; never a name's text.
+    const fn describe(&self) -> &'static str {
         match self {
-            Token::Name(name) => write!(f, "permission {name:?}"),
-            Token::And => f.write_str("AND"),
-            Token::Or => f.write_str("OR"),
-            Token::Open => f.write_str("'('"),
-            Token::Close => f.write_str("')'"),
+            Token::Name(_) => "permission name",
+            Token::And => "AND",
+            Token::Or => "OR",
+            Token::Open => "'('",
+            Token::Close => "')'",
         }
     }
 }
@@ -157,7 +168,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, QueryError> {
                 } else if word.eq_ignore_ascii_case("or") {
                     Token::Or
                 } else if word.len() > MAX_PERMISSION_LEN {
-                    return Err(QueryError::InvalidPermission(word.to_owned()));
+                    return Err(QueryError::PermissionTooLong);
                 } else {
                     Token::Name(word.to_owned())
                 });
@@ -214,11 +225,11 @@ impl Parser {
                 let inner = self.or_expression(depth + 1)?;
                 match self.next() {
                     Some(Token::Close) => Ok(inner),
-                    Some(other) => Err(QueryError::UnexpectedToken(other.to_string())),
+                    Some(other) => Err(QueryError::UnexpectedToken(other.describe())),
                     None => Err(QueryError::Incomplete),
                 }
             }
-            Some(other) => Err(QueryError::UnexpectedToken(other.to_string())),
+            Some(other) => Err(QueryError::UnexpectedToken(other.describe())),
             None => Err(QueryError::Incomplete),
         }
     }
@@ -267,10 +278,10 @@ mod tests {
         assert_eq!(PermissionQuery::parse("  "), Err(QueryError::Empty));
         assert_eq!(PermissionQuery::parse("(a"), Err(QueryError::Incomplete));
         assert_eq!(PermissionQuery::parse("a AND"), Err(QueryError::Incomplete));
-        assert!(matches!(
+        assert_eq!(
             PermissionQuery::parse("a b"),
-            Err(QueryError::UnexpectedToken(_))
-        ));
+            Err(QueryError::UnexpectedToken("permission name"))
+        );
         assert!(matches!(
             PermissionQuery::parse("a)"),
             Err(QueryError::UnexpectedToken(_))
@@ -285,6 +296,23 @@ mod tests {
             PermissionQuery::parse(&"a ".repeat(3000)),
             Err(QueryError::TooLong)
         );
+    }
+
+    #[test]
+    fn errors_never_quote_the_query() {
+        let secret = "acme_live_AbCdEfGhIjKlMnOpQrStUvWx123456";
+        for query in [
+            format!("a {secret}"),
+            format!("{secret} {secret}"),
+            format!("({secret}"),
+            format!("{secret})"),
+            format!("{secret}{}", "x".repeat(200)),
+        ] {
+            let error = PermissionQuery::parse(&query).unwrap_err().to_string();
+            assert!(!error.contains("acme_live"), "{error}");
+        }
+        let error = PermissionQuery::all_of(&["ok".to_owned(), format!("{secret} x")]).unwrap_err();
+        assert_eq!(error, QueryError::InvalidPermission(1));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-/// One scope. `X:write` implies `X:read`, and `*` implies everything.
+/// One scope. `X:write` implies `X:read`, `keys:read` implies `usage:read` (a key's usage is
+/// part of what a reader of keys sees), and `*` implies everything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     All,
@@ -81,18 +82,25 @@ impl Scope {
         1 << self as u32
     }
 
-    /// The scope a `:write` scope implies.
-    const fn implied_read(self) -> Option<Scope> {
+    /// The scopes this one grants directly, besides itself.
+    const fn directly_implied(self) -> &'static [Scope] {
         match self {
-            Scope::AppsWrite => Some(Scope::AppsRead),
-            Scope::KeysWrite => Some(Scope::KeysRead),
-            Scope::RootKeysWrite => Some(Scope::RootKeysRead),
-            Scope::EnvironmentWrite => Some(Scope::EnvironmentRead),
-            Scope::PublicKeysWrite => Some(Scope::PublicKeysRead),
-            Scope::SigningKeysWrite => Some(Scope::SigningKeysRead),
-            Scope::WorkspaceKeysWrite => Some(Scope::WorkspaceKeysRead),
-            _ => None,
+            Scope::AppsWrite => &[Scope::AppsRead],
+            Scope::KeysWrite => &[Scope::KeysRead],
+            Scope::KeysRead => &[Scope::UsageRead],
+            Scope::RootKeysWrite => &[Scope::RootKeysRead],
+            Scope::EnvironmentWrite => &[Scope::EnvironmentRead],
+            Scope::PublicKeysWrite => &[Scope::PublicKeysRead],
+            Scope::SigningKeysWrite => &[Scope::SigningKeysRead],
+            Scope::WorkspaceKeysWrite => &[Scope::WorkspaceKeysRead],
+            _ => &[],
         }
+    }
+
+    fn implies(self, needed: Scope) -> bool {
+        self.directly_implied()
+            .iter()
+            .any(|&implied| implied == needed || implied.implies(needed))
     }
 }
 
@@ -125,7 +133,7 @@ impl ScopeSet {
             || self.contains(needed)
             || Scope::EVERY
                 .into_iter()
-                .any(|held| self.contains(held) && held.implied_read() == Some(needed))
+                .any(|held| self.contains(held) && held.implies(needed))
     }
 
     /// Whether every scope of `other` is granted by `self`: a root key may only mint keys
@@ -164,6 +172,12 @@ impl fmt::Debug for ScopeSet {
     }
 }
 
+impl From<Scope> for ScopeSet {
+    fn from(scope: Scope) -> Self {
+        Self(scope.bit())
+    }
+}
+
 impl FromIterator<Scope> for ScopeSet {
     fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
         let mut set = Self::default();
@@ -182,6 +196,9 @@ mod tests {
         assert!(writer.grants(Scope::KeysRead));
         assert!(writer.grants(Scope::KeysWrite));
         assert!(!writer.grants(Scope::AppsRead));
+        assert!(writer.grants(Scope::UsageRead));
+        let usage: ScopeSet = Scope::UsageRead.into();
+        assert!(usage.grants(Scope::UsageRead) && !usage.grants(Scope::KeysRead));
         assert!(!writer.grants(Scope::Verify));
         for scope in Scope::EVERY {
             assert!(ScopeSet::all().grants(scope));

@@ -67,30 +67,22 @@ impl JwtAlgorithm {
     }
 }
 
-/// Why a token was refused; `code()` is the error code of SPEC §3.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a token was refused; `code()` is the error code of SPEC §3 and `message()` the
+/// fixed sentence that goes with it (never the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
-    #[error("This public key needs a token in `Authorization: Bearer …`")]
     Missing,
-    #[error("The token is not a well-formed JWT")]
     Malformed,
-    #[error("The token's algorithm is not allowed for this key")]
     AlgorithmNotAllowed,
-    #[error("The token's signature does not verify")]
     InvalidSignature,
-    #[error("The token was signed with a key this public key does not know")]
     UnknownKeyId,
-    #[error("The token has expired")]
+    KeyMismatch,
+    UnsupportedCritical,
     Expired,
-    #[error("The token is not valid yet")]
     NotYetValid,
-    #[error("The token lacks a required claim")]
     MissingClaim,
-    #[error("The token's issuer is not the one this key expects")]
     IssuerMismatch,
-    #[error("The token's audience is not the one this key expects")]
     AudienceMismatch,
-    #[error("A signed user token must have `entity_type: \"subscriber\"`")]
     InvalidEntityType,
 }
 
@@ -102,6 +94,8 @@ impl TokenError {
             TokenError::AlgorithmNotAllowed => "token_algorithm_not_allowed",
             TokenError::InvalidSignature => "token_invalid_signature",
             TokenError::UnknownKeyId => "token_unknown_kid",
+            TokenError::KeyMismatch => "token_key_mismatch",
+            TokenError::UnsupportedCritical => "token_crit_unsupported",
             TokenError::Expired => "token_expired",
             TokenError::NotYetValid => "token_not_yet_valid",
             TokenError::MissingClaim => "token_missing_claim",
@@ -110,7 +104,41 @@ impl TokenError {
             TokenError::InvalidEntityType => "token_invalid_entity_type",
         }
     }
+
+    pub const fn message(self) -> &'static str {
+        match self {
+            TokenError::Missing => "This public key needs a token in `Authorization: Bearer …`",
+            TokenError::Malformed => "The token is not a well-formed JWT",
+            TokenError::AlgorithmNotAllowed => "The token's algorithm is not allowed for this key",
+            TokenError::InvalidSignature => "The token's signature does not verify",
+            TokenError::UnknownKeyId => {
+                "The token was signed with a key this public key does not know"
+            }
+            TokenError::KeyMismatch => {
+                "The key the token names cannot verify the token's algorithm"
+            }
+            TokenError::UnsupportedCritical => {
+                "The token's header marks an extension critical that Keyward does not support"
+            }
+            TokenError::Expired => "The token has expired",
+            TokenError::NotYetValid => "The token is not valid yet",
+            TokenError::MissingClaim => "The token lacks a required claim",
+            TokenError::IssuerMismatch => "The token's issuer is not the one this key expects",
+            TokenError::AudienceMismatch => "The token's audience is not the one this key expects",
+            TokenError::InvalidEntityType => {
+                "A signed user token must have `entity_type: \"subscriber\"`"
+            }
+        }
+    }
 }
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for TokenError {}
 
 /// What a JWT's header says, read before any signature check to pick the key and refuse
 /// algorithms early.
@@ -127,6 +155,9 @@ pub fn peek_header(token: &str, allowed: &[JwtAlgorithm]) -> Result<TokenHeader,
     struct RawHeader {
         alg: String,
         kid: Option<String>,
+        /// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names an extension
+        /// it does not understand. Keyward understands none, so any `crit` is refused.
+        crit: Option<serde::de::IgnoredAny>,
     }
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
@@ -141,6 +172,9 @@ pub fn peek_header(token: &str, allowed: &[JwtAlgorithm]) -> Result<TokenHeader,
         .decode(header)
         .map_err(|_| TokenError::Malformed)?;
     let raw: RawHeader = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    if raw.crit.is_some() {
+        return Err(TokenError::UnsupportedCritical);
+    }
     let algorithm = JwtAlgorithm::parse(&raw.alg)
         .filter(|algorithm| allowed.contains(algorithm))
         .ok_or(TokenError::AlgorithmNotAllowed)?;
@@ -240,6 +274,16 @@ mod tests {
                 key_id: Some("k1".to_owned())
             })
         );
+        for critical in [r#"["exp"]"#, r#"["b64"]"#, "[]", r#""x""#] {
+            assert_eq!(
+                peek_header(
+                    &token(&format!(r#"{{"alg":"ES256","crit":{critical}}}"#)),
+                    &allowed
+                ),
+                Err(TokenError::UnsupportedCritical),
+                "{critical}"
+            );
+        }
         for refused in ["none", "HS256", "RS256", "es256", ""] {
             assert_eq!(
                 peek_header(&token(&format!(r#"{{"alg":"{refused}"}}"#)), &allowed),

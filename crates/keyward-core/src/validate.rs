@@ -1,6 +1,6 @@
 //! Field rules shared by every way into Keyward (HTTP, CLI, import).
 
-use crate::permission::is_valid_permission;
+use crate::permission::{is_valid_permission, MAX_PERMISSION_LEN};
 use crate::usage::RateWindow;
 
 pub const MAX_NAME_LEN: usize = 200;
@@ -29,8 +29,12 @@ pub enum FieldError {
         "`slug` must be lowercase letters, digits and dashes, starting with a letter or digit"
     )]
     Slug,
-    #[error("{0:?} is not a valid permission name")]
-    Permission(String),
+    /// By its place in the list: the name itself may be a secret pasted into the wrong field.
+    #[error(
+        "`permissions[{0}]` is not a valid permission name (1 to {MAX_PERMISSION_LEN} of A-Z \
+         a-z 0-9 _ : . - /)"
+    )]
+    Permission(usize),
     #[error("at most {MAX_PERMISSIONS} permissions are allowed")]
     TooManyPermissions,
     #[error("`meta` is larger than {MAX_META_BYTES} bytes")]
@@ -80,8 +84,8 @@ pub fn permissions(names: &[String]) -> Result<Vec<String>, FieldError> {
     if names.len() > MAX_PERMISSIONS {
         return Err(FieldError::TooManyPermissions);
     }
-    if let Some(bad) = names.iter().find(|name| !is_valid_permission(name)) {
-        return Err(FieldError::Permission(bad.clone()));
+    if let Some(bad) = names.iter().position(|name| !is_valid_permission(name)) {
+        return Err(FieldError::Permission(bad));
     }
     let mut sorted = names.to_vec();
     sorted.sort();

@@ -48,8 +48,14 @@ pub struct CreatePublicKeyRequest {
     /// and `public_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
-    /// JWT keys: a PEM public key, a JWK or a JWK set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// JWT keys: a PEM public key, a JWK or a JWK set, as a string or (a JWK or a set) as
+    /// the JSON object itself. Never a private or symmetric key.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_object"
+    )]
+    #[schema(schema_with = text_or_object_schema)]
     pub public_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -144,4 +150,37 @@ pub struct CreateWorkspaceKeyRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateMyKeyRequest {
     pub name: String,
+}
+
+/// A string as it is, or a JSON object as its text: inline keys come either way.
+fn text_or_object<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrObject {
+        Text(String),
+        Object(serde_json::Map<String, serde_json::Value>),
+    }
+    Ok(
+        match Option::<TextOrObject>::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom("expected a string, or a JWK or JWK set object")
+        })? {
+            None => None,
+            Some(TextOrObject::Text(text)) => Some(text),
+            Some(TextOrObject::Object(object)) => {
+                Some(serde_json::Value::Object(object).to_string())
+            }
+        },
+    )
+}
+
+fn text_or_object_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Object))
+            .build(),
+    )
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use dashmap::DashMap;
-use keyward_core::model::PublicKeyKind;
+use keyward_core::model::{JwtKeySource, PublicKeyKind};
 use keyward_core::signature::{self, SignatureHeader, SignedRequest, MAX_CLOCK_SKEW_SECONDS};
 use keyward_core::token::{self, TokenError};
 use keyward_core::{KeyHash, Timestamp};
@@ -88,7 +88,7 @@ impl Refusal {
     }
 
     fn token(error: TokenError) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, error.code(), token_message(error))
+        Self::new(StatusCode::UNAUTHORIZED, error.code(), error.message())
     }
 
     /// The fetch's own failure was logged where it happened (`JwksCache`).
@@ -111,24 +111,6 @@ impl Refusal {
     /// Whether this is the service's own trouble rather than a verdict on the credential.
     pub(crate) fn is_unavailable(&self) -> bool {
         self.status == StatusCode::SERVICE_UNAVAILABLE
-    }
-}
-
-fn token_message(error: TokenError) -> &'static str {
-    match error {
-        TokenError::Missing => "This public key needs a token in `Authorization: Bearer …`",
-        TokenError::Malformed => "The token is not a well-formed JWT",
-        TokenError::AlgorithmNotAllowed => "The token's algorithm is not allowed for this key",
-        TokenError::InvalidSignature => "The token's signature does not verify",
-        TokenError::UnknownKeyId => "The token was signed with a key this public key does not know",
-        TokenError::Expired => "The token has expired",
-        TokenError::NotYetValid => "The token is not valid yet",
-        TokenError::MissingClaim => "The token lacks a required claim",
-        TokenError::IssuerMismatch => "The token's issuer is not the one this key expects",
-        TokenError::AudienceMismatch => "The token's audience is not the one this key expects",
-        TokenError::InvalidEntityType => {
-            "A signed user token must have `entity_type: \"subscriber\"`"
-        }
     }
 }
 
@@ -206,6 +188,17 @@ impl AppState {
             .ok_or_else(Refusal::invalid_key)?;
         let identity = match (&public_key.key.kind, token) {
             (PublicKeyKind::Jwt(_), None) => return Err(Refusal::token(TokenError::Missing)),
+            (PublicKeyKind::Jwt(settings), Some(_))
+                if matches!(settings.source, JwtKeySource::JwksUrl(_))
+                    && !self.may_fetch_for(public_key.key.tenancy.environment) =>
+            {
+                // Made while the operator allowed it; the setting is checked again here.
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "fetches_not_allowed",
+                    "Demo sandboxes cannot make Keyward fetch URLs",
+                ));
+            }
             (PublicKeyKind::Jwt(settings), Some(token)) => Some(
                 self.tokens
                     .verify_jwt(&public_key, settings, token, now)

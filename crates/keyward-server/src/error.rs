@@ -213,7 +213,8 @@ impl From<StoreError> for ApiError {
             }
             StoreError::NotPermitted(code) => ApiError::forbidden(
                 code,
-                "A root key can only revoke root keys whose scopes it holds itself",
+                "A key can only create, rotate or remove credentials that confer no more than \
+                 it holds itself",
             ),
             StoreError::Unavailable(source) | StoreError::UncertainCommit { source, .. } => {
                 tracing::warn!(error = %source, "storage unavailable");

@@ -18,6 +18,7 @@ mod middleware;
 mod openapi;
 mod rate_limit;
 mod routes;
+mod serve;
 pub mod tokens;
 pub mod usage;
 pub mod verifier;
@@ -46,6 +47,7 @@ use keyward_core::usage::RateWindow;
 pub use keyward_dashboard::{DashboardSettings, SecureCookies};
 use last_used::LastUsedRecorder;
 use metrics::Metrics;
+pub use serve::ConnectionSettings;
 use tokens::jwks::{JwksCache, JwksSettings};
 use tokens::TokenVerifier;
 use usage::{Limiter, UsageSettings};
@@ -72,6 +74,7 @@ pub struct ServerConfig {
     pub events: EventSettings,
     pub analytics: AnalyticsSettings,
     pub dashboard: keyward_dashboard::DashboardSettings,
+    pub connections: ConnectionSettings,
 }
 
 /// Usage analytics (`GET /api/v1/usage`).
@@ -111,6 +114,9 @@ pub struct DemoSettings {
     pub sessions_per_minute: u64,
     /// What a sandbox's root key may call, at most.
     pub api_windows: Vec<RateWindow>,
+    /// Whether a sandbox may make Keyward fetch URLs (JWKS). Off, an anonymous visitor cannot
+    /// make the server send requests anywhere.
+    pub allow_fetches: bool,
 }
 
 impl Default for DemoSettings {
@@ -129,6 +135,7 @@ impl Default for DemoSettings {
                     period_ms: 60_000,
                 },
             ],
+            allow_fetches: false,
         }
     }
 }
@@ -149,6 +156,7 @@ impl Default for ServerConfig {
             events: EventSettings::default(),
             analytics: AnalyticsSettings::default(),
             dashboard: keyward_dashboard::DashboardSettings::default(),
+            connections: ConnectionSettings::default(),
         }
     }
 }
@@ -215,6 +223,12 @@ impl AppState {
         .await
     }
 
+    /// Whether an environment's configuration may make Keyward fetch URLs: not a demo
+    /// sandbox's, which anyone can open, unless the operator allows it.
+    pub(crate) fn may_fetch_for(&self, environment: keyward_core::Environment) -> bool {
+        environment != keyward_core::Environment::Demo || self.demo.allow_fetches
+    }
+
     pub(crate) async fn forget_everywhere(
         &self,
         stale: &keyward_store::Stale,
@@ -264,6 +278,7 @@ impl Caller {
         Change {
             tenancy: self.tenancy.clone(),
             actor: self.actor_id.clone(),
+            actor_scopes: self.scopes,
             request_id: self.request_id.clone(),
             audit_id: id::generate(IdKind::AuditEntry, now, &mut os_rng()),
             now,
@@ -399,6 +414,7 @@ impl Server {
             Err(error) => tracing::warn!(%error, "cannot tell whether imported secrets exist"),
         }
         let app = self.router();
+        let connections = self.config.connections;
         let Server {
             state,
             last_used_task,
@@ -414,12 +430,14 @@ impl Server {
             shutdown.await;
             events.close_sockets();
         };
-        axum::serve(
+        serve::serve(
             listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            app,
+            connections,
+            &state.metrics.connections,
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
         // Balances spent up to now reach storage before the process ends.
         let _ = stop_background.send(true);
         if let Err(error) = write_back_task.await {

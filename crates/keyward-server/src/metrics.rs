@@ -25,6 +25,18 @@ pub struct Metrics {
     pub redis_up: Gauge,
     pub usage_fallbacks: UsageFallbacks,
     pub stream: StreamMetrics,
+    pub connections: ConnectionMetrics,
+}
+
+/// TCP connections to the server (`serve.rs`).
+#[derive(Debug, Default)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    /// Closed at once because `max_connections` were open.
+    pub refused: Counter,
+    /// Closed for sending no complete request head in time, or for not reading what they
+    /// were sent.
+    pub timed_out: Counter,
 }
 
 /// The WebSocket event stream.
@@ -147,9 +159,27 @@ impl Metrics {
             "Events slow sockets fell behind on (each socket was sent `lagged`)",
             stream.events_missed.clone(),
         );
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "connections_open",
+            "Open TCP connections, WebSocket sessions included",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because the connection limit was reached",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed for sending no complete request head in time, or for not \
+             reading their responses",
+            connections.timed_out.clone(),
+        );
         Self {
             registry,
             stream,
+            connections,
             redis_up,
             usage_fallbacks,
             verifications,

@@ -369,6 +369,7 @@ impl Verifier {
                             .map(|key| {
                                 crate::tokens::VerificationKey {
                                     key_id: Some(signing_key.id.clone()),
+                                    algorithm: Some(jsonwebtoken::Algorithm::ES256),
                                     key,
                                 }
                             })

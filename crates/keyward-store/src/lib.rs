@@ -33,9 +33,23 @@ pub struct Change {
     pub tenancy: Tenancy,
     /// The id of the credential that asked for the change, e.g. `rk_…`.
     pub actor: String,
+    /// What that credential holds. A change to a credential that confers more is refused
+    /// (`NotPermitted("insufficient_scope")`), checked under the credential's row lock.
+    pub actor_scopes: ScopeSet,
     pub request_id: Option<String>,
     pub audit_id: String,
     pub now: Timestamp,
+}
+
+impl Change {
+    /// Refuses a change to a credential that confers more than the change's actor holds.
+    pub fn require_power_over(&self, conferred: ScopeSet) -> StoreResult<()> {
+        if self.actor_scopes.covers(conferred) {
+            Ok(())
+        } else {
+            Err(StoreError::NotPermitted("insufficient_scope"))
+        }
+    }
 }
 
 /// A page request: up to `limit` records older than the record named by `cursor`.
@@ -502,14 +516,9 @@ pub trait Store:
         tenancy: &Tenancy,
         page: &PageRequest,
     ) -> StoreResult<Page<RootKey>>;
-    /// Revokes a root key, provided `revoker_scopes` cover all of its scopes (a key cannot
+    /// Revokes a root key, provided the change's actor holds all of its scopes (a key cannot
     /// take down one more powerful than itself).
-    async fn revoke_root_key(
-        &self,
-        change: &Change,
-        id: &str,
-        revoker_scopes: ScopeSet,
-    ) -> StoreResult<Changed<RootKey>>;
+    async fn revoke_root_key(&self, change: &Change, id: &str) -> StoreResult<Changed<RootKey>>;
 
     async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()>;
     async fn app_by_slug(&self, tenancy: &Tenancy, slug: &str) -> StoreResult<App>;

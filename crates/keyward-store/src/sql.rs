@@ -234,6 +234,26 @@ impl SqlStore {
         &self.node_id
     }
 
+    /// Begins a change's transaction holding its environment's row, so that a change in an
+    /// environment that is gone (a purged demo sandbox) is refused, and a purge waits for
+    /// the changes already under way and then removes what they made. `Exclusive` is for
+    /// the one change that writes the row itself.
+    async fn begin_change(&self, change: &Change, lock: Lock) -> StoreResult<Transaction<'_>> {
+        let mut tx = self.writer.begin().await?;
+        let held = sqlx::query(&format!(
+            "SELECT environment FROM environments WHERE workspace_id = $1 AND environment = $2{}",
+            self.backend.lock("environments", lock)
+        ))
+        .bind(&change.tenancy.workspace_id)
+        .bind(change.tenancy.environment.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            return Err(StoreError::NotFound("environment"));
+        }
+        Ok(tx)
+    }
+
     /// Announces in `tx` what caches must forget, commits, and describes the change.
     async fn finish_change<T>(
         &self,
@@ -721,7 +741,7 @@ impl Store for SqlStore {
         change: &Change,
         enhanced_security: Option<bool>,
     ) -> StoreResult<Changed<EnvironmentSettings>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Exclusive).await?;
         if let Some(enhanced_security) = enhanced_security {
             let updated = sqlx::query(
                 "UPDATE environments SET enhanced_security = $1, updated_at = $2 \
@@ -766,7 +786,7 @@ impl Store for SqlStore {
         key: &RootKey,
         hash: KeyHash,
     ) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         usage::require_scheme(
             &mut tx,
             self.backend,
@@ -774,6 +794,7 @@ impl Store for SqlStore {
             key.rate_limit_scheme.as_deref(),
         )
         .await?;
+        change.require_power_over(key.scopes)?;
         insert_root_key(&mut tx, key, hash).await?;
         audit(
             &mut tx,
@@ -827,13 +848,8 @@ impl Store for SqlStore {
         Ok(paginate(keys, page.limit, |key| &key.id))
     }
 
-    async fn revoke_root_key(
-        &self,
-        change: &Change,
-        id: &str,
-        revoker_scopes: ScopeSet,
-    ) -> StoreResult<Changed<RootKey>> {
-        let mut tx = self.writer.begin().await?;
+    async fn revoke_root_key(&self, change: &Change, id: &str) -> StoreResult<Changed<RootKey>> {
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let row = sqlx::query(&format!(
             "{ROOT_KEY_SELECT} WHERE r.id = $1 AND r.workspace_id = $2 AND r.environment = $3{}",
             self.backend.lock_rows("r")
@@ -845,9 +861,7 @@ impl Store for SqlStore {
         .await?
         .ok_or(StoreError::NotFound("root key"))?;
         let mut key = root_key_from_row(&row)?;
-        if !revoker_scopes.covers(key.scopes) {
-            return Err(StoreError::NotPermitted("insufficient_scope"));
-        }
+        change.require_power_over(key.scopes)?;
         if key.revoked_at.is_none() {
             key.revoked_at = Some(change.now);
             sqlx::query("UPDATE root_keys SET revoked_at = $1 WHERE id = $2")
@@ -869,7 +883,7 @@ impl Store for SqlStore {
     }
 
     async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         usage::require_scheme(
             &mut tx,
             self.backend,
@@ -946,7 +960,7 @@ impl Store for SqlStore {
         slug: &str,
         patch: &AppPatch,
     ) -> StoreResult<Changed<App>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let mut app = app_in_tx(
             &mut tx,
             self.backend,
@@ -1025,7 +1039,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let app = app_in_tx(
             &mut tx,
             self.backend,
@@ -1079,7 +1093,7 @@ impl Store for SqlStore {
     }
 
     async fn create_key(&self, change: &Change, key: &ApiKey, hash: KeyHash) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         // The caller read the app before this transaction; it must still exist, and stay so
         // until the key is in (an app's deletion revokes the keys it can see).
         let app_exists = sqlx::query(&format!(
@@ -1164,7 +1178,7 @@ impl Store for SqlStore {
         if keys.is_empty() {
             return Ok(inserted);
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         // Share-locked: the app cannot be deleted or changed while its keys arrive, and
         // several batches can arrive at once.
         let app = app_in_tx(
@@ -1389,7 +1403,7 @@ impl Store for SqlStore {
         id: &str,
         patch: &KeyPatch,
     ) -> StoreResult<Changed<ApiKey>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
         if let Some(Some(scheme)) = &patch.rate_limit_scheme {
             usage::require_scheme(&mut tx, self.backend, &change.tenancy, Some(scheme)).await?;
@@ -1415,7 +1429,7 @@ impl Store for SqlStore {
     }
 
     async fn revoke_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
         if key.revoked_at.is_none() {
             key.revoked_at = Some(change.now);
@@ -1436,7 +1450,7 @@ impl Store for SqlStore {
         new_secret: (KeyHash, &str),
         previous_expire_at: Option<Timestamp>,
     ) -> StoreResult<Changed<ApiKey>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
         if key.revoked_at.is_some() {
             return Err(StoreError::Conflict("key_revoked"));
@@ -1464,7 +1478,7 @@ impl Store for SqlStore {
     }
 
     async fn delete_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
         let stale = secret_hashes(&mut tx, id).await?;
         sqlx::query("DELETE FROM secrets WHERE credential_id = $1")

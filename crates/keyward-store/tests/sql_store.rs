@@ -26,15 +26,49 @@ fn change(environment: Environment, audit_id: &str) -> Change {
     Change {
         tenancy: tenancy(environment),
         actor: "rk_test".to_owned(),
+        actor_scopes: keyward_core::scope::ScopeSet::all(),
         request_id: Some("req_000000000000".to_owned()),
         audit_id: audit_id.to_owned(),
         now: NOW,
     }
 }
 
-/// A store on a fresh database: SQLite, or PostgreSQL when `KEYWARD_TEST_BACKEND=postgres`
-/// (the database lives as long as the returned guard).
+/// A store on a fresh database, with the `ws_test` workspace and its `live` and `test`
+/// environments, where changes are made: SQLite, or PostgreSQL when
+/// `KEYWARD_TEST_BACKEND=postgres` (the database lives as long as the returned guard).
 async fn open(dir: &tempfile::TempDir) -> (SqlStore, Option<TestDatabase>) {
+    let (store, database) = open_empty(dir).await;
+    let pool = sqlx::AnyPool::connect(&database_url(dir, database.as_ref()))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO workspaces (id, name, created_at) VALUES ('ws_test', 'Test', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for environment in ["live", "test"] {
+        sqlx::query(
+            "INSERT INTO environments (workspace_id, environment, enhanced_security, updated_at) \
+             VALUES ('ws_test', $1, $2, 0)",
+        )
+        .bind(environment)
+        .bind(false)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+    (store, database)
+}
+
+fn database_url(dir: &tempfile::TempDir, database: Option<&TestDatabase>) -> String {
+    database.map_or_else(
+        || SqlStore::sqlite_url(dir.path()),
+        |database| database.url.clone(),
+    )
+}
+
+/// A store on a fresh database with nothing in it.
+async fn open_empty(dir: &tempfile::TempDir) -> (SqlStore, Option<TestDatabase>) {
     let (url, database) = fresh_database(dir.path()).await;
     let store = SqlStore::connect(&StoreOptions {
         url,
@@ -89,7 +123,7 @@ fn key(id: &str, app: &App, owner: Option<&str>) -> ApiKey {
 #[tokio::test]
 async fn bootstrap_happens_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _database) = open(&dir).await;
+    let (store, _database) = open_empty(&dir).await;
     let bootstrap = Bootstrap {
         workspace_id: "ws_test".to_owned(),
         workspace_name: "Default".to_owned(),
@@ -311,18 +345,11 @@ async fn a_purged_sandbox_leaves_no_row_behind_and_nothing_else_is_touched() {
     use keyward_core::model::RateLimitScheme;
     use keyward_core::usage::{Credits, RateWindow};
     use keyward_store::{
-        NewSandbox, OrganizationSettings, SandboxStore, UsageStore, UsageWriteBack,
+        CredentialStore, NewSandbox, OrganizationSettings, SandboxStore, UsageStore, UsageWriteBack,
     };
     let dir = tempfile::tempdir().unwrap();
-    let (url, _database) = fresh_database(dir.path()).await;
-    let store = SqlStore::connect(&StoreOptions {
-        url: url.clone(),
-        max_connections: 4,
-        acquire_timeout: Duration::from_secs(5),
-        node_id: keyward_store::StoreOptions::new_node_id(),
-    })
-    .await
-    .unwrap();
+    let (store, database) = open(&dir).await;
+    let url = database_url(&dir, database.as_ref());
     let demo = Tenancy {
         workspace_id: "ws_demo".to_owned(),
         environment: Environment::Demo,
@@ -478,14 +505,55 @@ async fn a_purged_sandbox_leaves_no_row_behind_and_nothing_else_is_touched() {
             .unwrap(),
         ["ws_demo"]
     );
+    // A workspace key is cached by its id, not a secret: the purge must name it too.
+    store
+        .create_workspace_key(
+            &Change {
+                audit_id: "aud_6".to_owned(),
+                ..in_demo.clone()
+            },
+            &keyward_core::model::WorkspaceKey {
+                id: "wk_demo".to_owned(),
+                tenancy: demo.clone(),
+                name: "sandbox backend".to_owned(),
+                scopes: ScopeSet::all(),
+                start: "wksec_demo_abcd".to_owned(),
+                created_at: NOW,
+                updated_at: NOW,
+            },
+            b"sealed",
+        )
+        .await
+        .unwrap();
     let purged = store.purge_sandbox("ws_demo", NOW).await.unwrap();
     match purged.stale {
-        keyward_store::Stale::Secrets(hashes) => assert_eq!(hashes.len(), 2),
+        keyward_store::Stale::Secrets(hashes) => {
+            assert_eq!(hashes.len(), 3);
+            assert!(hashes.contains(&keyward_store::workspace_key_cache_hash("wk_demo")));
+        }
         other => panic!("{other:?}"),
     }
+    // Nothing can be made in the purged workspace, not even by a change already authorised.
+    let late = store
+        .create_app(
+            &Change {
+                audit_id: "aud_7".to_owned(),
+                ..in_demo.clone()
+            },
+            &App {
+                tenancy: demo.clone(),
+                ..app("app_late", "late")
+            },
+        )
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::NotFound("environment"))),
+        "{late:?}"
+    );
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     for table in [
         "api_keys",
+        "workspace_keys",
         "apps",
         "root_keys",
         "audit_log",

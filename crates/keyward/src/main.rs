@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use keyward_server::usage::{RedisSettings, UsageSettings};
-use keyward_server::{DemoSettings, Server, ServerConfig};
+use keyward_server::{ConnectionSettings, DemoSettings, Server, ServerConfig};
 use keyward_store::cluster::ClusterOptions;
 use keyward_store::{SqlStore, StoreOptions};
 use secrecy::ExposeSecret;
@@ -149,8 +149,10 @@ fn known_variables() -> Vec<String> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    // Colour codes only for a person at a terminal, not in files or log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -161,6 +163,8 @@ fn init_logging(format: LogFormat) {
 async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let settings = Settings::resolve(args, &known_variables())?;
     init_logging(settings.log_format);
+    // Before anything opens a descriptor.
+    let max_connections = connection_limit(&settings, raise_open_file_limit());
     let url = match &settings.database_url {
         Some(url) => url.expose_secret().to_owned(),
         None => {
@@ -223,13 +227,19 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             usage_write_back_interval: settings.usage_write_back_interval,
             demo: DemoSettings {
                 session_ttl: settings.demo_session_ttl,
+                allow_fetches: settings.demo_allow_fetches,
                 ..DemoSettings::default()
             },
             trusted_proxies: settings.trusted_proxies.clone(),
             master_key: Arc::new(master_key::load(&settings).map_err(ServeError::Settings)?),
             jwks: keyward_server::tokens::jwks::JwksSettings {
-                allow_private: settings.allow_private_jwks,
+                allow_private: settings.allow_private_urls,
                 ..Default::default()
+            },
+            connections: ConnectionSettings {
+                max_connections,
+                header_read_timeout: settings.header_read_timeout,
+                send_timeout: settings.send_timeout,
             },
             events: settings.events.clone(),
             analytics: settings.analytics.clone(),
@@ -267,6 +277,57 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Descriptors kept for what is not a client connection: database and Redis connections,
+/// outbound fetches, files.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit on open descriptors to the hard limit (often 1024 against 500,000
+/// or more under systemd); `None` if it cannot be read.
+fn raise_open_file_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            None
+        }
+    }
+}
+
+/// Fits the connection limit under the open-file limit: past it a new connection is closed
+/// with a log line, instead of every other request timing out for want of a descriptor.
+fn connection_limit(settings: &Settings, open_file_limit: Option<u64>) -> usize {
+    let default = ConnectionSettings::default().max_connections;
+    let Some(descriptors) = open_file_limit else {
+        return settings.max_connections.unwrap_or(default);
+    };
+    let room = usize::try_from(
+        descriptors.saturating_sub(RESERVED_DESCRIPTORS + u64::from(settings.db_max_connections)),
+    )
+    .unwrap_or(usize::MAX)
+    .max(1);
+    match settings.max_connections {
+        Some(asked) if asked > room => {
+            tracing::warn!(
+                max_connections = asked,
+                open_file_limit = descriptors,
+                "KEYWARD_MAX_CONNECTIONS is above what the open-file limit leaves room for; \
+                 raise the limit (e.g. LimitNOFILE= under systemd)"
+            );
+            asked
+        }
+        Some(asked) => asked,
+        None => {
+            let limit = default.min(room);
+            tracing::info!(
+                max_connections = limit,
+                open_file_limit = descriptors,
+                "connection limit"
+            );
+            limit
+        }
+    }
 }
 
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServeError> {

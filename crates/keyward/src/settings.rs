@@ -104,9 +104,29 @@ pub(crate) struct ServeArgs {
     /// needs the same key.
     #[arg(long, env = "KEYWARD_MASTER_KEY", hide_env_values = true)]
     pub(crate) master_key: Option<String>,
-    /// Let JWT public keys fetch JWKS from private, loopback and link-local addresses.
+    /// Let every URL Keyward fetches (JWKS, …) reach private, loopback, link-local and other
+    /// special-purpose addresses.
+    #[arg(long, env = "KEYWARD_ALLOW_PRIVATE_URLS")]
+    pub(crate) allow_private_urls: Option<bool>,
+    /// The former name of `KEYWARD_ALLOW_PRIVATE_URLS`, still honoured.
     #[arg(long, env = "KEYWARD_ALLOW_PRIVATE_JWKS")]
     pub(crate) allow_private_jwks: Option<bool>,
+    /// Let demo sandboxes make Keyward fetch URLs (JWKS) (default false: anonymous sandboxes
+    /// cannot make the server send requests).
+    #[arg(long, env = "KEYWARD_DEMO_ALLOW_FETCHES")]
+    pub(crate) demo_allow_fetches: Option<bool>,
+    /// Open connections, WebSocket sessions included, beyond which new ones are closed on
+    /// arrival (default 10000, lowered to fit the process's descriptor limit).
+    #[arg(long, env = "KEYWARD_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// Seconds a connection has to send a complete request head, from opening or from its
+    /// previous response; also ends idle keep-alive connections (default 10).
+    #[arg(long, env = "KEYWARD_HEADER_READ_TIMEOUT_SECONDS")]
+    pub(crate) header_read_timeout_seconds: Option<u64>,
+    /// Seconds a write to a client may make no progress before the connection is closed
+    /// (default 30).
+    #[arg(long, env = "KEYWARD_SEND_TIMEOUT_SECONDS")]
+    pub(crate) send_timeout_seconds: Option<u64>,
     /// How long events are kept for clients resuming with `?since=` (default 168).
     #[arg(long, env = "KEYWARD_EVENT_RETENTION_HOURS")]
     pub(crate) event_retention_hours: Option<u64>,
@@ -186,7 +206,12 @@ struct FileSettings {
     trusted_proxies: Option<String>,
     demo_session_ttl_seconds: Option<u64>,
     master_key: Option<String>,
+    allow_private_urls: Option<bool>,
     allow_private_jwks: Option<bool>,
+    demo_allow_fetches: Option<bool>,
+    max_connections: Option<usize>,
+    header_read_timeout_seconds: Option<u64>,
+    send_timeout_seconds: Option<u64>,
     event_retention_hours: Option<u64>,
     key_expiring_lead_hours: Option<u64>,
     ws_max_connections: Option<usize>,
@@ -223,7 +248,12 @@ pub(crate) struct Settings {
     pub(crate) demo_session_ttl: Duration,
     /// Base64; `None` means the key file in the data directory.
     pub(crate) master_key: Option<SecretString>,
-    pub(crate) allow_private_jwks: bool,
+    pub(crate) allow_private_urls: bool,
+    pub(crate) demo_allow_fetches: bool,
+    /// `None`: the default, fitted to the descriptor limit at start.
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) send_timeout: Duration,
     pub(crate) events: EventSettings,
     pub(crate) analytics: AnalyticsSettings,
     pub(crate) dashboard: DashboardSettings,
@@ -402,6 +432,35 @@ impl Settings {
                 })?,
             },
         };
+        let seconds = |name: &'static str, value: Option<u64>, default: u64| {
+            let value = value.unwrap_or(default);
+            if (1..=3600).contains(&value) {
+                Ok(Duration::from_secs(value))
+            } else {
+                Err(SettingsError::Invalid {
+                    name,
+                    message: "must be between 1 and 3600".to_owned(),
+                })
+            }
+        };
+        let header_read_timeout = seconds(
+            "header_read_timeout_seconds",
+            args.header_read_timeout_seconds
+                .or(file.header_read_timeout_seconds),
+            10,
+        )?;
+        let send_timeout = seconds(
+            "send_timeout_seconds",
+            args.send_timeout_seconds.or(file.send_timeout_seconds),
+            30,
+        )?;
+        let max_connections = args.max_connections.or(file.max_connections);
+        if max_connections == Some(0) {
+            return Err(SettingsError::Invalid {
+                name: "max_connections",
+                message: "must be at least 1".to_owned(),
+            });
+        }
         let node_id = args.node_id.or(file.node_id);
         if let Some(node_id) = &node_id {
             let valid = (1..=40).contains(&node_id.len())
@@ -473,10 +532,19 @@ impl Settings {
             trusted_proxies,
             demo_session_ttl: Duration::from_secs(demo_session_ttl_seconds),
             master_key: args.master_key.or(file.master_key).map(SecretString::from),
-            allow_private_jwks: args
-                .allow_private_jwks
+            allow_private_urls: args
+                .allow_private_urls
+                .or(file.allow_private_urls)
+                .or(args.allow_private_jwks)
                 .or(file.allow_private_jwks)
                 .unwrap_or(false),
+            demo_allow_fetches: args
+                .demo_allow_fetches
+                .or(file.demo_allow_fetches)
+                .unwrap_or(false),
+            max_connections,
+            header_read_timeout,
+            send_timeout,
             events,
             analytics,
             dashboard,
@@ -629,7 +697,11 @@ mod tests {
             trusted_proxies: Vec::new(),
             demo_session_ttl: Duration::from_secs(1),
             master_key: Some(SecretString::from("bWFzdGVyLWtleS1zZWNyZXQ=")),
-            allow_private_jwks: false,
+            allow_private_urls: false,
+            demo_allow_fetches: false,
+            max_connections: None,
+            header_read_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
             events: EventSettings::default(),
             analytics: AnalyticsSettings::default(),
             dashboard: DashboardSettings::default(),

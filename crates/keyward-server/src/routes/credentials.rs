@@ -12,7 +12,7 @@ use keyward_core::id::{self, IdKind};
 use keyward_core::model::{
     JwtKeySource, JwtSettings, PublicKey, PublicKeyKind, SigningKey, WorkspaceKey,
 };
-use keyward_core::scope::Scope;
+use keyward_core::scope::{Scope, ScopeSet};
 use keyward_core::secret::IssuedSecret;
 use keyward_core::token::JwtAlgorithm;
 use keyward_core::validate::{self, MAX_NAME_LEN};
@@ -25,7 +25,7 @@ use secrecy::ExposeSecret;
 
 use super::apps::{field_error, scheme_reference};
 use super::keys::previous_expiry;
-use super::root_keys::granted_scopes;
+use super::root_keys::requested_scopes;
 use crate::extract::{ApiJson, ApiQuery, Caller, OptionalJson};
 use crate::tokens::{jwks, parse_inline_keys};
 use crate::{convert, crypto, os_rng, page_request, ApiError, AppState};
@@ -51,9 +51,16 @@ fn optional_text(field: &'static str, value: &Option<String>) -> Result<(), ApiE
 fn jwt_settings(
     request: &CreatePublicKeyRequest,
     jwks: &jwks::JwksSettings,
+    fetches_allowed: bool,
 ) -> Result<JwtSettings, ApiError> {
     let source = match (&request.jwks_url, &request.public_key) {
         (Some(url), None) => {
+            if !fetches_allowed {
+                return Err(ApiError::forbidden(
+                    "fetches_not_allowed",
+                    "Demo sandboxes cannot make Keyward fetch URLs; give `public_key` instead",
+                ));
+            }
             jwks::check_url(url, jwks)
                 .map_err(|error| ApiError::invalid("invalid_jwks_url", error.to_string()))?;
             JwtKeySource::JwksUrl(url.clone())
@@ -125,7 +132,11 @@ pub(crate) async fn create_public_key(
     let change = caller.change();
     let (kind, value, id_kind) = match request.key_type.as_str() {
         "jwt" => (
-            PublicKeyKind::Jwt(jwt_settings(&request, state.tokens.jwks().settings())?),
+            PublicKeyKind::Jwt(jwt_settings(
+                &request,
+                state.tokens.jwks().settings(),
+                state.may_fetch_for(caller.tenancy.environment),
+            )?),
             credential::generate_jwt_public_key(&mut os_rng()),
             IdKind::JwtPublicKey,
         ),
@@ -354,8 +365,8 @@ pub(crate) async fn create_workspace_key(
 ) -> Result<(StatusCode, Json<WorkspaceKeyWithSecret>), ApiError> {
     caller.require(Scope::WorkspaceKeysWrite)?;
     let scopes = match &request.scopes {
-        Some(names) => granted_scopes(&caller, names)?,
-        None => granted_scopes(&caller, &["*".to_owned()])?,
+        Some(names) => requested_scopes(names)?,
+        None => ScopeSet::all(),
     };
     let change = caller.change();
     let secret = workspace_secret(caller.tenancy.environment)?;

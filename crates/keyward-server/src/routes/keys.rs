@@ -33,11 +33,15 @@ fn validate_owner(owner: &str) -> Result<(), ApiError> {
 /// Checks a key's permissions against what its app may grant.
 fn granted_permissions(app: &App, requested: &[String]) -> Result<Vec<String>, ApiError> {
     let permissions = validate::permissions(requested).map_err(field_error)?;
-    if let Some(missing) = permissions.iter().find(|p| !app.permissions.contains(p)) {
+    // Named by its place in the request, not by its text, which may be a pasted secret.
+    if let Some(missing) = requested
+        .iter()
+        .position(|name| !app.permissions.contains(name))
+    {
         return Err(ApiError::invalid(
             "permission_not_in_app",
             format!(
-                "The app `{}` does not grant the permission `{missing}`",
+                "`permissions[{missing}]` is not among the permissions of the app `{}`",
                 app.slug
             ),
         ));

@@ -113,7 +113,7 @@ async fn usage_query(
     caller: &Caller,
     params: UsageParams,
 ) -> Result<UsageQuery, ApiError> {
-    caller.require(Scope::KeysRead)?;
+    caller.require(Scope::UsageRead)?;
     let granularity = match params.granularity.as_deref() {
         None => Granularity::Hour,
         Some(text) => Granularity::parse(text).ok_or_else(|| {

@@ -362,7 +362,12 @@ impl Stream<'_> {
     ) -> Result<bool, Gone> {
         let text = match message {
             Message::Text(text) => text,
-            Message::Close(_) => return Ok(false),
+            Message::Close(_) => {
+                // The socket queued the Close reply RFC 6455 §5.5.1 asks for; writing it lets
+                // the client see a clean close (1000, `wasClean`) rather than a dropped line.
+                let _ = connection.flush().await;
+                return Ok(false);
+            }
             Message::Ping(_) | Message::Pong(_) => return Ok(true),
             Message::Binary(_) => {
                 let error = ApiError::bad_request("unsupported_message", "Send JSON text messages");

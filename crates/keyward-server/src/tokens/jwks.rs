@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use jsonwebtoken::jwk::JwkSet;
 use reqwest::Url;
 use tokio::sync::Mutex;
 
@@ -82,36 +81,8 @@ pub fn check_url(url: &str, settings: &JwksSettings) -> Result<Url, JwksError> {
     Ok(parsed)
 }
 
-/// Whether an address is on the public internet.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                // 100.64.0.0/10, carrier-grade NAT, and 198.18.0.0/15, benchmarking.
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 198 && (b == 18 || b == 19)))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80) // link-local
-        }
-    }
-}
+/// Whether an address is on the public internet (core's rules, for every URL Keyward fetches).
+pub use keyward_core::address::is_public;
 
 /// The keys of one URL, and when they were fetched.
 #[derive(Default)]
@@ -328,13 +299,19 @@ impl JwksCache {
     }
 }
 
-/// The usable keys of a JWK set; keys of a type Keyward cannot verify with are skipped.
+/// The usable keys of a published JWK set. Keys of a type Keyward cannot verify with, for
+/// encryption, or symmetric are skipped.
 pub fn parse_jwks(body: &[u8]) -> Result<Vec<VerificationKey>, JwksError> {
-    let set: JwkSet = serde_json::from_slice(body).map_err(|_| JwksError::Invalid)?;
+    #[derive(serde::Deserialize)]
+    struct Set {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: Set = serde_json::from_slice(body).map_err(|_| JwksError::Invalid)?;
     Ok(set
         .keys
         .iter()
-        .filter_map(|jwk| VerificationKey::from_jwk(jwk).ok())
+        .filter_map(serde_json::Value::as_object)
+        .filter_map(|jwk| VerificationKey::from_jwk_json(jwk).ok())
         .collect())
 }
 

@@ -25,6 +25,9 @@ const MAX_CACHED_TOKENS: usize = 100_000;
 #[derive(Clone)]
 pub struct VerificationKey {
     pub key_id: Option<String>,
+    /// The JWK's `alg`, when it names one: then it verifies that algorithm only, as
+    /// established JOSE libraries hold (RFC 7517 §4.4).
+    pub algorithm: Option<Algorithm>,
     pub key: DecodingKey,
 }
 
@@ -36,35 +39,120 @@ impl std::fmt::Debug for VerificationKey {
     }
 }
 
+/// JWK members that only a private or symmetric key has (RFC 7518 §6.2.2, §6.3.2, §6.4).
+const PRIVATE_JWK_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// Why a JWK cannot verify signatures for Keyward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnusableJwk {
+    /// It holds a private or symmetric key, which must never be given to Keyward.
+    Secret,
+    /// It is for encryption, names an algorithm Keyward does not verify, or is malformed.
+    NotForSignatures,
+}
+
 impl VerificationKey {
-    pub fn from_jwk(jwk: &Jwk) -> Result<Self, jsonwebtoken::errors::Error> {
+    /// A key from a JWK given as JSON, refusing private and symmetric keys outright.
+    pub fn from_jwk_json(
+        value: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, UnusableJwk> {
+        if value.get("kty").and_then(serde_json::Value::as_str) == Some("oct")
+            || PRIVATE_JWK_MEMBERS
+                .iter()
+                .any(|member| value.contains_key(*member))
+        {
+            return Err(UnusableJwk::Secret);
+        }
+        let jwk: Jwk = serde_json::from_value(serde_json::Value::Object(value.clone()))
+            .map_err(|_| UnusableJwk::NotForSignatures)?;
+        Self::from_jwk(&jwk)
+    }
+
+    fn from_jwk(jwk: &Jwk) -> Result<Self, UnusableJwk> {
+        use jsonwebtoken::jwk::{KeyAlgorithm, PublicKeyUse};
+        if matches!(
+            jwk.common.public_key_use,
+            Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+        ) {
+            return Err(UnusableJwk::NotForSignatures);
+        }
+        let algorithm = match jwk.common.key_algorithm {
+            None => None,
+            Some(KeyAlgorithm::HS256 | KeyAlgorithm::HS384 | KeyAlgorithm::HS512) => {
+                return Err(UnusableJwk::Secret)
+            }
+            Some(named) => Some(
+                named
+                    .to_string()
+                    .parse::<Algorithm>()
+                    .map_err(|_| UnusableJwk::NotForSignatures)?,
+            ),
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| UnusableJwk::NotForSignatures)?;
+        if algorithm.is_some_and(|algorithm| algorithm.family() != key.family()) {
+            return Err(UnusableJwk::NotForSignatures);
+        }
         Ok(Self {
             key_id: jwk.common.key_id.clone(),
-            key: DecodingKey::from_jwk(jwk)?,
+            algorithm,
+            key,
         })
     }
 
     fn fits(&self, algorithm: Algorithm) -> bool {
         self.key.family() == algorithm.family()
+            && self.algorithm.is_none_or(|named| named == algorithm)
     }
 }
 
-/// Reads an inline public key: a PEM (RSA, EC or Ed25519), a JWK, or a JWK set.
+const PRIVATE_KEY_GIVEN: &str = "`public_key` holds a private or symmetric key. Give Keyward \
+     only the public half, and treat the key you sent as exposed";
+
+/// Reads an inline public key: a PEM (RSA, EC or Ed25519), a JWK, or a JWK set. A private
+/// or symmetric key is refused, never stored: Keyward must not hold what signs tokens.
 pub fn parse_inline_keys(text: &str) -> Result<Vec<VerificationKey>, &'static str> {
     let text = text.trim();
     let keys = if text.starts_with("-----BEGIN") {
+        if text.contains("PRIVATE KEY-----") {
+            return Err(PRIVATE_KEY_GIVEN);
+        }
         let pem = text.as_bytes();
         let key = DecodingKey::from_rsa_pem(pem)
             .or_else(|_| DecodingKey::from_ec_pem(pem))
             .or_else(|_| DecodingKey::from_ed_pem(pem))
             .map_err(|_| "`public_key` is not an RSA, EC or Ed25519 public key in PEM")?;
-        vec![VerificationKey { key_id: None, key }]
-    } else if text.contains("\"keys\"") {
-        jwks::parse_jwks(text.as_bytes()).map_err(|_| "`public_key` is not a valid JWK set")?
+        vec![VerificationKey {
+            key_id: None,
+            algorithm: None,
+            key,
+        }]
     } else {
-        let jwk: Jwk =
+        let json: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(text).map_err(|_| "`public_key` is not a PEM or a JWK")?;
-        vec![VerificationKey::from_jwk(&jwk).map_err(|_| "`public_key` is not a usable JWK")?]
+        match json.get("keys") {
+            Some(serde_json::Value::Array(members)) => {
+                let mut keys = Vec::new();
+                for member in members {
+                    let serde_json::Value::Object(member) = member else {
+                        return Err("`public_key` is not a valid JWK set");
+                    };
+                    match VerificationKey::from_jwk_json(member) {
+                        Ok(key) => keys.push(key),
+                        Err(UnusableJwk::Secret) => return Err(PRIVATE_KEY_GIVEN),
+                        // As in a published set: keys for other uses are skipped.
+                        Err(UnusableJwk::NotForSignatures) => {}
+                    }
+                }
+                keys
+            }
+            Some(_) => return Err("`public_key` is not a valid JWK set"),
+            None => vec![
+                VerificationKey::from_jwk_json(&json).map_err(|error| match error {
+                    UnusableJwk::Secret => PRIVATE_KEY_GIVEN,
+                    UnusableJwk::NotForSignatures => "`public_key` is not a usable JWK",
+                })?,
+            ],
+        }
     };
     if keys.is_empty() {
         return Err("`public_key` holds no key Keyward can verify with");
@@ -300,13 +388,24 @@ fn try_keys<T>(
     alg: Algorithm,
     decode: impl Fn(&DecodingKey) -> Result<T, jsonwebtoken::errors::Error>,
 ) -> Result<T, TokenError> {
+    let named =
+        |key: &&VerificationKey| key_id.is_none() || key.key_id.is_none() || key.key_id == *key_id;
     let mut candidates = keys
         .iter()
+        .filter(named)
         .filter(|key| key.fits(alg))
-        .filter(|key| key_id.is_none() || key.key_id.is_none() || key.key_id == *key_id)
         .peekable();
     if candidates.peek().is_none() {
-        return Err(TokenError::UnknownKeyId);
+        // A key by that `kid` exists, but of another type or for another algorithm.
+        let named_explicitly = key_id.is_some()
+            && keys
+                .iter()
+                .any(|key| key.key_id.is_some() && key.key_id == *key_id);
+        return Err(if named_explicitly {
+            TokenError::KeyMismatch
+        } else {
+            TokenError::UnknownKeyId
+        });
     }
     let mut last = TokenError::InvalidSignature;
     for candidate in candidates {

@@ -141,7 +141,8 @@ async fn workspace_key_in_tx(
 #[async_trait]
 impl CredentialStore for SqlStore {
     async fn create_public_key(&self, change: &Change, key: &PublicKey) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
+        change.require_power_over(key.conferred_scopes())?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         usage::require_scheme(
             &mut tx,
             self.backend,
@@ -259,8 +260,9 @@ impl CredentialStore for SqlStore {
         new_value: &str,
         previous_expire_at: Option<Timestamp>,
     ) -> StoreResult<Changed<PublicKey>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let mut key = public_key_in_tx(&mut tx, self, &change.tenancy, id).await?;
+        change.require_power_over(key.conferred_scopes())?;
         let mut affected = supersede_secrets(&mut tx, id, previous_expire_at, change.now).await?;
         let hash = KeyHash::of(new_value);
         insert_secret(&mut tx, hash, id, None).await?;
@@ -292,8 +294,9 @@ impl CredentialStore for SqlStore {
         change: &Change,
         id: &str,
     ) -> StoreResult<Changed<PublicKey>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let key = public_key_in_tx(&mut tx, self, &change.tenancy, id).await?;
+        change.require_power_over(key.conferred_scopes())?;
         let stale = secret_hashes(&mut tx, id).await?;
         sqlx::query("DELETE FROM secrets WHERE credential_id = $1")
             .bind(id)
@@ -359,7 +362,8 @@ impl CredentialStore for SqlStore {
         change: &Change,
         key: &SigningKey,
     ) -> StoreResult<Changed<()>> {
-        let mut tx = self.writer.begin().await?;
+        change.require_power_over(SigningKey::conferred_scopes())?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         sqlx::query(
             "INSERT INTO signing_keys (id, workspace_id, environment, name, public_key_pem, \
              created_at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -411,7 +415,7 @@ impl CredentialStore for SqlStore {
         change: &Change,
         id: &str,
     ) -> StoreResult<Changed<SigningKey>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let row = sqlx::query(&format!(
             "{SIGNING_KEY_SELECT} WHERE id = $1 AND workspace_id = $2 AND environment = $3"
         ))
@@ -421,6 +425,7 @@ impl CredentialStore for SqlStore {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(StoreError::NotFound("signing key"))?;
+        change.require_power_over(SigningKey::conferred_scopes())?;
         let key = signing_key_from_row(&row)?;
         sqlx::query("DELETE FROM signing_keys WHERE id = $1")
             .bind(id)
@@ -444,7 +449,8 @@ impl CredentialStore for SqlStore {
         key: &WorkspaceKey,
         sealed_secret: &[u8],
     ) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
+        change.require_power_over(key.scopes)?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         sqlx::query(
             "INSERT INTO workspace_keys (id, workspace_id, environment, name, scopes, start, \
              sealed_secret, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -502,8 +508,9 @@ impl CredentialStore for SqlStore {
         sealed_secret: &[u8],
         previous_expire_at: Option<Timestamp>,
     ) -> StoreResult<Changed<WorkspaceKey>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let (mut key, previous) = workspace_key_in_tx(&mut tx, self, &change.tenancy, id).await?;
+        change.require_power_over(key.scopes)?;
         start.clone_into(&mut key.start);
         key.updated_at = change.now;
         // Only the secret just replaced may live on; an older one ends now.
@@ -539,8 +546,9 @@ impl CredentialStore for SqlStore {
         change: &Change,
         id: &str,
     ) -> StoreResult<Changed<WorkspaceKey>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let (key, _) = workspace_key_in_tx(&mut tx, self, &change.tenancy, id).await?;
+        change.require_power_over(key.scopes)?;
         sqlx::query("DELETE FROM workspace_keys WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)

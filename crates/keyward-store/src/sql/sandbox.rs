@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::{corrupt, insert_root_key, SqlStore};
 use crate::cluster::Stale;
-use crate::{Changed, NewSandbox, SandboxStore, StoreError, StoreResult};
+use crate::{workspace_key_cache_hash, Changed, NewSandbox, SandboxStore, StoreError, StoreResult};
 
 /// Every credential of a workspace, by id.
 const CREDENTIALS_OF_WORKSPACE: &str = "SELECT id FROM api_keys WHERE workspace_id = $1 \
@@ -78,7 +78,16 @@ impl SandboxStore for SqlStore {
         if session.is_none() {
             return Err(StoreError::NotFound("demo session"));
         }
-        let hashes = sqlx::query(&format!(
+        // Changes hold their environment's row (`begin_change`): this waits for those under
+        // way, whose rows the deletes below then see, and refuses any that start later.
+        sqlx::query(&format!(
+            "SELECT environment FROM environments WHERE workspace_id = $1{}",
+            self.backend.lock_rows("environments")
+        ))
+        .bind(workspace_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut hashes = sqlx::query(&format!(
             "DELETE FROM secrets WHERE credential_id IN ({CREDENTIALS_OF_WORKSPACE}) RETURNING hash"
         ))
         .bind(workspace_id)
@@ -90,6 +99,14 @@ impl SandboxStore for SqlStore {
             KeyHash::from_slice(&bytes).ok_or_else(|| corrupt("hash"))
         })
         .collect::<StoreResult<Vec<_>>>()?;
+        // Workspace keys are cached by id, not by a secret's hash.
+        let workspace_keys = sqlx::query("SELECT id FROM workspace_keys WHERE workspace_id = $1")
+            .bind(workspace_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &workspace_keys {
+            hashes.push(workspace_key_cache_hash(&row.try_get::<String, _>("id")?));
+        }
         for table in WORKSPACE_TABLES {
             sqlx::query(&format!("DELETE FROM {table} WHERE workspace_id = $1"))
                 .bind(workspace_id)

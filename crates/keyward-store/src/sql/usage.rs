@@ -9,7 +9,7 @@ use keyward_core::KeyHash;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use super::{audit, corrupt, tenancy_from_row, timestamp, Backend, SqlStore, Transaction};
+use super::{audit, corrupt, tenancy_from_row, timestamp, Backend, Lock, SqlStore, Transaction};
 use crate::cluster::Stale;
 use crate::{
     Change, Changed, OrganizationSettings, Page, PageRequest, StoreError, StoreResult, UsageStore,
@@ -214,7 +214,7 @@ impl UsageStore for SqlStore {
         change: &Change,
         scheme: &RateLimitScheme,
     ) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         sqlx::query(
             "INSERT INTO rate_limit_schemes (workspace_id, environment, slug, windows, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -287,7 +287,7 @@ impl UsageStore for SqlStore {
         slug: &str,
         windows: &[RateWindow],
     ) -> StoreResult<Changed<RateLimitScheme>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let mut scheme = scheme_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
         scheme.windows = windows.to_vec();
         scheme.updated_at = change.now;
@@ -319,7 +319,7 @@ impl UsageStore for SqlStore {
         change: &Change,
         slug: &str,
     ) -> StoreResult<Changed<RateLimitScheme>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let scheme = scheme_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
         let in_use = sqlx::query(
             "SELECT 1 FROM apps WHERE workspace_id = $1 AND environment = $2 \
@@ -369,7 +369,7 @@ impl UsageStore for SqlStore {
         change: &Change,
         settings: &OrganizationSettings,
     ) -> StoreResult<Changed<Organization>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         require_scheme(
             &mut tx,
             self.backend,
@@ -432,7 +432,7 @@ impl UsageStore for SqlStore {
         change: &Change,
         id: &str,
     ) -> StoreResult<Changed<Organization>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_change(change, Lock::Shared).await?;
         let row = sqlx::query(&format!(
             "DELETE FROM organizations WHERE workspace_id = $1 AND environment = $2 AND id = $3 \
              RETURNING {ORGANIZATION_COLUMNS}"

@@ -33,7 +33,7 @@ pub(crate) fn now() -> i64 {
 /// An ES256 key pair: signs tokens, and publishes itself as a JWK.
 pub(crate) struct EcKey {
     pub(crate) encoding: EncodingKey,
-    jwk: Value,
+    pub(crate) jwk: Value,
     pub(crate) public_pem: String,
 }
 
@@ -142,7 +142,7 @@ async fn server_allowing_loopback_jwks() -> TestServer {
     .await
 }
 
-async fn verify_request(api: &Api, headers: Value) -> Value {
+pub(crate) async fn verify_request(api: &Api, headers: Value) -> Value {
     api.post(
         "/api/v1/verify-request",
         json!({"method": "GET", "path": "/orders", "headers": headers}),
@@ -152,7 +152,7 @@ async fn verify_request(api: &Api, headers: Value) -> Value {
     .clone()
 }
 
-async fn jwt_verdict(api: &Api, public_key: &str, token: &str) -> Value {
+pub(crate) async fn jwt_verdict(api: &Api, public_key: &str, token: &str) -> Value {
     verify_request(
         api,
         json!({"X-API-Key": public_key, "Authorization": format!("Bearer {token}")}),
@@ -160,7 +160,7 @@ async fn jwt_verdict(api: &Api, public_key: &str, token: &str) -> Value {
     .await
 }
 
-fn assert_refused(verdict: &Value, reason: &str) {
+pub(crate) fn assert_refused(verdict: &Value, reason: &str) {
     assert_eq!(verdict["valid"], false, "{verdict:#}");
     assert_eq!(verdict["reason"], reason, "{verdict:#}");
     assert_eq!(verdict["status"], 401, "{verdict:#}");

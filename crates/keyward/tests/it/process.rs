@@ -282,3 +282,33 @@ fn one_sqlite_directory_serves_one_process() {
     let again = ServerProcess::start(dir.path(), "again");
     drop(again);
 }
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_and_logs_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with_soft_file_limit(dir.path(), "limits", 256);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("the open-file limit")
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(
+        open_files[0], open_files[1],
+        "soft raised to hard: {limits}"
+    );
+    let (live, _) = server.first_keys.clone().unwrap();
+    Api::new(&server.base, &live)
+        .get("/api/v1/apps")
+        .await
+        .assert_status(200);
+    let log = std::fs::read_to_string(&server.stderr_path).unwrap();
+    assert!(log.contains("connection limit"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI escapes in a log file: {log}"
+    );
+}

@@ -285,7 +285,10 @@ pub struct ServerProcess {
 }
 
 pub fn keyward_binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    without_host_settings(Command::new(env!("CARGO_BIN_EXE_keyward")))
+}
+
+fn without_host_settings(mut command: Command) -> Command {
     // The test's own environment must not leak settings into the server under test.
     for (name, _) in std::env::vars() {
         if name.starts_with("KEYWARD_")
@@ -303,9 +306,27 @@ impl ServerProcess {
     }
 
     pub fn start_with_env(data_dir: &Path, log_name: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(keyward_binary(), data_dir, log_name, env)
+    }
+
+    /// Started with a low soft limit on open files, as systemd often sets (1024).
+    pub fn start_with_soft_file_limit(data_dir: &Path, log_name: &str, limit: u64) -> Self {
+        let mut shell = without_host_settings(Command::new("sh"));
+        shell
+            .arg("-c")
+            .arg(format!("ulimit -Sn {limit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_keyward"));
+        Self::spawn(shell, data_dir, log_name, &[])
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path, log_name: &str, env: &[(&str, &str)]) -> Self {
         let stderr_path = data_dir.join(format!("{log_name}.stderr.log"));
         let stderr = std::fs::File::create(&stderr_path).expect("log file");
-        let mut child = keyward_binary()
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("KEYWARD_LOG", "debug")

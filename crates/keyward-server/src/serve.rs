@@ -1,0 +1,168 @@
+//! Accepting connections. One client must not be able to stop the server, so every
+//! connection is bounded: at most `max_connections` are open at once (the next is closed on
+//! arrival, with a log line and a metric), a connection that has not sent a complete
+//! request head within `header_read_timeout` of opening or of its previous response is
+//! closed (a socket that sends nothing, a slow partial header, an idle keep-alive and an
+//! unfinished WebSocket handshake alike), and one that stops reading what it is sent is
+//! closed once a write has made no progress for `send_timeout`.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_io_timeout::TimeoutStream;
+use tower::ServiceExt;
+
+use crate::metrics::ConnectionMetrics;
+
+/// How connections are bounded (docs/credentials.md#connection-limits).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    /// Open connections, WebSocket sessions included, beyond which new ones are closed.
+    pub max_connections: usize,
+    /// From opening, or from the end of the previous response, to a complete request head.
+    pub header_read_timeout: Duration,
+    /// How long a write to the client may make no progress.
+    pub send_timeout: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets every connection
+/// finish its request in flight (idle ones close at once) and returns when all are closed.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: ConnectionSettings,
+    metrics: &ConnectionMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    let (stop, stopping) = watch::channel(false);
+    // Each connection holds a receiver; once all are dropped, every connection has closed.
+    let (open, closed) = watch::channel(());
+    let refusals = ThrottledLog::default();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, most often: wait instead of spinning.
+                    refusals.warn(|missed| tracing::warn!(%error, missed, "cannot accept a connection"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            metrics.refused.inc();
+            refusals.warn(|missed| {
+                tracing::warn!(
+                    max_connections = settings.max_connections,
+                    missed,
+                    "connection limit reached: closing new connections (KEYWARD_MAX_CONNECTIONS)"
+                );
+            });
+            drop(stream);
+            continue;
+        };
+        // Responses are written whole; waiting to coalesce them only adds latency.
+        let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(settings.send_timeout));
+        let io = TokioIo::new(Box::pin(stream));
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(request)
+        });
+        let connection = http.serve_connection(io, service).with_upgrades();
+        let mut stopping = stopping.clone();
+        let open_guard = closed.clone();
+        let (gauge, timed_out) = (metrics.open.clone(), metrics.timed_out.clone());
+        gauge.inc();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(error) = result {
+                            if is_timeout(&error) {
+                                timed_out.inc();
+                            }
+                            tracing::debug!(%error, "connection ended");
+                        }
+                        break;
+                    }
+                    _ = stopping.wait_for(|stop| *stop) => {
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            gauge.dec();
+            drop((slot, open_guard));
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    drop(closed);
+    open.closed().await;
+}
+
+/// A request head that did not arrive in time, or a write that made no progress.
+fn is_timeout(error: &hyper::Error) -> bool {
+    if error.is_timeout() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// At most one line every 10 s about a condition that may repeat thousands of times a
+/// second, saying how many occurrences it did not log.
+#[derive(Default)]
+struct ThrottledLog {
+    last: std::sync::Mutex<Option<Instant>>,
+    missed: AtomicU64,
+}
+
+impl ThrottledLog {
+    fn warn(&self, log: impl FnOnce(u64)) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(Instant::now());
+        log(self.missed.swap(0, Ordering::Relaxed));
+    }
+}

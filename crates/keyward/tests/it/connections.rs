@@ -1,0 +1,138 @@
+//! One client must not stop the server (issue 17): sockets that send nothing, stop halfway
+//! through their headers, idle on keep-alive or never read their answers are closed on
+//! time, the connection limit refuses the excess with a metric, and everyone else is
+//! answered throughout.
+
+use std::time::{Duration, Instant};
+
+use keyward_server::{ConnectionSettings, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::testkit::{metric, TestServer};
+
+async fn server_with(connections: ConnectionSettings) -> TestServer {
+    TestServer::start_with(ServerConfig {
+        connections,
+        ..ServerConfig::default()
+    })
+    .await
+}
+
+fn address(server: &TestServer) -> String {
+    server.base.trim_start_matches("http://").to_owned()
+}
+
+/// Whether the server closes `socket` within `patience`: it reads until EOF or a reset,
+/// discarding what arrives.
+async fn closed_within(socket: &mut TcpStream, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    let mut buffer = vec![0_u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, socket.read(&mut buffer)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn answered(server: &TestServer) {
+    let answer = reqwest::Client::new()
+        .get(format!("{}/healthz", server.base))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .expect("answered while misbehaving sockets are open");
+    assert_eq!(answer.status(), 200);
+}
+
+#[tokio::test]
+async fn silent_slow_idle_and_non_reading_sockets_are_closed_on_time() {
+    let server = server_with(ConnectionSettings {
+        max_connections: 100,
+        header_read_timeout: Duration::from_secs(1),
+        send_timeout: Duration::from_secs(1),
+    })
+    .await;
+    let address = address(&server);
+    let mut silent = TcpStream::connect(&address).await.unwrap();
+    let mut partial = TcpStream::connect(&address).await.unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0_u8; 512];
+    assert!(idle.read(&mut first).await.unwrap() > 0, "a first answer");
+    // Asks again and again for a large answer and never reads: the server's writes stall.
+    let mut deaf = TcpStream::connect(&address).await.unwrap();
+    let pipelined = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+    let _ = tokio::time::timeout(Duration::from_secs(2), deaf.write_all(&pipelined)).await;
+
+    answered(&server).await;
+    let started = Instant::now();
+    for (name, socket) in [
+        ("silent", &mut silent),
+        ("partial headers", &mut partial),
+        ("idle keep-alive", &mut idle),
+    ] {
+        assert!(
+            closed_within(socket, Duration::from_secs(5)).await,
+            "{name} still open"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The deaf client has a great deal buffered; reading it drains to the close.
+    assert!(closed_within(&mut deaf, Duration::from_secs(10)).await);
+    answered(&server).await;
+    let timed_out = metric(&server.base, "keyward_connections_timed_out_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(timed_out >= 3.0, "timed out: {timed_out}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_connection_limit_refuses_the_excess_and_recovers() {
+    let server = server_with(ConnectionSettings {
+        max_connections: 6,
+        header_read_timeout: Duration::from_secs(2),
+        send_timeout: Duration::from_secs(2),
+    })
+    .await;
+    let address = address(&server);
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(TcpStream::connect(&address).await.unwrap());
+    }
+    // Accepted in order: give the server a moment to take every held one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut excess = TcpStream::connect(&address).await.unwrap();
+    assert!(
+        closed_within(&mut excess, Duration::from_secs(1)).await,
+        "the seventh connection is closed on arrival"
+    );
+    // The held ones end by their header timeout; then everyone is answered again.
+    for socket in &mut held {
+        assert!(closed_within(socket, Duration::from_secs(5)).await);
+    }
+    answered(&server).await;
+    assert!(
+        metric(&server.base, "keyward_connections_refused_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    // The metrics request's own connection, and perhaps one a finished client has not
+    // closed yet; none of the held ones.
+    let open = metric(&server.base, "keyward_connections_open")
+        .await
+        .unwrap();
+    assert!((1.0..=2.0).contains(&open), "open: {open}");
+    server.stop().await;
+}
