@@ -33,6 +33,17 @@ impl Environment {
             _ => None,
         }
     }
+
+    /// The scopes it takes to set `enhanced_security` to `on` here. Turning it off in `live`
+    /// makes a bare `pk_live_…`, a public value, verify as the environment: it hands
+    /// everyone who reads a bundle what only a trust anchor should confer, so only `*` may.
+    pub fn scopes_to_set_enhanced_security(self, on: bool) -> ScopeSet {
+        if self == Environment::Live && !on {
+            ScopeSet::all()
+        } else {
+            Scope::EnvironmentWrite.into()
+        }
+    }
 }
 
 /// The (workspace, environment) pair that owns every other record.
@@ -61,8 +72,62 @@ pub struct RootKey {
     pub revoked_at: Option<Timestamp>,
     /// Limits this key's calls to Keyward's own API.
     pub rate_limit_scheme: Option<String>,
+    /// The credential whose counters those calls charge, when it is not this key: the
+    /// limited key that made it ([`CallLimit::for_new_credential`]).
+    pub limit_meter: Option<String>,
     /// Demo sandboxes' keys end with their sandbox.
     pub expires_at: Option<Timestamp>,
+}
+
+impl RootKey {
+    pub fn call_limit(&self) -> CallLimit {
+        CallLimit::of(&self.id, &self.rate_limit_scheme, &self.limit_meter)
+    }
+}
+
+/// How a management credential's calls to Keyward's API are limited.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CallLimit {
+    /// The rate-limit scheme; `None`: unlimited.
+    pub scheme: Option<String>,
+    /// The id of the credential whose counters the calls charge.
+    pub meter: String,
+}
+
+/// A limited credential asked to give a new one another limit than its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("A rate-limited key's credentials inherit its limit; only `*` may give them another")]
+pub struct LimitNotInherited;
+
+impl CallLimit {
+    fn of(id: &str, scheme: &Option<String>, meter: &Option<String>) -> Self {
+        Self {
+            scheme: scheme.clone(),
+            meter: meter.clone().unwrap_or_else(|| id.to_owned()),
+        }
+    }
+
+    /// The scheme and shared meter (`None`: its own) of a credential made by a caller with
+    /// `creator_scopes` and this limit, asking for `requested`.
+    ///
+    /// Only `*` chooses freely. A limited key's credentials keep its scheme and charge its
+    /// counters, so minting copies never raises what it may call; an unlimited key may
+    /// limit what it makes.
+    pub fn for_new_credential(
+        &self,
+        creator_scopes: ScopeSet,
+        requested: Option<String>,
+    ) -> Result<(Option<String>, Option<String>), LimitNotInherited> {
+        match &self.scheme {
+            Some(own) if !creator_scopes.contains(Scope::All) => {
+                if requested.as_ref().is_some_and(|asked| asked != own) {
+                    return Err(LimitNotInherited);
+                }
+                Ok((Some(own.clone()), Some(self.meter.clone())))
+            }
+            _ => Ok((requested, None)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -321,10 +386,20 @@ pub struct WorkspaceKey {
     pub tenancy: Tenancy,
     pub name: String,
     pub scopes: ScopeSet,
+    /// Limits its signed calls to Keyward's own API, as a root key's scheme does.
+    pub rate_limit_scheme: Option<String>,
+    /// As [`RootKey::limit_meter`].
+    pub limit_meter: Option<String>,
     /// The non-secret start of its secret, for display.
     pub start: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+impl WorkspaceKey {
+    pub fn call_limit(&self) -> CallLimit {
+        CallLimit::of(&self.id, &self.rate_limit_scheme, &self.limit_meter)
+    }
 }
 
 /// A workspace key's secret, sealed under the server's master key (AES-256-GCM).
@@ -333,4 +408,51 @@ pub struct SealedSecret {
     pub ciphertext: Vec<u8>,
     /// End of the grace period of a superseded secret; `None` for the current one.
     pub expires_at: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_star_frees_a_new_credential_from_its_creator_s_limit() {
+        let limited = CallLimit {
+            scheme: Some("tight".to_owned()),
+            meter: "rk_parent".to_owned(),
+        };
+        let writer: ScopeSet = Scope::RootKeysWrite.into();
+        let inherited = (Some("tight".to_owned()), Some("rk_parent".to_owned()));
+        assert_eq!(
+            limited.for_new_credential(writer, None),
+            Ok(inherited.clone())
+        );
+        assert_eq!(
+            limited.for_new_credential(writer, Some("tight".to_owned())),
+            Ok(inherited)
+        );
+        assert_eq!(
+            limited.for_new_credential(writer, Some("loose".to_owned())),
+            Err(LimitNotInherited)
+        );
+        assert_eq!(
+            limited.for_new_credential(ScopeSet::all(), None),
+            Ok((None, None))
+        );
+        let free = CallLimit {
+            scheme: None,
+            meter: "rk_free".to_owned(),
+        };
+        assert_eq!(
+            free.for_new_credential(writer, Some("tight".to_owned())),
+            Ok((Some("tight".to_owned()), None))
+        );
+        assert_eq!(
+            Environment::Live.scopes_to_set_enhanced_security(false),
+            ScopeSet::all()
+        );
+        assert_eq!(
+            Environment::Test.scopes_to_set_enhanced_security(false),
+            Scope::EnvironmentWrite.into()
+        );
+    }
 }

@@ -123,6 +123,10 @@ impl ScopeSet {
         self.0 |= scope.bit();
     }
 
+    pub fn union(self, other: ScopeSet) -> Self {
+        Self(self.0 | other.0)
+    }
+
     pub fn contains(self, scope: Scope) -> bool {
         self.0 & scope.bit() != 0
     }

@@ -119,6 +119,9 @@ pub struct WorkspaceKey {
     pub name: String,
     pub environment: String,
     pub scopes: Vec<String>,
+    /// Limits its signed calls to Keyward's API, as a root key's scheme does.
+    #[serde(default)]
+    pub rate_limit_scheme: Option<String>,
     /// The non-secret beginning of the secret.
     pub start: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -143,6 +146,10 @@ pub struct CreateWorkspaceKeyRequest {
     /// Like a root key's; `["*"]` by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,
+    /// Limits its signed calls to Keyward's API; none by default. A key made by a limited
+    /// key inherits that key's limit unless its maker holds `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_scheme: Option<String>,
 }
 
 /// An end user's new key (SPEC §4.1b).

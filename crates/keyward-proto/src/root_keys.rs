@@ -36,7 +36,8 @@ pub struct CreateRootKeyRequest {
     pub name: String,
     /// e.g. `["keys:read", "verify"]`, or `["*"]`.
     pub scopes: Vec<String>,
-    /// Limits this key's calls to Keyward's API; none by default.
+    /// Limits this key's calls to Keyward's API; none by default. A key made by a limited
+    /// key inherits that key's limit (and shares its counters) unless its maker holds `*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_scheme: Option<String>,
 }

@@ -42,6 +42,7 @@ pub async fn bootstrap(store: &dyn Store) -> Result<Option<FirstRootKeys>, Store
                 created_at: now,
                 revoked_at: None,
                 rate_limit_scheme: None,
+                limit_meter: None,
                 expires_at: None,
             },
             secret.hash,

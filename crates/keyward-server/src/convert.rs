@@ -216,6 +216,7 @@ pub(crate) fn workspace_key(key: &keyward_core::model::WorkspaceKey) -> wire::Wo
         name: key.name.clone(),
         environment: key.tenancy.environment.as_str().to_owned(),
         scopes: key.scopes.to_names(),
+        rate_limit_scheme: key.rate_limit_scheme.clone(),
         start: key.start.clone(),
         created_at: datetime(key.created_at),
         updated_at: datetime(key.updated_at),

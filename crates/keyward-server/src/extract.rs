@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
-use keyward_core::model::Tenancy;
+use keyward_core::model::{CallLimit, Tenancy};
 use keyward_core::scope::{Scope, ScopeSet};
 use serde::de::DeserializeOwned;
 
@@ -18,7 +18,6 @@ use crate::rate_limit::RateLimitSlot;
 use crate::verifier::RootKeyRefusal;
 use crate::{clock, AppState};
 use keyward_core::credential::{self, Presented, PresentedError};
-use keyward_core::Environment;
 
 /// A JSON body that must be present.
 pub(crate) struct ApiJson<T>(pub T);
@@ -155,19 +154,26 @@ pub(crate) struct Caller {
     pub actor_id: String,
     pub tenancy: Tenancy,
     pub scopes: ScopeSet,
+    /// How its calls are limited, which the credentials it makes inherit.
+    pub limit: CallLimit,
     pub request_id: Option<String>,
 }
 
 impl Caller {
     pub(crate) fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.scopes.grants(scope) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "insufficient_scope",
-                format!("This key lacks the `{scope}` scope"),
-            ))
+        self.require_any(&[scope])
+    }
+
+    /// Any one of `scopes` will do.
+    pub(crate) fn require_any(&self, scopes: &[Scope]) -> Result<(), ApiError> {
+        if scopes.iter().any(|scope| self.scopes.grants(*scope)) {
+            return Ok(());
         }
+        let names: Vec<String> = scopes.iter().map(|scope| format!("`{scope}`")).collect();
+        Err(ApiError::forbidden(
+            "insufficient_scope",
+            format!("This key lacks the {} scope", names.join(" or ")),
+        ))
     }
 }
 
@@ -234,10 +240,20 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 let workspace_key = state
                     .authenticate_signature(&signature, &facts, clock::now())
                     .await?;
+                state
+                    .limit_api_calls(
+                        parts.extensions.get::<RateLimitSlot>(),
+                        &workspace_key.key.tenancy,
+                        &workspace_key.meter,
+                        &workspace_key.windows,
+                        clock::now(),
+                    )
+                    .await?;
                 return Ok(Self {
                     actor_id: workspace_key.key.id.clone(),
                     tenancy: workspace_key.key.tenancy.clone(),
                     scopes: workspace_key.key.scopes,
+                    limit: workspace_key.key.call_limit(),
                     request_id,
                 });
             }
@@ -251,17 +267,12 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .authenticate_root(state.store.as_ref(), secret, clock::now())
             .await?
             .map_err(root_key_refusal)?;
-        // A demo sandbox's key is always limited; others when they name a scheme.
-        let windows = if entry.key.tenancy.environment == Environment::Demo {
-            &state.demo.api_windows
-        } else {
-            &entry.windows
-        };
         state
-            .limit_calls(
+            .limit_api_calls(
                 parts.extensions.get::<RateLimitSlot>(),
+                &entry.key.tenancy,
                 &entry.meter,
-                windows,
+                &entry.windows,
                 clock::now(),
             )
             .await?;
@@ -269,6 +280,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             actor_id: entry.key.id.clone(),
             tenancy: entry.key.tenancy.clone(),
             scopes: entry.key.scopes,
+            limit: entry.key.call_limit(),
             request_id,
         })
     }

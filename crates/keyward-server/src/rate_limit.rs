@@ -11,8 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use ipnet::IpNet;
+use keyward_core::model::Tenancy;
 use keyward_core::usage::{Decision, Outcome, RateWindow};
-use keyward_core::Timestamp;
+use keyward_core::{Environment, Timestamp};
 
 use crate::usage::{ChargeRequest, UsageError};
 use crate::{ApiError, AppState};
@@ -86,6 +87,26 @@ impl RateReport {
 }
 
 impl AppState {
+    /// Limits a management credential's call to Keyward's API: by its scheme on its meter,
+    /// or, in a demo sandbox, by the demo limits on one meter for the whole sandbox, so
+    /// that no credential a sandbox makes has a budget of its own.
+    pub(crate) async fn limit_api_calls(
+        &self,
+        slot: Option<&RateLimitSlot>,
+        tenancy: &Tenancy,
+        meter: &str,
+        windows: &[RateWindow],
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
+        if tenancy.environment == Environment::Demo {
+            let sandbox = format!("demo:{}", tenancy.workspace_id);
+            return self
+                .limit_calls(slot, &sandbox, &self.demo.api_windows, now)
+                .await;
+        }
+        self.limit_calls(slot, meter, windows, now).await
+    }
+
     /// Counts one call against `windows` on `meter`; 429 when a window is full. The headers
     /// go on whatever the call answers.
     pub(crate) async fn limit_calls(

@@ -69,6 +69,8 @@ pub struct CachedWorkspaceKey {
     pub key: WorkspaceKey,
     /// The current secret, then a superseded one with the end of its grace period.
     pub secrets: Vec<(SecretString, Option<Timestamp>)>,
+    /// Its scheme's windows, limiting its calls to Keyward's API, on `meter`.
+    pub windows: Vec<RateWindow>,
     pub meter: String,
 }
 
@@ -304,7 +306,7 @@ impl Verifier {
                     return Ok(Err(RootKeyRefusal::Invalid));
                 };
                 let entry = Arc::new(CachedRootKey {
-                    meter: format!("root:{}", found.key.id),
+                    meter: format!("calls:{}", found.key.call_limit().meter),
                     key: found.key,
                     secret_expires_at: found.secret.expires_at,
                     windows: found.windows,
@@ -427,9 +429,10 @@ impl Verifier {
             secrets.push((SecretString::from(plain), sealed.expires_at));
         }
         let entry = Arc::new(CachedWorkspaceKey {
-            meter: format!("workspace:{}", found.key.id),
+            meter: format!("calls:{}", found.key.call_limit().meter),
             key: found.key,
             secrets,
+            windows: found.windows,
         });
         self.insert_unless_invalidated(hash, Cached::Workspace(Arc::clone(&entry)), epoch);
         Ok(Some(entry))

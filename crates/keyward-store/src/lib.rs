@@ -292,6 +292,8 @@ pub struct FoundWorkspaceKey {
     pub key: WorkspaceKey,
     /// The current secret first, then a superseded one still in its grace period.
     pub secrets: Vec<SealedSecret>,
+    /// Its scheme's windows, limiting its calls to Keyward's API.
+    pub windows: Vec<RateWindow>,
 }
 
 /// Public keys, signing keys, workspace keys, and the HMAC signatures already accepted.

@@ -344,11 +344,13 @@ const APP_SELECT: &str = "SELECT id, workspace_id, environment, name, slug, perm
      rate_limit_scheme, organization_id, key_prefix, created_at, updated_at FROM apps";
 
 const ROOT_KEY_SELECT: &str = "SELECT r.id, r.workspace_id, r.environment, r.name, r.scopes, \
-     r.start, r.created_at, r.revoked_at, r.rate_limit_scheme, r.expires_at FROM root_keys r";
+     r.start, r.created_at, r.revoked_at, r.rate_limit_scheme, r.limit_meter, r.expires_at \
+     FROM root_keys r";
 
 /// A root key with the secret it was found by.
 const ROOT_KEY_BY_HASH: &str = "SELECT r.id, r.workspace_id, r.environment, r.name, r.scopes, \
-     r.start, r.created_at, r.revoked_at, r.rate_limit_scheme, r.expires_at, s.hash, \
+     r.start, r.created_at, r.revoked_at, r.rate_limit_scheme, r.limit_meter, r.expires_at, \
+     s.hash, \
      s.expires_at AS secret_expires_at \
      FROM secrets s JOIN root_keys r ON r.id = s.credential_id WHERE s.hash = $1";
 
@@ -465,6 +467,7 @@ fn root_key_from_row(row: &AnyRow) -> StoreResult<RootKey> {
         created_at: timestamp(row, "created_at")?,
         revoked_at: optional_timestamp(row, "revoked_at")?,
         rate_limit_scheme: row.try_get("rate_limit_scheme")?,
+        limit_meter: row.try_get("limit_meter")?,
         expires_at: optional_timestamp(row, "expires_at")?,
     })
 }
@@ -741,6 +744,14 @@ impl Store for SqlStore {
         change: &Change,
         enhanced_security: Option<bool>,
     ) -> StoreResult<Changed<EnvironmentSettings>> {
+        if let Some(on) = enhanced_security {
+            change.require_power_over(
+                change
+                    .tenancy
+                    .environment
+                    .scopes_to_set_enhanced_security(on),
+            )?;
+        }
         let mut tx = self.begin_change(change, Lock::Exclusive).await?;
         if let Some(enhanced_security) = enhanced_security {
             let updated = sqlx::query(
@@ -1678,8 +1689,8 @@ async fn insert_root_key(
 ) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO root_keys (id, workspace_id, environment, name, scopes, start, created_at, \
-         revoked_at, rate_limit_scheme, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         revoked_at, rate_limit_scheme, limit_meter, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&key.id)
     .bind(&key.tenancy.workspace_id)
@@ -1690,6 +1701,7 @@ async fn insert_root_key(
     .bind(key.created_at.as_millis())
     .bind(key.revoked_at.map(Timestamp::as_millis))
     .bind(&key.rate_limit_scheme)
+    .bind(&key.limit_meter)
     .bind(key.expires_at.map(Timestamp::as_millis))
     .execute(&mut **tx)
     .await?;

@@ -326,6 +326,9 @@ pub(crate) async fn create_workspace_key(
             &CreateWorkspaceKeyRequest {
                 name: filled(&form.name),
                 scopes: (!scopes.is_empty()).then_some(scopes),
+                // The dashboard's workspace keys are unlimited, or inherit the signed-in
+                // key's limit; the API sets a scheme.
+                rate_limit_scheme: None,
             },
         )
         .await;

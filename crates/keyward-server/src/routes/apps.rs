@@ -80,7 +80,8 @@ pub(crate) async fn list_apps(
     caller: Caller,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<wire::Page<wire::App>>, ApiError> {
-    caller.require(Scope::AppsRead)?;
+    // Who issues keys must see the apps they belong to and what they may grant.
+    caller.require_any(&[Scope::AppsRead, Scope::KeysWrite])?;
     let page = page_request(params.limit, params.cursor)?;
     let apps = state.store.list_apps(&caller.tenancy, &page).await?;
     Ok(Json(convert::page(apps, convert::app)))
@@ -95,7 +96,8 @@ pub(crate) async fn get_app(
     caller: Caller,
     Path(slug): Path<String>,
 ) -> Result<Json<wire::App>, ApiError> {
-    caller.require(Scope::AppsRead)?;
+    // Who issues keys must see the apps they belong to and what they may grant.
+    caller.require_any(&[Scope::AppsRead, Scope::KeysWrite])?;
     let app = state.store.app_by_slug(&caller.tenancy, &slug).await?;
     Ok(Json(convert::app(&app)))
 }

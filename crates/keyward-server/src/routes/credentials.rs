@@ -25,7 +25,7 @@ use secrecy::ExposeSecret;
 
 use super::apps::{field_error, scheme_reference};
 use super::keys::previous_expiry;
-use super::root_keys::requested_scopes;
+use super::root_keys::{inherited_limit, requested_scopes};
 use crate::extract::{ApiJson, ApiQuery, Caller, OptionalJson};
 use crate::tokens::{jwks, parse_inline_keys};
 use crate::{convert, crypto, os_rng, page_request, ApiError, AppState};
@@ -368,6 +368,8 @@ pub(crate) async fn create_workspace_key(
         Some(names) => requested_scopes(names)?,
         None => ScopeSet::all(),
     };
+    scheme_reference(request.rate_limit_scheme.as_deref())?;
+    let (rate_limit_scheme, limit_meter) = inherited_limit(&caller, request.rate_limit_scheme)?;
     let change = caller.change();
     let secret = workspace_secret(caller.tenancy.environment)?;
     let key = WorkspaceKey {
@@ -375,6 +377,8 @@ pub(crate) async fn create_workspace_key(
         tenancy: caller.tenancy.clone(),
         name: name_or(request.name, "Workspace key")?,
         scopes,
+        rate_limit_scheme,
+        limit_meter,
         start: secret.start.clone(),
         created_at: change.now,
         updated_at: change.now,

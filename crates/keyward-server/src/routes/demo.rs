@@ -66,6 +66,7 @@ pub(crate) async fn create_session(
         created_at: now,
         revoked_at: None,
         rate_limit_scheme: None,
+        limit_meter: None,
         expires_at: Some(expires_at),
     };
     state

@@ -82,6 +82,7 @@ impl FromRequestParts<Arc<AppState>> for Me {
             actor_id: format!("{}:{subject}", user.public_key.key.id),
             tenancy: user.public_key.key.tenancy.clone(),
             scopes: ScopeSet::default(),
+            limit: keyward_core::model::CallLimit::default(),
             request_id: parts.extensions.get::<RequestId>().map(|id| id.0.clone()),
         };
         Ok(Self {

@@ -43,6 +43,17 @@ pub(super) fn requested_scopes(names: &[String]) -> Result<ScopeSet, ApiError> {
     Ok(scopes)
 }
 
+/// The limit of a credential the caller makes: its own, unless it holds `*`.
+pub(super) fn inherited_limit(
+    caller: &Caller,
+    requested: Option<String>,
+) -> Result<(Option<String>, Option<String>), ApiError> {
+    caller
+        .limit
+        .for_new_credential(caller.scopes, requested)
+        .map_err(|refusal| ApiError::forbidden("insufficient_scope", refusal.to_string()))
+}
+
 /// Create a root key for this environment, with at most the caller's own scopes.
 #[utoipa::path(post, path = "/api/v1/root-keys", tag = "root keys", security(("root_key" = [])),
     request_body = CreateRootKeyRequest,
@@ -56,6 +67,7 @@ pub(crate) async fn create_root_key(
     validate::text("name", &request.name, MAX_NAME_LEN).map_err(field_error)?;
     let scopes = requested_scopes(&request.scopes)?;
     super::apps::scheme_reference(request.rate_limit_scheme.as_deref())?;
+    let (rate_limit_scheme, limit_meter) = inherited_limit(&caller, request.rate_limit_scheme)?;
     let change = caller.change();
     let secret = IssuedSecret::generate(ROOT_KEY_PREFIX, caller.tenancy.environment, &mut os_rng())
         .map_err(|_| ApiError::internal())?;
@@ -67,7 +79,8 @@ pub(crate) async fn create_root_key(
         start: secret.start.clone(),
         created_at: change.now,
         revoked_at: None,
-        rate_limit_scheme: request.rate_limit_scheme,
+        rate_limit_scheme,
+        limit_meter,
         expires_at: None,
     };
     state

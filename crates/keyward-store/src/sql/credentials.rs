@@ -30,8 +30,8 @@ const SIGNING_KEY_SELECT: &str = "SELECT id, workspace_id, environment, name, pu
      created_at FROM signing_keys";
 
 const WORKSPACE_KEY_SELECT: &str = "SELECT id, workspace_id, environment, name, scopes, start, \
-     sealed_secret, previous_sealed_secret, previous_expires_at, created_at, updated_at \
-     FROM workspace_keys";
+     rate_limit_scheme, limit_meter, sealed_secret, previous_sealed_secret, previous_expires_at, \
+     created_at, updated_at FROM workspace_keys";
 
 fn public_key_from_row(row: &AnyRow) -> StoreResult<PublicKey> {
     let kind: String = row.try_get("kind")?;
@@ -93,6 +93,8 @@ fn workspace_key_from_row(row: &AnyRow) -> StoreResult<WorkspaceKey> {
         tenancy: tenancy_from_row(row)?,
         name: row.try_get("name")?,
         scopes: ScopeSet::parse(names.iter().map(String::as_str)).map_err(|_| corrupt("scopes"))?,
+        rate_limit_scheme: row.try_get("rate_limit_scheme")?,
+        limit_meter: row.try_get("limit_meter")?,
         start: row.try_get("start")?,
         created_at: timestamp(row, "created_at")?,
         updated_at: timestamp(row, "updated_at")?,
@@ -451,9 +453,17 @@ impl CredentialStore for SqlStore {
     ) -> StoreResult<()> {
         change.require_power_over(key.scopes)?;
         let mut tx = self.begin_change(change, Lock::Shared).await?;
+        usage::require_scheme(
+            &mut tx,
+            self.backend,
+            &key.tenancy,
+            key.rate_limit_scheme.as_deref(),
+        )
+        .await?;
         sqlx::query(
             "INSERT INTO workspace_keys (id, workspace_id, environment, name, scopes, start, \
-             sealed_secret, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             rate_limit_scheme, limit_meter, sealed_secret, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&key.id)
         .bind(&key.tenancy.workspace_id)
@@ -461,6 +471,8 @@ impl CredentialStore for SqlStore {
         .bind(&key.name)
         .bind(to_json(&key.scopes.to_names()))
         .bind(&key.start)
+        .bind(&key.rate_limit_scheme)
+        .bind(&key.limit_meter)
         .bind(sealed_secret.to_vec())
         .bind(key.created_at.as_millis())
         .bind(key.updated_at.as_millis())
@@ -584,9 +596,15 @@ impl CredentialStore for SqlStore {
                 expires_at: Some(expires_at),
             });
         }
+        let key = workspace_key_from_row(&row)?;
+        let windows = match &key.rate_limit_scheme {
+            Some(slug) => usage::scheme_windows(&self.reader, &key.tenancy, slug).await?,
+            None => Vec::new(),
+        };
         Ok(Some(FoundWorkspaceKey {
-            key: workspace_key_from_row(&row)?,
+            key,
             secrets,
+            windows,
         }))
     }
 

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use keyward_core::model::{
     ApiKey, Organization, OrganizationPolicy, RateLimitScheme, Tenancy, UsagePolicy,
 };
+use keyward_core::scope::{Scope, ScopeSet};
 use keyward_core::usage::{Period, RateWindow};
 use keyward_core::KeyHash;
 use sqlx::any::AnyRow;
@@ -289,6 +290,7 @@ impl UsageStore for SqlStore {
     ) -> StoreResult<Changed<RateLimitScheme>> {
         let mut tx = self.begin_change(change, Lock::Shared).await?;
         let mut scheme = scheme_in_tx(&mut tx, self.backend, &change.tenancy, slug).await?;
+        require_power_over_limited(&mut tx, change, slug).await?;
         scheme.windows = windows.to_vec();
         scheme.updated_at = change.now;
         sqlx::query(
@@ -331,6 +333,8 @@ impl UsageStore for SqlStore {
              UNION ALL SELECT 1 FROM root_keys WHERE workspace_id = $1 AND environment = $2 \
                AND rate_limit_scheme = $3 AND revoked_at IS NULL \
              UNION ALL SELECT 1 FROM public_keys WHERE workspace_id = $1 \
+               AND environment = $2 AND rate_limit_scheme = $3 \
+             UNION ALL SELECT 1 FROM workspace_keys WHERE workspace_id = $1 \
                AND environment = $2 AND rate_limit_scheme = $3 \
              LIMIT 1",
         )
@@ -500,4 +504,41 @@ impl UsageStore for SqlStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// A scheme that limits root or workspace keys' calls configures those credentials: changing
+/// it takes the scope that governs them and every scope they hold, and a limited key may
+/// not loosen (or tighten) its own limit unless it holds `*`.
+async fn require_power_over_limited(
+    tx: &mut Transaction<'_>,
+    change: &Change,
+    slug: &str,
+) -> StoreResult<()> {
+    let rows = sqlx::query(
+        "SELECT id, scopes, 'root' AS kind FROM root_keys WHERE workspace_id = $1 \
+           AND environment = $2 AND rate_limit_scheme = $3 AND revoked_at IS NULL \
+         UNION ALL SELECT id, scopes, 'workspace' AS kind FROM workspace_keys \
+           WHERE workspace_id = $1 AND environment = $2 AND rate_limit_scheme = $3",
+    )
+    .bind(&change.tenancy.workspace_id)
+    .bind(change.tenancy.environment.as_str())
+    .bind(slug)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut conferred = ScopeSet::default();
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        if id == change.actor && !change.actor_scopes.contains(Scope::All) {
+            return Err(StoreError::NotPermitted("insufficient_scope"));
+        }
+        let names = super::json_list(row, "scopes")?;
+        let scopes =
+            ScopeSet::parse(names.iter().map(String::as_str)).map_err(|_| corrupt("scopes"))?;
+        let governing = match row.try_get::<String, _>("kind")?.as_str() {
+            "root" => Scope::RootKeysWrite,
+            _ => Scope::WorkspaceKeysWrite,
+        };
+        conferred = conferred.union(scopes).union(governing.into());
+    }
+    change.require_power_over(conferred)
 }

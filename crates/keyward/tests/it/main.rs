@@ -15,6 +15,7 @@ mod import;
 mod keys;
 mod process;
 mod redis;
+mod scopes;
 mod sdk;
 mod security;
 mod stream;
