@@ -25,6 +25,11 @@ import urllib.request
 from kwbench import call, start_server, stop, wait_ready
 
 BINARY, SECONDS, RUNS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+# Another build of Keyward (e.g. the commit before a change), measured in the same run,
+# alternating with this one, as "Keyward (baseline)".
+BASELINE = os.environ.get("KW_COMPARE_BASELINE")
+# `keyward`: Keyward's own cases only (with the baseline's, if any), no peers.
+ONLY = os.environ.get("KW_COMPARE_ONLY", "")
 PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
 # Keys seeded into every system's key store; the benchmark presents one of them.
 SEEDED_KEYS = 10_000
@@ -192,8 +197,9 @@ def forged(token):
     return token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
 
 
-def keyward_cases(directory, public_pem, sign, cases, processes):
-    process, base, root = start_server(BINARY, os.path.join(directory, "keyward"))
+def keyward_cases(directory, public_pem, sign, cases, processes, binary=BINARY,
+                  system="Keyward"):
+    process, base, root = start_server(binary, os.path.join(directory, system.replace(" ", "-")))
     processes.append(process)
     wait_ready(base)
     call(base, root, "POST", "/api/v1/apps", {"name": "Bench", "slug": "bench"})
@@ -209,13 +215,14 @@ def keyward_cases(directory, public_pem, sign, cases, processes):
         "type": "jwt", "public_key": public_pem, "algorithms": ["ES256"]})["key"]
     warm_token = sign("usr_warm")
     tokens_file = os.path.join(directory, "fresh-tokens.txt")
-    started = time.time()
-    fresh_tokens = TOKENS_PER_RUN * (RUNS + 1)
-    with open(tokens_file, "w") as out:
-        for n in range(fresh_tokens):
-            out.write(sign(f"usr_{n}") + "\n")
-    print(f"(signed {fresh_tokens:,} fresh tokens in {time.time() - started:.0f} s)",
-          file=sys.stderr)
+    if not os.path.exists(tokens_file):
+        started = time.time()
+        fresh_tokens = TOKENS_PER_RUN * (RUNS + 1)
+        with open(tokens_file, "w") as out:
+            for n in range(fresh_tokens):
+                out.write(sign(f"usr_{n}") + "\n")
+        print(f"(signed {fresh_tokens:,} fresh tokens in {time.time() - started:.0f} s)",
+              file=sys.stderr)
 
     auth = {"Authorization": f"Bearer {root}", "Content-Type": "application/json"}
     verify = base + "/api/v1/keys/verify"
@@ -235,22 +242,23 @@ def keyward_cases(directory, public_pem, sign, cases, processes):
                     gateway_body(forged(warm_token)))["valid"]
 
     pid = process.pid
+    tag = system.replace(" ", "-").replace("(", "").replace(")", "")
     cases += [
-        Case("Keyward", "GET /healthz (ceiling)", base + "/healthz",
-             lua_script(directory, "kw-health"), pid),
-        Case("Keyward", "keys/verify, valid key", verify,
-             lua_script(directory, "kw-good", "POST", auth, {"key": good}), pid),
-        Case("Keyward", "keys/verify, unknown key", verify,
-             lua_script(directory, "kw-bad", "POST", auth, {"key": gone["secret"]}), pid),
-        Case("Keyward", "keys/verify, rate limit + credits", verify,
-             lua_script(directory, "kw-limited", "POST", auth, {"key": limited}), pid),
-        Case("Keyward", "verify-request, pk_jwt + ES256 JWT, warm", gateway,
-             lua_script(directory, "kw-jwt-warm", "POST", auth, gateway_body(warm_token)), pid),
-        Case("Keyward", "verify-request, pk_jwt + forged JWT", gateway,
-             lua_script(directory, "kw-jwt-forged", "POST", auth,
+        Case(system, "GET /healthz (ceiling)", base + "/healthz",
+             lua_script(directory, tag + "-kw-health"), pid),
+        Case(system, "keys/verify, valid key", verify,
+             lua_script(directory, tag + "-kw-good", "POST", auth, {"key": good}), pid),
+        Case(system, "keys/verify, unknown key", verify,
+             lua_script(directory, tag + "-kw-bad", "POST", auth, {"key": gone["secret"]}), pid),
+        Case(system, "keys/verify, rate limit + credits", verify,
+             lua_script(directory, tag + "-kw-limited", "POST", auth, {"key": limited}), pid),
+        Case(system, "verify-request, pk_jwt + ES256 JWT, warm", gateway,
+             lua_script(directory, tag + "-kw-jwt-warm", "POST", auth, gateway_body(warm_token)), pid),
+        Case(system, "verify-request, pk_jwt + forged JWT", gateway,
+             lua_script(directory, tag + "-kw-jwt-forged", "POST", auth,
                         gateway_body(forged(warm_token))), pid),
-        Case("Keyward", "verify-request, pk_jwt + a fresh JWT each request", gateway,
-             lua_script(directory, "kw-jwt-fresh", "POST", auth, gateway_body("@@TOKEN@@"),
+        Case(system, "verify-request, pk_jwt + a fresh JWT each request", gateway,
+             lua_script(directory, tag + "-kw-jwt-fresh", "POST", auth, gateway_body("@@TOKEN@@"),
                         tokens_file=tokens_file), pid, tokens_per_run=TOKENS_PER_RUN),
     ]
     return good
@@ -359,10 +367,18 @@ def main():
         try:
             public_pem, sign = es256_signer(directory)
             keyward_cases(directory, public_pem, sign, cases, processes)
-            keys = seeded_keys()
-            nginx_cases(directory, keys, cases, processes)
-            haproxy_cases(directory, keys, sign, sign("usr_warm"), cases, processes)
-            express_gateway_cases(directory, cases, processes)
+            if BASELINE:
+                keyward_cases(directory, public_pem, sign, cases, processes, BASELINE,
+                              "Keyward (baseline)")
+                # Alternate: each case of this build right before the same of the baseline.
+                ours = [case for case in cases if case.system == "Keyward"]
+                theirs = [case for case in cases if case.system != "Keyward"]
+                cases[:] = [case for pair in zip(ours, theirs) for case in pair]
+            if ONLY != "keyward":
+                keys = seeded_keys()
+                nginx_cases(directory, keys, cases, processes)
+                haproxy_cases(directory, keys, sign, sign("usr_warm"), cases, processes)
+                express_gateway_cases(directory, cases, processes)
             for case in cases:  # warm-up: caches, JITs, connection pools
                 case.run(warm_up=True)
             for run in range(RUNS):
@@ -393,6 +409,16 @@ def report(cases):
         print(f"| {case.system} | {case.name} | {case.median(0):,.0f} | {case.median(1):.2f} ms "
               f"| {case.median(2):.2f} ms | {case.median(3):.1f} µs |")
     verify = rps("Keyward", "keys/verify, valid key")
+    if BASELINE:
+        print("\n| case | this build / baseline, req/s | CPU per request |")
+        print("|---|---|---|")
+        for case in cases:
+            if case.system == "Keyward":
+                base = by_name[("Keyward (baseline)", case.name)]
+                print(f"| {case.name} | {case.median(0) / base.median(0):.3f}× "
+                      f"| {case.median(3) / base.median(3):.3f}× |")
+    if ONLY == "keyward":
+        return
     targets = [
         ("Keyward verify / Keyward /healthz", verify / rps("Keyward", "GET /healthz (ceiling)"), 0.70),
         ("Keyward verify / HAProxy key map", verify / rps("HAProxy", "X-API-Key in a map, valid key"), 0.70),

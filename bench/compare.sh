@@ -6,6 +6,8 @@
 # Python `cryptography` package, to sign JWTs), builds Keyward in release mode, starts every
 # system on loopback with the configuration in bench/peers/, and prints a Markdown table,
 # also saved as target/compare-<date>.md. Every process it starts is stopped by PID.
+# KW_COMPARE_BASELINE=<another keyward binary> measures that build too, each case right after
+# the same case of this one, with a table of ratios; KW_COMPARE_ONLY=keyward skips the peers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
