@@ -15,8 +15,13 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_io_timeout::TimeoutStream;
 use tower::ServiceExt;
 
@@ -90,7 +95,7 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(settings.send_timeout));
-        let io = TokioIo::new(Box::pin(stream));
+        let io = TokioIo::new(Counted::new(Box::pin(stream), slot, metrics.open.clone()));
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -99,34 +104,97 @@ pub(crate) async fn serve(
         let connection = http.serve_connection(io, service).with_upgrades();
         let mut stopping = stopping.clone();
         let open_guard = closed.clone();
-        let (gauge, timed_out) = (metrics.open.clone(), metrics.timed_out.clone());
-        gauge.inc();
+        let timed_out = metrics.timed_out.clone();
         tokio::spawn(async move {
             tokio::pin!(connection);
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(error) = result {
-                            if is_timeout(&error) {
-                                timed_out.inc();
-                            }
-                            tracing::debug!(%error, "connection ended");
-                        }
-                        break;
-                    }
-                    _ = stopping.wait_for(|stop| *stop) => {
-                        connection.as_mut().graceful_shutdown();
-                    }
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                    // Finishes the request in flight, or closes an idle connection now.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
                 }
+            };
+            if let Err(error) = result {
+                if is_timeout(&error) {
+                    timed_out.inc();
+                }
+                tracing::debug!(%error, "connection ended");
             }
-            gauge.dec();
-            drop((slot, open_guard));
+            // Shutdown waits for HTTP connections; a WebSocket the connection became lives on
+            // in its own task (the event hub closes those), holding its slot until it ends.
+            drop(open_guard);
         });
     }
     drop(listener);
     let _ = stop.send(true);
     drop(closed);
     open.closed().await;
+}
+
+/// A connection's socket, holding its slot under the limit and counted as open for as long
+/// as it lives: through an upgrade to WebSocket too, where the socket moves to the session.
+struct Counted<T> {
+    inner: T,
+    _slot: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T, slot: OwnedSemaphorePermit, open: Gauge) -> Self {
+        open.inc();
+        Self {
+            inner,
+            _slot: slot,
+            open,
+        }
+    }
+}
+
+impl<T> Drop for Counted<T> {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// A request head that did not arrive in time, or a write that made no progress.
