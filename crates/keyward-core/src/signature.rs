@@ -28,19 +28,39 @@ pub struct SignatureHeader<'a> {
     pub signature: [u8; SIGNATURE_LEN],
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureHeaderError {
-    #[error(
-        "the signature header must be `KW-HMAC-SHA256 key=<wk_…>, ts=<unix seconds>, sig=<base64>`"
-    )]
     Malformed,
-    #[error("the signature header names a parameter more than once")]
     Duplicate,
-    #[error("`ts` must be Unix seconds")]
     BadTimestamp,
-    #[error("`sig` must be the standard Base64 of a 32-byte HMAC-SHA256")]
     BadSignature,
 }
+
+impl SignatureHeaderError {
+    pub const fn message(self) -> &'static str {
+        match self {
+            SignatureHeaderError::Malformed => {
+                "the signature header must be `KW-HMAC-SHA256 key=<wk_…>, ts=<unix seconds>, \
+                 sig=<base64>`"
+            }
+            SignatureHeaderError::Duplicate => {
+                "the signature header names a parameter more than once"
+            }
+            SignatureHeaderError::BadTimestamp => "`ts` must be Unix seconds",
+            SignatureHeaderError::BadSignature => {
+                "`sig` must be the standard Base64 of a 32-byte HMAC-SHA256"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SignatureHeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for SignatureHeaderError {}
 
 impl<'a> SignatureHeader<'a> {
     /// Parses what follows the scheme: `key=…, ts=…, sig=…`, in any order.
@@ -139,6 +159,10 @@ impl SignedRequest<'_> {
 }
 
 /// Lowercase hex SHA-256, as signatures and `body_sha256` carry a body's digest.
+/// `body_digest(b"")`, for requests without a body.
+pub const EMPTY_BODY_SHA256: &str =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 pub fn body_digest(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
 }
@@ -154,6 +178,11 @@ pub fn is_body_digest(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_empty_digest_is_the_digest_of_nothing() {
+        assert_eq!(body_digest(b""), EMPTY_BODY_SHA256);
+    }
 
     fn request<'a>(body_sha256: &'a str, query: &'a str) -> SignedRequest<'a> {
         SignedRequest {

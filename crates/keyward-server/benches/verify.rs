@@ -11,7 +11,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use keyward_core::model::Environment;
 use keyward_core::permission::PermissionQuery;
 use keyward_core::KeyHash;
-use keyward_server::verifier::{InMemory, Verifier};
+use keyward_server::verification::api_key::InMemory;
+use keyward_server::verification::{Ask, Verification};
 use keyward_server::{clock, Server, ServerConfig};
 use keyward_store::{SqlStore, Store, StoreOptions};
 use serde_json::json;
@@ -178,8 +179,8 @@ fn prepared() -> Prepared {
         assert!(signed.status().is_success(), "{}", signed.status());
         // Warm the cache, so the benchmarks below never wait on storage.
         state
-            .verifier
-            .find_public_key(state.store.as_ref(), &jwt_public_key, clock::now())
+            .verification
+            .find_public_key(&jwt_public_key, clock::now())
             .await
             .expect("storage")
             .expect("the public key exists");
@@ -187,15 +188,19 @@ fn prepared() -> Prepared {
             workspace_id: first.workspace_id.clone(),
             environment: Environment::Live,
         };
+        let ask = Ask {
+            credits_cost: 1,
+            ..Ask::default()
+        };
         let verdict = state
-            .verifier
-            .verify_key(state.store.as_ref(), &tenancy, &secret, None, clock::now())
+            .verification
+            .verify_api_key(&tenancy, &secret, &ask, clock::now())
             .await
             .expect("verify");
         assert!(verdict.code.is_valid());
         let verdict = state
-            .verifier
-            .verify_key(state.store.as_ref(), &tenancy, &metered, None, clock::now())
+            .verification
+            .verify_api_key(&tenancy, &metered, &ask, clock::now())
             .await
             .expect("verify");
         assert!(verdict.code.is_valid());
@@ -229,7 +234,7 @@ fn bench(c: &mut Criterion) {
         prepared.secret.clone(),
         prepared.metered.clone(),
     );
-    let verifier: &Verifier = &state.verifier;
+    let verifier: &Verification = &state.verification;
     let query = PermissionQuery::parse("read OR admin").expect("query");
     let now = clock::now();
 
@@ -240,7 +245,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("cached key, in-process", |b| {
         b.iter(|| {
             match verifier.verify_in_memory(&tenancy, std::hint::black_box(&secret), None, now) {
-                InMemory::Decided(verdict) => verdict,
+                InMemory::Decided(code, key) => (code, key),
                 InMemory::Miss(_) => panic!("the key is cached"),
             }
         })
@@ -251,14 +256,18 @@ fn bench(c: &mut Criterion) {
         "cached key with a rate limit and credits, in-process",
         |b| {
             b.iter(|| {
-                let InMemory::Decided(verdict) =
+                let InMemory::Decided(_, key) =
                     verifier.verify_in_memory(&tenancy, std::hint::black_box(&metered), None, now)
                 else {
                     panic!("the key is cached")
                 };
-                let entry = verdict.key.expect("found");
+                let entry = key.expect("found");
+                let ask = Ask {
+                    credits_cost: 1,
+                    ..Ask::default()
+                };
                 // The in-process engine never waits: its future is ready on the first poll.
-                ready(state.charge_key(&entry, 1, None, now)).expect("charged")
+                ready(verifier.charge(&entry, &ask, now)).expect("charged")
             })
         },
     );
@@ -271,12 +280,14 @@ fn bench(c: &mut Criterion) {
     // clock on every verification.
     {
         use keyward_store::cluster::ClusterCache;
-        verifier.trust_until(std::time::Instant::now() + Duration::from_secs(3600));
+        verifier
+            .cache
+            .trust_until(std::time::Instant::now() + Duration::from_secs(3600));
     }
     group.bench_function("cached key, cluster node (lease check)", |b| {
         b.iter(|| {
             match verifier.verify_in_memory(&tenancy, std::hint::black_box(&secret), None, now) {
-                InMemory::Decided(verdict) => verdict,
+                InMemory::Decided(code, key) => (code, key),
                 InMemory::Miss(_) => panic!("the key is cached"),
             }
         })
@@ -299,11 +310,11 @@ fn credentials(
 ) {
     use keyward_core::model::PublicKeyKind;
     let state = &prepared.state;
-    let public_key = ready(state.verifier.find_public_key(
-        state.store.as_ref(),
-        &prepared.jwt_public_key,
-        now,
-    ))
+    let public_key = ready(
+        state
+            .verification
+            .find_public_key(&prepared.jwt_public_key, now),
+    )
     .expect("storage")
     .expect("the public key exists");
     let PublicKeyKind::Jwt(settings) = &public_key.key.kind else {
@@ -333,10 +344,15 @@ fn credentials(
         "JWT, cold: header, key, ES256, claims (Keyward path)",
         |b| {
             b.iter_batched(
-                || state.tokens.forget_tokens(),
+                || state.verification.tokens.forget_tokens(),
                 |()| {
-                    ready(state.tokens.verify_jwt(&public_key, settings, token, now))
-                        .expect("valid")
+                    ready(
+                        state
+                            .verification
+                            .tokens
+                            .verify_jwt(&public_key, settings, token, now),
+                    )
+                    .expect("valid")
                 },
                 // Each run forgets the token just before it: a batch of setups first would
                 // leave all but one run warm.
@@ -344,17 +360,29 @@ fn credentials(
             )
         },
     );
-    ready(state.tokens.verify_jwt(&public_key, settings, token, now)).expect("valid");
+    ready(
+        state
+            .verification
+            .tokens
+            .verify_jwt(&public_key, settings, token, now),
+    )
+    .expect("valid");
     group.bench_function("JWT, repeated: public key + token cache hit", |b| {
         b.iter(|| {
-            let public_key = ready(state.verifier.find_public_key(
-                state.store.as_ref(),
-                std::hint::black_box(&prepared.jwt_public_key),
-                now,
-            ))
+            let public_key = ready(
+                state
+                    .verification
+                    .find_public_key(std::hint::black_box(&prepared.jwt_public_key), now),
+            )
             .expect("storage")
             .expect("found");
-            ready(state.tokens.verify_jwt(&public_key, settings, token, now)).expect("valid")
+            ready(
+                state
+                    .verification
+                    .tokens
+                    .verify_jwt(&public_key, settings, token, now),
+            )
+            .expect("valid")
         })
     });
     // A workspace-key signature over a request with a 1 KiB body: digest, then HMAC.
@@ -409,13 +437,18 @@ fn credentials(
                     let digest = keyward_core::signature::body_digest(std::hint::black_box(&body));
                     let header = keyward_core::signature::SignatureHeader::parse(&header_text)
                         .expect("header");
-                    let facts = keyward_server::authn::RequestFacts {
+                    let facts = keyward_server::verification::RequestFacts {
                         method: "POST",
                         path: "/api/v1/orders",
                         query: &query,
                         body_sha256: &digest,
                     };
-                    ready(state.authenticate_signature(&header, &facts, now)).expect("accepted")
+                    ready(
+                        state
+                            .verification
+                            .authenticate_signature(&header, &facts, now),
+                    )
+                    .expect("accepted")
                 },
                 criterion::BatchSize::SmallInput,
             )

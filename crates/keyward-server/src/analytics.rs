@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::verifier::CachedKey;
+use crate::verification::CachedKey;
 
 const QUEUE_CAPACITY: usize = 65_536;
 /// Distinct (key, outcome, minute) sums held between writes (about 200 bytes each).

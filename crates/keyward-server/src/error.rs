@@ -12,6 +12,9 @@ use axum::response::{IntoResponse, Response};
 use keyward_proto::ErrorType;
 use keyward_store::StoreError;
 
+use crate::usage::UsageError;
+use crate::verification::{Denied, Refusal, VerificationError};
+
 /// What the envelope will say; attached to the response until the middleware renders it.
 #[derive(Debug, Clone)]
 pub(crate) struct ErrorPayload {
@@ -227,6 +230,52 @@ impl From<StoreError> for ApiError {
             other => {
                 tracing::error!(error = %other, "storage failed");
                 ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        ApiError::new(status, refusal.code(), refusal.message())
+    }
+}
+
+impl From<VerificationError> for ApiError {
+    fn from(error: VerificationError) -> Self {
+        match error {
+            VerificationError::Storage(error) => error.into(),
+            VerificationError::Usage(error) => error.into(),
+            VerificationError::JwksUnavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "jwks_unavailable",
+                "The public key's JWKS cannot be fetched right now",
+            ),
+        }
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Refused(refusal) => refusal.into(),
+            Denied::Failed(error) => error.into(),
+        }
+    }
+}
+
+impl From<UsageError> for ApiError {
+    fn from(error: UsageError) -> Self {
+        match error {
+            UsageError::Unavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "usage_unavailable",
+                "Usage limits cannot be checked right now (Redis is unreachable); try again \
+                 shortly",
+            ),
+            UsageError::Adjustment(error) => {
+                ApiError::new(StatusCode::CONFLICT, "no_credits", error.to_string())
             }
         }
     }

@@ -7,17 +7,20 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
+use keyward_core::credential::{self, Presented, PresentedError};
+use keyward_core::id::{self, IdKind};
 use keyward_core::model::{CallLimit, Tenancy};
 use keyward_core::scope::{Scope, ScopeSet};
+use keyward_core::signature::EMPTY_BODY_SHA256;
+use keyward_core::Timestamp;
+use keyward_store::Change;
 use serde::de::DeserializeOwned;
 
-use crate::authn::RequestFacts;
 use crate::error::ApiError;
 use crate::middleware::{looks_like_secret, RequestId};
 use crate::rate_limit::RateLimitSlot;
-use crate::verifier::RootKeyRefusal;
-use crate::{clock, AppState};
-use keyward_core::credential::{self, Presented, PresentedError};
+use crate::verification::{Refusal, RequestFacts};
+use crate::{os_rng, AppState};
 
 /// A JSON body that must be present.
 pub(crate) struct ApiJson<T>(pub T);
@@ -157,6 +160,8 @@ pub(crate) struct Caller {
     /// How its calls are limited, which the credentials it makes inherit.
     pub limit: CallLimit,
     pub request_id: Option<String>,
+    /// The request's time, read once at the edge.
+    pub now: Timestamp,
 }
 
 impl Caller {
@@ -175,6 +180,18 @@ impl Caller {
             format!("This key lacks the {} scope", names.join(" or ")),
         ))
     }
+
+    /// The audit context of a change this caller makes.
+    pub(crate) fn change(&self) -> Change {
+        Change {
+            tenancy: self.tenancy.clone(),
+            actor: self.actor_id.clone(),
+            actor_scopes: self.scopes,
+            request_id: self.request_id.clone(),
+            audit_id: id::generate(IdKind::AuditEntry, self.now, &mut os_rng()),
+            now: self.now,
+        }
+    }
 }
 
 /// The hex SHA-256 of a signed request's body, computed by
@@ -182,38 +199,33 @@ impl Caller {
 #[derive(Debug, Clone)]
 pub(crate) struct BodyDigest(pub String);
 
-/// What a request presents to authenticate (SPEC §4.4); `Err` with the envelope's 401 when
-/// it presents nothing readable.
-pub(crate) fn presented(headers: &HeaderMap) -> Result<Presented<'_>, ApiError> {
+/// The time a request arrived, read once by the outermost middleware; everything that
+/// handles the request uses it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestTime(pub Timestamp);
+
+/// The request's time (or now, for a request that bypassed the middleware).
+pub(crate) fn request_time(extensions: &axum::http::Extensions) -> Timestamp {
+    extensions
+        .get::<RequestTime>()
+        .map_or_else(crate::clock::now, |time| time.0)
+}
+
+/// What a request presents to authenticate (SPEC §4.4); refused when it presents nothing
+/// readable.
+pub(crate) fn presented(headers: &HeaderMap) -> Result<Presented<'_>, Refusal> {
     let header = |name| {
         headers
             .get(name)
-            .map(|value| value.to_str().map_err(|_| ()))
+            .map(|value| value.to_str().map_err(|_| Refusal::InvalidKey))
+            .transpose()
     };
-    let authorization = header(header::AUTHORIZATION.as_str())
-        .transpose()
-        .map_err(|()| ApiError::invalid_api_key())?;
-    let x_api_key = header("x-api-key")
-        .transpose()
-        .map_err(|()| ApiError::invalid_api_key())?;
+    let authorization = header(header::AUTHORIZATION.as_str())?;
+    let x_api_key = header("x-api-key")?;
     credential::from_headers(authorization, x_api_key).map_err(|error| match error {
-        PresentedError::Signature(error) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_signature",
-            error.to_string(),
-        ),
-        PresentedError::Missing | PresentedError::UnsupportedScheme => ApiError::invalid_api_key(),
+        PresentedError::Signature(error) => Refusal::InvalidSignature(error.message()),
+        PresentedError::Missing | PresentedError::UnsupportedScheme => Refusal::InvalidKey,
     })
-}
-
-pub(crate) fn root_key_refusal(refusal: RootKeyRefusal) -> ApiError {
-    match refusal {
-        RootKeyRefusal::Invalid => ApiError::invalid_api_key(),
-        RootKeyRefusal::Revoked => {
-            ApiError::forbidden("key_revoked", "This root key has been revoked")
-        }
-        RootKeyRefusal::Expired => ApiError::forbidden("key_expired", "This root key has expired"),
-    }
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
@@ -224,64 +236,34 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
-        let secret = match presented(&parts.headers)? {
-            Presented::Secret(secret) => secret,
-            Presented::WorkspaceSignature(signature) => {
-                let digest = parts.extensions.get::<BodyDigest>().map_or_else(
-                    || keyward_core::signature::body_digest(b""),
-                    |d| d.0.clone(),
-                );
-                let facts = RequestFacts {
-                    method: parts.method.as_str(),
-                    path: parts.uri.path(),
-                    query: parts.uri.query().unwrap_or(""),
-                    body_sha256: &digest,
-                };
-                let workspace_key = state
-                    .authenticate_signature(&signature, &facts, clock::now())
-                    .await?;
-                state
-                    .limit_api_calls(
-                        parts.extensions.get::<RateLimitSlot>(),
-                        &workspace_key.key.tenancy,
-                        &workspace_key.meter,
-                        &workspace_key.windows,
-                        clock::now(),
-                    )
-                    .await?;
-                return Ok(Self {
-                    actor_id: workspace_key.key.id.clone(),
-                    tenancy: workspace_key.key.tenancy.clone(),
-                    scopes: workspace_key.key.scopes,
-                    limit: workspace_key.key.call_limit(),
-                    request_id,
-                });
-            }
-            // Public keys never reach Keyward's management API.
-            Presented::JwtPublicKey { .. } | Presented::ClientPublicKey { .. } => {
-                return Err(ApiError::invalid_api_key())
-            }
+        let now = request_time(&parts.extensions);
+        let facts = RequestFacts {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            body_sha256: parts
+                .extensions
+                .get::<BodyDigest>()
+                .map_or(EMPTY_BODY_SHA256, |digest| digest.0.as_str()),
         };
-        let entry = state
-            .verifier
-            .authenticate_root(state.store.as_ref(), secret, clock::now())
-            .await?
-            .map_err(root_key_refusal)?;
-        state
-            .limit_api_calls(
-                parts.extensions.get::<RateLimitSlot>(),
-                &entry.key.tenancy,
-                &entry.meter,
-                &entry.windows,
-                clock::now(),
-            )
-            .await?;
+        let authentication = state
+            .verification
+            .authenticate_caller(presented(&parts.headers)?, &facts, now)
+            .await;
+        if let (Some(calls), Some(slot)) = (
+            authentication.calls,
+            parts.extensions.get::<RateLimitSlot>(),
+        ) {
+            slot.fill(calls);
+        }
+        let caller = authentication.outcome?;
         Ok(Self {
-            actor_id: entry.key.id.clone(),
-            tenancy: entry.key.tenancy.clone(),
-            scopes: entry.key.scopes,
-            limit: entry.key.call_limit(),
+            actor_id: caller.actor_id,
+            tenancy: caller.tenancy,
+            scopes: caller.scopes,
+            limit: caller.limit,
             request_id,
+            now,
         })
     }
 }

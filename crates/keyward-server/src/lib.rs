@@ -5,7 +5,6 @@
 //! `keyward-core` could hold, and reaches storage only through [`keyward_store::Store`].
 
 pub mod analytics;
-pub mod authn;
 pub mod bootstrap;
 mod convert;
 pub mod crypto;
@@ -19,9 +18,10 @@ mod openapi;
 mod rate_limit;
 mod routes;
 mod serve;
-pub mod tokens;
 pub mod usage;
-pub mod verifier;
+pub mod verification;
+
+pub use verification::tokens;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -30,9 +30,8 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::Router;
-use keyward_core::id::{self, IdKind};
 use keyward_store::cluster::{Cluster, ClusterCache, ClusterOptions};
-use keyward_store::{Change, Changed, PageRequest, Store, StoreResult};
+use keyward_store::{Changed, PageRequest, Store, StoreResult};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -42,7 +41,6 @@ use analytics::UsageRecorder;
 use crypto::MasterKey;
 pub use error::ApiError;
 use events::{EventHub, EventSettings};
-use extract::Caller;
 use keyward_core::usage::RateWindow;
 pub use keyward_dashboard::{DashboardSettings, SecureCookies};
 use last_used::LastUsedRecorder;
@@ -51,7 +49,7 @@ pub use serve::ConnectionSettings;
 use tokens::jwks::{JwksCache, JwksSettings};
 use tokens::TokenVerifier;
 use usage::{Limiter, UsageSettings};
-use verifier::Verifier;
+use verification::{SandboxLimits, Verification, VerificationCache};
 
 /// How the server behaves; the binary fills it from flags, environment and file.
 #[derive(Debug, Clone)]
@@ -161,23 +159,19 @@ impl Default for ServerConfig {
     }
 }
 
-/// What every handler shares.
+/// What every handler shares: a bundle of services.
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub verifier: Arc<Verifier>,
+    /// Every credential's verification, with its cache, limiter and recorders.
+    pub verification: Arc<Verification>,
     pub metrics: Arc<Metrics>,
-    pub last_used: LastUsedRecorder,
     /// This node's part in a cluster on a shared database; unset on a single node.
     pub cluster: OnceLock<Arc<Cluster>>,
-    pub limiter: Arc<Limiter>,
     pub(crate) demo: DemoSettings,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
-    pub tokens: TokenVerifier,
     pub(crate) master_key: Arc<MasterKey>,
-    pub(crate) seen_signatures: authn::LocalSeenSignatures,
     /// The event and alert stream of `GET /ws`.
     pub events: Arc<EventHub>,
-    pub usage_log: UsageRecorder,
 }
 
 impl AppState {
@@ -223,18 +217,12 @@ impl AppState {
         .await
     }
 
-    /// Whether an environment's configuration may make Keyward fetch URLs: not a demo
-    /// sandbox's, which anyone can open, unless the operator allows it.
-    pub(crate) fn may_fetch_for(&self, environment: keyward_core::Environment) -> bool {
-        environment != keyward_core::Environment::Demo || self.demo.allow_fetches
-    }
-
     pub(crate) async fn forget_everywhere(
         &self,
         stale: &keyward_store::Stale,
         propagation: Option<&keyward_store::Propagation>,
     ) {
-        self.verifier.forget(stale);
+        keyward_store::cluster::ClusterCache::forget(self.verification.cache.as_ref(), stale);
         if let (Some(propagation), Some(cluster)) = (propagation, self.cluster.get()) {
             let report = cluster.await_propagation(propagation).await;
             self.metrics
@@ -269,21 +257,6 @@ pub mod clock {
 /// The randomness for secrets and ids: the operating system's CSPRNG.
 pub(crate) fn os_rng() -> rand::rngs::OsRng {
     rand::rngs::OsRng
-}
-
-impl Caller {
-    /// The audit context of a change this caller makes.
-    pub(crate) fn change(&self) -> Change {
-        let now = clock::now();
-        Change {
-            tenancy: self.tenancy.clone(),
-            actor: self.actor_id.clone(),
-            actor_scopes: self.scopes,
-            request_id: self.request_id.clone(),
-            audit_id: id::generate(IdKind::AuditEntry, now, &mut os_rng()),
-            now,
-        }
-    }
 }
 
 pub(crate) const DEFAULT_PAGE_SIZE: u32 = 20;
@@ -347,20 +320,32 @@ impl Server {
             config.analytics.clone(),
             stopped.clone(),
         ));
-        let state = Arc::new(AppState {
+        let verification = Arc::new(Verification {
+            store: Arc::clone(&store),
+            cache: Arc::new(VerificationCache::new()),
+            limiter,
+            tokens: TokenVerifier::new(Arc::new(JwksCache::new(config.jwks.clone()))),
+            replay: verification::LocalSeenSignatures::default(),
             usage_log,
+            last_used,
+            events: Arc::clone(&events),
+            metrics: Arc::clone(&metrics),
+            master_key: Arc::clone(&config.master_key),
+            sandboxes: SandboxLimits {
+                api_windows: config.demo.api_windows.clone(),
+                allow_fetches: config.demo.allow_fetches,
+            },
+            clustered: std::sync::atomic::AtomicBool::new(false),
+        });
+        let state = Arc::new(AppState {
             events,
             store,
-            verifier: Arc::new(Verifier::new()),
+            verification,
             metrics,
-            last_used,
             cluster: OnceLock::new(),
-            limiter,
             demo: config.demo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
-            tokens: TokenVerifier::new(Arc::new(JwksCache::new(config.jwks.clone()))),
             master_key: Arc::clone(&config.master_key),
-            seen_signatures: authn::LocalSeenSignatures::default(),
         });
         tokio::spawn(routes::demo::sweep_loop(
             Arc::downgrade(&state),
@@ -390,8 +375,12 @@ impl Server {
         options: ClusterOptions,
     ) -> StoreResult<()> {
         self.state.events.follow_postgres(database_url);
-        let cache: Arc<dyn ClusterCache> = self.state.verifier.clone();
+        let cache: Arc<dyn ClusterCache> = self.state.verification.cache.clone();
         let cluster = Cluster::join(database_url, node_id, options, cache).await?;
+        self.state
+            .verification
+            .clustered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if self.state.cluster.set(cluster).is_err() {
             tracing::warn!("this node already joined a cluster");
         }
@@ -410,7 +399,9 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         match self.state.store.foreign_secrets_present().await {
-            Ok(present) => self.state.verifier.foreign_secrets(present),
+            Ok(present) => {
+                ClusterCache::foreign_secrets(self.state.verification.cache.as_ref(), present)
+            }
             Err(error) => tracing::warn!(%error, "cannot tell whether imported secrets exist"),
         }
         let app = self.router();

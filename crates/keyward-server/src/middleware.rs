@@ -51,6 +51,9 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
         .insert(RequestId(request_id.clone()));
     let rate_limits = RateLimitSlot::default();
     request.extensions_mut().insert(rate_limits.clone());
+    request
+        .extensions_mut()
+        .insert(crate::extract::RequestTime(crate::clock::now()));
     let method = request.method().clone();
     let uri = request.uri().clone();
 
@@ -62,7 +65,7 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
     };
     let status = response.status();
     if let Some(report) = rate_limits.report() {
-        report.write_headers(status, response.headers_mut());
+        crate::rate_limit::write_headers(report, status, response.headers_mut());
     }
     if status.is_client_error() || status.is_server_error() {
         let payload = response

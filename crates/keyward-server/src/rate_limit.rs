@@ -11,27 +11,22 @@ use std::sync::{Arc, OnceLock};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use ipnet::IpNet;
-use keyward_core::model::Tenancy;
-use keyward_core::usage::{Decision, Outcome, RateWindow};
-use keyward_core::{Environment, Timestamp};
+use keyward_core::usage::Outcome;
+use keyward_core::Timestamp;
 
-use crate::usage::{ChargeRequest, UsageError};
-use crate::{ApiError, AppState};
+use crate::verification::CallReport;
 
-/// What a limit check found, for the response's headers.
-#[derive(Debug, Clone)]
-pub(crate) struct RateReport {
-    windows: Vec<RateWindow>,
-    decision: Decision,
-    now: Timestamp,
-}
-
+/// Where a limit check leaves its count, for the middleware to put on the response.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct RateLimitSlot(Arc<OnceLock<RateReport>>);
+pub(crate) struct RateLimitSlot(Arc<OnceLock<CallReport>>);
 
 impl RateLimitSlot {
-    pub(crate) fn report(&self) -> Option<&RateReport> {
+    pub(crate) fn report(&self) -> Option<&CallReport> {
         self.0.get()
+    }
+
+    pub(crate) fn fill(&self, report: CallReport) {
+        let _ = self.0.set(report);
     }
 }
 
@@ -47,120 +42,39 @@ fn policy_name(period_ms: i64) -> String {
     format!("\"{}s\"", period_ms / 1000)
 }
 
-impl RateReport {
-    /// Writes `RateLimit-Policy`, `RateLimit` and, on 429, `Retry-After`.
-    pub(crate) fn write_headers(&self, status: StatusCode, headers: &mut HeaderMap) {
-        let policy = self
-            .windows
-            .iter()
-            .map(|window| {
-                format!(
-                    "{};q={};w={}",
-                    policy_name(window.period_ms),
-                    window.limit,
-                    window.period_ms / 1000
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        if let Ok(value) = HeaderValue::from_str(&policy) {
-            headers.insert("ratelimit-policy", value);
-        }
-        if let Some(rate) = self.decision.rate {
-            let value = format!(
-                "{};r={};t={}",
-                policy_name(rate.period_ms),
-                rate.remaining,
-                seconds_until(rate.reset_at, self.now)
-            );
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert("ratelimit", value);
-            }
-        }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            if let Outcome::RateLimited { retry_at } = self.decision.outcome {
-                let seconds = seconds_until(retry_at, self.now).max(1);
-                headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
-            }
+/// Writes `RateLimit-Policy`, `RateLimit` and, on 429, `Retry-After`.
+pub(crate) fn write_headers(report: &CallReport, status: StatusCode, headers: &mut HeaderMap) {
+    let policy = report
+        .windows
+        .iter()
+        .map(|window| {
+            format!(
+                "{};q={};w={}",
+                policy_name(window.period_ms),
+                window.limit,
+                window.period_ms / 1000
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        headers.insert("ratelimit-policy", value);
+    }
+    if let Some(rate) = report.decision.rate {
+        let value = format!(
+            "{};r={};t={}",
+            policy_name(rate.period_ms),
+            rate.remaining,
+            seconds_until(rate.reset_at, report.now)
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert("ratelimit", value);
         }
     }
-}
-
-impl AppState {
-    /// Limits a management credential's call to Keyward's API: by its scheme on its meter,
-    /// or, in a demo sandbox, by the demo limits on one meter for the whole sandbox, so
-    /// that no credential a sandbox makes has a budget of its own.
-    pub(crate) async fn limit_api_calls(
-        &self,
-        slot: Option<&RateLimitSlot>,
-        tenancy: &Tenancy,
-        meter: &str,
-        windows: &[RateWindow],
-        now: Timestamp,
-    ) -> Result<(), ApiError> {
-        if tenancy.environment == Environment::Demo {
-            let sandbox = format!("demo:{}", tenancy.workspace_id);
-            return self
-                .limit_calls(slot, &sandbox, &self.demo.api_windows, now)
-                .await;
-        }
-        self.limit_calls(slot, meter, windows, now).await
-    }
-
-    /// Counts one call against `windows` on `meter`; 429 when a window is full. The headers
-    /// go on whatever the call answers.
-    pub(crate) async fn limit_calls(
-        &self,
-        slot: Option<&RateLimitSlot>,
-        meter: &str,
-        windows: &[RateWindow],
-        now: Timestamp,
-    ) -> Result<(), ApiError> {
-        if windows.is_empty() {
-            return Ok(());
-        }
-        let decision = self
-            .limiter
-            .charge(&ChargeRequest {
-                meter,
-                windows,
-                credits: None,
-                organization: None,
-                cost: 0,
-                idempotency_key: None,
-                now,
-            })
-            .await?;
-        if let Some(slot) = slot {
-            let _ = slot.0.set(RateReport {
-                windows: windows.to_vec(),
-                decision,
-                now,
-            });
-        }
-        match decision.outcome {
-            Outcome::Allowed => Ok(()),
-            _ => Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "Too many requests; retry after the time in `Retry-After`",
-            )),
-        }
-    }
-}
-
-impl From<UsageError> for ApiError {
-    fn from(error: UsageError) -> Self {
-        match error {
-            UsageError::Unavailable => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "usage_unavailable",
-                "Usage limits cannot be checked right now (Redis is unreachable); try again \
-                 shortly",
-            ),
-            UsageError::Adjustment(error) => {
-                ApiError::new(StatusCode::CONFLICT, "no_credits", error.to_string())
-            }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        if let Outcome::RateLimited { retry_at } = report.decision.outcome {
+            let seconds = seconds_until(retry_at, report.now).max(1);
+            headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
         }
     }
 }

@@ -134,8 +134,8 @@ pub(crate) async fn create_public_key(
         "jwt" => (
             PublicKeyKind::Jwt(jwt_settings(
                 &request,
-                state.tokens.jwks().settings(),
-                state.may_fetch_for(caller.tenancy.environment),
+                state.verification.tokens.jwks().settings(),
+                state.verification.may_fetch_for(caller.tenancy.environment),
             )?),
             credential::generate_jwt_public_key(&mut os_rng()),
             IdKind::JwtPublicKey,

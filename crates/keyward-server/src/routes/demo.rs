@@ -20,6 +20,7 @@ use secrecy::ExposeSecret;
 
 use crate::extract::Caller;
 use crate::rate_limit::{client_ip, RateLimitSlot};
+use crate::verification::Refusal;
 use crate::{clock, convert, os_rng, ApiError, AppState};
 
 /// Sandboxes purged per sweep, so one sweep never holds storage for long.
@@ -37,10 +38,10 @@ pub(crate) async fn create_session(
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
     let client = client_ip(peer, &headers, &state.trusted_proxies);
-    let now = clock::now();
-    state
+    let now = crate::extract::request_time(&extensions);
+    let calls = state
+        .verification
         .limit_calls(
-            extensions.get::<RateLimitSlot>(),
             &format!("demo-ip:{client}"),
             &[RateWindow {
                 limit: state.demo.sessions_per_minute,
@@ -49,6 +50,15 @@ pub(crate) async fn create_session(
             now,
         )
         .await?;
+    if let Some(calls) = calls {
+        let refused = calls.is_refused();
+        if let Some(slot) = extensions.get::<RateLimitSlot>() {
+            slot.fill(calls);
+        }
+        if refused {
+            return Err(Refusal::RateLimited.into());
+        }
+    }
     let secret = IssuedSecret::generate(ROOT_KEY_PREFIX, Environment::Demo, &mut os_rng())
         .map_err(|_| ApiError::internal())?;
     let ttl_ms = i64::try_from(state.demo.session_ttl.as_millis()).unwrap_or(i64::MAX);
@@ -128,7 +138,8 @@ pub(crate) async fn sweep_loop(
         // The same housekeeping pass forgets HMAC signatures whose window has passed.
         let now = clock::now();
         state
-            .seen_signatures
+            .verification
+            .replay
             .sweep(now.as_millis().div_euclid(1000));
         if let Err(error) = state.store.forget_signatures(now).await {
             tracing::warn!(%error, "could not forget old signatures; will retry");

@@ -307,7 +307,7 @@ pub(crate) async fn import_keys(
         .zip(&inserted)
         .any(|(import, &new)| new && import.foreign_format)
     {
-        state.verifier.foreign_secrets(true);
+        ClusterCache::foreign_secrets(state.verification.cache.as_ref(), true);
     }
     let imported = inserted.iter().filter(|&&new| new).count() as u64;
     Ok(Json(ImportKeysResponse {
@@ -454,6 +454,7 @@ pub(crate) async fn update_key(
     let credits = match (adjustment, &stored) {
         (Some(adjustment), Some(key)) => Some(
             state
+                .verification
                 .limiter
                 .adjust_credits(&key.id, key.credits, adjustment, change.now)
                 .await?,

@@ -16,10 +16,10 @@ use keyward_proto::{
 use keyward_store::{KeyFilter, PageRequest};
 
 use super::keys::{issue_key, revoke, rotate, KeyDraft};
-use crate::authn::EndUser;
-use crate::extract::{presented, ApiJson, ApiQuery, Caller, OptionalJson};
+use crate::extract::{presented, request_time, ApiJson, ApiQuery, Caller, OptionalJson};
 use crate::middleware::RequestId;
-use crate::{clock, convert, page_request, ApiError, AppState};
+use crate::verification::EndUser;
+use crate::{convert, page_request, ApiError, AppState};
 
 /// An end user with a subject, behind a public key that allows self-service.
 pub(crate) struct Me {
@@ -54,8 +54,10 @@ impl FromRequestParts<Arc<AppState>> for Me {
             .get("x-tenant-id")
             .map(|value| value.to_str().map_err(|_| ApiError::invalid_api_key()))
             .transpose()?;
+        let now = request_time(&parts.extensions);
         let user = state
-            .authenticate_public_key(key, token, tenant, clock::now())
+            .verification
+            .authenticate_end_user(key, token, tenant, now)
             .await?;
         let subject = user
             .subject()
@@ -84,6 +86,7 @@ impl FromRequestParts<Arc<AppState>> for Me {
             scopes: ScopeSet::default(),
             limit: keyward_core::model::CallLimit::default(),
             request_id: parts.extensions.get::<RequestId>().map(|id| id.0.clone()),
+            now,
         };
         Ok(Self {
             user,
@@ -132,7 +135,7 @@ pub(crate) async fn list_my_keys(
 ) -> Result<Json<wire::Page<wire::ApiKey>>, ApiError> {
     let page = page_request(params.limit, params.cursor)?;
     let app = me.app(&state).await?;
-    let now = clock::now();
+    let now = me.caller.now;
     let keys = state
         .store
         .list_keys(&me.caller.tenancy, &app.id, &me.own_keys(), &page, now)
@@ -166,7 +169,7 @@ pub(crate) async fn create_my_key(
                 limit,
                 cursor: None,
             },
-            clock::now(),
+            me.caller.now,
         )
         .await?;
     if held.items.len() >= limit as usize {

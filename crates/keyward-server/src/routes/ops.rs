@@ -44,7 +44,7 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<He
     })?;
     // Redis being down does not make a node unready: every node shares the same Redis, and
     // each still serves (rate limits on its fallback; see the usage settings).
-    let redis = state.limiter.redis_status();
+    let redis = state.verification.limiter.redis_status();
     Ok(Json(Health {
         status: if redis == Some(false) {
             "degraded"
@@ -60,12 +60,13 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<He
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, body = String, content_type = "application/openmetrics-text")))]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let gauge_value = i64::try_from(state.verifier.cached_entries()).unwrap_or(i64::MAX);
+    let cache = &state.verification.cache;
+    let gauge_value = i64::try_from(cache.len()).unwrap_or(i64::MAX);
     state.metrics.cache_entries.set(gauge_value);
     state
         .metrics
         .cache_trusted
-        .set(i64::from(state.verifier.cache_trusted()));
+        .set(i64::from(cache.is_trusted()));
     (
         [(
             header::CONTENT_TYPE,

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::events::{Delivery, SocketPermit};
-use crate::extract::{root_key_refusal, ApiQuery};
+use crate::extract::ApiQuery;
 use crate::middleware::RequestId;
 use crate::{clock, convert, AppState};
 
@@ -196,11 +196,7 @@ async fn authenticate(state: &AppState, params: &SocketParams) -> Result<Session
     let now = clock::now();
     match presented {
         Presented::Secret(secret) => {
-            let root = state
-                .verifier
-                .authenticate_root(state.store.as_ref(), secret, now)
-                .await?
-                .map_err(root_key_refusal)?;
+            let root = state.verification.authenticate_root(secret, now).await?;
             if !root.key.scopes.grants(Scope::EventsRead) {
                 return Err(ApiError::forbidden(
                     "insufficient_scope",
@@ -226,7 +222,8 @@ async fn authenticate(state: &AppState, params: &SocketParams) -> Result<Session
         }
         Presented::JwtPublicKey { key, token } | Presented::ClientPublicKey { key, token } => {
             let user = state
-                .authenticate_public_key(key, token, params.tenant.as_deref(), now)
+                .verification
+                .authenticate_end_user(key, token, params.tenant.as_deref(), now)
                 .await?;
             // Without a token (a client key while enhanced security is off) there is nobody
             // whose keys the stream could be about.

@@ -15,7 +15,7 @@ use keyward_core::model::{JwtKeySource, JwtSettings};
 use keyward_core::token::{self, JwtAlgorithm, TokenError, UserTokenClaims, LEEWAY_SECONDS};
 use keyward_core::Timestamp;
 
-use crate::verifier::CachedPublicKey;
+use super::cache::CachedPublicKey;
 use jwks::{JwksCache, JwksError};
 
 /// Verified tokens kept at most; beyond, expired ones are dropped, then everything.
@@ -97,6 +97,17 @@ impl VerificationKey {
             algorithm,
             key,
         })
+    }
+
+    /// The public half of one of Keyward's ES256 signing keys, named by its id.
+    pub fn of_signing_key(signing_key: &keyward_core::model::SigningKey) -> Option<Self> {
+        DecodingKey::from_ec_pem(signing_key.public_key_pem.as_bytes())
+            .ok()
+            .map(|key| Self {
+                key_id: Some(signing_key.id.clone()),
+                algorithm: Some(Algorithm::ES256),
+                key,
+            })
     }
 
     fn fits(&self, algorithm: Algorithm) -> bool {

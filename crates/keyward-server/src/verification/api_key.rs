@@ -1,0 +1,284 @@
+//! API keys (SPEC §4.2): the format and checksum (core), the cache or storage, core's
+//! decision with `now`, then rate limits, credits and the organisation's cap, spent only when
+//! everything before them passed. The outcome is counted in `/metrics`, queued for usage
+//! analytics and, when valid, for `last_used_at`: never waited for.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use keyward_core::model::Tenancy;
+use keyward_core::permission::PermissionQuery;
+use keyward_core::secret::KeyFormatError;
+use keyward_core::usage::{Decision, Outcome};
+use keyward_core::verify::{decide, KeyFacts, VerifyCode};
+use keyward_core::{KeyHash, ParsedKey, Timestamp};
+
+use super::cache::{CachedKey, Peek};
+use super::{Ask, Verification, VerificationError};
+use crate::analytics::Subject;
+use crate::usage::{ChargeRequest, OrganizationCharge};
+
+/// The verdict on an API key.
+#[derive(Debug, Clone)]
+pub struct KeyVerdict {
+    pub code: VerifyCode,
+    /// The key, when one was found in the caller's environment.
+    pub key: Option<Arc<CachedKey>>,
+    /// What usage control decided, for a valid key that has limits.
+    pub usage: Option<Decision>,
+}
+
+impl KeyVerdict {
+    pub fn invalid() -> Self {
+        Self {
+            code: VerifyCode::InvalidKey,
+            key: None,
+            usage: None,
+        }
+    }
+}
+
+/// What the in-memory path could tell.
+#[derive(Debug)]
+pub enum InMemory {
+    /// The code, and the key when one was found.
+    Decided(VerifyCode, Option<Arc<CachedKey>>),
+    /// Well formed but not cached: storage must be asked about this hash.
+    Miss(KeyHash),
+}
+
+impl Verification {
+    /// Everything an API key's verification can decide without storage: the format, the
+    /// checksum, the environment, and the cache. This is the hot path.
+    pub fn verify_in_memory(
+        &self,
+        tenancy: &Tenancy,
+        presented: &str,
+        required: Option<&PermissionQuery>,
+        now: Timestamp,
+    ) -> InMemory {
+        let Some(hash) = api_key_hash(tenancy, presented, self.cache.foreign_secrets_present())
+        else {
+            return InMemory::Decided(VerifyCode::InvalidKey, None);
+        };
+        match self
+            .cache
+            .peek_with::<CachedKey, _>(&hash, |entry| judge(tenancy, entry, required, now))
+        {
+            Peek::Hit((code, key)) => InMemory::Decided(code, key),
+            Peek::OtherKind => InMemory::Decided(VerifyCode::InvalidKey, None),
+            Peek::Miss => InMemory::Miss(hash),
+        }
+    }
+
+    /// Verifies an API key presented in `tenancy`'s environment, charges it when valid, and
+    /// counts the outcome.
+    pub async fn verify_api_key(
+        &self,
+        tenancy: &Tenancy,
+        presented: &str,
+        ask: &Ask<'_>,
+        now: Timestamp,
+    ) -> Result<KeyVerdict, VerificationError> {
+        let (code, key) = match self.verify_in_memory(tenancy, presented, ask.permissions, now) {
+            InMemory::Decided(code, key) => (code, key),
+            InMemory::Miss(hash) => {
+                let store = Arc::clone(&self.store);
+                let loaded = self
+                    .cache
+                    .get_or_load(hash, || async move {
+                        Ok::<_, VerificationError>(store.find_key(hash).await?.map(|found| {
+                            CachedKey {
+                                meters: crate::usage::KeyMeters::new(
+                                    &found.key.id,
+                                    &found.key.tenancy,
+                                    found.key.organization_id.as_deref(),
+                                ),
+                                policy: found.policy,
+                                key: found.key,
+                                secret_expires_at: found.secret.expires_at,
+                                last_used_queued_at: AtomicI64::new(i64::MIN),
+                            }
+                        }))
+                    })
+                    .await?;
+                match loaded {
+                    Some(entry) => judge(tenancy, &entry, ask.permissions, now),
+                    None => (VerifyCode::InvalidKey, None),
+                }
+            }
+        };
+        let mut verdict = KeyVerdict {
+            code,
+            key,
+            usage: None,
+        };
+        if let Some(entry) = verdict.key.clone().filter(|_| code.is_valid()) {
+            verdict.usage = self.charge(&entry, ask, now).await?;
+            verdict.code = usage_code(verdict.usage.as_ref());
+            if verdict.code.is_valid() {
+                self.last_used.record(&entry, now);
+            }
+            if let Some(decision) = &verdict.usage {
+                self.raise_usage_alerts(&entry, decision, ask.credits_cost);
+            }
+        }
+        self.metrics.count_verification(verdict.code);
+        if self.usage_log.is_enabled() {
+            let subject = match &verdict.key {
+                Some(entry) => Subject::Key(Arc::clone(entry)),
+                None => Subject::Unknown(tenancy.clone()),
+            };
+            self.usage_log.record(subject, verdict.code, now);
+        }
+        Ok(verdict)
+    }
+
+    /// Charges a key that passed every other check against its rate limits, credits and
+    /// organisation (SPEC §4.2: last in the check order). `None` when nothing limits it.
+    pub async fn charge(
+        &self,
+        entry: &CachedKey,
+        ask: &Ask<'_>,
+        now: Timestamp,
+    ) -> Result<Option<Decision>, VerificationError> {
+        let policy = &entry.policy;
+        let organization = match (&policy.organization, &entry.meters.organization) {
+            (Some(org), Some(meter)) if !org.windows.is_empty() || org.cap.is_some() => {
+                Some(OrganizationCharge {
+                    meter,
+                    windows: &org.windows,
+                    cap: org.cap,
+                })
+            }
+            _ => None,
+        };
+        if policy.windows.is_empty() && entry.key.credits.is_none() && organization.is_none() {
+            return Ok(None);
+        }
+        let decision = self
+            .limiter
+            .charge(&ChargeRequest {
+                meter: &entry.meters.key,
+                windows: &policy.windows,
+                credits: entry.key.credits,
+                organization,
+                cost: ask.credits_cost,
+                idempotency_key: ask.idempotency_key,
+                now,
+            })
+            .await?;
+        Ok(Some(decision))
+    }
+
+    /// The alerts a charge calls for; rare, and never waited for.
+    fn raise_usage_alerts(&self, entry: &CachedKey, decision: &Decision, cost: i64) {
+        let key = &entry.key;
+        match decision.outcome {
+            Outcome::RateLimited { .. } => {
+                if let Some(rate) = decision.rate {
+                    self.events.rate_limited(key, rate.limit, rate.reset_at);
+                }
+            }
+            Outcome::Allowed => {
+                if let Some(remaining) = decision.credits_remaining {
+                    // The key's own threshold, or else its organisation's.
+                    let threshold = key.low_credits_threshold.or_else(|| {
+                        let organization = entry.policy.organization.as_ref();
+                        organization.and_then(|org| org.low_credits_threshold)
+                    });
+                    self.events.charged(key, remaining, cost, threshold);
+                }
+            }
+            Outcome::UsageExceeded => {}
+        }
+    }
+}
+
+/// The code a charge leaves a valid credential with.
+pub(crate) fn usage_code(usage: Option<&Decision>) -> VerifyCode {
+    match usage.map(|decision| decision.outcome) {
+        Some(Outcome::RateLimited { .. }) => VerifyCode::RateLimited,
+        Some(Outcome::UsageExceeded) => VerifyCode::UsageExceeded,
+        Some(Outcome::Allowed) | None => VerifyCode::Valid,
+    }
+}
+
+/// The hash to look a presented API key up by; `None` when it can be refused unread.
+fn api_key_hash(tenancy: &Tenancy, presented: &str, foreign_secrets: bool) -> Option<KeyHash> {
+    match ParsedKey::parse(presented) {
+        // Root keys are never verified as API keys, and a key names its environment:
+        // neither needs a look-up to refuse.
+        Ok(parsed) if parsed.is_root_key() || parsed.environment() != tenancy.environment => None,
+        Ok(parsed) => Some(parsed.hash()),
+        // Keyward's own shape with a wrong checksum is a typo, whatever was imported.
+        Err(KeyFormatError::BadChecksum) => None,
+        Err(_) if foreign_secrets && plausible_secret(presented) => Some(KeyHash::of(presented)),
+        Err(_) => None,
+    }
+}
+
+/// Whether a string that is not a Keyward secret could be an imported one: printable ASCII
+/// without spaces, of a length secrets have.
+fn plausible_secret(presented: &str) -> bool {
+    (8..=256).contains(&presented.len()) && presented.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
+/// Core's decision on a found key, in the caller's environment.
+fn judge(
+    tenancy: &Tenancy,
+    entry: &Arc<CachedKey>,
+    required: Option<&PermissionQuery>,
+    now: Timestamp,
+) -> (VerifyCode, Option<Arc<CachedKey>>) {
+    // Another workspace's key is as unknown as a key never issued.
+    if entry.key.tenancy != *tenancy {
+        return (VerifyCode::InvalidKey, None);
+    }
+    let facts = KeyFacts {
+        secret_expires_at: entry.secret_expires_at,
+        revoked: entry.key.revoked_at.is_some(),
+        enabled: entry.key.enabled,
+        expires_at: entry.key.expires_at,
+        permissions: &entry.key.permissions,
+    };
+    let code = decide(&facts, required, now);
+    (
+        code,
+        (code != VerifyCode::InvalidKey).then(|| Arc::clone(entry)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_strings_are_refused_unread_until_foreign_secrets_exist() {
+        let tenancy = Tenancy {
+            workspace_id: "ws_1".to_owned(),
+            environment: keyward_core::Environment::Live,
+        };
+        let foreign = "legacy_0123456789abcdef";
+        assert_eq!(api_key_hash(&tenancy, foreign, false), None);
+        assert_eq!(
+            api_key_hash(&tenancy, foreign, true),
+            Some(KeyHash::of(foreign))
+        );
+        // Keyward's shape with a bad checksum, too short, or not printable: still refused
+        // unread.
+        let mut typo = keyward_core::secret::IssuedSecret::generate(
+            "acme",
+            keyward_core::Environment::Live,
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap()
+        .expose()
+        .to_owned();
+        let last = typo.pop().unwrap();
+        typo.push(if last == 'x' { 'y' } else { 'x' });
+        for refused in [typo.as_str(), "short", "has a space in it"] {
+            assert_eq!(api_key_hash(&tenancy, refused, true), None, "{refused}");
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The verification cache: a secret's SHA-256 to what verifying its credential needs.
+//!
+//! Its one safety rule is in [`VerificationCache::get_or_load`]: a load that races an
+//! invalidation must not put the old state back. Each invalidation bumps `epoch`; a loader
+//! notes the epoch before reading storage and inserts only if no invalidation happened
+//! meanwhile, checked under the map's shard lock so that the check and the insert are one
+//! step with respect to `invalidate`. Every change drops the affected hashes before its call
+//! returns, so a revoked, rotated, disabled or deleted credential is refused by this node
+//! the moment the call returns.
+//!
+//! On a shared database the cache answers only while this node's lease from the cluster
+//! protocol holds ([`keyward_store::cluster`]); otherwise every verification reads storage.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use keyward_core::model::{ApiKey, PublicKey, RootKey, UsagePolicy, WorkspaceKey};
+use keyward_core::usage::RateWindow;
+use keyward_core::{KeyHash, Timestamp};
+use keyward_store::cluster::ClusterCache;
+use keyward_store::Stale;
+use secrecy::SecretString;
+
+use super::tokens::VerificationKey;
+
+/// What the cache holds for an API key's secret.
+#[derive(Debug)]
+pub struct CachedKey {
+    pub key: ApiKey,
+    /// What limits its verifications, resolved when it was loaded.
+    pub policy: UsagePolicy,
+    pub meters: crate::usage::KeyMeters,
+    /// End of the grace period if this secret was superseded by a rotation.
+    pub secret_expires_at: Option<Timestamp>,
+    /// When this node last queued a `last_used_at` write for the key, to write at most one
+    /// per interval however hot the key is.
+    pub(crate) last_used_queued_at: AtomicI64,
+}
+
+#[derive(Debug)]
+pub struct CachedRootKey {
+    pub key: RootKey,
+    pub secret_expires_at: Option<Timestamp>,
+    /// Its scheme's windows, limiting its calls to Keyward's API, on `meter`.
+    pub windows: Vec<RateWindow>,
+    pub meter: String,
+}
+
+/// A public key with what verifying its tokens needs, parsed once.
+#[derive(Debug)]
+pub struct CachedPublicKey {
+    pub key: PublicKey,
+    pub secret_expires_at: Option<Timestamp>,
+    pub enhanced_security: bool,
+    /// An inline JWT key, or the environment's signing keys for a client public key.
+    pub verification_keys: Vec<VerificationKey>,
+    /// Limits each subject's verifications.
+    pub windows: Vec<RateWindow>,
+}
+
+/// A workspace key with its secrets opened, for checking HMAC signatures.
+pub struct CachedWorkspaceKey {
+    pub key: WorkspaceKey,
+    /// The current secret, then a superseded one with the end of its grace period.
+    pub secrets: Vec<(SecretString, Option<Timestamp>)>,
+    /// Its scheme's windows, limiting its calls to Keyward's API, on `meter`.
+    pub windows: Vec<RateWindow>,
+    pub meter: String,
+}
+
+impl std::fmt::Debug for CachedWorkspaceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedWorkspaceKey")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One cached credential.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Key(Arc<CachedKey>),
+    Root(Arc<CachedRootKey>),
+    Public(Arc<CachedPublicKey>),
+    Workspace(Arc<CachedWorkspaceKey>),
+}
+
+/// A kind of cached credential. A hash cached as another kind is, for this kind, a
+/// credential that does not exist (a root key's secret presented as an API key, say).
+pub trait Cached: Sized {
+    fn into_entry(self: Arc<Self>) -> Entry;
+    fn of_entry(entry: &Entry) -> Option<&Arc<Self>>;
+}
+
+macro_rules! cached_kind {
+    ($type:ty, $variant:ident) => {
+        impl Cached for $type {
+            fn into_entry(self: Arc<Self>) -> Entry {
+                Entry::$variant(self)
+            }
+
+            fn of_entry(entry: &Entry) -> Option<&Arc<Self>> {
+                match entry {
+                    Entry::$variant(cached) => Some(cached),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+cached_kind!(CachedKey, Key);
+cached_kind!(CachedRootKey, Root);
+cached_kind!(CachedPublicKey, Public);
+cached_kind!(CachedWorkspaceKey, Workspace);
+
+/// What the cache alone can say about a hash.
+pub enum Peek<R> {
+    /// Cached: what the caller's judgement of the entry gave.
+    Hit(R),
+    /// Cached as another kind of credential.
+    OtherKind,
+    /// Not cached, or the cache may not answer: storage must be asked.
+    Miss,
+}
+
+#[derive(Debug)]
+pub struct VerificationCache {
+    entries: DashMap<KeyHash, Entry>,
+    epoch: AtomicU64,
+    /// Until when the cache may answer, in milliseconds after `clock_base`; `ALWAYS` on a
+    /// single node. A node that may have missed another node's change must not trust its
+    /// cache, and verifies from storage instead (fail safe, never open).
+    trusted_until: AtomicU64,
+    clock_base: std::time::Instant,
+    /// Whether imported secrets in other formats exist. Until they do, a string that is not
+    /// a well-formed Keyward secret is refused without a look-up.
+    foreign_secrets: AtomicBool,
+}
+
+const ALWAYS: u64 = u64::MAX;
+
+impl Default for VerificationCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VerificationCache {
+    pub fn new() -> Self {
+        Self {
+            entries: DashMap::new(),
+            epoch: AtomicU64::new(0),
+            trusted_until: AtomicU64::new(ALWAYS),
+            clock_base: std::time::Instant::now(),
+            foreign_secrets: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the cache may answer now.
+    pub fn is_trusted(&self) -> bool {
+        let until = self.trusted_until.load(Ordering::SeqCst);
+        until == ALWAYS || self.millis_since_base(std::time::Instant::now()) < until
+    }
+
+    fn millis_since_base(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.clock_base).as_millis())
+            .unwrap_or(ALWAYS - 1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn foreign_secrets_present(&self) -> bool {
+        self.foreign_secrets.load(Ordering::Relaxed)
+    }
+
+    /// Drops the given secrets.
+    pub fn invalidate(&self, hashes: &[KeyHash]) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for hash in hashes {
+            self.entries.remove(hash);
+        }
+    }
+
+    /// Drops everything, for changes that touch many credentials at once.
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
+    }
+
+    /// What the cache says about `hash` without storage, for the hot path; `judge` runs
+    /// under the shard's read lock, so a hit costs no reference count.
+    pub fn peek_with<T: Cached, R>(
+        &self,
+        hash: &KeyHash,
+        judge: impl FnOnce(&Arc<T>) -> R,
+    ) -> Peek<R> {
+        if !self.is_trusted() {
+            return Peek::Miss;
+        }
+        match self.entries.get(hash) {
+            Some(entry) => match T::of_entry(&entry) {
+                Some(cached) => Peek::Hit(judge(cached)),
+                None => Peek::OtherKind,
+            },
+            None => Peek::Miss,
+        }
+    }
+
+    /// The cached credential of `hash`, or else the one `load` reads from storage, cached
+    /// unless an invalidation raced the load (see the module documentation). `None`: no
+    /// such credential, or one of another kind.
+    pub async fn get_or_load<T, E, Load>(
+        &self,
+        hash: KeyHash,
+        load: impl FnOnce() -> Load,
+    ) -> Result<Option<Arc<T>>, E>
+    where
+        T: Cached,
+        Load: Future<Output = Result<Option<T>, E>>,
+    {
+        if self.is_trusted() {
+            if let Some(entry) = self.entries.get(&hash) {
+                return Ok(T::of_entry(&entry).cloned());
+            }
+        }
+        let epoch_before_load = self.epoch.load(Ordering::SeqCst);
+        let Some(loaded) = load().await? else {
+            return Ok(None);
+        };
+        let loaded = Arc::new(loaded);
+        if self.is_trusted() {
+            let slot = self.entries.entry(hash);
+            if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
+                slot.insert(Arc::clone(&loaded).into_entry());
+            }
+        }
+        Ok(Some(loaded))
+    }
+}
+
+impl ClusterCache for VerificationCache {
+    fn forget(&self, stale: &Stale) {
+        match stale {
+            Stale::Secrets(hashes) => self.invalidate(hashes),
+            Stale::Everything => self.invalidate_all(),
+        }
+    }
+
+    fn trust_until(&self, deadline: std::time::Instant) {
+        // Rounded down, so the lease never lasts longer than granted.
+        let until = self.millis_since_base(deadline).min(ALWAYS - 1);
+        self.trusted_until.store(until, Ordering::SeqCst);
+    }
+
+    fn distrust(&self) {
+        self.trusted_until.store(0, Ordering::SeqCst);
+    }
+
+    fn foreign_secrets(&self, present: bool) {
+        self.foreign_secrets.store(present, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use keyward_core::model::{Environment, Tenancy};
+    use keyward_core::scope::ScopeSet;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn root_key(revoked: bool) -> CachedRootKey {
+        CachedRootKey {
+            key: RootKey {
+                id: "rk_1".to_owned(),
+                tenancy: Tenancy {
+                    workspace_id: "ws_1".to_owned(),
+                    environment: Environment::Live,
+                },
+                name: "root".to_owned(),
+                scopes: ScopeSet::all(),
+                start: "sk_live_abcd".to_owned(),
+                created_at: Timestamp::from_millis(0),
+                revoked_at: revoked.then(|| Timestamp::from_millis(1)),
+                rate_limit_scheme: None,
+                limit_meter: None,
+                expires_at: None,
+            },
+            secret_expires_at: None,
+            windows: Vec::new(),
+            meter: "calls:rk_1".to_owned(),
+        }
+    }
+
+    /// A load that reads the state before a revoke, then stalls until the test lets it
+    /// finish: the shape of a verification racing a revocation.
+    async fn racing_load<F: FnOnce(&VerificationCache)>(revoke: F) -> Option<bool> {
+        let cache = Arc::new(VerificationCache::new());
+        let hash = KeyHash::of("sk_live_secret");
+        let (loading, loaded) = oneshot::channel::<()>();
+        let (release, released) = oneshot::channel::<()>();
+        let load = tokio::spawn({
+            let cache = Arc::clone(&cache);
+            async move {
+                cache
+                    .get_or_load(hash, || async move {
+                        let stale = root_key(false);
+                        let _ = loading.send(());
+                        let _ = released.await;
+                        Ok::<_, ()>(Some(stale))
+                    })
+                    .await
+            }
+        });
+        loaded.await.unwrap();
+        revoke(&cache);
+        release.send(()).unwrap();
+        let answered = load.await.unwrap().unwrap().expect("the load's own answer");
+        assert!(
+            answered.key.revoked_at.is_none(),
+            "the load answers what it read"
+        );
+        // What the cache holds now decides every later verification.
+        match cache.peek_with::<CachedRootKey, _>(&hash, |cached| cached.key.revoked_at.is_some()) {
+            Peek::Hit(revoked) => Some(revoked),
+            Peek::OtherKind => panic!("another kind"),
+            Peek::Miss => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoke_that_races_a_load_is_never_undone() {
+        let hash = KeyHash::of("sk_live_secret");
+        assert_eq!(
+            racing_load(|cache| cache.invalidate(&[hash])).await,
+            None,
+            "the stale load was not cached"
+        );
+        assert_eq!(racing_load(VerificationCache::invalidate_all).await, None);
+        // An unrelated invalidation also keeps the load out: it cannot tell, and a miss
+        // costs only a read.
+        assert_eq!(
+            racing_load(|cache| cache.invalidate(&[KeyHash::of("other")])).await,
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_load_without_a_race_is_cached_and_kinds_stay_apart() {
+        let cache = VerificationCache::new();
+        let hash = KeyHash::of("sk_live_secret");
+        let loaded = cache
+            .get_or_load(hash, || async { Ok::<_, ()>(Some(root_key(true))) })
+            .await
+            .unwrap();
+        assert!(loaded.is_some());
+        assert!(matches!(
+            cache.peek_with::<CachedRootKey, _>(&hash, |_| ()),
+            Peek::Hit(())
+        ));
+        // The same hash asked as another kind is a credential that does not exist, and
+        // storage is not asked.
+        let as_api_key = cache
+            .get_or_load::<CachedKey, (), _>(hash, || async { panic!("storage was asked") })
+            .await
+            .unwrap();
+        assert!(as_api_key.is_none());
+        assert!(matches!(
+            cache.peek_with::<CachedKey, _>(&hash, |_| ()),
+            Peek::OtherKind
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_cache_neither_answers_nor_keeps() {
+        let cache = VerificationCache::new();
+        cache.distrust();
+        let hash = KeyHash::of("sk_live_secret");
+        cache
+            .get_or_load(hash, || async { Ok::<_, ()>(Some(root_key(false))) })
+            .await
+            .unwrap();
+        assert_eq!(cache.len(), 0);
+        assert!(matches!(
+            cache.peek_with::<CachedRootKey, _>(&hash, |_| ()),
+            Peek::Miss
+        ));
+    }
+
+    #[test]
+    fn a_single_node_always_trusts_its_cache() {
+        assert!(VerificationCache::new().is_trusted());
+    }
+
+    #[test]
+    fn trust_lasts_until_the_lease_ends_or_is_withdrawn() {
+        let cache = VerificationCache::new();
+        cache.distrust();
+        assert!(!cache.is_trusted());
+        cache.trust_until(Instant::now() + Duration::from_secs(60));
+        assert!(cache.is_trusted());
+        cache.distrust();
+        assert!(!cache.is_trusted());
+        // A lease that has already ended grants nothing.
+        cache.trust_until(Instant::now() - Duration::from_millis(1));
+        assert!(!cache.is_trusted());
+        cache.trust_until(Instant::now() + Duration::from_millis(30));
+        assert!(cache.is_trusted());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!cache.is_trusted(), "the lease ran out by itself");
+    }
+}
