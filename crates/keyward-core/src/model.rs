@@ -128,6 +128,13 @@ impl CallLimit {
             _ => Ok((requested, None)),
         }
     }
+
+    /// Whether a caller with `creator_scopes` and this limit may take over a credential
+    /// limited by `other`: rotating a key hands the caller its new secret, so a limited key
+    /// may only rotate keys that share its own limit.
+    pub fn may_take_over(&self, creator_scopes: ScopeSet, other: &CallLimit) -> bool {
+        creator_scopes.contains(Scope::All) || self.scheme.is_none() || other == self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -446,6 +453,14 @@ mod tests {
             free.for_new_credential(writer, Some("tight".to_owned())),
             Ok((Some("tight".to_owned()), None))
         );
+        let other = CallLimit {
+            scheme: None,
+            meter: "wk_free".to_owned(),
+        };
+        assert!(!limited.may_take_over(writer, &other));
+        assert!(limited.may_take_over(writer, &limited.clone()));
+        assert!(limited.may_take_over(ScopeSet::all(), &other));
+        assert!(free.may_take_over(writer, &other));
         assert_eq!(
             Environment::Live.scopes_to_set_enhanced_security(false),
             ScopeSet::all()

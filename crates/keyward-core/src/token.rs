@@ -155,9 +155,6 @@ pub fn peek_header(token: &str, allowed: &[JwtAlgorithm]) -> Result<TokenHeader,
     struct RawHeader {
         alg: String,
         kid: Option<String>,
-        /// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names an extension
-        /// it does not understand. Keyward understands none, so any `crit` is refused.
-        crit: Option<serde::de::IgnoredAny>,
     }
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
@@ -171,10 +168,15 @@ pub fn peek_header(token: &str, allowed: &[JwtAlgorithm]) -> Result<TokenHeader,
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|_| TokenError::Malformed)?;
-    let raw: RawHeader = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
-    if raw.crit.is_some() {
+    let members: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    // RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` names an extension it
+    // does not understand. Keyward understands none, so any `crit`, even `null`, is refused.
+    if members.contains_key("crit") {
         return Err(TokenError::UnsupportedCritical);
     }
+    let raw: RawHeader = serde_json::from_value(serde_json::Value::Object(members))
+        .map_err(|_| TokenError::Malformed)?;
     let algorithm = JwtAlgorithm::parse(&raw.alg)
         .filter(|algorithm| allowed.contains(algorithm))
         .ok_or(TokenError::AlgorithmNotAllowed)?;
@@ -274,7 +276,7 @@ mod tests {
                 key_id: Some("k1".to_owned())
             })
         );
-        for critical in [r#"["exp"]"#, r#"["b64"]"#, "[]", r#""x""#] {
+        for critical in [r#"["exp"]"#, r#"["b64"]"#, "[]", r#""x""#, "null"] {
             assert_eq!(
                 peek_header(
                     &token(&format!(r#"{{"alg":"ES256","crit":{critical}}}"#)),

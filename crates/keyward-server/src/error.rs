@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keyward_proto::ErrorType;
-use keyward_store::StoreError;
+use keyward_store::{Conflict, Forbidden, Reference, StoreError};
 
 use crate::usage::UsageError;
 use crate::verification::{Denied, Refusal, VerificationError};
@@ -177,47 +177,63 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(what) => ApiError::not_found(what),
-            StoreError::Conflict("app_slug_taken") => ApiError::new(
-                StatusCode::CONFLICT,
-                "app_slug_taken",
-                "An app with this slug already exists in this environment",
-            ),
-            StoreError::Conflict("permission_in_use") => ApiError::new(
-                StatusCode::CONFLICT,
-                "permission_in_use",
-                "A permission being removed is still held by a key of this app",
-            ),
-            StoreError::Conflict("key_revoked") => ApiError::new(
-                StatusCode::CONFLICT,
-                "key_revoked",
-                "A revoked key cannot be changed",
-            ),
-            StoreError::Conflict("rate_limit_scheme_in_use") => ApiError::new(
-                StatusCode::CONFLICT,
-                "rate_limit_scheme_in_use",
-                "An app, key, organization or root key still uses this rate-limit scheme",
-            ),
-            StoreError::Conflict("rate_limit_scheme_exists") => ApiError::new(
-                StatusCode::CONFLICT,
-                "rate_limit_scheme_exists",
-                "A rate-limit scheme with this slug already exists in this environment",
-            ),
-            StoreError::Conflict(code) => ApiError::new(
-                StatusCode::CONFLICT,
-                code,
-                "The request conflicts with stored data",
-            ),
-            StoreError::InvalidReference("unknown_rate_limit_scheme") => ApiError::invalid(
-                "unknown_rate_limit_scheme",
-                "No rate-limit scheme with that slug exists in this environment",
-            ),
-            StoreError::InvalidReference(code) => {
-                ApiError::invalid(code, "The request refers to something that does not exist")
+            StoreError::Conflict(conflict) => {
+                let (code, message) = match conflict {
+                    Conflict::AppSlugTaken => (
+                        "app_slug_taken",
+                        "An app with this slug already exists in this environment",
+                    ),
+                    Conflict::PermissionInUse => (
+                        "permission_in_use",
+                        "A permission being removed is still held by a key of this app",
+                    ),
+                    Conflict::KeyRevoked => ("key_revoked", "A revoked key cannot be changed"),
+                    Conflict::RateLimitSchemeInUse => (
+                        "rate_limit_scheme_in_use",
+                        "An app, key, organization or root key still uses this rate-limit scheme",
+                    ),
+                    Conflict::RateLimitSchemeExists => (
+                        "rate_limit_scheme_exists",
+                        "A rate-limit scheme with this slug already exists in this environment",
+                    ),
+                    Conflict::AppChanged => (
+                        "app_changed",
+                        "The app changed while this request read it; try again",
+                    ),
+                    Conflict::SecretExists => (
+                        "secret_exists",
+                        "A credential with this secret already exists",
+                    ),
+                    Conflict::MaxKeysReached(limit) => {
+                        return ApiError::new(
+                            StatusCode::CONFLICT,
+                            "max_keys_reached",
+                            format!(
+                                "An end user may hold at most {limit} active keys; revoke one first"
+                            ),
+                        )
+                    }
+                };
+                ApiError::new(StatusCode::CONFLICT, code, message)
             }
-            StoreError::NotPermitted(code) => ApiError::forbidden(
-                code,
+            StoreError::InvalidReference(reference) => match reference {
+                Reference::UnknownRateLimitScheme => ApiError::invalid(
+                    "unknown_rate_limit_scheme",
+                    "No rate-limit scheme with that slug exists in this environment",
+                ),
+                Reference::UnknownApp => ApiError::invalid(
+                    "unknown_app",
+                    "No app with that slug exists in this environment",
+                ),
+            },
+            StoreError::NotPermitted(Forbidden::InsufficientScope) => ApiError::forbidden(
+                "insufficient_scope",
                 "A key can only create, rotate or remove credentials that confer no more than \
                  it holds itself",
+            ),
+            StoreError::NotPermitted(Forbidden::ActorRevoked) => ApiError::forbidden(
+                "key_revoked",
+                "The key that made this request was revoked while it ran",
             ),
             StoreError::Unavailable(source) | StoreError::UncertainCommit { source, .. } => {
                 tracing::warn!(error = %source, "storage unavailable");
@@ -230,6 +246,50 @@ impl From<StoreError> for ApiError {
             other => {
                 tracing::error!(error = %other, "storage failed");
                 ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<keyward_core::validate::FieldError> for ApiError {
+    fn from(error: keyward_core::validate::FieldError) -> Self {
+        ApiError::invalid("invalid_field", error.to_string())
+    }
+}
+
+impl From<keyward_core::secret::PrefixError> for ApiError {
+    fn from(error: keyward_core::secret::PrefixError) -> Self {
+        let code = match error {
+            keyward_core::secret::PrefixError::Reserved => "reserved_key_prefix",
+            keyward_core::secret::PrefixError::Invalid => "invalid_key_prefix",
+        };
+        ApiError::invalid(code, error.to_string())
+    }
+}
+
+impl From<crate::extract::Unreadable> for ApiError {
+    fn from(unreadable: crate::extract::Unreadable) -> Self {
+        use crate::extract::Unreadable;
+        match unreadable {
+            Unreadable::EmptyBody => {
+                ApiError::bad_request("empty_body", "This call needs a JSON body")
+            }
+            Unreadable::BodyTooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "The request body is larger than the server accepts",
+            ),
+            Unreadable::Body => {
+                ApiError::bad_request("unreadable_body", "The request body could not be read")
+            }
+            Unreadable::Json(detail) => ApiError::bad_request(
+                "invalid_json",
+                format!("The body is not valid JSON: {detail}"),
+            ),
+            Unreadable::UnknownField(message) => ApiError::invalid("unknown_field", message),
+            Unreadable::Field(message) => ApiError::invalid("invalid_field", message),
+            Unreadable::Query(detail) => {
+                ApiError::invalid("invalid_query", format!("Invalid query string: {detail}"))
             }
         }
     }

@@ -22,6 +22,19 @@ use crate::rate_limit::RateLimitSlot;
 use crate::verification::{Refusal, RequestFacts};
 use crate::{os_rng, AppState};
 
+/// Why a request's body or query could not be read; `error.rs` makes it an answer. Every
+/// detail has passed through `redact_quoted`.
+#[derive(Debug, Clone)]
+pub(crate) enum Unreadable {
+    EmptyBody,
+    BodyTooLarge,
+    Body,
+    Json(String),
+    UnknownField(String),
+    Field(String),
+    Query(String),
+}
+
 /// A JSON body that must be present.
 pub(crate) struct ApiJson<T>(pub T);
 
@@ -34,12 +47,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_body(request, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request(
-                "empty_body",
-                "This call needs a JSON body",
-            ));
+            return Err(Unreadable::EmptyBody.into());
         }
-        parse_json(&bytes).map(Self)
+        Ok(Self(parse_json(&bytes)?))
     }
 }
 
@@ -51,37 +61,26 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
         }
-        parse_json(&bytes).map(Self)
+        Ok(Self(parse_json(&bytes)?))
     }
 }
 
-async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, Unreadable> {
     Bytes::from_request(request, state)
         .await
         .map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "The request body is larger than the server accepts",
-                )
+                Unreadable::BodyTooLarge
             } else {
-                ApiError::bad_request("unreadable_body", "The request body could not be read")
+                Unreadable::Body
             }
         })
 }
 
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Unreadable> {
     // Syntax first, so that broken JSON is a 400 even when its start would fail as data.
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|error| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!(
-                "The body is not valid JSON: {}",
-                redact_quoted(&error.to_string())
-            ),
-        )
-    })?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|error| Unreadable::Json(redact_quoted(&error.to_string())))?;
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let location = match error.path().to_string() {
@@ -89,12 +88,12 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             path => redact_quoted(&format!(" at `{path}`")),
         };
         let detail = redact_quoted(&error.into_inner().to_string());
-        let code = if detail.starts_with("unknown field") {
-            "unknown_field"
+        let message = format!("Invalid request body{location}: {detail}");
+        if detail.starts_with("unknown field") {
+            Unreadable::UnknownField(message)
         } else {
-            "invalid_field"
-        };
-        ApiError::invalid(code, format!("Invalid request body{location}: {detail}"))
+            Unreadable::Field(message)
+        }
     })
 }
 
@@ -118,7 +117,7 @@ fn redact_quoted(message: &str) -> String {
         .enumerate()
         .map(|(index, part)| {
             let quoted = index % 2 == 1;
-            if quoted && looks_like_secret(part) {
+            if quoted && !is_field_name(part) {
                 "…"
             } else {
                 part
@@ -126,6 +125,17 @@ fn redact_quoted(message: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("`")
+}
+
+/// Whether text in backticks can be echoed: a field name or path as Keyward's own are
+/// written (`credits.refill.amount`, `permissions[0]`). Anything else may be a secret of
+/// any format pasted as a field name.
+fn is_field_name(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text.bytes().all(|byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"_.[]".contains(&byte)
+        })
+        && !looks_like_secret(text)
 }
 
 /// A query string, with unknown parameters refused like unknown body fields.
@@ -137,15 +147,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Query::<T>::try_from_uri(&parts.uri)
             .map(|Query(value)| Self(value))
-            .map_err(|rejection| {
-                ApiError::invalid(
-                    "invalid_query",
-                    format!(
-                        "Invalid query string: {}",
-                        redact_quoted(&rejection.body_text())
-                    ),
-                )
-            })
+            .map_err(|rejection| Unreadable::Query(redact_quoted(&rejection.body_text())).into())
     }
 }
 
@@ -282,6 +284,15 @@ mod tests {
         assert_eq!(
             redact_quoted("unknown field `kw_live_abc`, expected `name`"),
             "unknown field `…`, expected `name`"
+        );
+        // A secret of another format pasted as a field name is not echoed either.
+        assert_eq!(
+            redact_quoted("unknown field `sk-proj-AbC123`, expected `name`"),
+            "unknown field `…`, expected `name`"
+        );
+        assert_eq!(
+            redact_quoted("invalid type at `credits.refill.amount`"),
+            "invalid type at `credits.refill.amount`"
         );
     }
 }

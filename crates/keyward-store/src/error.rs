@@ -1,16 +1,47 @@
+/// What a change ran into in what is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    AppSlugTaken,
+    /// A permission being removed from an app is still held by one of its live keys.
+    PermissionInUse,
+    /// A revoked key cannot be changed.
+    KeyRevoked,
+    RateLimitSchemeInUse,
+    RateLimitSchemeExists,
+    /// An app changed while the change read it.
+    AppChanged,
+    SecretExists,
+    /// The key's owner already holds this many active keys of its app.
+    MaxKeysReached(u32),
+}
+
+/// A value that refers to something that does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    UnknownRateLimitScheme,
+    UnknownApp,
+}
+
+/// Why a change is not the caller's to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forbidden {
+    /// The credential changed confers more than the caller holds.
+    InsufficientScope,
+    /// The caller's own credential is gone or revoked (it raced its own revocation).
+    ActorRevoked,
+}
+
 /// Storage failures, in the terms the layers above act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(&'static str),
-    #[error("conflict: {0}")]
-    Conflict(&'static str),
-    /// A value refers to something that does not exist, e.g. an unknown rate-limit scheme.
-    #[error("invalid reference: {0}")]
-    InvalidReference(&'static str),
-    /// The change is not the caller's to make, e.g. revoking a more powerful root key.
-    #[error("not permitted: {0}")]
-    NotPermitted(&'static str),
+    #[error("conflict: {0:?}")]
+    Conflict(Conflict),
+    #[error("invalid reference: {0:?}")]
+    InvalidReference(Reference),
+    #[error("not permitted: {0:?}")]
+    NotPermitted(Forbidden),
     /// Storage cannot be reached; the caller should answer 503 and try again later.
     #[error("storage is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
@@ -36,11 +67,11 @@ impl StoreError {
         matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
     }
 
-    /// For `map_err` on an insert: a unique violation becomes `Conflict(code)`.
-    pub(crate) fn conflict_if_duplicate(code: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+    /// For `map_err` on an insert: a unique violation becomes `Conflict(conflict)`.
+    pub(crate) fn conflict_if_duplicate(conflict: Conflict) -> impl FnOnce(sqlx::Error) -> Self {
         move |error| {
             if Self::is_unique_violation(&error) {
-                Self::Conflict(code)
+                Self::Conflict(conflict)
             } else {
                 error.into()
             }

@@ -21,7 +21,7 @@ use keyward_core::usage::{CapUsage, Credits, Period, RateWindow};
 use keyward_core::{KeyHash, Timestamp};
 
 pub use cluster::{Propagation, Stale};
-pub use error::StoreError;
+pub use error::{Conflict, Forbidden, Reference, StoreError};
 pub use sql::events::{expiry_dedup_key, EventAnnouncements, EVENTS_CHANNEL};
 pub use sql::{SqlStore, StoreOptions};
 
@@ -34,7 +34,7 @@ pub struct Change {
     /// The id of the credential that asked for the change, e.g. `rk_…`.
     pub actor: String,
     /// What that credential holds. A change to a credential that confers more is refused
-    /// (`NotPermitted("insufficient_scope")`), checked under the credential's row lock.
+    /// (`NotPermitted(Forbidden::InsufficientScope)`), checked under the credential's row lock.
     pub actor_scopes: ScopeSet,
     pub request_id: Option<String>,
     pub audit_id: String,
@@ -47,7 +47,7 @@ impl Change {
         if self.actor_scopes.covers(conferred) {
             Ok(())
         } else {
-            Err(StoreError::NotPermitted("insufficient_scope"))
+            Err(StoreError::NotPermitted(Forbidden::InsufficientScope))
         }
     }
 }
@@ -228,7 +228,7 @@ pub trait UsageStore: Send + Sync {
         slug: &str,
         windows: &[RateWindow],
     ) -> StoreResult<Changed<RateLimitScheme>>;
-    /// Refused with `Conflict("rate_limit_scheme_in_use")` while anything refers to it.
+    /// Refused with `Conflict(Conflict::RateLimitSchemeInUse)` while anything refers to it.
     async fn delete_rate_limit_scheme(
         &self,
         change: &Change,
@@ -535,7 +535,15 @@ pub trait Store:
     /// Deletes the app and revokes every key it has.
     async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>>;
 
-    async fn create_key(&self, change: &Change, key: &ApiKey, hash: KeyHash) -> StoreResult<()>;
+    /// Stores a new key. With `owner_quota`, refused (`MaxKeysReached`) when its owner
+    /// already holds that many active keys of its app, counted in the same transaction.
+    async fn create_key(
+        &self,
+        change: &Change,
+        key: &ApiKey,
+        hash: KeyHash,
+        owner_quota: Option<u32>,
+    ) -> StoreResult<()>;
     /// Inserts imported keys into the app `app_slug` in one transaction, skipping every key
     /// whose secret is already known (so an import can be repeated). Returns, per key,
     /// whether it was inserted.

@@ -28,8 +28,8 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 use crate::cluster::{Announced, Stale};
 use crate::{
-    AppPatch, AuditFilter, Bootstrap, Change, Changed, FoundKey, FoundRootKey, KeyFilter,
-    KeyImport, KeyPatch, Page, PageRequest, Store, StoreError, StoreResult,
+    AppPatch, AuditFilter, Bootstrap, Change, Changed, Conflict, Forbidden, FoundKey, FoundRootKey,
+    KeyFilter, KeyImport, KeyPatch, Page, PageRequest, Store, StoreError, StoreResult,
 };
 
 type Transaction<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -151,6 +151,20 @@ enum Lock {
     Shared,
 }
 
+/// The query that finds a change's actor while it is live: a root key (`rk_…`), a workspace
+/// key (`wk_…`), or the public key an end user acts through (`<pk id>:<subject>`).
+fn actor_row_query(actor: &str) -> Option<&'static str> {
+    if actor.starts_with("rk_") {
+        Some("SELECT a.id FROM root_keys a WHERE a.id = $1 AND a.revoked_at IS NULL")
+    } else if actor.starts_with("wk_") {
+        Some("SELECT a.id FROM workspace_keys a WHERE a.id = $1")
+    } else if actor.starts_with("pk") && actor.contains(':') {
+        Some("SELECT a.id FROM public_keys a WHERE a.id = $1")
+    } else {
+        None
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
@@ -251,7 +265,53 @@ impl SqlStore {
         if held.is_none() {
             return Err(StoreError::NotFound("environment"));
         }
+        // The credential asking must still be live: a request let in just before its key's
+        // revocation returned must not make anything (a successor, above all) after it.
+        // Revocation locks the same row exclusively, so the two are ordered.
+        if let Some(query) = actor_row_query(&change.actor) {
+            let actor_id = change.actor.split(':').next().unwrap_or_default();
+            let live = sqlx::query(&format!("{query}{}", self.backend.lock("a", Lock::Shared)))
+                .bind(actor_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if live.is_none() {
+                return Err(StoreError::NotPermitted(Forbidden::ActorRevoked));
+            }
+        }
         Ok(tx)
+    }
+
+    /// At most `quota` active keys of `key`'s owner in its app, counted where concurrent
+    /// creations cannot both pass: SQLite's one writer, or an advisory lock on the owner.
+    async fn require_below_quota(
+        &self,
+        tx: &mut Transaction<'_>,
+        key: &ApiKey,
+        quota: u32,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let owner = key.owner_user_id.as_deref().unwrap_or_default();
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("key-quota:{}:{owner}", key.app_id))
+                .execute(&mut **tx)
+                .await?;
+        }
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys WHERE app_id = $1 AND owner_user_id = $2 \
+             AND revoked_at IS NULL AND enabled = $3 \
+             AND (expires_at IS NULL OR expires_at > $4)",
+        )
+        .bind(&key.app_id)
+        .bind(owner)
+        .bind(true)
+        .bind(now.as_millis())
+        .fetch_one(&mut **tx)
+        .await?;
+        if active >= i64::from(quota) {
+            return Err(StoreError::Conflict(Conflict::MaxKeysReached(quota)));
+        }
+        Ok(())
     }
 
     /// Announces in `tx` what caches must forget, commits, and describes the change.
@@ -480,6 +540,41 @@ fn secret_from_row(row: &AnyRow) -> StoreResult<SecretRecord> {
     })
 }
 
+/// Which of `tenancies` still have their environment, each held (a share lock on
+/// PostgreSQL) until the transaction ends, so that a sandbox purge cannot interleave with a
+/// writer that adds rows for it. Taken in sorted order, so concurrent writers never wait on
+/// each other in a cycle.
+async fn hold_live_environments<'t>(
+    tx: &mut Transaction<'_>,
+    backend: Backend,
+    tenancies: impl IntoIterator<Item = &'t Tenancy>,
+) -> StoreResult<std::collections::HashSet<Tenancy>> {
+    let sorted: std::collections::BTreeSet<(&str, &str)> = tenancies
+        .into_iter()
+        .map(|tenancy| (tenancy.workspace_id.as_str(), tenancy.environment.as_str()))
+        .collect();
+    let mut live = std::collections::HashSet::new();
+    for (workspace_id, environment) in sorted {
+        let held = sqlx::query(&format!(
+            "SELECT environment FROM environments WHERE workspace_id = $1 AND environment = $2{}",
+            backend.lock("environments", Lock::Shared)
+        ))
+        .bind(workspace_id)
+        .bind(environment)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if held.is_some() {
+            if let Some(environment) = Environment::parse(environment) {
+                live.insert(Tenancy {
+                    workspace_id: workspace_id.to_owned(),
+                    environment,
+                });
+            }
+        }
+    }
+    Ok(live)
+}
+
 /// Trims a page fetched with one extra row and names the cursor of the next one.
 fn paginate<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> &str) -> Page<T> {
     let limit = limit as usize;
@@ -529,7 +624,7 @@ async fn insert_secret(
         .bind(expires_at.map(Timestamp::as_millis))
         .execute(&mut **tx)
         .await
-        .map_err(StoreError::conflict_if_duplicate("secret already exists"))?;
+        .map_err(StoreError::conflict_if_duplicate(Conflict::SecretExists))?;
     Ok(())
 }
 
@@ -895,6 +990,7 @@ impl Store for SqlStore {
 
     async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()> {
         let mut tx = self.begin_change(change, Lock::Shared).await?;
+        require_power_over_self_service(&mut tx, change, &app.slug).await?;
         usage::require_scheme(
             &mut tx,
             self.backend,
@@ -920,7 +1016,7 @@ impl Store for SqlStore {
         .bind(&app.rate_limit_scheme)
         .execute(&mut *tx)
         .await
-        .map_err(StoreError::conflict_if_duplicate("app_slug_taken"))?;
+        .map_err(StoreError::conflict_if_duplicate(Conflict::AppSlugTaken))?;
         audit(
             &mut tx,
             change,
@@ -983,6 +1079,13 @@ impl Store for SqlStore {
         if let Some(name) = &patch.name {
             app.name.clone_from(name);
         }
+        if patch
+            .permissions
+            .as_ref()
+            .is_some_and(|permissions| *permissions != app.permissions)
+        {
+            require_power_over_self_service(&mut tx, change, slug).await?;
+        }
         if let Some(permissions) = &patch.permissions {
             let removed: Vec<&String> = app
                 .permissions
@@ -1002,7 +1105,7 @@ impl Store for SqlStore {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if in_use.is_some() {
-                    return Err(StoreError::Conflict("permission_in_use"));
+                    return Err(StoreError::Conflict(Conflict::PermissionInUse));
                 }
             }
             app.permissions.clone_from(permissions);
@@ -1051,6 +1154,7 @@ impl Store for SqlStore {
 
     async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>> {
         let mut tx = self.begin_change(change, Lock::Shared).await?;
+        require_power_over_self_service(&mut tx, change, slug).await?;
         let app = app_in_tx(
             &mut tx,
             self.backend,
@@ -1103,8 +1207,18 @@ impl Store for SqlStore {
             .await
     }
 
-    async fn create_key(&self, change: &Change, key: &ApiKey, hash: KeyHash) -> StoreResult<()> {
+    async fn create_key(
+        &self,
+        change: &Change,
+        key: &ApiKey,
+        hash: KeyHash,
+        owner_quota: Option<u32>,
+    ) -> StoreResult<()> {
         let mut tx = self.begin_change(change, Lock::Shared).await?;
+        if let Some(quota) = owner_quota {
+            self.require_below_quota(&mut tx, key, quota, change.now)
+                .await?;
+        }
         // The caller read the app before this transaction; it must still exist, and stay so
         // until the key is in (an app's deletion revokes the keys it can see).
         let app_exists = sqlx::query(&format!(
@@ -1201,7 +1315,7 @@ impl Store for SqlStore {
         )
         .await?;
         if keys.iter().any(|import| import.key.app_id != app.id) {
-            return Err(StoreError::Conflict("app_changed"));
+            return Err(StoreError::Conflict(Conflict::AppChanged));
         }
         // Secrets first: the unique hash decides which keys are new. Statements stay at a
         // few hundred parameters: SQLite binds them in time quadratic in their number.
@@ -1464,7 +1578,7 @@ impl Store for SqlStore {
         let mut tx = self.begin_change(change, Lock::Shared).await?;
         let mut key = key_in_tx(&mut tx, self.backend, &change.tenancy, id).await?;
         if key.revoked_at.is_some() {
-            return Err(StoreError::Conflict("key_revoked"));
+            return Err(StoreError::Conflict(Conflict::KeyRevoked));
         }
         let mut affected = supersede_secrets(&mut tx, id, previous_expire_at, change.now).await?;
         insert_secret(&mut tx, new_secret.0, id, None).await?;
@@ -1680,6 +1794,29 @@ fn environment_from_row(row: &AnyRow) -> StoreResult<EnvironmentSettings> {
         enhanced_security: flag(row, "enhanced_security")?,
         updated_at: timestamp(row, "updated_at")?,
     })
+}
+
+/// Self-service keys get every permission of their app, which a public key names by slug:
+/// changing that app's permissions, or deleting it and making another under its slug,
+/// changes what end users can issue themselves, which is `keys:write`'s power.
+async fn require_power_over_self_service(
+    tx: &mut Transaction<'_>,
+    change: &Change,
+    slug: &str,
+) -> StoreResult<()> {
+    let delegated = sqlx::query(
+        "SELECT 1 FROM public_keys WHERE workspace_id = $1 AND environment = $2 \
+         AND self_service_app = $3 LIMIT 1",
+    )
+    .bind(&change.tenancy.workspace_id)
+    .bind(change.tenancy.environment.as_str())
+    .bind(slug)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if delegated.is_some() {
+        change.require_power_over(keyward_core::scope::Scope::KeysWrite.into())?;
+    }
+    Ok(())
 }
 
 async fn insert_root_key(

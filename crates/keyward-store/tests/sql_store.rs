@@ -10,7 +10,7 @@ use keyward_core::scope::ScopeSet;
 use keyward_core::{KeyHash, Timestamp};
 use keyward_store::testing::{fresh_database, TestDatabase};
 use keyward_store::{
-    Bootstrap, Change, KeyFilter, PageRequest, SqlStore, Store, StoreError, StoreOptions,
+    Bootstrap, Change, Conflict, KeyFilter, PageRequest, SqlStore, Store, StoreError, StoreOptions,
 };
 
 const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
@@ -25,7 +25,8 @@ fn tenancy(environment: Environment) -> Tenancy {
 fn change(environment: Environment, audit_id: &str) -> Change {
     Change {
         tenancy: tenancy(environment),
-        actor: "rk_test".to_owned(),
+        // Not a credential's id: the store's tests act outside any key's life.
+        actor: "test".to_owned(),
         actor_scopes: keyward_core::scope::ScopeSet::all(),
         request_id: Some("req_000000000000".to_owned()),
         audit_id: audit_id.to_owned(),
@@ -181,7 +182,7 @@ async fn keys_round_trip_rotate_and_filter() {
         .await;
     assert!(matches!(
         duplicate,
-        Err(StoreError::Conflict("app_slug_taken"))
+        Err(StoreError::Conflict(Conflict::AppSlugTaken))
     ));
 
     let first = key("key_1", &acme, Some("alice"));
@@ -190,6 +191,7 @@ async fn keys_round_trip_rotate_and_filter() {
             &change(Environment::Live, "aud_3"),
             &first,
             KeyHash::of("s1"),
+            None,
         )
         .await
         .unwrap();
@@ -198,6 +200,7 @@ async fn keys_round_trip_rotate_and_filter() {
             &change(Environment::Live, "aud_4"),
             &key("key_2", &acme, Some("bob")),
             KeyHash::of("s2"),
+            None,
         )
         .await
         .unwrap();
@@ -442,6 +445,7 @@ async fn a_purged_sandbox_leaves_no_row_behind_and_nothing_else_is_touched() {
             },
             &sandbox_key,
             KeyHash::of("demo key"),
+            None,
         )
         .await
         .unwrap();
@@ -537,6 +541,26 @@ async fn a_purged_sandbox_leaves_no_row_behind_and_nothing_else_is_touched() {
         }
         other => panic!("{other:?}"),
     }
+    // Alerts and usage counts queued for it before the purge are dropped, not orphaned.
+    use keyward_store::{AnalyticsStore, EventStore};
+    let orphan = keyward_core::event::NewEvent::about(
+        &demo,
+        keyward_core::event::EventType::KeyExpired,
+        &sandbox_key,
+    );
+    store.append_events(&[orphan], NOW).await.unwrap();
+    store
+        .add_usage(&[keyward_store::UsageCount {
+            tenancy: demo.clone(),
+            key_id: "key_demo".to_owned(),
+            app_id: "app_demo".to_owned(),
+            organization_id: String::new(),
+            outcome: "VALID".to_owned(),
+            at: NOW,
+            count: 1,
+        }])
+        .await
+        .unwrap();
     // Nothing can be made in the purged workspace, not even by a change already authorised.
     let late = store
         .create_app(
@@ -556,6 +580,8 @@ async fn a_purged_sandbox_leaves_no_row_behind_and_nothing_else_is_touched() {
     );
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     for table in [
+        "events",
+        "usage_counts",
         "api_keys",
         "workspace_keys",
         "apps",
@@ -664,4 +690,25 @@ async fn usage_counts_add_up_across_minutes_hours_and_flushes() {
     other_key.key_id = Some("key_2".to_owned());
     other_key.from = Granularity::Day.bucket_start(NOW);
     assert!(store.usage(&other_key).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_change_by_a_credential_that_is_gone_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _database) = open(&dir).await;
+    for actor in ["rk_never_existed", "wk_never_existed", "pkj_gone:usr_1"] {
+        let gone = Change {
+            actor: actor.to_owned(),
+            ..change(Environment::Live, "aud_1")
+        };
+        assert!(
+            matches!(
+                store.create_app(&gone, &app("app_1", "acme")).await,
+                Err(StoreError::NotPermitted(
+                    keyward_store::Forbidden::ActorRevoked
+                ))
+            ),
+            "{actor}"
+        );
+    }
 }

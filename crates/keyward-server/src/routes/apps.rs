@@ -6,7 +6,7 @@ use axum::Json;
 use keyward_core::id::{self, IdKind};
 use keyward_core::model::App;
 use keyward_core::scope::Scope;
-use keyward_core::secret::{validate_app_prefix, PrefixError};
+use keyward_core::secret::validate_app_prefix;
 use keyward_core::validate::{self, MAX_EXTERNAL_ID_LEN, MAX_NAME_LEN};
 use keyward_proto::{self as wire, CreateAppRequest, ErrorEnvelope, PageParams, UpdateAppRequest};
 use keyward_store::AppPatch;
@@ -16,15 +16,11 @@ use crate::{convert, os_rng, page_request, ApiError, AppState};
 
 pub(crate) const DEFAULT_KEY_PREFIX: &str = "kw";
 
-pub(crate) fn field_error(error: validate::FieldError) -> ApiError {
-    ApiError::invalid("invalid_field", error.to_string())
-}
-
 /// A scheme slug a request names; that it exists is checked by storage, in the change's
 /// transaction.
 pub(crate) fn scheme_reference(slug: Option<&str>) -> Result<(), ApiError> {
     match slug {
-        Some(slug) => validate::scheme_slug(slug).map_err(field_error),
+        Some(slug) => validate::scheme_slug(slug).map_err(ApiError::from),
         None => Ok(()),
     }
 }
@@ -39,21 +35,18 @@ pub(crate) async fn create_app(
     ApiJson(request): ApiJson<CreateAppRequest>,
 ) -> Result<(StatusCode, Json<wire::App>), ApiError> {
     caller.require(Scope::AppsWrite)?;
-    validate::text("name", &request.name, MAX_NAME_LEN).map_err(field_error)?;
-    validate::slug(&request.slug).map_err(field_error)?;
-    let permissions = validate::permissions(&request.permissions).map_err(field_error)?;
+    validate::text("name", &request.name, MAX_NAME_LEN).map_err(ApiError::from)?;
+    validate::slug(&request.slug).map_err(ApiError::from)?;
+    let permissions = validate::permissions(&request.permissions).map_err(ApiError::from)?;
     if let Some(organization) = &request.organization_id {
         validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN)
-            .map_err(field_error)?;
+            .map_err(ApiError::from)?;
     }
     scheme_reference(request.rate_limit_scheme.as_deref())?;
     let key_prefix = request
         .key_prefix
         .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned());
-    validate_app_prefix(&key_prefix).map_err(|error| match error {
-        PrefixError::Reserved => ApiError::invalid("reserved_key_prefix", error.to_string()),
-        PrefixError::Invalid => ApiError::invalid("invalid_key_prefix", error.to_string()),
-    })?;
+    validate_app_prefix(&key_prefix)?;
     let change = caller.change();
     let app = App {
         id: id::generate(IdKind::App, change.now, &mut os_rng()),
@@ -114,14 +107,14 @@ pub(crate) async fn update_app(
 ) -> Result<Json<wire::App>, ApiError> {
     caller.require(Scope::AppsWrite)?;
     if let Some(name) = &request.name {
-        validate::text("name", name, MAX_NAME_LEN).map_err(field_error)?;
+        validate::text("name", name, MAX_NAME_LEN).map_err(ApiError::from)?;
     }
     let permissions = request
         .permissions
         .as_deref()
         .map(validate::permissions)
         .transpose()
-        .map_err(field_error)?;
+        .map_err(ApiError::from)?;
     if let Some(scheme) = &request.rate_limit_scheme {
         scheme_reference(scheme.as_deref())?;
     }

@@ -23,7 +23,7 @@ use keyward_proto::{
 };
 use secrecy::ExposeSecret;
 
-use super::apps::{field_error, scheme_reference};
+use super::apps::scheme_reference;
 use super::keys::previous_expiry;
 use super::root_keys::{inherited_limit, requested_scopes};
 use crate::extract::{ApiJson, ApiQuery, Caller, OptionalJson};
@@ -37,13 +37,13 @@ const MAX_INLINE_KEY_BYTES: usize = 64 * 1024;
 
 fn name_or(name: Option<String>, default: &str) -> Result<String, ApiError> {
     let name = name.unwrap_or_else(|| default.to_owned());
-    validate::text("name", &name, MAX_NAME_LEN).map_err(field_error)?;
+    validate::text("name", &name, MAX_NAME_LEN).map_err(ApiError::from)?;
     Ok(name)
 }
 
 fn optional_text(field: &'static str, value: &Option<String>) -> Result<(), ApiError> {
     match value {
-        Some(text) => validate::text(field, text, MAX_NAME_LEN).map_err(field_error),
+        Some(text) => validate::text(field, text, MAX_NAME_LEN).map_err(ApiError::from),
         None => Ok(()),
     }
 }
@@ -109,7 +109,7 @@ fn jwt_settings(
         .subject_claim
         .clone()
         .unwrap_or_else(|| "sub".to_owned());
-    validate::text("subject_claim", &subject_claim, 100).map_err(field_error)?;
+    validate::text("subject_claim", &subject_claim, 100).map_err(ApiError::from)?;
     Ok(JwtSettings {
         source,
         issuer: request.issuer.clone(),
@@ -176,7 +176,7 @@ pub(crate) async fn create_public_key(
         }
     };
     if let Some(app) = &request.self_service_app {
-        validate::slug(app).map_err(field_error)?;
+        validate::slug(app).map_err(ApiError::from)?;
     }
     let max_keys_per_user = request
         .max_keys_per_user
@@ -429,6 +429,19 @@ pub(crate) async fn rotate_workspace_key(
     caller.require(Scope::WorkspaceKeysWrite)?;
     let change = caller.change();
     let previous_expire_at = previous_expiry(request.expire_previous_in_seconds, change.now)?;
+    // A limited caller would take the key's secret, and with it the key's own limit.
+    if let Some(found) = state.store.find_workspace_key(&id).await? {
+        if found.key.tenancy == caller.tenancy
+            && !caller
+                .limit
+                .may_take_over(caller.scopes, &found.key.call_limit())
+        {
+            return Err(ApiError::forbidden(
+                "insufficient_scope",
+                "A rate-limited key can only rotate keys that share its limit",
+            ));
+        }
+    }
     let secret = workspace_secret(caller.tenancy.environment)?;
     let sealed = state.master_key.seal(secret.expose().as_bytes(), &id);
     let start = secret.start.clone();

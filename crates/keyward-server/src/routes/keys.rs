@@ -19,7 +19,6 @@ use keyward_store::cluster::ClusterCache;
 use keyward_store::{Changed, KeyFilter, KeyImport, KeyPatch};
 use secrecy::ExposeSecret;
 
-use super::apps::field_error;
 use crate::extract::{ApiJson, ApiQuery, Caller, OptionalJson};
 use crate::{clock, convert, os_rng, page_request, ApiError, AppState};
 
@@ -27,12 +26,12 @@ use crate::{clock, convert, os_rng, page_request, ApiError, AppState};
 const MAX_ROTATION_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 
 fn validate_owner(owner: &str) -> Result<(), ApiError> {
-    validate::text("owner_user_id", owner, MAX_EXTERNAL_ID_LEN).map_err(field_error)
+    validate::text("owner_user_id", owner, MAX_EXTERNAL_ID_LEN).map_err(ApiError::from)
 }
 
 /// Checks a key's permissions against what its app may grant.
 fn granted_permissions(app: &App, requested: &[String]) -> Result<Vec<String>, ApiError> {
-    let permissions = validate::permissions(requested).map_err(field_error)?;
+    let permissions = validate::permissions(requested).map_err(ApiError::from)?;
     // Named by its place in the request, not by its text, which may be a pasted secret.
     if let Some(missing) = requested
         .iter()
@@ -84,7 +83,7 @@ pub(super) struct KeyDraft {
 }
 
 fn refill(refill: wire::Refill) -> Result<Refill, ApiError> {
-    validate::credits("refill.amount", refill.amount, 0).map_err(field_error)?;
+    validate::credits("refill.amount", refill.amount, 0).map_err(ApiError::from)?;
     Ok(Refill {
         period: convert::period(refill.interval),
         amount: refill.amount,
@@ -93,7 +92,7 @@ fn refill(refill: wire::Refill) -> Result<Refill, ApiError> {
 
 /// A key's first credits: the balance stands until the next refill boundary.
 fn initial_credits(credits: wire::Credits, now: Timestamp) -> Result<Credits, ApiError> {
-    validate::credits("credits.remaining", credits.remaining, 0).map_err(field_error)?;
+    validate::credits("credits.remaining", credits.remaining, 0).map_err(ApiError::from)?;
     let adjustment = CreditAdjustment {
         balance: BalanceChange::Set(credits.remaining),
         refill: Some(credits.refill.map(refill).transpose()?),
@@ -113,15 +112,15 @@ fn credit_adjustment(
     let balance = match (update.remaining, update.increment, update.decrement) {
         (None, None, None) => BalanceChange::Keep,
         (Some(remaining), None, None) => {
-            validate::credits("credits.remaining", remaining, 0).map_err(field_error)?;
+            validate::credits("credits.remaining", remaining, 0).map_err(ApiError::from)?;
             BalanceChange::Set(remaining)
         }
         (None, Some(amount), None) => {
-            validate::credits("credits.increment", amount, 1).map_err(field_error)?;
+            validate::credits("credits.increment", amount, 1).map_err(ApiError::from)?;
             BalanceChange::Increment(amount)
         }
         (None, None, Some(amount)) => {
-            validate::credits("credits.decrement", amount, 1).map_err(field_error)?;
+            validate::credits("credits.decrement", amount, 1).map_err(ApiError::from)?;
             BalanceChange::Decrement(amount)
         }
         _ => {
@@ -153,7 +152,7 @@ fn new_key(
     draft: KeyDraft,
     start: String,
 ) -> Result<ApiKey, ApiError> {
-    validate::text("name", &draft.name, MAX_NAME_LEN).map_err(field_error)?;
+    validate::text("name", &draft.name, MAX_NAME_LEN).map_err(ApiError::from)?;
     if let Some(owner) = &draft.owner_user_id {
         validate_owner(owner)?;
     }
@@ -168,11 +167,11 @@ fn new_key(
     };
     if let Some(organization) = &organization_id {
         validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN)
-            .map_err(field_error)?;
+            .map_err(ApiError::from)?;
     }
     let permissions = granted_permissions(app, draft.permissions.as_deref().unwrap_or_default())?;
     let meta = draft.meta.unwrap_or_default();
-    validate::meta(&meta).map_err(field_error)?;
+    validate::meta(&meta).map_err(ApiError::from)?;
     let expires_at = draft
         .expires_at
         .map(|at| future_expiry(at, now))
@@ -247,7 +246,7 @@ pub(crate) async fn create_key(
         rate_limit_scheme: request.rate_limit_scheme,
         low_credits_threshold: request.low_credits_threshold,
     };
-    let body = issue_key(&state, &caller, &app, draft).await?;
+    let body = issue_key(&state, &caller, &app, draft, None).await?;
     Ok((StatusCode::CREATED, Json(body)))
 }
 
@@ -257,11 +256,15 @@ pub(super) async fn issue_key(
     caller: &Caller,
     app: &App,
     draft: KeyDraft,
+    owner_quota: Option<u32>,
 ) -> Result<ApiKeyWithSecret, ApiError> {
     let change = caller.change();
     let secret = issue_secret(app, caller)?;
     let key = new_key(app, caller, change.now, draft, secret.start.clone())?;
-    state.store.create_key(&change, &key, secret.hash).await?;
+    state
+        .store
+        .create_key(&change, &key, secret.hash, owner_quota)
+        .await?;
     Ok(ApiKeyWithSecret {
         key: convert::key(&key, change.now),
         secret: secret.secret.expose_secret().to_owned(),
@@ -420,13 +423,13 @@ pub(crate) async fn update_key(
     caller.require(Scope::KeysWrite)?;
     let change = caller.change();
     if let Some(name) = &request.name {
-        validate::text("name", name, MAX_NAME_LEN).map_err(field_error)?;
+        validate::text("name", name, MAX_NAME_LEN).map_err(ApiError::from)?;
     }
     if let Some(Some(owner)) = &request.owner_user_id {
         validate_owner(owner)?;
     }
     if let Some(meta) = &request.meta {
-        validate::meta(meta).map_err(field_error)?;
+        validate::meta(meta).map_err(ApiError::from)?;
     }
     if let Some(Some(scheme)) = &request.rate_limit_scheme {
         super::apps::scheme_reference(Some(scheme))?;

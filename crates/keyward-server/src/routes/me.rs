@@ -8,12 +8,12 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 use keyward_core::credential::Presented;
-use keyward_core::model::{App, KeyStatus};
+use keyward_core::model::App;
 use keyward_core::scope::ScopeSet;
 use keyward_proto::{
     self as wire, ApiKeyWithSecret, CreateMyKeyRequest, ErrorEnvelope, PageParams, RotateKeyRequest,
 };
-use keyward_store::{KeyFilter, PageRequest};
+use keyward_store::KeyFilter;
 
 use super::keys::{issue_key, revoke, rotate, KeyDraft};
 use crate::extract::{presented, request_time, ApiJson, ApiQuery, Caller, OptionalJson};
@@ -154,38 +154,15 @@ pub(crate) async fn create_my_key(
     ApiJson(request): ApiJson<CreateMyKeyRequest>,
 ) -> Result<(StatusCode, Json<ApiKeyWithSecret>), ApiError> {
     let app = me.app(&state).await?;
-    let limit = me.user.public_key.key.max_keys_per_user;
-    let active = KeyFilter {
-        status: Some(KeyStatus::Active),
-        ..me.own_keys()
-    };
-    let held = state
-        .store
-        .list_keys(
-            &me.caller.tenancy,
-            &app.id,
-            &active,
-            &PageRequest {
-                limit,
-                cursor: None,
-            },
-            me.caller.now,
-        )
-        .await?;
-    if held.items.len() >= limit as usize {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "max_keys_reached",
-            format!("An end user may hold at most {limit} active keys; revoke one first"),
-        ));
-    }
     let draft = KeyDraft {
         name: request.name,
         owner_user_id: Some(me.subject.clone()),
         permissions: Some(app.permissions.clone()),
         ..KeyDraft::default()
     };
-    let body = issue_key(&state, &me.caller, &app, draft).await?;
+    // Counted in the key's own transaction, so concurrent requests cannot all pass.
+    let quota = me.user.public_key.key.max_keys_per_user;
+    let body = issue_key(&state, &me.caller, &app, draft, Some(quota)).await?;
     Ok((StatusCode::CREATED, Json(body)))
 }
 

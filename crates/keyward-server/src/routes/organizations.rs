@@ -7,7 +7,7 @@ use keyward_core::validate::{self, MAX_EXTERNAL_ID_LEN};
 use keyward_proto::{self as wire, ErrorEnvelope, PutOrganizationRequest};
 use keyward_store::OrganizationSettings;
 
-use super::apps::{field_error, scheme_reference};
+use super::apps::scheme_reference;
 use crate::extract::{ApiJson, Caller};
 use crate::{clock, convert, ApiError, AppState};
 
@@ -24,10 +24,10 @@ pub(crate) async fn put_organization(
     ApiJson(request): ApiJson<PutOrganizationRequest>,
 ) -> Result<Json<wire::Organization>, ApiError> {
     caller.require(Scope::AppsWrite)?;
-    validate::text("organization_id", &id, MAX_EXTERNAL_ID_LEN).map_err(field_error)?;
+    validate::text("organization_id", &id, MAX_EXTERNAL_ID_LEN).map_err(ApiError::from)?;
     scheme_reference(request.rate_limit_scheme.as_deref())?;
     if let Some(cap) = request.credit_cap {
-        validate::credits("credit_cap", cap, 0).map_err(field_error)?;
+        validate::credits("credit_cap", cap, 0).map_err(ApiError::from)?;
     } else if request.credit_period.is_some() {
         return Err(ApiError::invalid(
             "invalid_field",

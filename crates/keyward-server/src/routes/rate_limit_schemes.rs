@@ -12,7 +12,6 @@ use keyward_proto::{
     UpdateRateLimitSchemeRequest,
 };
 
-use super::apps::field_error;
 use crate::extract::{ApiJson, ApiQuery, Caller};
 use crate::{convert, page_request, ApiError, AppState};
 
@@ -35,7 +34,7 @@ pub(crate) async fn create_scheme(
     ApiJson(request): ApiJson<CreateRateLimitSchemeRequest>,
 ) -> Result<(StatusCode, Json<wire::RateLimitScheme>), ApiError> {
     caller.require(Scope::AppsWrite)?;
-    validate::scheme_slug(&request.slug).map_err(field_error)?;
+    validate::scheme_slug(&request.slug).map_err(ApiError::from)?;
     let change = caller.change();
     let scheme = RateLimitScheme {
         tenancy: caller.tenancy.clone(),

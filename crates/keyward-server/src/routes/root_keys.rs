@@ -13,7 +13,6 @@ use keyward_proto::{
 };
 use secrecy::ExposeSecret;
 
-use super::apps::field_error;
 use crate::extract::{ApiJson, ApiQuery, Caller};
 use crate::{convert, os_rng, page_request, ApiError, AppState};
 
@@ -64,7 +63,7 @@ pub(crate) async fn create_root_key(
     ApiJson(request): ApiJson<CreateRootKeyRequest>,
 ) -> Result<(StatusCode, Json<RootKeyWithSecret>), ApiError> {
     caller.require(Scope::RootKeysWrite)?;
-    validate::text("name", &request.name, MAX_NAME_LEN).map_err(field_error)?;
+    validate::text("name", &request.name, MAX_NAME_LEN).map_err(ApiError::from)?;
     let scopes = requested_scopes(&request.scopes)?;
     super::apps::scheme_reference(request.rate_limit_scheme.as_deref())?;
     let (rate_limit_scheme, limit_meter) = inherited_limit(&caller, request.rate_limit_scheme)?;

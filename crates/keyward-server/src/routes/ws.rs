@@ -71,6 +71,8 @@ struct Session {
     /// When the token ends the session.
     expires_at: Option<Instant>,
     welcome: wire::Session,
+    /// A root key's limit on calls to Keyward's API, which opening a stream counts against.
+    calls: Option<(String, Vec<keyward_core::usage::RateWindow>)>,
 }
 
 struct Connection {
@@ -113,6 +115,30 @@ impl Connection {
             }
             Err(error) => return self.auth_failed(&error).await,
         };
+        // Opening a stream is a call like any other; re-checks of an open one are not.
+        if let Some((meter, windows)) = &session.calls {
+            let counted = state
+                .verification
+                .limit_api_calls(&session.audience.tenancy, meter, windows, clock::now())
+                .await;
+            match counted {
+                Ok(Some(calls)) if calls.is_refused() => {
+                    // Not a verdict on the credential: the client may come back later.
+                    return self
+                        .close(wire::CLOSE_TRY_AGAIN_LATER, "rate limited; retry later")
+                        .await;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return self
+                        .close(
+                            wire::CLOSE_TRY_AGAIN_LATER,
+                            "service unavailable; retry shortly",
+                        )
+                        .await
+                }
+            }
+        }
         let _permit: SocketPermit = match hub.admit(session.credential.clone()) {
             Ok(permit) => permit,
             Err(reason) => return self.refuse_busy(reason).await,
@@ -218,6 +244,7 @@ async fn authenticate(state: &AppState, params: &SocketParams) -> Result<Session
                 },
                 credential: root.key.id.clone(),
                 expires_at: None,
+                calls: Some((root.meter.clone(), root.windows.clone())),
             })
         }
         Presented::JwtPublicKey { key, token } | Presented::ClientPublicKey { key, token } => {
@@ -261,6 +288,7 @@ async fn authenticate(state: &AppState, params: &SocketParams) -> Result<Session
                     subject: Some(identity.subject.clone()),
                 },
                 expires_at: Some(Instant::now() + Duration::from_millis(remaining)),
+                calls: None,
             })
         }
         Presented::WorkspaceSignature(_) => Err(ApiError::invalid_api_key()),

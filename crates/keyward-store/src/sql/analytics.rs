@@ -62,8 +62,21 @@ impl AnalyticsStore for SqlStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<_> = rows.into_iter().collect();
         let mut tx = self.writer.begin().await?;
+        // Counts of a sandbox that was purged meanwhile are dropped, not orphaned.
+        let live = super::hold_live_environments(
+            &mut tx,
+            self.backend,
+            rows.keys().map(|(row, _, _)| row.tenancy),
+        )
+        .await?;
+        let rows: Vec<_> = rows
+            .into_iter()
+            .filter(|((row, _, _), _)| live.contains(row.tenancy))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut insert = FilteredQuery::new(
                 "INSERT INTO usage_counts (workspace_id, environment, granularity, bucket, \

@@ -19,7 +19,7 @@ use super::{
 use crate::cluster::Stale;
 use crate::{
     workspace_key_cache_hash, Change, Changed, CredentialStore, FoundPublicKey, FoundWorkspaceKey,
-    Page, PageRequest, StoreError, StoreResult,
+    Page, PageRequest, Reference, StoreError, StoreResult,
 };
 
 const PUBLIC_KEY_COLUMNS: &str = "p.id, p.workspace_id, p.environment, p.kind, p.name, p.key, \
@@ -156,7 +156,7 @@ impl CredentialStore for SqlStore {
             app_in_tx(&mut tx, self.backend, Lock::Shared, &key.tenancy, slug)
                 .await
                 .map_err(|error| match error {
-                    StoreError::NotFound(_) => StoreError::InvalidReference("unknown_app"),
+                    StoreError::NotFound(_) => StoreError::InvalidReference(Reference::UnknownApp),
                     other => other,
                 })?;
         }

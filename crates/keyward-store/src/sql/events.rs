@@ -114,7 +114,19 @@ fn event_from_row(row: &AnyRow) -> StoreResult<Event> {
 impl EventStore for SqlStore {
     async fn append_events(&self, events: &[NewEvent], now: Timestamp) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
-        record(&mut tx, self.backend, events, now).await?;
+        // Alerts queued for a sandbox that was purged meanwhile are dropped, not orphaned.
+        let live = super::hold_live_environments(
+            &mut tx,
+            self.backend,
+            events.iter().map(|event| &event.tenancy),
+        )
+        .await?;
+        let events: Vec<NewEvent> = events
+            .iter()
+            .filter(|event| live.contains(&event.tenancy))
+            .cloned()
+            .collect();
+        record(&mut tx, self.backend, &events, now).await?;
         tx.commit().await?;
         self.events_committed.notify_one();
         Ok(())

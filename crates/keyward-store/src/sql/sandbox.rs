@@ -87,6 +87,15 @@ impl SandboxStore for SqlStore {
         .bind(workspace_id)
         .fetch_all(&mut *tx)
         .await?;
+        // In id order, as the batch writers (`last_used_at`, balances) lock keys, so that
+        // neither waits on the other in a cycle.
+        sqlx::query(&format!(
+            "SELECT id FROM api_keys WHERE workspace_id = $1 ORDER BY id{}",
+            self.backend.lock_rows("api_keys")
+        ))
+        .bind(workspace_id)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut hashes = sqlx::query(&format!(
             "DELETE FROM secrets WHERE credential_id IN ({CREDENTIALS_OF_WORKSPACE}) RETURNING hash"
         ))

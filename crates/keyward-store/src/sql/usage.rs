@@ -13,8 +13,8 @@ use sqlx::{AnyPool, Row};
 use super::{audit, corrupt, tenancy_from_row, timestamp, Backend, Lock, SqlStore, Transaction};
 use crate::cluster::Stale;
 use crate::{
-    Change, Changed, OrganizationSettings, Page, PageRequest, StoreError, StoreResult, UsageStore,
-    UsageWriteBack,
+    Change, Changed, Conflict, Forbidden, OrganizationSettings, Page, PageRequest, Reference,
+    StoreError, StoreResult, UsageStore, UsageWriteBack,
 };
 
 const SCHEME_SELECT: &str = "SELECT workspace_id, environment, slug, windows, created_at, \
@@ -89,7 +89,9 @@ pub(super) async fn require_scheme(
     .await?;
     match found {
         Some(_) => Ok(()),
-        None => Err(StoreError::InvalidReference("unknown_rate_limit_scheme")),
+        None => Err(StoreError::InvalidReference(
+            Reference::UnknownRateLimitScheme,
+        )),
     }
 }
 
@@ -229,7 +231,7 @@ impl UsageStore for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(StoreError::conflict_if_duplicate(
-            "rate_limit_scheme_exists",
+            Conflict::RateLimitSchemeExists,
         ))?;
         audit(
             &mut tx,
@@ -344,7 +346,7 @@ impl UsageStore for SqlStore {
         .fetch_optional(&mut *tx)
         .await?;
         if in_use.is_some() {
-            return Err(StoreError::Conflict("rate_limit_scheme_in_use"));
+            return Err(StoreError::Conflict(Conflict::RateLimitSchemeInUse));
         }
         sqlx::query(
             "DELETE FROM rate_limit_schemes \
@@ -529,7 +531,7 @@ async fn require_power_over_limited(
     for row in &rows {
         let id: String = row.try_get("id")?;
         if id == change.actor && !change.actor_scopes.contains(Scope::All) {
-            return Err(StoreError::NotPermitted("insufficient_scope"));
+            return Err(StoreError::NotPermitted(Forbidden::InsufficientScope));
         }
         let names = super::json_list(row, "scopes")?;
         let scopes =

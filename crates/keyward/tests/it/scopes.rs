@@ -198,6 +198,33 @@ async fn credentials_a_limited_key_makes_share_its_limit() {
         .await
         .assert_error(429, "RATE_LIMIT_ERROR", "rate_limited");
 
+    // Nor can it take over a key with another limit by rotating it: that hands it the
+    // key's secret, and the key's budget with it.
+    let unlimited = owner
+        .post(
+            "/api/v1/workspace-keys",
+            json!({"name": "unlimited", "scopes": ["apps:read"]}),
+        )
+        .await
+        .assert_status(201)
+        .clone();
+    let writer = root_key(
+        &owner,
+        json!({"name": "writer", "scopes": ["workspace_keys:write", "apps:read"],
+               "rate_limit_scheme": "loose"}),
+    )
+    .await;
+    writer
+        .post(
+            &format!(
+                "/api/v1/workspace-keys/{}/rotate",
+                unlimited["id"].as_str().unwrap()
+            ),
+            json!({}),
+        )
+        .await
+        .assert_error(403, "PERMISSION_ERROR", "insufficient_scope");
+
     // `*` decides for what it makes: an unlimited key, or one with a scheme of its own.
     let free = owner
         .post(
@@ -265,6 +292,24 @@ async fn a_demo_sandbox_has_one_budget_for_everything_it_makes() {
     ] {
         refused.assert_error(429, "RATE_LIMIT_ERROR", "rate_limited");
     }
+    // Opening an event stream is a call too: asked to come back later (1013).
+    {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!(
+            "{}/ws?api-key={}",
+            server.base.replacen("http://", "ws://", 1),
+            session.body["secret"].as_str().unwrap()
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), socket.next())
+            .await
+            .expect("an answer");
+        match closed {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1013),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
     server.stop().await;
 }
 
@@ -301,5 +346,60 @@ async fn a_keys_write_session_reaches_the_new_key_form() {
         .await;
     assert_eq!(created.status, 200, "{}", created.html);
     assert!(created.html.contains("kw_live_"), "the secret, shown once");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn apps_that_self_service_hands_out_are_changed_only_with_keys_write() {
+    let server = TestServer::start().await;
+    let owner = server.api();
+    owner.create_app("portal", &["read"]).await;
+    owner.create_app("plain", &["read"]).await;
+    owner
+        .post(
+            "/api/v1/public-keys",
+            json!({"type": "client", "self_service_app": "portal"}),
+        )
+        .await
+        .assert_status(201);
+    let apps = root_key(&owner, json!({"name": "apps", "scopes": ["apps:write"]})).await;
+    // Every self-service key gets all of its app's permissions: widening them, or deleting
+    // the app and making another under its slug, is issuing keys.
+    apps.patch(
+        "/api/v1/apps/portal",
+        json!({"permissions": ["read", "admin"]}),
+    )
+    .await
+    .assert_error(403, "PERMISSION_ERROR", "insufficient_scope");
+    apps.delete("/api/v1/apps/portal").await.assert_error(
+        403,
+        "PERMISSION_ERROR",
+        "insufficient_scope",
+    );
+    owner.delete("/api/v1/apps/portal").await.assert_status(200);
+    apps.post(
+        "/api/v1/apps",
+        json!({"name": "Again", "slug": "portal", "permissions": ["admin"]}),
+    )
+    .await
+    .assert_error(403, "PERMISSION_ERROR", "insufficient_scope");
+    // Apps no public key delegates stay `apps:write`'s.
+    apps.patch(
+        "/api/v1/apps/plain",
+        json!({"permissions": ["read", "admin"]}),
+    )
+    .await
+    .assert_status(200);
+    let both = root_key(
+        &owner,
+        json!({"name": "both", "scopes": ["apps:write", "keys:write"]}),
+    )
+    .await;
+    both.post(
+        "/api/v1/apps",
+        json!({"name": "Again", "slug": "portal", "permissions": ["read"]}),
+    )
+    .await
+    .assert_status(201);
     server.stop().await;
 }

@@ -677,3 +677,49 @@ async fn the_server_answers_a_client_s_close_frame() {
     assert_eq!(frame.map(|frame| frame.code), Some(CloseCode::Normal));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_self_service_requests_never_exceed_the_key_quota() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    api.create_app("acme", &["read"]).await;
+    let idp = ec_key("idp");
+    let public_key = text(
+        api.post(
+            "/api/v1/public-keys",
+            json!({"type": "jwt", "public_key": idp.public_pem, "algorithms": ["ES256"],
+                   "self_service_app": "acme", "max_keys_per_user": 2}),
+        )
+        .await
+        .assert_status(201),
+        "key",
+    );
+    let token = sign(
+        Algorithm::ES256,
+        None,
+        &idp.encoding,
+        &json!({"sub": "usr_racer", "exp": now() + 600}),
+    );
+    let http = reqwest::Client::new();
+    let attempts = (0..12).map(|n| {
+        let request = http
+            .post(format!("{}/api/v1/me/keys", server.base))
+            .header("x-api-key", &public_key)
+            .bearer_auth(&token)
+            .json(&json!({"name": format!("key {n}")}));
+        async move { send(request).await }
+    });
+    let answers = futures_util::future::join_all(attempts).await;
+    let created = answers
+        .iter()
+        .filter(|answer| answer.status.as_u16() == 201)
+        .count();
+    assert_eq!(created, 2, "exactly the quota");
+    for answer in answers
+        .iter()
+        .filter(|answer| answer.status.as_u16() != 201)
+    {
+        answer.assert_error(409, "CONFLICT_ERROR", "max_keys_reached");
+    }
+    server.stop().await;
+}
