@@ -25,7 +25,7 @@ use keyward_core::KeyHash;
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Executor, Row};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -225,17 +225,25 @@ impl Cluster {
         let connect_options = PgConnectOptions::from_str(url)?
             .application_name(&format!("keyward_{node_id}"))
             .disable_statement_logging();
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(options.lease)
+        let pool_options = |size: u32| {
+            PgPoolOptions::new()
+                .max_connections(size)
+                .acquire_timeout(options.lease)
+                .after_connect(|connection, _| {
+                    Box::pin(async move {
+                        connection
+                            .execute(crate::sql::POSTGRES_SESSION_SETTINGS)
+                            .await
+                            .map(drop)
+                    })
+                })
+        };
+        let pool = pool_options(2)
             .connect_with(connect_options.clone())
             .await?;
         // The notification connection has a pool of its own, so that it can never take the
         // slot heartbeats and acknowledgements need.
-        let listener_pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(options.lease)
-            .connect_lazy_with(connect_options);
+        let listener_pool = pool_options(1).connect_lazy_with(connect_options);
         let cluster = Arc::new(Self {
             node_id: node_id.to_owned(),
             pool,
@@ -399,31 +407,28 @@ impl Cluster {
         applied_seq: i64,
         retention_ms: i64,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let foreign_secrets: Option<bool> = sqlx::query_scalar(
-            "SELECT i.foreign_secrets FROM cluster_state c \
-             LEFT JOIN installation i ON i.singleton = 1 \
-             WHERE c.singleton = 1 FOR SHARE OF c",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO cluster_nodes (node_id, lease_ms, heartbeat_ms, applied_seq) \
-             VALUES ($1, $2, floor(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT, $3) \
-             ON CONFLICT (node_id) DO UPDATE SET lease_ms = EXCLUDED.lease_ms, \
-             heartbeat_ms = EXCLUDED.heartbeat_ms, applied_seq = EXCLUDED.applied_seq",
+        // One statement, so the share lock is held for no round trip: a node that stalls
+        // after sending it cannot keep other nodes' changes waiting on `cluster_state`. The
+        // registration reads the locked row, so the lock is taken before it.
+        let row = sqlx::query(
+            "WITH held AS (SELECT singleton FROM cluster_state WHERE singleton = 1 FOR SHARE), \
+             registered AS ( \
+               INSERT INTO cluster_nodes (node_id, lease_ms, heartbeat_ms, applied_seq) \
+               SELECT $1, $2, floor(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT, $3 FROM held \
+               ON CONFLICT (node_id) DO UPDATE SET lease_ms = EXCLUDED.lease_ms, \
+               heartbeat_ms = EXCLUDED.heartbeat_ms, applied_seq = EXCLUDED.applied_seq \
+               RETURNING node_id) \
+             SELECT pg_notify($4, $5)::TEXT AS ping, i.foreign_secrets FROM registered \
+             LEFT JOIN installation i ON i.singleton = 1",
         )
         .bind(&self.node_id)
         .bind(lease_ms)
         .bind(applied_seq)
-        .execute(&mut *tx)
+        .bind(self.ping_channel())
+        .bind(number.to_string())
+        .fetch_one(&self.pool)
         .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(self.ping_channel())
-            .bind(number.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let foreign_secrets: Option<bool> = row.try_get("foreign_secrets")?;
         // Housekeeping, now and then, by whichever node gets there: announcements past their
         // retention, and nodes long gone (a node that comes back simply registers again).
         if number.is_multiple_of(64) {

@@ -43,6 +43,16 @@ const SQLITE_PRAGMAS: [&str; 4] = [
     "PRAGMA foreign_keys = ON",
 ];
 
+/// Settings of every PostgreSQL session Keyward opens. Keyward never leaves a transaction
+/// idle on purpose, so a session idle inside one for two seconds belongs to a node that
+/// stalled (partitioned, paused, its host gone): the server ends it and releases its row
+/// locks, so other nodes' changes wait for it at most that long. The keepalives let the
+/// server notice a vanished host in seconds instead of the system's two hours.
+pub(crate) const POSTGRES_SESSION_SETTINGS: &str =
+    "SET idle_in_transaction_session_timeout = '2s'; \
+     SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; \
+     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000";
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -208,9 +218,14 @@ impl SqlStore {
                 .acquire_timeout(options.acquire_timeout)
                 .after_connect(move |connection, _| {
                     Box::pin(async move {
-                        if backend == Backend::Sqlite {
-                            for pragma in SQLITE_PRAGMAS {
-                                connection.execute(pragma).await?;
+                        match backend {
+                            Backend::Sqlite => {
+                                for pragma in SQLITE_PRAGMAS {
+                                    connection.execute(pragma).await?;
+                                }
+                            }
+                            Backend::Postgres => {
+                                connection.execute(POSTGRES_SESSION_SETTINGS).await?;
                             }
                         }
                         Ok(())
@@ -1323,13 +1338,13 @@ impl Store for SqlStore {
         for chunk in keys.chunks(IMPORT_ROWS_PER_STATEMENT) {
             let mut secrets =
                 FilteredQuery::new("INSERT INTO secrets (hash, credential_id, expires_at) VALUES ");
-            for (index, import) in chunk.iter().enumerate() {
-                secrets.push(if index == 0 { "(" } else { ", (" });
-                secrets.bind(Param::Bytes(import.hash.as_bytes().to_vec()));
-                secrets.push(", ");
-                secrets.bind(Param::Text(import.key.id.clone()));
-                secrets.push(", NULL)");
-            }
+            secrets.push_rows(chunk.iter().map(|import| {
+                [
+                    Param::Bytes(import.hash.as_bytes().to_vec()),
+                    Param::Text(import.key.id.clone()),
+                    Param::OptionalInt(None),
+                ]
+            }));
             secrets.push(" ON CONFLICT (hash) DO NOTHING RETURNING credential_id");
             for row in secrets.fetch_all(&mut *tx).await? {
                 new_ids.insert(row.try_get::<String, _>("credential_id")?);
@@ -1349,10 +1364,9 @@ impl Store for SqlStore {
                  owner_user_id, organization_id, permissions, meta, start, expires_at, enabled, \
                  revoked_at, created_at, updated_at, last_used_at) VALUES ",
             );
-            for (index, import) in chunk.iter().enumerate() {
+            rows.push_rows(chunk.iter().map(|import| {
                 let key = &import.key;
-                rows.push(if index == 0 { "(" } else { ", (" });
-                let values = [
+                [
                     Param::Text(key.id.clone()),
                     Param::Text(key.tenancy.workspace_id.clone()),
                     Param::Text(key.tenancy.environment.as_str().to_owned()),
@@ -1369,15 +1383,8 @@ impl Store for SqlStore {
                     Param::Int(key.created_at.as_millis()),
                     Param::Int(key.updated_at.as_millis()),
                     Param::OptionalInt(key.last_used_at.map(Timestamp::as_millis)),
-                ];
-                for (position, value) in values.into_iter().enumerate() {
-                    if position > 0 {
-                        rows.push(", ");
-                    }
-                    rows.bind(value);
-                }
-                rows.push(")");
-            }
+                ]
+            }));
             rows.fetch_all(&mut *tx).await?;
         }
         if fresh.iter().any(|import| import.foreign_format) {
@@ -1632,22 +1639,27 @@ impl Store for SqlStore {
         if uses.is_empty() {
             return Ok(());
         }
-        // Every node locks rows in the same order (by id), so that two nodes' batches never
-        // deadlock on PostgreSQL.
-        let mut ordered: Vec<&(String, Timestamp)> = uses.iter().collect();
-        ordered.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut tx = self.writer.begin().await?;
-        for (id, at) in ordered {
-            sqlx::query(
-                "UPDATE api_keys SET last_used_at = $1 \
-                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
-            )
-            .bind(at.as_millis())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // One statement per chunk, never a transaction across round trips: a node that
+        // stalls mid-batch must not hold key rows that other nodes' revocations wait for.
+        // Rows are locked in id order, as every writer of many keys locks them, so that
+        // batches and deletions never deadlock.
+        for chunk in uses.chunks(BATCH_ROWS_PER_STATEMENT) {
+            let mut update = FilteredQuery::new("WITH used (id, at) AS (VALUES ");
+            update.push_rows(
+                chunk
+                    .iter()
+                    .map(|(id, at)| [Param::Text(id.clone()), Param::Int(at.as_millis())]),
+            );
+            update.push(&format!(
+                "), locked AS MATERIALIZED (SELECT k.id, used.at FROM api_keys k \
+                 JOIN used ON used.id = k.id ORDER BY k.id{}) \
+                 UPDATE api_keys SET last_used_at = locked.at FROM locked \
+                 WHERE api_keys.id = locked.id \
+                 AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < locked.at)",
+                self.backend.lock_rows("k")
+            ));
+            update.fetch_all(&self.writer).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -1704,6 +1716,8 @@ impl Store for SqlStore {
 
 /// Rows per multi-row INSERT of an import.
 const IMPORT_ROWS_PER_STATEMENT: usize = 100;
+/// The same bound for the `last_used_at` and usage write-back batches.
+const BATCH_ROWS_PER_STATEMENT: usize = 100;
 
 /// A value for a [`FilteredQuery`].
 enum Param {
@@ -1738,6 +1752,24 @@ impl FilteredQuery {
     fn bind(&mut self, param: Param) -> &mut Self {
         self.params.push(param);
         self.sql.push_str(&format!("${}", self.params.len()));
+        self
+    }
+
+    /// Appends `($1, $2), ($3, $4)…`: one tuple per row, for `VALUES` lists.
+    fn push_rows<Row: IntoIterator<Item = Param>>(
+        &mut self,
+        rows: impl IntoIterator<Item = Row>,
+    ) -> &mut Self {
+        for (index, row) in rows.into_iter().enumerate() {
+            self.push(if index == 0 { "(" } else { ", (" });
+            for (position, value) in row.into_iter().enumerate() {
+                if position > 0 {
+                    self.push(", ");
+                }
+                self.bind(value);
+            }
+            self.push(")");
+        }
         self
     }
 

@@ -317,13 +317,19 @@ async fn keys_round_trip_rotate_and_filter() {
         .record_last_used(&[("key_1".to_owned(), NOW)])
         .await
         .unwrap();
+    // A batch longer than one statement's share, the known key last: every chunk is written.
+    let mut long_batch: Vec<(String, Timestamp)> = (0..250)
+        .map(|index| (format!("key_gone_{index}"), NOW.plus_seconds(9)))
+        .collect();
+    long_batch.push(("key_1".to_owned(), NOW.plus_seconds(7)));
+    store.record_last_used(&long_batch).await.unwrap();
     assert_eq!(
         store
             .key(&tenancy(Environment::Live), "key_1")
             .await
             .unwrap()
             .last_used_at,
-        Some(NOW.plus_seconds(5))
+        Some(NOW.plus_seconds(7))
     );
 
     let audit = store

@@ -10,7 +10,10 @@ use keyward_core::KeyHash;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use super::{audit, corrupt, tenancy_from_row, timestamp, Backend, Lock, SqlStore, Transaction};
+use super::{
+    audit, corrupt, tenancy_from_row, timestamp, Backend, FilteredQuery, Lock, Param, SqlStore,
+    Transaction, BATCH_ROWS_PER_STATEMENT,
+};
 use crate::cluster::Stale;
 use crate::{
     Change, Changed, Conflict, Forbidden, OrganizationSettings, Page, PageRequest, Reference,
@@ -467,43 +470,55 @@ impl UsageStore for SqlStore {
         if usage.credits.is_empty() && usage.caps.is_empty() {
             return Ok(());
         }
-        // Every node writes rows in the same order, so two nodes' batches never deadlock.
-        let mut credits: Vec<_> = usage.credits.iter().collect();
-        credits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut caps: Vec<_> = usage.caps.iter().collect();
-        caps.sort_unstable_by(|a, b| {
-            (&a.0.workspace_id, a.0.environment.as_str(), &a.1).cmp(&(
-                &b.0.workspace_id,
-                b.0.environment.as_str(),
-                &b.1,
-            ))
-        });
-        let mut tx = self.writer.begin().await?;
-        for (id, balance) in credits {
-            sqlx::query(
-                "UPDATE api_keys SET credits_remaining = $1, credits_refilled_at = $2 \
-                 WHERE id = $3 AND credits_remaining IS NOT NULL",
-            )
-            .bind(balance.remaining)
-            .bind(balance.refilled_at.as_millis())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // As `record_last_used`: one statement per chunk, rows locked in key order, so that
+        // a node stalled mid-batch holds nothing and batches never deadlock.
+        for chunk in usage.credits.chunks(BATCH_ROWS_PER_STATEMENT) {
+            let mut update =
+                FilteredQuery::new("WITH balances (id, remaining, refilled_at) AS (VALUES ");
+            update.push_rows(chunk.iter().map(|(id, balance)| {
+                [
+                    Param::Text(id.clone()),
+                    Param::Int(balance.remaining),
+                    Param::Int(balance.refilled_at.as_millis()),
+                ]
+            }));
+            update.push(&format!(
+                "), locked AS MATERIALIZED (SELECT b.* FROM api_keys k \
+                 JOIN balances b ON b.id = k.id WHERE k.credits_remaining IS NOT NULL \
+                 ORDER BY k.id{}) \
+                 UPDATE api_keys SET credits_remaining = locked.remaining, \
+                 credits_refilled_at = locked.refilled_at FROM locked \
+                 WHERE api_keys.id = locked.id",
+                self.backend.lock_rows("k")
+            ));
+            update.fetch_all(&self.writer).await?;
         }
-        for (tenancy, id, cap) in caps {
-            sqlx::query(
-                "UPDATE organizations SET credits_spent = $1, spent_period_start = $2 \
-                 WHERE workspace_id = $3 AND environment = $4 AND id = $5",
-            )
-            .bind(cap.spent)
-            .bind(cap.period_start.as_millis())
-            .bind(&tenancy.workspace_id)
-            .bind(tenancy.environment.as_str())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in usage.caps.chunks(BATCH_ROWS_PER_STATEMENT) {
+            let mut update = FilteredQuery::new(
+                "WITH caps (workspace_id, environment, id, spent, period_start) AS (VALUES ",
+            );
+            update.push_rows(chunk.iter().map(|(tenancy, id, cap)| {
+                [
+                    Param::Text(tenancy.workspace_id.clone()),
+                    Param::Text(tenancy.environment.as_str().to_owned()),
+                    Param::Text(id.clone()),
+                    Param::Int(cap.spent),
+                    Param::Int(cap.period_start.as_millis()),
+                ]
+            }));
+            update.push(&format!(
+                "), locked AS MATERIALIZED (SELECT c.* FROM organizations o JOIN caps c \
+                 ON c.workspace_id = o.workspace_id AND c.environment = o.environment \
+                 AND c.id = o.id ORDER BY o.workspace_id, o.environment, o.id{}) \
+                 UPDATE organizations SET credits_spent = locked.spent, \
+                 spent_period_start = locked.period_start FROM locked \
+                 WHERE organizations.workspace_id = locked.workspace_id \
+                 AND organizations.environment = locked.environment \
+                 AND organizations.id = locked.id",
+                self.backend.lock_rows("o")
+            ));
+            update.fetch_all(&self.writer).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 }

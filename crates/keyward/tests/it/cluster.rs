@@ -377,7 +377,8 @@ async fn a_database_outage_gives_503s_never_a_wrong_acceptance_and_heals() {
     let after: Vec<&Sample> = samples.iter().filter(|s| s.started > returned).collect();
     assert!(
         after.iter().any(|s| s.status == 503),
-        "the outage was answered with 503s"
+        "the outage was answered with 503s: {} samples in all, these after the revoke: {after:?}",
+        samples.len()
     );
     for sample in &after {
         let acceptable = sample.status == 503 || sample.code.as_deref() == Some("KEY_REVOKED");
