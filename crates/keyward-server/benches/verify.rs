@@ -14,7 +14,7 @@ use keyward_core::KeyHash;
 use keyward_server::verification::api_key::InMemory;
 use keyward_server::verification::{Ask, Verification};
 use keyward_server::{clock, Server, ServerConfig};
-use keyward_store::{SqlStore, Store, StoreOptions};
+use keyward_store::{SqlStore, StoreOptions};
 use serde_json::json;
 
 /// Issues one key through the real HTTP API and warms the verifier's cache with it. The
@@ -65,20 +65,20 @@ fn prepared() -> Prepared {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = SqlStore::connect(&StoreOptions {
-            url: SqlStore::sqlite_url(dir.path()),
-            max_connections: 2,
-            acquire_timeout: Duration::from_secs(5),
-            node_id: keyward_store::StoreOptions::new_node_id(),
-        })
+        let opened = Server::open(
+            &StoreOptions {
+                url: SqlStore::sqlite_url(dir.path()),
+                max_connections: 2,
+                acquire_timeout: Duration::from_secs(5),
+                node_id: keyward_store::StoreOptions::new_node_id(),
+            },
+            ServerConfig::default(),
+            keyward_store::cluster::ClusterOptions::default(),
+        )
         .await
-        .expect("store");
-        let store: Arc<dyn Store> = Arc::new(store);
-        let first = keyward_server::bootstrap::bootstrap(store.as_ref())
-            .await
-            .expect("bootstrap")
-            .expect("fresh");
-        let server = Server::new(Arc::clone(&store), ServerConfig::default()).expect("server");
+        .expect("server");
+        let first = opened.first_keys.expect("fresh");
+        let server = opened.server;
         let state = Arc::clone(server.state());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -24,14 +24,14 @@ pub mod verification;
 pub use verification::tokens;
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::Router;
-use keyward_store::cluster::{Cluster, ClusterCache, ClusterOptions};
-use keyward_store::{Changed, PageRequest, Store, StoreResult};
+use keyward_store::cluster::{ClusterCache, ClusterOptions, Coherence};
+use keyward_store::{Changed, PageRequest, SqlStore, Store, StoreOptions, StoreResult};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -166,7 +166,8 @@ pub struct AppState {
     pub verification: Arc<Verification>,
     pub metrics: Arc<Metrics>,
     /// This node's part in a cluster on a shared database; unset on a single node.
-    pub cluster: OnceLock<Arc<Cluster>>,
+    /// Settles changes in every node's cache (ARCHITECTURE.md, "Cache coherence").
+    pub coherence: Coherence,
     pub(crate) demo: DemoSettings,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     pub(crate) master_key: Arc<MasterKey>,
@@ -192,43 +193,7 @@ impl AppState {
     {
         let state = Arc::clone(self);
         let pending = work(Arc::clone(&state));
-        uncancellable(async move {
-            match pending.await {
-                Ok(changed) => {
-                    state
-                        .forget_everywhere(&changed.stale, changed.propagation.as_ref())
-                        .await;
-                    Ok(changed)
-                }
-                Err(keyward_store::StoreError::UncertainCommit {
-                    source,
-                    stale,
-                    propagation,
-                }) => {
-                    // Treat it as made: no cache may keep what it may have changed. The
-                    // caller gets a retryable 503, and the changes Keyward offers are safe to
-                    // repeat.
-                    state.forget_everywhere(&stale, propagation.as_ref()).await;
-                    Err(keyward_store::StoreError::Unavailable(source).into())
-                }
-                Err(error) => Err(error.into()),
-            }
-        })
-        .await
-    }
-
-    pub(crate) async fn forget_everywhere(
-        &self,
-        stale: &keyward_store::Stale,
-        propagation: Option<&keyward_store::Propagation>,
-    ) {
-        keyward_store::cluster::ClusterCache::forget(self.verification.cache.as_ref(), stale);
-        if let (Some(propagation), Some(cluster)) = (propagation, self.cluster.get()) {
-            let report = cluster.await_propagation(propagation).await;
-            self.metrics
-                .propagation_lapses
-                .inc_by(report.lapsed.len() as u64);
-        }
+        uncancellable(async move { Ok(state.coherence.settle(pending).await?) }).await
     }
 }
 
@@ -274,6 +239,24 @@ pub(crate) fn page_request(
         ));
     }
     Ok(PageRequest { limit, cursor })
+}
+
+/// What [`Server::open`] opened.
+pub struct Opened {
+    pub server: Server,
+    /// For closing once the server has stopped.
+    pub store: Arc<SqlStore>,
+    /// The first root keys, on a fresh database only: shown once, never logged.
+    pub first_keys: Option<bootstrap::FirstRootKeys>,
+}
+
+/// Why [`Server::open`] could not open the server.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open storage: {0}")]
+    Store(#[from] keyward_store::StoreError),
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// A running server's handle on its background work.
@@ -337,12 +320,19 @@ impl Server {
             },
             clustered: std::sync::atomic::AtomicBool::new(false),
         });
+        let lapses = metrics.propagation_lapses.clone();
+        let coherence = Coherence::new(
+            Arc::clone(&verification.cache) as Arc<dyn ClusterCache>,
+            move |count| {
+                lapses.inc_by(count as u64);
+            },
+        );
         let state = Arc::new(AppState {
             events,
             store,
             verification,
             metrics,
-            cluster: OnceLock::new(),
+            coherence,
             demo: config.demo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             master_key: Arc::clone(&config.master_key),
@@ -362,6 +352,41 @@ impl Server {
         })
     }
 
+    /// Opens everything `keyward serve` needs before it listens, in the order it must:
+    /// storage (its schema brought up to date), the first root keys of a fresh database,
+    /// the server, and on a shared database this node's place in the cluster. `main` and
+    /// the integration tests both start here.
+    pub async fn open(
+        store: &StoreOptions,
+        config: ServerConfig,
+        cluster: ClusterOptions,
+    ) -> Result<Opened, OpenError> {
+        let sql = Arc::new(SqlStore::connect(store).await?);
+        let first_keys = bootstrap::bootstrap(sql.as_ref()).await?;
+        let counts_alone = config.usage.redis.is_none();
+        let server =
+            Self::new(Arc::clone(&sql) as Arc<dyn Store>, config).map_err(OpenError::Settings)?;
+        if sql.is_shared() {
+            if counts_alone {
+                tracing::warn!(
+                    "no REDIS_URL: rate limits and credits are counted by each node on its \
+                     own; set REDIS_URL to make them exact across the cluster"
+                );
+            }
+            // Other nodes may share the database: keep this node's cache coherent with
+            // theirs (ARCHITECTURE.md, "Cache coherence across nodes").
+            server
+                .join_cluster(&store.url, &store.node_id, cluster)
+                .await?;
+            tracing::info!(node_id = store.node_id, "joined the cluster");
+        }
+        Ok(Opened {
+            server,
+            store: sql,
+            first_keys,
+        })
+    }
+
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }
@@ -375,15 +400,14 @@ impl Server {
         options: ClusterOptions,
     ) -> StoreResult<()> {
         self.state.events.follow_postgres(database_url);
-        let cache: Arc<dyn ClusterCache> = self.state.verification.cache.clone();
-        let cluster = Cluster::join(database_url, node_id, options, cache).await?;
+        self.state
+            .coherence
+            .join(database_url, node_id, options)
+            .await?;
         self.state
             .verification
             .clustered
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        if self.state.cluster.set(cluster).is_err() {
-            tracing::warn!("this node already joined a cluster");
-        }
         Ok(())
     }
 
@@ -436,9 +460,7 @@ impl Server {
         }
         // The router held clones of the state; once it is gone, dropping ours closes the
         // last-used queue and lets its task write its final batch.
-        if let Some(cluster) = state.cluster.get() {
-            cluster.leave().await;
-        }
+        state.coherence.leave().await;
         drop(state);
         if let Err(error) = last_used_task.await {
             tracing::error!(%error, "last_used_at writer ended abnormally");

@@ -190,6 +190,90 @@ pub struct PropagationReport {
     pub lapsed: Vec<String>,
 }
 
+/// Where a change meets the caches that must forget what it touched: this node's at once,
+/// and, once the node has joined a cluster, every other node's before the change's call
+/// returns. A change is made and settled in one call, [`Coherence::settle`].
+pub struct Coherence {
+    cache: Arc<dyn ClusterCache>,
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
+    /// Told how many nodes a settlement waited out (their leases ended unacknowledged).
+    on_lapses: Box<dyn Fn(usize) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Coherence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coherence")
+            .field("cluster", &self.cluster.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coherence {
+    pub fn new(
+        cache: Arc<dyn ClusterCache>,
+        on_lapses: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            cache,
+            cluster: std::sync::OnceLock::new(),
+            on_lapses: Box::new(on_lapses),
+        }
+    }
+
+    /// Joins the cluster of nodes sharing the database at `url`; see [`Cluster::join`].
+    pub async fn join(&self, url: &str, node_id: &str, options: ClusterOptions) -> StoreResult<()> {
+        let cluster = Cluster::join(url, node_id, options, Arc::clone(&self.cache)).await?;
+        if self.cluster.set(cluster).is_err() {
+            tracing::warn!("this node already joined a cluster");
+        }
+        Ok(())
+    }
+
+    /// Leaves the cluster, if this node joined one.
+    pub async fn leave(&self) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.leave().await;
+        }
+    }
+
+    /// Waits for a change and settles it: once this returns, no cache on any node answers
+    /// from what the change made stale. A commit whose outcome is unknown is settled as if
+    /// made, then reported as [`StoreError::Unavailable`] (Keyward's changes are safe to
+    /// repeat). Run it where the caller's going away cannot cancel it between the commit
+    /// and the settling.
+    pub async fn settle<T>(
+        &self,
+        change: impl std::future::Future<Output = StoreResult<crate::Changed<T>>>,
+    ) -> StoreResult<crate::Changed<T>> {
+        match change.await {
+            Ok(changed) => {
+                self.forget_everywhere(&changed.stale, changed.propagation.as_ref())
+                    .await;
+                Ok(changed)
+            }
+            Err(crate::StoreError::UncertainCommit {
+                source,
+                stale,
+                propagation,
+            }) => {
+                self.forget_everywhere(&stale, propagation.as_ref()).await;
+                Err(crate::StoreError::Unavailable(source))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn forget_everywhere(&self, stale: &Stale, propagation: Option<&Propagation>) {
+        self.cache.forget(stale);
+        if let (Some(propagation), Some(cluster)) = (propagation, self.cluster.get()) {
+            let report = cluster.await_propagation(propagation).await;
+            if !report.lapsed.is_empty() {
+                (self.on_lapses)(report.lapsed.len());
+            }
+        }
+    }
+}
+
 /// This node's part in the cluster: see the module documentation.
 pub struct Cluster {
     node_id: String,

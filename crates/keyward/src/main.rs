@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use keyward_server::usage::{RedisSettings, UsageSettings};
-use keyward_server::{ConnectionSettings, DemoSettings, Server, ServerConfig};
+use keyward_server::{ConnectionSettings, DemoSettings, OpenError, Opened, Server, ServerConfig};
 use keyward_store::cluster::ClusterOptions;
 use keyward_store::{SqlStore, StoreOptions};
 use secrecy::ExposeSecret;
@@ -75,8 +75,8 @@ enum ServeError {
          database (DATABASE_URL), not one SQLite directory"
     )]
     DataDirInUse { path: String },
-    #[error("cannot open storage: {0}")]
-    Store(#[from] keyward_store::StoreError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: String,
@@ -181,17 +181,27 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Some(_) => None,
         None => Some(lock_data_dir(&settings.data_dir)?),
     };
-    let node_id = StoreOptions::cluster_member_id(settings.node_id.as_deref());
-    let store = SqlStore::connect(&StoreOptions {
-        url: url.clone(),
-        max_connections: settings.db_max_connections,
-        acquire_timeout: settings.db_acquire_timeout,
-        node_id: node_id.clone(),
-    })
+    let lease = settings.cluster_lease;
+    let Opened {
+        server,
+        store,
+        first_keys,
+    } = Server::open(
+        &StoreOptions {
+            url,
+            max_connections: settings.db_max_connections,
+            acquire_timeout: settings.db_acquire_timeout,
+            node_id: StoreOptions::cluster_member_id(settings.node_id.as_deref()),
+        },
+        server_config(&settings, max_connections)?,
+        ClusterOptions {
+            lease,
+            heartbeat_interval: lease / 8,
+            ..ClusterOptions::default()
+        },
+    )
     .await?;
-    let store = Arc::new(store);
-
-    if let Some(first_keys) = keyward_server::bootstrap::bootstrap(store.as_ref()).await? {
+    if let Some(first_keys) = first_keys {
         // Printed, never logged: this is the operator's one chance to copy the keys.
         println!("{}", first_keys.banner());
     }
@@ -207,69 +217,6 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     println!("Dashboard: http://{address}/dashboard");
     println!("API: http://{address}/api/v1 · OpenAPI: http://{address}/openapi.json");
     tracing::info!(%address, "listening");
-
-    let server = Server::new(
-        Arc::clone(&store) as Arc<dyn keyward_store::Store>,
-        ServerConfig {
-            cors_origins: settings.cors_origins.clone(),
-            max_body_bytes: settings.max_body_bytes,
-            request_timeout: settings.request_timeout,
-            last_used_flush_interval: settings.last_used_flush_interval,
-            usage: UsageSettings {
-                redis: settings.redis_url.as_ref().map(|url| RedisSettings {
-                    url: url.expose_secret().to_owned(),
-                    key_prefix: settings.redis_key_prefix.clone(),
-                    timeout: settings.redis_timeout,
-                }),
-                rate_limit_fallback: settings.rate_limit_fallback,
-                credit_fallback: settings.credit_fallback,
-            },
-            usage_write_back_interval: settings.usage_write_back_interval,
-            demo: DemoSettings {
-                session_ttl: settings.demo_session_ttl,
-                allow_fetches: settings.demo_allow_fetches,
-                ..DemoSettings::default()
-            },
-            trusted_proxies: settings.trusted_proxies.clone(),
-            master_key: Arc::new(master_key::load(&settings).map_err(ServeError::Settings)?),
-            jwks: keyward_server::tokens::jwks::JwksSettings {
-                allow_private: settings.allow_private_urls,
-                ..Default::default()
-            },
-            connections: ConnectionSettings {
-                max_connections,
-                header_read_timeout: settings.header_read_timeout,
-                send_timeout: settings.send_timeout,
-            },
-            events: settings.events.clone(),
-            analytics: settings.analytics.clone(),
-            dashboard: settings.dashboard,
-        },
-    )
-    .map_err(ServeError::Settings)?;
-    if store.is_shared() && settings.redis_url.is_none() {
-        tracing::warn!(
-            "no REDIS_URL: rate limits and credits are counted by each node on its own; set \
-             REDIS_URL to make them exact across the cluster"
-        );
-    }
-    if store.is_shared() {
-        // Other nodes may share the database: keep this node's cache coherent with theirs
-        // (ARCHITECTURE.md, "Cache coherence across nodes").
-        let lease = settings.cluster_lease;
-        server
-            .join_cluster(
-                &url,
-                &node_id,
-                ClusterOptions {
-                    lease,
-                    heartbeat_interval: lease / 8,
-                    ..ClusterOptions::default()
-                },
-            )
-            .await?;
-        tracing::info!(node_id, "joined the cluster");
-    }
     server
         .run(listener, shutdown_signal())
         .await
@@ -277,6 +224,45 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The server's settings, from the resolved settings.
+fn server_config(settings: &Settings, max_connections: usize) -> Result<ServerConfig, ServeError> {
+    Ok(ServerConfig {
+        cors_origins: settings.cors_origins.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        request_timeout: settings.request_timeout,
+        last_used_flush_interval: settings.last_used_flush_interval,
+        usage: UsageSettings {
+            redis: settings.redis_url.as_ref().map(|url| RedisSettings {
+                url: url.expose_secret().to_owned(),
+                key_prefix: settings.redis_key_prefix.clone(),
+                timeout: settings.redis_timeout,
+            }),
+            rate_limit_fallback: settings.rate_limit_fallback,
+            credit_fallback: settings.credit_fallback,
+        },
+        usage_write_back_interval: settings.usage_write_back_interval,
+        demo: DemoSettings {
+            session_ttl: settings.demo_session_ttl,
+            allow_fetches: settings.demo_allow_fetches,
+            ..DemoSettings::default()
+        },
+        trusted_proxies: settings.trusted_proxies.clone(),
+        master_key: Arc::new(master_key::load(settings).map_err(ServeError::Settings)?),
+        jwks: keyward_server::tokens::jwks::JwksSettings {
+            allow_private: settings.allow_private_urls,
+            ..Default::default()
+        },
+        connections: ConnectionSettings {
+            max_connections,
+            header_read_timeout: settings.header_read_timeout,
+            send_timeout: settings.send_timeout,
+        },
+        events: settings.events.clone(),
+        analytics: settings.analytics.clone(),
+        dashboard: settings.dashboard,
+    })
 }
 
 /// Descriptors kept for what is not a client connection: database and Redis connections,

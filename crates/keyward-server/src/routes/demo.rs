@@ -150,13 +150,12 @@ pub(crate) async fn sweep_loop(
 async fn sweep(state: &AppState) -> Result<(), StoreError> {
     let now = clock::now();
     for workspace_id in state.store.expired_sandboxes(now, SWEEP_BATCH).await? {
-        match state.store.purge_sandbox(&workspace_id, now).await {
-            Ok(changed) => {
-                state
-                    .forget_everywhere(&changed.stale, changed.propagation.as_ref())
-                    .await;
-                tracing::debug!(workspace_id, "purged an ended demo sandbox");
-            }
+        let purged = state
+            .coherence
+            .settle(state.store.purge_sandbox(&workspace_id, now))
+            .await;
+        match purged {
+            Ok(_) => tracing::debug!(workspace_id, "purged an ended demo sandbox"),
             // Another node purged it first.
             Err(StoreError::NotFound(_)) => {}
             Err(error) => return Err(error),

@@ -205,19 +205,18 @@ async fn operations_endpoints() {
 async fn readiness_follows_storage() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _database) = keyward_store::testing::fresh_database(dir.path()).await;
-    let store = std::sync::Arc::new(
-        keyward_store::SqlStore::connect(&keyward_store::StoreOptions {
+    let keyward_server::Opened { server, store, .. } = keyward_server::Server::open(
+        &keyward_store::StoreOptions {
             url,
             max_connections: 2,
             acquire_timeout: std::time::Duration::from_secs(1),
             node_id: keyward_store::StoreOptions::new_node_id(),
-        })
-        .await
-        .unwrap(),
-    );
-    let server =
-        keyward_server::Server::new(store.clone(), keyward_server::ServerConfig::default())
-            .unwrap();
+        },
+        keyward_server::ServerConfig::default(),
+        keyward_store::cluster::ClusterOptions::default(),
+    )
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(server.run(listener, std::future::pending()));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use keyward_server::{Server, ServerConfig};
 use keyward_store::testing::{fresh_database, TestDatabase};
-use keyward_store::{SqlStore, StoreOptions};
+use keyward_store::StoreOptions;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
@@ -56,40 +56,30 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         // SQLite, or PostgreSQL with KEYWARD_TEST_BACKEND=postgres (scripts/test.sh runs both).
         let (url, database) = fresh_database(dir.path()).await;
-        let store = SqlStore::connect(&StoreOptions {
-            url: url.clone(),
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-            node_id: keyward_store::StoreOptions::new_node_id(),
-        })
-        .await
-        .expect("open store");
-        let shared = store.is_shared().then(|| store.node_id().to_owned());
-        let store: Arc<dyn keyward_store::Store> = Arc::new(store);
-        let first = keyward_server::bootstrap::bootstrap(store.as_ref())
-            .await
-            .expect("bootstrap")
-            .expect("fresh database");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
         let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::new(store, config).expect("server settings");
-        if let Some(node_id) = shared {
-            server
-                .join_cluster(
-                    &url,
-                    &node_id,
-                    keyward_store::cluster::ClusterOptions {
-                        lease: Duration::from_millis(1000),
-                        heartbeat_interval: Duration::from_millis(100),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .expect("join the cluster");
-        }
+        // As `keyward serve` opens it, with a short lease on PostgreSQL.
+        let opened = Server::open(
+            &StoreOptions {
+                url,
+                max_connections: 4,
+                acquire_timeout: Duration::from_secs(5),
+                node_id: keyward_store::StoreOptions::new_node_id(),
+            },
+            config,
+            keyward_store::cluster::ClusterOptions {
+                lease: Duration::from_millis(1000),
+                heartbeat_interval: Duration::from_millis(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("open the server");
+        let first = opened.first_keys.expect("fresh database");
+        let server = opened.server;
         let task = tokio::spawn(async move {
             server
                 .run(listener, async {
