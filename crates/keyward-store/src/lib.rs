@@ -488,13 +488,9 @@ pub trait EventStore: Send + Sync {
     ) -> StoreResult<Vec<ApiKey>>;
 }
 
+/// The workspace and its environments: the first start, environment settings, root keys.
 #[async_trait]
-pub trait Store:
-    UsageStore + SandboxStore + CredentialStore + EventStore + AnalyticsStore + Send + Sync + 'static
-{
-    /// Whether storage answers.
-    async fn ping(&self) -> StoreResult<()>;
-
+pub trait WorkspaceStore: Send + Sync {
     /// Creates the first workspace unless one exists. `false` when another start did it first.
     async fn bootstrap(&self, bootstrap: &Bootstrap) -> StoreResult<bool>;
 
@@ -521,7 +517,11 @@ pub trait Store:
     /// Revokes a root key, provided the change's actor holds all of its scopes (a key cannot
     /// take down one more powerful than itself).
     async fn revoke_root_key(&self, change: &Change, id: &str) -> StoreResult<Changed<RootKey>>;
+}
 
+/// Apps: the categories keys belong to, with their permissions and default scheme.
+#[async_trait]
+pub trait AppStore: Send + Sync {
     async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()>;
     async fn app_by_slug(&self, tenancy: &Tenancy, slug: &str) -> StoreResult<App>;
     async fn list_apps(&self, tenancy: &Tenancy, page: &PageRequest) -> StoreResult<Page<App>>;
@@ -534,7 +534,11 @@ pub trait Store:
     ) -> StoreResult<Changed<App>>;
     /// Deletes the app and revokes every key it has.
     async fn delete_app(&self, change: &Change, slug: &str) -> StoreResult<Changed<App>>;
+}
 
+/// API keys: issue, import, find, list, change, rotate, revoke, delete.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
     /// Stores a new key. With `owner_quota`, refused (`MaxKeysReached`) when its owner
     /// already holds that many active keys of its app, counted in the same transaction.
     async fn create_key(
@@ -584,11 +588,35 @@ pub trait Store:
     async fn delete_key(&self, change: &Change, id: &str) -> StoreResult<Changed<ApiKey>>;
     /// Records when keys were last used; an older time never overwrites a newer one.
     async fn record_last_used(&self, uses: &[(String, Timestamp)]) -> StoreResult<()>;
+}
 
+/// The audit log. Every change writes its entry in its own transaction.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     async fn list_audit(
         &self,
         tenancy: &Tenancy,
         filter: &AuditFilter,
         page: &PageRequest,
     ) -> StoreResult<Page<AuditEntry>>;
+}
+
+/// Everything Keyward keeps, by subject.
+#[async_trait]
+pub trait Store:
+    WorkspaceStore
+    + AppStore
+    + KeyStore
+    + AuditStore
+    + UsageStore
+    + SandboxStore
+    + CredentialStore
+    + EventStore
+    + AnalyticsStore
+    + Send
+    + Sync
+    + 'static
+{
+    /// Whether storage answers.
+    async fn ping(&self) -> StoreResult<()>;
 }

@@ -10,7 +10,8 @@ use keyward_core::scope::ScopeSet;
 use keyward_core::{KeyHash, Timestamp};
 use keyward_store::testing::{fresh_database, TestDatabase};
 use keyward_store::{
-    Bootstrap, Change, Conflict, KeyFilter, PageRequest, SqlStore, Store, StoreError, StoreOptions,
+    AppStore, AuditStore, Bootstrap, Change, Conflict, KeyFilter, KeyStore, PageRequest, SqlStore,
+    StoreError, StoreOptions, WorkspaceStore,
 };
 
 const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);

@@ -12,9 +12,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{
-    app_in_tx, audit, corrupt, cursor_bound, insert_secret, json_list, optional_timestamp,
-    paginate, secret_from_row, secret_hashes, supersede_secrets, tenancy_from_row, timestamp,
-    to_json, usage, Lock, SqlStore, Transaction,
+    app_in_tx, audit, corrupt, insert_secret, json_list, optional_timestamp, secret_from_row,
+    secret_hashes, supersede_secrets, tenancy_from_row, timestamp, to_json, usage, FilteredQuery,
+    Keyset, Lock, SqlStore, Transaction,
 };
 use crate::cluster::Stale;
 use crate::{
@@ -237,22 +237,19 @@ impl CredentialStore for SqlStore {
         tenancy: &Tenancy,
         page: &PageRequest,
     ) -> StoreResult<Page<PublicKey>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {PUBLIC_KEY_COLUMNS} FROM public_keys p \
-             WHERE p.workspace_id = $1 AND p.environment = $2 AND p.id < $3 \
-             ORDER BY p.id DESC LIMIT $4"
-        ))
-        .bind(&tenancy.workspace_id)
-        .bind(tenancy.environment.as_str())
-        .bind(cursor_bound(page))
-        .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.reader)
-        .await?;
-        let keys = rows
-            .iter()
-            .map(public_key_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(paginate(keys, page.limit, |key| &key.id))
+        let mut query = FilteredQuery::new(&format!(
+            "SELECT {PUBLIC_KEY_COLUMNS} FROM public_keys p WHERE "
+        ));
+        query.in_environment("p", tenancy);
+        query
+            .fetch_page(
+                &self.reader,
+                Keyset::NewestFirst("p.id"),
+                page,
+                public_key_from_row,
+                |key| &key.id,
+            )
+            .await
     }
 
     async fn rotate_public_key(
@@ -395,21 +392,17 @@ impl CredentialStore for SqlStore {
         tenancy: &Tenancy,
         page: &PageRequest,
     ) -> StoreResult<Page<SigningKey>> {
-        let rows = sqlx::query(&format!(
-            "{SIGNING_KEY_SELECT} WHERE workspace_id = $1 AND environment = $2 AND id < $3 \
-             ORDER BY id DESC LIMIT $4"
-        ))
-        .bind(&tenancy.workspace_id)
-        .bind(tenancy.environment.as_str())
-        .bind(cursor_bound(page))
-        .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.reader)
-        .await?;
-        let keys = rows
-            .iter()
-            .map(signing_key_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(paginate(keys, page.limit, |key| &key.id))
+        let mut query = FilteredQuery::new(&format!("{SIGNING_KEY_SELECT} WHERE "));
+        query.in_environment("signing_keys", tenancy);
+        query
+            .fetch_page(
+                &self.reader,
+                Keyset::NewestFirst("id"),
+                page,
+                signing_key_from_row,
+                |key| &key.id,
+            )
+            .await
     }
 
     async fn delete_signing_key(
@@ -495,21 +488,17 @@ impl CredentialStore for SqlStore {
         tenancy: &Tenancy,
         page: &PageRequest,
     ) -> StoreResult<Page<WorkspaceKey>> {
-        let rows = sqlx::query(&format!(
-            "{WORKSPACE_KEY_SELECT} WHERE workspace_id = $1 AND environment = $2 AND id < $3 \
-             ORDER BY id DESC LIMIT $4"
-        ))
-        .bind(&tenancy.workspace_id)
-        .bind(tenancy.environment.as_str())
-        .bind(cursor_bound(page))
-        .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.reader)
-        .await?;
-        let keys = rows
-            .iter()
-            .map(workspace_key_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(paginate(keys, page.limit, |key| &key.id))
+        let mut query = FilteredQuery::new(&format!("{WORKSPACE_KEY_SELECT} WHERE "));
+        query.in_environment("workspace_keys", tenancy);
+        query
+            .fetch_page(
+                &self.reader,
+                Keyset::NewestFirst("id"),
+                page,
+                workspace_key_from_row,
+                |key| &key.id,
+            )
+            .await
     }
 
     async fn rotate_workspace_key(

@@ -56,13 +56,14 @@ pub(super) async fn record(
             "INSERT INTO events (seq, workspace_id, environment, type, key_id, owner_user_id, \
              payload, created_at, dedup_key) VALUES ",
         );
-        for (index, event) in chunk.iter().enumerate() {
+        let mut rows = Vec::with_capacity(chunk.len());
+        for event in chunk {
             seq += 1;
             let payload = Payload {
                 key: event.key.clone(),
                 details: event.details.clone(),
             };
-            let values = [
+            rows.push([
                 Param::Int(seq),
                 Param::Text(event.tenancy.workspace_id.clone()),
                 Param::Text(event.tenancy.environment.as_str().to_owned()),
@@ -72,16 +73,9 @@ pub(super) async fn record(
                 Param::Text(serde_json::to_string(&payload).map_err(|_| corrupt("payload"))?),
                 Param::Int(now.as_millis()),
                 Param::OptionalText(event.dedup_key.clone()),
-            ];
-            insert.push(if index == 0 { "(" } else { ", (" });
-            for (position, value) in values.into_iter().enumerate() {
-                if position > 0 {
-                    insert.push(", ");
-                }
-                insert.bind(value);
-            }
-            insert.push(")");
+            ]);
         }
+        insert.push_rows(rows);
         insert.push(" ON CONFLICT (dedup_key) DO NOTHING");
         insert.fetch_all(&mut **tx).await?;
     }

@@ -11,8 +11,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::{
-    audit, corrupt, tenancy_from_row, timestamp, Backend, FilteredQuery, Lock, Param, SqlStore,
-    Transaction, BATCH_ROWS_PER_STATEMENT,
+    audit, corrupt, tenancy_from_row, timestamp, Backend, FilteredQuery, Keyset, Lock, Param,
+    SqlStore, Transaction, BATCH_ROWS_PER_STATEMENT,
 };
 use crate::cluster::Stale;
 use crate::{
@@ -270,21 +270,17 @@ impl UsageStore for SqlStore {
         tenancy: &Tenancy,
         page: &PageRequest,
     ) -> StoreResult<Page<RateLimitScheme>> {
-        let rows = sqlx::query(&format!(
-            "{SCHEME_SELECT} WHERE workspace_id = $1 AND environment = $2 AND slug > $3 \
-             ORDER BY slug LIMIT $4"
-        ))
-        .bind(&tenancy.workspace_id)
-        .bind(tenancy.environment.as_str())
-        .bind(page.cursor.clone().unwrap_or_default())
-        .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.reader)
-        .await?;
-        let schemes = rows
-            .iter()
-            .map(scheme_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(super::paginate(schemes, page.limit, |scheme| &scheme.slug))
+        let mut query = FilteredQuery::new(&format!("{SCHEME_SELECT} WHERE "));
+        query.in_environment("rate_limit_schemes", tenancy);
+        query
+            .fetch_page(
+                &self.reader,
+                Keyset::Ascending("slug"),
+                page,
+                scheme_from_row,
+                |scheme| &scheme.slug,
+            )
+            .await
     }
 
     async fn update_rate_limit_scheme(
