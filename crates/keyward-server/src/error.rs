@@ -92,6 +92,15 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// Storage cannot be reached (or could not say whether a commit was made): retryable.
+    pub fn storage_unavailable() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "Storage is unreachable; try again shortly",
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -237,11 +246,7 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Unavailable(source) | StoreError::UncertainCommit { source, .. } => {
                 tracing::warn!(error = %source, "storage unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
-                    "Storage is unreachable; try again shortly",
-                )
+                ApiError::storage_unavailable()
             }
             other => {
                 tracing::error!(error = %other, "storage failed");

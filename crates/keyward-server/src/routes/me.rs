@@ -10,6 +10,7 @@ use axum::Json;
 use keyward_core::credential::Presented;
 use keyward_core::model::App;
 use keyward_core::scope::ScopeSet;
+use keyward_core::token::TokenError;
 use keyward_proto::{
     self as wire, ApiKeyWithSecret, CreateMyKeyRequest, ErrorEnvelope, PageParams, RotateKeyRequest,
 };
@@ -18,7 +19,7 @@ use keyward_store::KeyFilter;
 use super::keys::{issue_key, revoke, rotate, KeyDraft};
 use crate::extract::{presented, request_time, ApiJson, ApiQuery, Caller, OptionalJson};
 use crate::middleware::RequestId;
-use crate::verification::EndUser;
+use crate::verification::{EndUser, Refusal};
 use crate::{convert, page_request, ApiError, AppState};
 
 /// An end user with a subject, behind a public key that allows self-service.
@@ -41,13 +42,7 @@ impl FromRequestParts<Arc<AppState>> for Me {
             Presented::JwtPublicKey { key, token } | Presented::ClientPublicKey { key, token } => {
                 (key, token)
             }
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_api_key",
-                    "Self-service calls authenticate with a public key and an end-user token",
-                ))
-            }
+            _ => return Err(Refusal::InvalidKey.into()),
         };
         let tenant = parts
             .headers
@@ -61,13 +56,7 @@ impl FromRequestParts<Arc<AppState>> for Me {
             .await?;
         let subject = user
             .subject()
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "token_missing",
-                    "Self-service calls need an end-user token",
-                )
-            })?
+            .ok_or(Refusal::Token(TokenError::Missing))?
             .to_owned();
         let app_slug = user
             .public_key

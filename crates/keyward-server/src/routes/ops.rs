@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -36,11 +36,7 @@ pub(crate) async fn healthz() -> Json<Health> {
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
     state.store.ping().await.map_err(|error| {
         tracing::warn!(%error, "not ready: storage unreachable");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
-            "Storage is unreachable",
-        )
+        ApiError::storage_unavailable()
     })?;
     // Redis being down does not make a node unready: every node shares the same Redis, and
     // each still serves (rate limits on its fallback; see the usage settings).

@@ -13,6 +13,7 @@ use futures_util::SinkExt;
 use keyward_core::credential::{self, Presented};
 use keyward_core::event::{Audience, Channel, Event};
 use keyward_core::scope::Scope;
+use keyward_core::token::TokenError;
 use keyward_proto::{self as wire, ServerMessage, SocketParams};
 use keyward_store::EventScope;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -22,6 +23,7 @@ use crate::error::ApiError;
 use crate::events::{Delivery, SocketPermit};
 use crate::extract::ApiQuery;
 use crate::middleware::RequestId;
+use crate::verification::Refusal;
 use crate::{clock, convert, AppState};
 
 /// The largest message a client may send; its messages are tiny.
@@ -255,22 +257,14 @@ async fn authenticate(state: &AppState, params: &SocketParams) -> Result<Session
             // Without a token (a client key while enhanced security is off) there is nobody
             // whose keys the stream could be about.
             let Some(identity) = user.identity.as_deref() else {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::UNAUTHORIZED,
-                    "token_missing",
-                    "The event stream needs a token in `&token=`",
-                ));
+                return Err(Refusal::Token(TokenError::Missing).into());
             };
             let tenancy = user.public_key.key.tenancy.clone();
             let expires_at_ms = identity.expires_at.saturating_mul(1000);
             // Verification allows a minute of clock skew past `exp`; a stream would end at
             // once, so it refuses such a token outright rather than invite a reconnect loop.
             let Ok(remaining) = u64::try_from(expires_at_ms - now.as_millis()) else {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::UNAUTHORIZED,
-                    "token_expired",
-                    "The token has expired",
-                ));
+                return Err(Refusal::Token(TokenError::Expired).into());
             };
             Ok(Session {
                 welcome: wire::Session {
@@ -495,11 +489,7 @@ impl Stream<'_> {
         error: &keyward_store::StoreError,
     ) -> Result<bool, Gone> {
         tracing::warn!(%error, "resuming an event stream failed");
-        let error = ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
-            "Storage is unavailable; reconnect with the same `since` shortly",
-        );
+        let error = ApiError::storage_unavailable();
         self.reply_error(connection, &error).await?;
         Ok(false)
     }

@@ -281,7 +281,8 @@ impl Verification {
             }
         };
         let credential_type = presented.credential_type();
-        let (code, outcome) = match presented {
+        // A credential of another environment is refused like an unknown one.
+        let decided: Result<(VerifyCode, String, Outcome), Denied> = match presented {
             // API keys are counted where they are verified, as for `keys/verify`.
             Presented::Secret(secret) => {
                 let verdict = self.verify_api_key(tenancy, secret, ask, now).await?;
@@ -298,26 +299,11 @@ impl Verification {
                 {
                     Ok(user) if user.public_key.key.tenancy == *tenancy => {
                         let verdict = self.end_user_verdict(user, ask.permissions, now).await?;
-                        self.count(
-                            tenancy,
-                            verdict.code,
-                            Some(&verdict.user.public_key.key.id),
-                            now,
-                        );
-                        (verdict.code, Outcome::EndUser(verdict))
+                        let id = verdict.user.public_key.key.id.clone();
+                        Ok((verdict.code, id, Outcome::EndUser(verdict)))
                     }
-                    Ok(_) => {
-                        return Ok(self.refused_request(
-                            tenancy,
-                            credential_type,
-                            Refusal::InvalidKey,
-                            now,
-                        ))
-                    }
-                    Err(Denied::Refused(refusal)) => {
-                        return Ok(self.refused_request(tenancy, credential_type, refusal, now))
-                    }
-                    Err(Denied::Failed(error)) => return Err(error),
+                    Ok(_) => Err(Refusal::InvalidKey.into()),
+                    Err(denied) => Err(denied),
                 }
             }
             Presented::WorkspaceSignature(header) => {
@@ -325,30 +311,30 @@ impl Verification {
                     .authenticate_signature(&header, &request.facts, now)
                     .await
                 {
-                    Ok(key) if key.key.tenancy == *tenancy => {
-                        self.count(tenancy, VerifyCode::Valid, Some(&key.key.id), now);
-                        (VerifyCode::Valid, Outcome::WorkspaceKey(key))
-                    }
-                    Ok(_) => {
-                        return Ok(self.refused_request(
-                            tenancy,
-                            credential_type,
-                            Refusal::InvalidKey,
-                            now,
-                        ))
-                    }
-                    Err(Denied::Refused(refusal)) => {
-                        return Ok(self.refused_request(tenancy, credential_type, refusal, now))
-                    }
-                    Err(Denied::Failed(error)) => return Err(error),
+                    Ok(key) if key.key.tenancy == *tenancy => Ok((
+                        VerifyCode::Valid,
+                        key.key.id.clone(),
+                        Outcome::WorkspaceKey(key),
+                    )),
+                    Ok(_) => Err(Refusal::InvalidKey.into()),
+                    Err(denied) => Err(denied),
                 }
             }
         };
-        Ok(RequestVerdict {
-            code,
-            credential_type,
-            outcome,
-        })
+        match decided {
+            Ok((code, id, outcome)) => {
+                self.count(tenancy, code, Some(&id), now);
+                Ok(RequestVerdict {
+                    code,
+                    credential_type,
+                    outcome,
+                })
+            }
+            Err(Denied::Refused(refusal)) => {
+                Ok(self.refused_request(tenancy, credential_type, refusal, now))
+            }
+            Err(Denied::Failed(error)) => Err(error),
+        }
     }
 
     fn refused_request(
