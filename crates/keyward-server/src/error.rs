@@ -276,6 +276,11 @@ impl From<crate::extract::Unreadable> for ApiError {
     fn from(unreadable: crate::extract::Unreadable) -> Self {
         use crate::extract::Unreadable;
         match unreadable {
+            Unreadable::NotJson => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the request body as JSON, with `Content-Type: application/json`",
+            ),
             Unreadable::EmptyBody => {
                 ApiError::bad_request("empty_body", "This call needs a JSON body")
             }

@@ -26,6 +26,8 @@ use crate::{os_rng, AppState};
 /// detail has passed through `redact_quoted`.
 #[derive(Debug, Clone)]
 pub(crate) enum Unreadable {
+    /// A body sent as something other than JSON.
+    NotJson,
     EmptyBody,
     BodyTooLarge,
     Body,
@@ -201,16 +203,11 @@ impl Caller {
 #[derive(Debug, Clone)]
 pub(crate) struct BodyDigest(pub String);
 
-/// The time a request arrived, read once by the outermost middleware; everything that
-/// handles the request uses it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RequestTime(pub Timestamp);
-
-/// The request's time (or now, for a request that bypassed the middleware).
-pub(crate) fn request_time(extensions: &axum::http::Extensions) -> Timestamp {
-    extensions
-        .get::<RequestTime>()
-        .map_or_else(crate::clock::now, |time| time.0)
+/// The request's time, read once, by the extractor that authenticates the request; the
+/// handler and everything it calls take it from there (`Caller::now`). Requests that
+/// authenticate nobody (`/healthz`) never read the clock.
+pub(crate) fn request_time() -> Timestamp {
+    crate::clock::now()
 }
 
 /// What a request presents to authenticate (SPEC §4.4); refused when it presents nothing
@@ -238,7 +235,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
-        let now = request_time(&parts.extensions);
+        let now = request_time();
         let facts = RequestFacts {
             method: parts.method.as_str(),
             path: parts.uri.path(),

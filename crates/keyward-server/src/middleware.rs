@@ -5,13 +5,14 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyward_proto::ErrorEnvelope;
 use rand::RngCore;
 
 use crate::error::{payload_for_bare_status, ApiError, ErrorPayload};
+use crate::extract::Unreadable;
 use crate::rate_limit::RateLimitSlot;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -51,9 +52,6 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
         .insert(RequestId(request_id.clone()));
     let rate_limits = RateLimitSlot::default();
     request.extensions_mut().insert(rate_limits.clone());
-    request
-        .extensions_mut()
-        .insert(crate::extract::RequestTime(crate::clock::now()));
     let method = request.method().clone();
     let uri = request.uri().clone();
 
@@ -149,12 +147,7 @@ pub(crate) async fn require_json(request: Request, next: Next) -> Response {
     if exempt || is_json(request.headers().get(header::CONTENT_TYPE)) {
         return next.run(request).await;
     }
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        "Send the request body as JSON, with `Content-Type: application/json`",
-    )
-    .into_response()
+    ApiError::from(Unreadable::NotJson).into_response()
 }
 
 /// A request signed with a workspace key covers its body's SHA-256: read the body (within
@@ -175,12 +168,7 @@ pub(crate) async fn digest_signed_body(
     }
     let (mut parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, max_body_bytes).await else {
-        return ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "The request body is larger than the server accepts",
-        )
-        .into_response();
+        return ApiError::from(Unreadable::BodyTooLarge).into_response();
     };
     parts.extensions.insert(crate::extract::BodyDigest(
         keyward_core::signature::body_digest(&bytes),

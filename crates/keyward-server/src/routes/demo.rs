@@ -38,7 +38,7 @@ pub(crate) async fn create_session(
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
     let client = client_ip(peer, &headers, &state.trusted_proxies);
-    let now = crate::extract::request_time(&extensions);
+    let now = crate::extract::request_time();
     let calls = state
         .verification
         .limit_calls(
@@ -110,9 +110,10 @@ pub(crate) async fn delete_session(
         return Err(ApiError::not_found("demo session"));
     }
     let workspace_id = caller.tenancy.workspace_id.clone();
+    let now = caller.now;
     state
         .change_credential(move |state| async move {
-            state.store.purge_sandbox(&workspace_id, clock::now()).await
+            state.store.purge_sandbox(&workspace_id, now).await
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -20,7 +20,7 @@ use keyward_store::{Changed, KeyFilter, KeyImport, KeyPatch};
 use secrecy::ExposeSecret;
 
 use crate::extract::{ApiJson, ApiQuery, Caller, OptionalJson};
-use crate::{clock, convert, os_rng, page_request, ApiError, AppState};
+use crate::{convert, os_rng, page_request, ApiError, AppState};
 
 /// The longest grace period a rotation may give the previous secret.
 const MAX_ROTATION_GRACE_SECONDS: u64 = 30 * 24 * 3600;
@@ -388,7 +388,7 @@ pub(crate) async fn list_keys(
         status,
         search: search_filter(params.search)?,
     };
-    let now = clock::now();
+    let now = caller.now;
     let keys = state
         .store
         .list_keys(&caller.tenancy, &app.id, &filter, &page, now)
@@ -407,7 +407,7 @@ pub(crate) async fn get_key(
 ) -> Result<Json<wire::ApiKey>, ApiError> {
     caller.require(Scope::KeysRead)?;
     let key = state.store.key(&caller.tenancy, &id).await?;
-    Ok(Json(convert::key(&key, clock::now())))
+    Ok(Json(convert::key(&key, caller.now)))
 }
 
 /// Update a key's metadata; takes effect on verification at once.

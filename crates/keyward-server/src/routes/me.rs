@@ -49,7 +49,7 @@ impl FromRequestParts<Arc<AppState>> for Me {
             .get("x-tenant-id")
             .map(|value| value.to_str().map_err(|_| ApiError::invalid_api_key()))
             .transpose()?;
-        let now = request_time(&parts.extensions);
+        let now = request_time();
         let user = state
             .verification
             .authenticate_end_user(key, token, tenant, now)

@@ -9,7 +9,7 @@ use keyward_store::OrganizationSettings;
 
 use super::apps::scheme_reference;
 use crate::extract::{ApiJson, Caller};
-use crate::{clock, convert, ApiError, AppState};
+use crate::{convert, ApiError, AppState};
 
 /// Set an organization's shared limits: a rate-limit scheme and a credit cap that every key
 /// with its `organization_id` draws on together. Replaces the whole configuration; what
@@ -65,7 +65,7 @@ pub(crate) async fn get_organization(
 ) -> Result<Json<wire::Organization>, ApiError> {
     caller.require(Scope::AppsRead)?;
     let organization = state.store.organization(&caller.tenancy, &id).await?;
-    Ok(Json(convert::organization(&organization, clock::now())))
+    Ok(Json(convert::organization(&organization, caller.now)))
 }
 
 /// Remove an organization's limits; its keys are limited only by their own.
