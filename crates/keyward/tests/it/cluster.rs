@@ -140,6 +140,28 @@ impl Load {
         }
     }
 
+    /// Waits until some verification that started after `since` was answered with
+    /// `status`, so an outage the test stages lasts until the load has met it.
+    async fn wait_for_answer(&self, since: Instant, status: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self
+                .samples
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|sample| sample.started > since && sample.status == status);
+            if seen {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {status} answer arrived in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn finish(self) -> Vec<Sample> {
         self.stop.store(true, Ordering::SeqCst);
         for task in self.tasks {
@@ -367,6 +389,10 @@ async fn a_database_outage_gives_503s_never_a_wrong_acceptance_and_heals() {
         .post("/api/v1/keys/verify", json!({ "key": survivor }))
         .await
         .assert_error(503, "SERVICE_UNAVAILABLE", "storage_unavailable");
+    // The load's requests may still be the ones it sent before the cut; keep the database
+    // away until the load itself has been answered during the outage.
+    load.wait_for_answer(returned, 503, Duration::from_secs(10))
+        .await;
 
     relay.restore();
     wait_for_status(&node_b, "/readyz", 200, Duration::from_secs(20)).await;
