@@ -281,8 +281,9 @@ impl Verification {
             }
         };
         let credential_type = presented.credential_type();
-        // A credential of another environment is refused like an unknown one.
-        let decided: Result<(VerifyCode, String, Outcome), Denied> = match presented {
+        // A credential of another environment is refused like an unknown one. A verdict is
+        // counted where it is made, while its credential's id can still be borrowed.
+        let decided: Result<(VerifyCode, Outcome), Denied> = match presented {
             // API keys are counted where they are verified, as for `keys/verify`.
             Presented::Secret(secret) => {
                 let verdict = self.verify_api_key(tenancy, secret, ask, now).await?;
@@ -299,8 +300,9 @@ impl Verification {
                 {
                     Ok(user) if user.public_key.key.tenancy == *tenancy => {
                         let verdict = self.end_user_verdict(user, ask.permissions, now).await?;
-                        let id = verdict.user.public_key.key.id.clone();
-                        Ok((verdict.code, id, Outcome::EndUser(verdict)))
+                        let id = Some(verdict.user.public_key.key.id.as_str());
+                        self.count(tenancy, verdict.code, id, now);
+                        Ok((verdict.code, Outcome::EndUser(verdict)))
                     }
                     Ok(_) => Err(Refusal::InvalidKey.into()),
                     Err(denied) => Err(denied),
@@ -311,25 +313,21 @@ impl Verification {
                     .authenticate_signature(&header, &request.facts, now)
                     .await
                 {
-                    Ok(key) if key.key.tenancy == *tenancy => Ok((
-                        VerifyCode::Valid,
-                        key.key.id.clone(),
-                        Outcome::WorkspaceKey(key),
-                    )),
+                    Ok(key) if key.key.tenancy == *tenancy => {
+                        self.count(tenancy, VerifyCode::Valid, Some(&key.key.id), now);
+                        Ok((VerifyCode::Valid, Outcome::WorkspaceKey(key)))
+                    }
                     Ok(_) => Err(Refusal::InvalidKey.into()),
                     Err(denied) => Err(denied),
                 }
             }
         };
         match decided {
-            Ok((code, id, outcome)) => {
-                self.count(tenancy, code, Some(&id), now);
-                Ok(RequestVerdict {
-                    code,
-                    credential_type,
-                    outcome,
-                })
-            }
+            Ok((code, outcome)) => Ok(RequestVerdict {
+                code,
+                credential_type,
+                outcome,
+            }),
             Err(Denied::Refused(refusal)) => {
                 Ok(self.refused_request(tenancy, credential_type, refusal, now))
             }

@@ -18,7 +18,7 @@ use keyward_server::tokens::jwks::JwksSettings;
 use keyward_server::ServerConfig;
 use serde_json::{json, Value};
 
-use crate::testkit::{Api, TestServer};
+use crate::testkit::{metric, Api, TestServer};
 
 const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -701,11 +701,18 @@ async fn workspace_keys_sign_backend_requests_once() {
         "body_sha256": body_digest(b"{}"), "headers": {"Authorization": authorization}})
     };
     let signature = signed("POST", "/orders", "x=1", b"{}", &key, &secret, now());
+    let valid_count = r#"keyward_verifications_total{outcome="VALID"}"#;
+    let valid_before = metric(&server.base, valid_count).await.unwrap_or(0.0);
     let verdict = api
         .post("/api/v1/verify-request", gateway(signature.clone()))
         .await;
     assert_eq!(verdict.body["valid"], true, "{:#}", verdict.body);
     assert_eq!(verdict.body["credential_type"], "workspace_key");
+    // Counted once, like every verdict.
+    assert_eq!(
+        metric(&server.base, valid_count).await,
+        Some(valid_before + 1.0)
+    );
     let replayed = api.post("/api/v1/verify-request", gateway(signature)).await;
     assert_eq!(replayed.body["reason"], "signature_replayed");
 
