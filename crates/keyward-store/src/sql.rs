@@ -399,3 +399,38 @@ impl Store for SqlStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{TestDatabase, DATABASE_URL_VARIABLE};
+
+    /// A stalled node's locks are released only if its sessions carry the timeout.
+    #[tokio::test]
+    async fn every_postgres_session_ends_transactions_left_idle() {
+        let Ok(admin_url) = std::env::var(DATABASE_URL_VARIABLE) else {
+            eprintln!("skipped: set {DATABASE_URL_VARIABLE} to check PostgreSQL sessions");
+            return;
+        };
+        let database = TestDatabase::create(&admin_url).await.unwrap();
+        let store = SqlStore::connect(&StoreOptions {
+            url: database.url.clone(),
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            node_id: StoreOptions::new_node_id(),
+        })
+        .await
+        .unwrap();
+        let mut tx = store.writer.begin().await.unwrap();
+        let timeout: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(timeout, "2s");
+        // Left idle inside the transaction, the session is ended by the server.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(sqlx::query("SELECT 1").execute(&mut *tx).await.is_err());
+        drop(tx);
+        store.close().await;
+    }
+}
