@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod error;
 pub mod events;
 mod extract;
+pub mod gateway;
 pub mod last_used;
 pub mod metrics;
 mod middleware;
@@ -267,6 +268,8 @@ pub struct Server {
     usage_log_task: Option<tokio::task::JoinHandle<()>>,
     write_back_task: tokio::task::JoinHandle<()>,
     stop_background: tokio::sync::watch::Sender<bool>,
+    /// Where Envoy's gRPC `ext_authz` is served, when it is (`--grpc-listen`).
+    ext_authz_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -349,7 +352,14 @@ impl Server {
             usage_log_task,
             write_back_task,
             stop_background,
+            ext_authz_listener: None,
         })
+    }
+
+    /// Also serves Envoy's gRPC `ext_authz` (SPEC §4.7) on `listener`, from [`Server::run`]
+    /// until the server stops.
+    pub fn serve_ext_authz_on(&mut self, listener: TcpListener) {
+        self.ext_authz_listener = Some(listener);
     }
 
     /// Opens everything `keyward serve` needs before it listens, in the order it must:
@@ -436,14 +446,27 @@ impl Server {
             usage_log_task,
             write_back_task,
             stop_background,
+            ext_authz_listener,
             ..
         } = self;
+        let (stop_ext_authz, ext_authz_stopped) = tokio::sync::watch::channel(false);
+        let ext_authz_task = ext_authz_listener.map(|listener| {
+            let mut stopped = ext_authz_stopped;
+            tokio::spawn(gateway::ext_authz::serve(
+                listener,
+                Arc::clone(&state),
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+            ))
+        });
         // Sockets are long-lived: they are told to go before the server waits for its
         // connections to finish.
         let events = Arc::clone(&state.events);
         let shutdown = async move {
             shutdown.await;
             events.close_sockets();
+            let _ = stop_ext_authz.send(true);
         };
         serve::serve(
             listener,
@@ -453,6 +476,13 @@ impl Server {
             shutdown,
         )
         .await;
+        if let Some(task) = ext_authz_task {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "the ext_authz gRPC server failed"),
+                Err(error) => tracing::error!(%error, "the ext_authz gRPC server ended abnormally"),
+            }
+        }
         // Balances spent up to now reach storage before the process ends.
         let _ = stop_background.send(true);
         if let Err(error) = write_back_task.await {
@@ -495,19 +525,25 @@ fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
 }
 
 fn api_router(state: Arc<AppState>, config: &ServerConfig) -> Router {
-    let (api, openapi) = routes::api(Arc::clone(&state)).split_for_parts();
+    let (api, mut openapi) = routes::api(Arc::clone(&state)).split_for_parts();
+    let (forward_auth, gateway_openapi) = gateway::forward_auth::router(state);
+    openapi.merge(gateway_openapi);
     let openapi = Arc::new(openapi::finish(openapi));
-    api.merge(routes::ops::openapi_router(openapi))
+    let api = api
+        .merge(routes::ops::openapi_router(openapi))
         // An explicit fallback keeps these layers (and so the error envelope of an unknown
         // route) once the dashboard's routes are merged in.
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+        .layer(axum::middleware::from_fn(middleware::require_json))
+        .layer(cors(&config.cors_origins));
+    // Forward auth carries the original request's method and content type: no 415 rule,
+    // and an original OPTIONS is no CORS preflight.
+    api.merge(forward_auth)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             config.max_body_bytes,
             middleware::digest_signed_body,
         ))
-        .layer(axum::middleware::from_fn(middleware::require_json))
-        .layer(cors(&config.cors_origins))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             config.request_timeout,

@@ -18,6 +18,11 @@ use crate::rate_limit::RateLimitSlot;
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static API_VERSION: HeaderName = HeaderName::from_static("api-version");
 
+/// Marks an error response whose envelope also goes in the `Keyward-Error` header, for
+/// proxies that drop the body of the answer they asked for (`gateway::forward_auth`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EnvelopeInHeader;
+
 /// The request's id, `req_` and 12 lowercase hex digits.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestId(pub(crate) String);
@@ -38,15 +43,21 @@ fn new_request_id() -> String {
     format!("req_{}", hex::encode(bytes))
 }
 
+/// The request's id: the one the caller sent when it is well formed, or a fresh one.
+pub(crate) fn request_id_for(sent: Option<&str>) -> String {
+    sent.filter(|value| is_well_formed_request_id(value))
+        .map_or_else(new_request_id, str::to_owned)
+}
+
 /// The outermost layer: names the request, renders error envelopes, logs the outcome.
 pub(crate) async fn request_context(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let request_id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| is_well_formed_request_id(value))
-        .map_or_else(new_request_id, str::to_owned);
+    let request_id = request_id_for(
+        request
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|value| value.to_str().ok()),
+    );
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
@@ -70,7 +81,8 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
             .extensions_mut()
             .remove::<ErrorPayload>()
             .unwrap_or_else(|| payload_for_bare_status(status));
-        render_envelope(&mut response, payload, &request_id);
+        let in_header = response.extensions().get::<EnvelopeInHeader>().is_some();
+        render_envelope(&mut response, payload, &request_id, in_header);
     }
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -119,12 +131,25 @@ fn loggable_path(path: &str) -> String {
         .join("/")
 }
 
-fn render_envelope(response: &mut Response, payload: ErrorPayload, request_id: &str) {
+fn render_envelope(
+    response: &mut Response,
+    payload: ErrorPayload,
+    request_id: &str,
+    in_header: bool,
+) {
     let envelope = ErrorEnvelope {
         error: payload.body(request_id),
     };
     match serde_json::to_vec(&envelope) {
         Ok(body) => {
+            if in_header {
+                // Keyward's messages are ASCII sentences; serde_json escapes control bytes.
+                if let Ok(value) = HeaderValue::from_bytes(&body) {
+                    response
+                        .headers_mut()
+                        .insert(crate::gateway::ERROR_HEADER.clone(), value);
+                }
+            }
             *response.body_mut() = Body::from(body);
             let headers = response.headers_mut();
             headers.insert(

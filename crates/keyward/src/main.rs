@@ -183,7 +183,7 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let lease = settings.cluster_lease;
     let Opened {
-        server,
+        mut server,
         store,
         first_keys,
     } = Server::open(
@@ -217,6 +217,18 @@ async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     println!("Dashboard: http://{address}/dashboard");
     println!("API: http://{address}/api/v1 · OpenAPI: http://{address}/openapi.json");
     tracing::info!(%address, "listening");
+    if let Some(grpc_address) = settings.grpc_listen {
+        let grpc = tokio::net::TcpListener::bind(grpc_address)
+            .await
+            .map_err(|source| ServeError::Listen {
+                address: grpc_address.to_string(),
+                source,
+            })?;
+        let grpc_address = grpc.local_addr().map_err(ServeError::Serve)?;
+        println!("Envoy ext_authz (gRPC) listening on {grpc_address}");
+        tracing::info!(%grpc_address, "ext_authz listening");
+        server.serve_ext_authz_on(grpc);
+    }
     server
         .run(listener, shutdown_signal())
         .await

@@ -35,6 +35,10 @@ pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
     #[arg(long, env = "KEYWARD_LISTEN")]
     pub(crate) listen: Option<SocketAddr>,
+    /// Address for Envoy's gRPC ext_authz service (envoy.service.auth.v3.Authorization);
+    /// off when unset; port 0 picks a free port
+    #[arg(long, env = "KEYWARD_GRPC_LISTEN")]
+    pub(crate) grpc_listen: Option<SocketAddr>,
     /// Directory for the embedded database [default: ./keyward-data]
     #[arg(long, env = "KEYWARD_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
@@ -186,6 +190,7 @@ pub(crate) enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     listen: Option<SocketAddr>,
+    grpc_listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     cors_origin: Option<String>,
@@ -226,6 +231,8 @@ struct FileSettings {
 /// The resolved settings.
 pub(crate) struct Settings {
     pub(crate) listen: SocketAddr,
+    /// Envoy's gRPC ext_authz; off when `None`.
+    pub(crate) grpc_listen: Option<SocketAddr>,
     pub(crate) data_dir: PathBuf,
     /// May hold a password, so it is never printed.
     pub(crate) database_url: Option<SecretString>,
@@ -263,6 +270,7 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
+            .field("grpc_listen", &self.grpc_listen)
             .field("data_dir", &self.data_dir)
             .field(
                 "database_url",
@@ -482,6 +490,7 @@ impl Settings {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            grpc_listen: args.grpc_listen.or(file.grpc_listen),
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -677,6 +686,7 @@ mod tests {
     fn the_database_url_is_never_printed() {
         let settings = Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_listen: None,
             data_dir: PathBuf::from("x"),
             database_url: Some(SecretString::from("postgres://u:hunter2@h/db")),
             cors_origins: Vec::new(),

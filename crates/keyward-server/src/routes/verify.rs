@@ -143,9 +143,6 @@ fn request_response(verdict: &RequestVerdict) -> VerifyKeyResponse {
     }
 }
 
-const MAX_METHOD_LEN: usize = 16;
-const MAX_PATH_LEN: usize = 8 * 1024;
-
 /// Verify a whole request as a gateway saw it: whichever credential it carries (SPEC §4.4)
 /// — an API key, a JWT public key with its token, a client public key with a signed user
 /// token, or a workspace key's signature. Always 200, like `keys/verify`.
@@ -158,21 +155,7 @@ pub(crate) async fn verify_request(
     ApiJson(request): ApiJson<VerifyRequestRequest>,
 ) -> Result<Json<VerifyKeyResponse>, ApiError> {
     caller.require(Scope::Verify)?;
-    if request.method.is_empty()
-        || request.method.len() > MAX_METHOD_LEN
-        || !request.method.bytes().all(|b| b.is_ascii_uppercase())
-    {
-        return Err(ApiError::invalid(
-            "invalid_method",
-            "`method` is an HTTP method in capitals, e.g. GET",
-        ));
-    }
-    if !request.path.starts_with('/') || request.path.len() > MAX_PATH_LEN {
-        return Err(ApiError::invalid(
-            "invalid_path",
-            "`path` starts with `/` and carries no query",
-        ));
-    }
+    crate::gateway::validate_original(&request.method, &request.path)?;
     let required = request.permissions.as_ref().map(parse_query).transpose()?;
     let header = |name: &str| {
         request

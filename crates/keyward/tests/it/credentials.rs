@@ -417,7 +417,7 @@ async fn misbehaving_or_private_jwks_servers_are_refused() {
     strict.stop().await;
 }
 
-fn user_token(signing_key: &EncodingKey, kid: &str, extra: Value) -> String {
+pub(crate) fn user_token(signing_key: &EncodingKey, kid: &str, extra: Value) -> String {
     let mut claims = json!({"entity_type": "subscriber", "entity_id": "sub_42",
         "iat": now(), "exp": now() + 600, "scope": {"tenant_id": "acme"}});
     for (name, value) in extra.as_object().unwrap() {

@@ -10,6 +10,7 @@ mod connections;
 mod conventions;
 mod credentials;
 mod dashboard;
+mod gateways;
 mod hostile_input;
 mod import;
 mod keys;

@@ -25,6 +25,8 @@ pub static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 pub struct TestServer {
     pub base: String,
+    /// Envoy's gRPC ext_authz, when started with [`TestServer::start_with_ext_authz`].
+    pub grpc: Option<std::net::SocketAddr>,
     pub live_key: String,
     pub test_key: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -48,6 +50,15 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServerConfig) -> Self {
+        Self::start_serving(config, false).await
+    }
+
+    /// Also serves Envoy's gRPC ext_authz on a port of its own.
+    pub async fn start_with_ext_authz(config: ServerConfig) -> Self {
+        Self::start_serving(config, true).await
+    }
+
+    async fn start_serving(config: ServerConfig, ext_authz: bool) -> Self {
         // Server warnings and errors show in a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter("warn")
@@ -79,7 +90,13 @@ impl TestServer {
         .await
         .expect("open the server");
         let first = opened.first_keys.expect("fresh database");
-        let server = opened.server;
+        let mut server = opened.server;
+        let mut grpc = None;
+        if ext_authz {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+            grpc = Some(listener.local_addr().expect("grpc address"));
+            server.serve_ext_authz_on(listener);
+        }
         let task = tokio::spawn(async move {
             server
                 .run(listener, async {
@@ -90,6 +107,7 @@ impl TestServer {
         });
         Self {
             base,
+            grpc,
             live_key: first.live.expose_secret().to_owned(),
             test_key: first.test.expose_secret().to_owned(),
             shutdown: Some(shutdown),
