@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Keyward against nginx, HAProxy and Express Gateway on this machine, in one run (issue 9).
+# Keyward against nginx, HAProxy, Envoy and Express Gateway on this machine, in one run
+# (issue 9), and Keyward behind nginx and Envoy against their own key checks (issue 20).
 # Usage: bench/compare.sh [seconds-per-run] [runs]
 # Installs what it needs when missing (wrk, nginx, HAProxy and Node.js from Debian; Express
 # Gateway from npm, at the version in bench/peers/express-gateway/package-lock.json; the
@@ -24,6 +25,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 python3 -c "import cryptography" 2>/dev/null || python3 -m pip install --quiet cryptography
+# Envoy, for its api_key_auth filter and ext_authz in front of Keyward (issue 20).
+command -v envoy >/dev/null || python3 -m pip install --quiet -r scripts/gateway-requirements.txt
 (cd bench/peers/express-gateway && npm ci --no-audit --no-fund --silent)
 cargo build --release -p keyward
 mkdir -p target

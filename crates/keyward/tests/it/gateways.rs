@@ -982,14 +982,25 @@ impl Proxy {
             if path.extension().is_some_and(|extension| extension == "md") {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let filled = text
-                .replace("127.0.0.1:8080", &keyward)
-                .replace("127.0.0.1:8081", &grpc)
-                .replace("127.0.0.1:9000", &upstream.address)
-                .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"))
-                .replace("127.0.0.1:9901", &admin)
-                .replace("KEYWARD_GATEWAY_ROOT_KEY", proxy_key);
+            let mut filled = std::fs::read_to_string(&path).unwrap();
+            // Addresses as `host:port`, or as Envoy writes them (`port_value: N`).
+            for (shipped, here) in [
+                ("127.0.0.1:8080", keyward.as_str()),
+                ("127.0.0.1:8081", grpc.as_str()),
+                ("127.0.0.1:9000", upstream.address.as_str()),
+                ("127.0.0.1:8000", &format!("127.0.0.1:{port}")),
+                ("127.0.0.1:9901", admin.as_str()),
+            ] {
+                let (shipped_port, port_here) = (
+                    shipped.rsplit(':').next().unwrap(),
+                    here.rsplit(':').next().unwrap(),
+                );
+                filled = filled.replace(shipped, here).replace(
+                    &format!("port_value: {shipped_port}"),
+                    &format!("port_value: {port_here}"),
+                );
+            }
+            let filled = filled.replace("KEYWARD_GATEWAY_ROOT_KEY", proxy_key);
             std::fs::write(dir.path().join(path.file_name().unwrap()), filled).unwrap();
         }
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
@@ -1011,7 +1022,7 @@ impl Proxy {
                 command.args([
                     "-c",
                     "envoy.yaml",
-                    "--use-dynamic-base-id",
+                    "--disable-hot-restart",
                     "--log-level",
                     "warn",
                 ]);
