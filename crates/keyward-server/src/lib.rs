@@ -452,13 +452,15 @@ impl Server {
         let (stop_ext_authz, ext_authz_stopped) = tokio::sync::watch::channel(false);
         let ext_authz_task = ext_authz_listener.map(|listener| {
             let mut stopped = ext_authz_stopped;
-            tokio::spawn(gateway::ext_authz::serve(
-                listener,
-                Arc::clone(&state),
-                async move {
-                    let _ = stopped.wait_for(|stop| *stop).await;
-                },
-            ))
+            let serving = gateway::ext_authz::serve(listener, Arc::clone(&state), async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            });
+            // Said when it happens: Envoy fails closed meanwhile, and someone must know why.
+            tokio::spawn(async move {
+                if let Err(error) = serving.await {
+                    tracing::error!(%error, "the ext_authz gRPC server failed");
+                }
+            })
         });
         // Sockets are long-lived: they are told to go before the server waits for its
         // connections to finish.
@@ -477,10 +479,8 @@ impl Server {
         )
         .await;
         if let Some(task) = ext_authz_task {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "the ext_authz gRPC server failed"),
-                Err(error) => tracing::error!(%error, "the ext_authz gRPC server ended abnormally"),
+            if let Err(error) = task.await {
+                tracing::error!(%error, "the ext_authz gRPC server ended abnormally");
             }
         }
         // Balances spent up to now reach storage before the process ends.
@@ -529,21 +529,25 @@ fn api_router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     let (forward_auth, gateway_openapi) = gateway::forward_auth::router(state);
     openapi.merge(gateway_openapi);
     let openapi = Arc::new(openapi::finish(openapi));
-    let api = api
-        .merge(routes::ops::openapi_router(openapi))
-        // An explicit fallback keeps these layers (and so the error envelope of an unknown
-        // route) once the dashboard's routes are merged in.
-        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
-        .layer(axum::middleware::from_fn(middleware::require_json))
-        .layer(cors(&config.cors_origins));
+    let bodies = |router: Router| {
+        router
+            .layer(DefaultBodyLimit::max(config.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                config.max_body_bytes,
+                middleware::digest_signed_body,
+            ))
+    };
+    let api = bodies(
+        api.merge(routes::ops::openapi_router(openapi))
+            // An explicit fallback keeps these layers (and so the error envelope of an
+            // unknown route) once the dashboard's routes are merged in.
+            .fallback(|| async { axum::http::StatusCode::NOT_FOUND }),
+    )
+    .layer(axum::middleware::from_fn(middleware::require_json))
+    .layer(cors(&config.cors_origins));
     // Forward auth carries the original request's method and content type: no 415 rule,
     // and an original OPTIONS is no CORS preflight.
-    api.merge(forward_auth)
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            config.max_body_bytes,
-            middleware::digest_signed_body,
-        ))
+    api.merge(bodies(forward_auth))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             config.request_timeout,

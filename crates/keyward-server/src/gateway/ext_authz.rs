@@ -131,6 +131,9 @@ fn allowed(headers: &HeaderMap) -> CheckResponse {
             request_headers::PROXY_KEY,
             request_headers::PERMISSIONS,
             request_headers::CREDITS_COST,
+            "keyward-error",
+            "ratelimit",
+            "ratelimit-policy",
         ])
         .filter(|name| !headers.contains_key(**name))
         .map(|name| (*name).to_owned())

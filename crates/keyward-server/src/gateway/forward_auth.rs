@@ -27,18 +27,19 @@ use crate::middleware::EnvelopeInHeader;
 use crate::verification::{GatewayRequest, RequestFacts};
 use crate::AppState;
 
-/// The forward-auth routes and their part of the OpenAPI document.
+/// The forward-auth routes and their part of the OpenAPI document. The document lists the
+/// common methods; the routes take any method, since a proxy may forward any.
 pub(crate) fn router(state: Arc<AppState>) -> (Router, OpenApi) {
-    let (documented, openapi) = OpenApiRouter::new()
+    let (_, openapi) = OpenApiRouter::<Arc<AppState>>::new()
         .routes(routes!(forward_auth))
-        .with_state(Arc::clone(&state))
         .split_for_parts();
     // Envoy's HTTP service: everything below the prefix is the original path.
-    let below = Router::new()
+    let routes = Router::new()
+        .route(FORWARD_AUTH_PATH, any(forward_auth))
         .route(&format!("{FORWARD_AUTH_PATH}/"), any(forward_auth))
         .route(&format!("{FORWARD_AUTH_PATH}/{{*path}}"), any(forward_auth))
         .with_state(state);
-    (documented.merge(below), openapi)
+    (routes, openapi)
 }
 
 /// Forward auth: is the request a proxy describes allowed? The proxy's root key (scope
@@ -82,10 +83,31 @@ fn refused(error: ApiError, headers: axum::http::HeaderMap) -> Response {
     response
 }
 
+/// Headers only the proxy may set: each must come once. A second copy means a client's
+/// value got past the proxy beside its own, and neither can be trusted.
+const SET_ONCE: [&str; 7] = [
+    request_headers::PROXY_KEY,
+    request_headers::PERMISSIONS,
+    request_headers::CREDITS_COST,
+    "x-forwarded-method",
+    "x-forwarded-uri",
+    "x-original-method",
+    "x-original-uri",
+];
+
 /// What the proxy's request presents. A credential header that is not text is refused like
 /// a malformed key, never skipped for another one.
 fn presented(parts: &Parts) -> Result<ProxyRequest<'_>, ApiError> {
     let headers = &parts.headers;
+    if let Some(name) = SET_ONCE
+        .iter()
+        .find(|name| headers.get_all(**name).iter().nth(1).is_some())
+    {
+        return Err(ApiError::bad_request(
+            "duplicate_header",
+            format!("`{name}` is set more than once; the proxy must set it alone"),
+        ));
+    }
     let read = |name: &str, unreadable: fn() -> ApiError| {
         headers
             .get(name)
@@ -98,8 +120,15 @@ fn presented(parts: &Parts) -> Result<ProxyRequest<'_>, ApiError> {
             ApiError::bad_request("invalid_header", "A header Keyward reads is not text")
         })
     };
-    let first = |names: [&str; 2]| -> Result<Option<&str>, ApiError> {
-        Ok(text(names[0])?.or(text(names[1])?))
+    // Either spelling, but not two that disagree: one of them did not come from the proxy.
+    let original = |names: [&str; 2]| -> Result<Option<&str>, ApiError> {
+        match (text(names[0])?, text(names[1])?) {
+            (Some(first), Some(second)) if first != second => Err(ApiError::bad_request(
+                "conflicting_headers",
+                format!("`{}` and `{}` disagree", names[0], names[1]),
+            )),
+            (first, second) => Ok(first.or(second)),
+        }
     };
     let (method, path, query) = match parts
         .uri
@@ -109,9 +138,9 @@ fn presented(parts: &Parts) -> Result<ProxyRequest<'_>, ApiError> {
     {
         Some(path) => (parts.method.as_str(), path, parts.uri.query().unwrap_or("")),
         None => {
-            let method = first(["x-forwarded-method", "x-original-method"])?
+            let method = original(["x-forwarded-method", "x-original-method"])?
                 .unwrap_or(parts.method.as_str());
-            let uri = first(["x-forwarded-uri", "x-original-uri"])?.unwrap_or("/");
+            let uri = original(["x-forwarded-uri", "x-original-uri"])?.unwrap_or("/");
             let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
             (method, path, query)
         }
@@ -130,7 +159,7 @@ fn presented(parts: &Parts) -> Result<ProxyRequest<'_>, ApiError> {
             },
             authorization: credential(header::AUTHORIZATION.as_str())?,
             x_api_key: credential("x-api-key")?,
-            tenant: text("x-tenant-id")?,
+            tenant: credential("x-tenant-id")?,
         },
         permissions: text(request_headers::PERMISSIONS)?,
         credits_cost: text(request_headers::CREDITS_COST)?,

@@ -18,7 +18,7 @@ use keyward_core::permission::PermissionQuery;
 use keyward_core::scope::Scope;
 use keyward_core::usage::{Decision, Outcome as UsageOutcome, RateStatus, RateWindow};
 use keyward_core::verify::VerifyCode;
-use keyward_core::Timestamp;
+use keyward_core::{Environment, Timestamp};
 
 use crate::error::ApiError;
 use crate::rate_limit;
@@ -151,6 +151,14 @@ async fn authenticate_proxy(
         }
     }
     match authentication.outcome {
+        // A demo sandbox's key is anyone's for the asking: it never vouches for a request.
+        Ok(proxy) if proxy.tenancy.environment == Environment::Demo => refused(
+            ApiError::forbidden(
+                "insufficient_scope",
+                "A demo sandbox's root key cannot act for a proxy",
+            ),
+            headers,
+        ),
         Ok(proxy) if proxy.scopes.grants(Scope::Verify) => {
             ProxyAuthentication::Proxy(proxy.tenancy)
         }
@@ -162,7 +170,15 @@ async fn authenticate_proxy(
             headers,
         ),
         Err(Denied::Refused(Refusal::InvalidKey)) => refused(invalid(), headers),
-        Err(Denied::Refused(refusal)) => refused(refusal.into(), headers),
+        // Revoked, expired or out of calls: said of the proxy's key, not the client's.
+        Err(Denied::Refused(refusal)) => {
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::FORBIDDEN);
+            let message = format!(
+                "The proxy's root key in `Keyward-Authorization` was refused: {}",
+                refusal.message()
+            );
+            refused(ApiError::new(status, refusal.code(), message), headers)
+        }
         Err(Denied::Failed(error)) => refused(error.into(), headers),
     }
 }
@@ -340,6 +356,9 @@ fn rate_report(rate: RateStatus, decision: Option<Decision>, now: Timestamp) -> 
 /// an owner id or a token's subject may not be, and is then percent-encoded (RFC 3986), so
 /// that the upstream always gets the whole value or nothing it could misread.
 fn header_value(value: &str) -> Option<HeaderValue> {
+    if value.is_empty() {
+        return None;
+    }
     if value
         .bytes()
         .all(|byte| byte.is_ascii_graphic() || byte == b' ')
@@ -434,5 +453,9 @@ mod tests {
         assert_eq!(header_value("ünïcode").unwrap(), "%C3%BCn%C3%AFcode");
         assert_eq!(header_value("a\r\nb").unwrap(), "a%0D%0Ab");
         assert_eq!(header_value("50%").unwrap(), "50%25");
+        assert!(
+            header_value("").is_none(),
+            "an absent value is an absent header"
+        );
     }
 }
