@@ -29,6 +29,7 @@ python3 -c "import cryptography" 2>/dev/null || python3 -m pip install --quiet c
 command -v envoy >/dev/null || python3 -m pip install --quiet -r scripts/gateway-requirements.txt
 (cd bench/peers/express-gateway && npm ci --no-audit --no-fund --silent)
 cargo build --release -p keyward
+cargo build --release -p keyward-server --example null_ext_authz
 mkdir -p target
 python3 bench/compare.py "${CARGO_TARGET_DIR:-target}/release/keyward" "${1:-10}" "${2:-3}" \
   | tee "target/compare-$(date +%F).md"
