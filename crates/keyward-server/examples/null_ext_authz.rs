@@ -4,8 +4,7 @@
 //! Usage: `null_ext_authz 127.0.0.1:PORT`
 
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse,
-    OkHttpResponse,
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpResponse, OkHttpResponse,
 };
 use envoy_types::pb::google::rpc;
 

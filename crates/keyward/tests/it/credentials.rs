@@ -283,8 +283,8 @@ async fn jwt_public_keys_check_end_user_tokens_against_a_jwks() {
         assert_refused(&jwt_verdict(&api, bad, &good).await, "invalid_api_key");
     }
 
-    // The JWKS rotates: a token with the new `kid` is accepted after one re-fetch.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    // The JWKS rotates: a token with the new `kid` is accepted at once, after one re-fetch,
+    // however recent the last fetch.
     let rotated = ec_key("k2");
     jwks.keys.lock().unwrap().push(rotated.jwk.clone());
     let before = jwks.fetches();
@@ -325,6 +325,100 @@ async fn jwt_public_keys_check_end_user_tokens_against_a_jwks() {
     assert_refused(
         &jwt_verdict(&api, &public_key, &good).await,
         "invalid_api_key",
+    );
+    server.stop().await;
+}
+
+/// Issue 19, item 5: a key published after Keyward's last fetch is trusted at once, and
+/// 10,000 tokens with random `kid`s still cause at most one fetch per interval.
+#[tokio::test]
+async fn a_new_jwks_key_is_trusted_at_once_while_random_kids_stay_throttled() {
+    let jwks = JwksServer::start().await;
+    let first = ec_key("k1");
+    jwks.keys.lock().unwrap().push(first.jwk.clone());
+    let server = TestServer::start_with(ServerConfig {
+        jwks: JwksSettings {
+            allow_private: true,
+            min_refetch_interval: Duration::from_secs(60),
+            ..JwksSettings::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let api = server.api();
+    let public_key = api
+        .post(
+            "/api/v1/public-keys",
+            json!({"type": "jwt", "jwks_url": jwks.base, "algorithms": ["ES256"]}),
+        )
+        .await
+        .assert_status(201)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = |key: &EcKey, kid: &str| {
+        sign(
+            Algorithm::ES256,
+            Some(kid),
+            &key.encoding,
+            &claims(json!({})),
+        )
+    };
+    assert_eq!(
+        jwt_verdict(&api, &public_key, &token(&first, "k1")).await["valid"],
+        true
+    );
+    assert_eq!(jwks.fetches(), 1);
+
+    // Published a moment after that fetch, well within the interval: trusted at once.
+    let published = ec_key("k2");
+    jwks.keys.lock().unwrap().push(published.jwk.clone());
+    let verdict = jwt_verdict(&api, &public_key, &token(&published, "k2")).await;
+    assert_eq!(verdict["valid"], true, "{verdict:#}");
+    assert_eq!(jwks.fetches(), 2);
+
+    // 10,000 tokens with random `kid`s, 64 at a time, against a second public key on the
+    // same key set (its own URL, so its own cache entry): the first unknown `kid` re-fetches
+    // once, the rest of the interval none.
+    let flooded = api
+        .post(
+            "/api/v1/public-keys",
+            json!({"type": "jwt", "jwks_url": format!("{}?flooded", jwks.base),
+                "algorithms": ["ES256"]}),
+        )
+        .await
+        .assert_status(201)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        jwt_verdict(&api, &flooded, &token(&first, "k1")).await["valid"],
+        true
+    );
+    let before = jwks.fetches();
+    let random: Arc<Vec<String>> = Arc::new(
+        (0..10_000)
+            .map(|n| token(&published, &format!("random-{n}-{}", rand::random::<u64>())))
+            .collect(),
+    );
+    let workers = (0..64).map(|worker| {
+        let (api, flooded, random) = (api.clone(), flooded.clone(), Arc::clone(&random));
+        tokio::spawn(async move {
+            for token in random.iter().skip(worker).step_by(64) {
+                assert_refused(
+                    &jwt_verdict(&api, &flooded, token).await,
+                    "token_unknown_kid",
+                );
+            }
+        })
+    });
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(
+        jwks.fetches() - before,
+        1,
+        "fetches caused by 10,000 random kids"
     );
     server.stop().await;
 }

@@ -24,7 +24,8 @@ pub struct JwksSettings {
     pub max_redirects: usize,
     /// A set older than this is refreshed in the background on its next use.
     pub refresh_after: Duration,
-    /// An unknown `kid` re-fetches at most this often per URL.
+    /// Unknown `kid`s re-fetch at most this often per URL. The first one after any other
+    /// fetch goes at once, so that a key published after the last fetch is trusted at once.
     pub min_refetch_interval: Duration,
 }
 
@@ -90,6 +91,9 @@ struct Fetched {
     keys: Option<Arc<Vec<VerificationKey>>>,
     fetched_at: Option<Instant>,
     attempted_at: Option<Instant>,
+    /// The last fetch an unknown `kid` caused. Only these are throttled: the fetch that
+    /// filled or refreshed the cache says nothing about a key published after it.
+    unknown_kid_fetch_at: Option<Instant>,
 }
 
 struct Entry {
@@ -163,7 +167,11 @@ impl JwksCache {
     }
 
     /// Fetches again because a token named a `kid` the cached set lacks: at most one fetch
-    /// at a time, and none if the last attempt was under `min_refetch_interval` ago.
+    /// at a time, and none if the last fetch an unknown `kid` caused was under
+    /// `min_refetch_interval` ago. A flood of random `kid`s thus costs one fetch per interval,
+    /// while the first token signed with a newly published key needs no wait (established
+    /// clients such as jose's `createRemoteJWKSet` count their cooldown from any fetch, and so
+    /// refuse such a token for up to the interval).
     pub async fn keys_after_unknown_kid(
         self: &Arc<Self>,
         url: &str,
@@ -183,10 +191,16 @@ impl JwksCache {
             let state = entry.state.lock().expect("JWKS state lock");
             // Another request fetched while this one waited: use its result.
             let fetched_meanwhile = state.attempted_at.is_some_and(|at| at >= asked_at);
-            let too_soon = state
-                .attempted_at
-                .is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval);
-            if fetched_meanwhile || (too_soon && (throttled || state.keys.is_none())) {
+            let within = |at: Option<Instant>| {
+                at.is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval)
+            };
+            let too_soon = if throttled {
+                within(state.unknown_kid_fetch_at)
+            } else {
+                // A set that never loaded is not fetched again on every token.
+                state.keys.is_none() && within(state.attempted_at)
+            };
+            if fetched_meanwhile || too_soon {
                 return state
                     .keys
                     .clone()
@@ -198,6 +212,9 @@ impl JwksCache {
         let result = self.fetch(url).await;
         let mut state = entry.state.lock().expect("JWKS state lock");
         state.attempted_at = Some(Instant::now());
+        if throttled {
+            state.unknown_kid_fetch_at = state.attempted_at;
+        }
         match result {
             Ok(keys) => {
                 let keys = Arc::new(keys);
