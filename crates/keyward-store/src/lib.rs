@@ -559,6 +559,10 @@ pub trait KeyStore: Send + Sync {
     ) -> StoreResult<Vec<bool>>;
     /// Whether any imported secret is in a foreign format.
     async fn foreign_secrets_present(&self) -> StoreResult<bool>;
+    /// Drops the superseded secrets whose grace period ended before `now`: API keys' and
+    /// root keys' hashes, and workspace keys' sealed previous secrets. None of them verifies
+    /// any more, so no cache has to hear of it. Returns how many were dropped.
+    async fn purge_ended_secrets(&self, now: Timestamp) -> StoreResult<u64>;
     async fn key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<ApiKey>;
     async fn find_key(&self, hash: KeyHash) -> StoreResult<Option<FoundKey>>;
     async fn list_keys(

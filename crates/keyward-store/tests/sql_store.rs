@@ -227,6 +227,18 @@ async fn keys_round_trip_rotate_and_filter() {
     );
     let old = store.find_key(KeyHash::of("s1")).await.unwrap().unwrap();
     assert_eq!(old.secret.expires_at, Some(grace));
+    // A superseded secret stays through its grace period; once that has ended, the sweep
+    // drops it, and only it.
+    assert_eq!(store.purge_ended_secrets(NOW).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .purge_ended_secrets(grace.plus_seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.find_key(KeyHash::of("s1")).await.unwrap().is_none());
+    assert!(store.find_key(KeyHash::of("s1b")).await.unwrap().is_some());
     store
         .rotate_key(
             &change(Environment::Live, "aud_6"),

@@ -145,6 +145,10 @@ pub(crate) async fn sweep_loop(
         if let Err(error) = state.store.forget_signatures(now).await {
             tracing::warn!(%error, "could not forget old signatures; will retry");
         }
+        // And rotated-away secrets whose grace period has ended.
+        if let Err(error) = state.store.purge_ended_secrets(now).await {
+            tracing::warn!(%error, "could not drop ended secrets; will retry");
+        }
     }
 }
 

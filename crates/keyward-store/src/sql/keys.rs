@@ -268,6 +268,23 @@ impl KeyStore for SqlStore {
         row.map_or(Ok(false), |row| flag(&row, "foreign_secrets"))
     }
 
+    async fn purge_ended_secrets(&self, now: Timestamp) -> StoreResult<u64> {
+        let hashes = sqlx::query("DELETE FROM secrets WHERE expires_at <= $1")
+            .bind(now.as_millis())
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        let sealed = sqlx::query(
+            "UPDATE workspace_keys SET previous_sealed_secret = NULL, previous_expires_at = NULL \
+             WHERE previous_expires_at <= $1",
+        )
+        .bind(now.as_millis())
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(hashes + sealed)
+    }
+
     async fn key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<ApiKey> {
         let row = sqlx::query(&format!(
             "{KEY_SELECT} WHERE k.id = $1 AND k.workspace_id = $2 AND k.environment = $3"
