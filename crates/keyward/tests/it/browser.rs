@@ -182,7 +182,6 @@ async fn fits_width(browser: &Client) -> bool {
 
 #[tokio::test]
 async fn the_dashboard_works_in_a_real_browser() {
-    let _alone = crate::testkit::CPU_HEAVY.lock().await;
     let Some(driver) = start_driver().await else {
         return;
     };

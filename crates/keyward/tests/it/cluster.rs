@@ -344,7 +344,6 @@ async fn wait_for_status(api: &Api, path: &str, status: u16, within: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_gives_503s_never_a_wrong_acceptance_and_heals() {
     let Some(admin_url) = admin_url() else { return };
-    let _alone = crate::testkit::CPU_HEAVY.lock().await;
     let database = TestDatabase::create(&admin_url).await.unwrap();
     let mut relayed_url = reqwest::Url::parse(&database.url).unwrap();
     let target = format!(
@@ -418,4 +417,99 @@ async fn a_database_outage_gives_503s_never_a_wrong_acceptance_and_heals() {
     );
     assert_eq!(node_b.verify_code(&survivor).await, "VALID");
     assert_eq!(node_b.verify_code(&secret).await, "KEY_REVOKED");
+}
+
+/// Issue 19, item 3: one node frozen (`SIGSTOP`) at random moments under write load, often
+/// inside its own transactions (key creations, `last_used_at` batches, heartbeats). Every
+/// revoke made on another node meanwhile returns within two leases and a second, and the
+/// frozen node, once resumed, never accepts the revoked key. `KEYWARD_TEST_FREEZES` sets how
+/// many freezes (10 here; `bench/freeze.sh` runs 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revokes_never_hang_behind_a_frozen_node() {
+    use rand::Rng;
+    let Some(admin_url) = admin_url() else { return };
+    let freezes: usize = std::env::var("KEYWARD_TEST_FREEZES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10);
+    let database = TestDatabase::create(&admin_url).await.unwrap();
+    let url = database.url.clone();
+    let cluster =
+        Cluster::start(&["a", "b", "c"], database, &[url.clone(), url.clone(), url]).await;
+    let (node_a, node_c) = (cluster.api(0), cluster.api(2));
+    let frozen_pid = cluster.nodes[2].pid().to_string();
+    node_a.create_app("writes", &[]).await;
+
+    // Write load on the node that will be frozen and on another: keys made and verified, so
+    // that the frozen node is often inside a transaction of its own.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<JoinHandle<()>> = [1_usize, 2]
+        .into_iter()
+        .map(|node| {
+            let (api, stop) = (cluster.api(node), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let created = api
+                        .post("/api/v1/apps/writes/keys", json!({"name": "load"}))
+                        .await;
+                    if let Some(secret) = created.body["secret"].as_str() {
+                        let _ = api
+                            .post("/api/v1/keys/verify", json!({ "key": secret }))
+                            .await;
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let bound = Duration::from_millis(2 * LEASE_MS.parse::<u64>().unwrap() + 1000);
+    let mut slowest = Duration::ZERO;
+    for round in 0..freezes {
+        let (id, secret) = issue_key(&node_a, &format!("frozen-{round}")).await;
+        assert_eq!(node_c.verify_code(&secret).await, "VALID");
+        let (before_freeze, frozen_for) = {
+            let mut rng = rand::thread_rng();
+            (
+                Duration::from_millis(rng.gen_range(0..300)),
+                Duration::from_millis(rng.gen_range(0..2500)),
+            )
+        };
+        tokio::time::sleep(before_freeze).await;
+        let signal = |name: &str| {
+            let status = std::process::Command::new("kill")
+                .args([name, &frozen_pid])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {name}");
+        };
+        signal("-STOP");
+        let started = Instant::now();
+        node_a
+            .post(&format!("/api/v1/keys/{id}/revoke"), json!({}))
+            .await
+            .assert_status(200);
+        let took = started.elapsed();
+        slowest = slowest.max(took);
+        tokio::time::sleep(frozen_for.saturating_sub(took)).await;
+        signal("-CONT");
+        assert!(
+            took <= bound,
+            "round {round}: a revoke took {took:?} behind a frozen node (bound {bound:?})"
+        );
+        // Resumed, the node refuses the key, or cannot answer yet; it never accepts it.
+        for _ in 0..5 {
+            let verdict = node_c
+                .post("/api/v1/keys/verify", json!({ "key": secret }))
+                .await;
+            assert_ne!(
+                verdict.body["code"], "VALID",
+                "round {round}: the resumed node accepted a revoked key"
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    println!("{freezes} freezes: the slowest revoke took {slowest:?} (bound {bound:?})");
 }

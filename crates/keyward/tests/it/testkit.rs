@@ -19,10 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// A server running inside the test process on a fresh database.
-/// Held by tests that must not share the CPU: the outage test's timing (leases, waits for a
-/// partitioned node) against the browser test's Chromium.
-pub static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 pub struct TestServer {
     pub base: String,
     /// Envoy's gRPC ext_authz, when started with [`TestServer::start_with_ext_authz`].
