@@ -191,6 +191,17 @@ impl AppStore for SqlStore {
             .bind(&app.id)
             .execute(&mut *tx)
             .await?;
+        // In id order, as the batch writers (`last_used_at`, balances) and the sandbox purge
+        // lock keys: the UPDATE below may scan them in any order the planner picks (a
+        // sequential or bitmap scan follows the heap), and two writers locking the same rows
+        // in different orders can deadlock.
+        sqlx::query(&format!(
+            "SELECT id FROM api_keys WHERE app_id = $1 AND revoked_at IS NULL ORDER BY id{}",
+            self.backend.lock_rows("api_keys")
+        ))
+        .bind(&app.id)
+        .fetch_all(&mut *tx)
+        .await?;
         let revoked_keys: Vec<NewEvent> = sqlx::query(&format!(
             "{KEY_SELECT} WHERE k.app_id = $1 AND k.revoked_at IS NULL"
         ))
