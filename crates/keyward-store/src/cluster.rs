@@ -36,6 +36,59 @@ const INVALIDATION_CHANNEL: &str = "keyward_invalidation";
 const ACK_CHANNEL: &str = "keyward_ack";
 /// NOTIFY payloads must stay under 8000 bytes; longer lists are read from the table.
 const MAX_PAYLOAD_BYTES: usize = 7_800;
+/// Acknowledgements kept per node.
+const RECENT_ACKS: usize = 16;
+/// Announcements whose nonce a node remembers, to tell a repeat from a new history.
+const REMEMBERED_NONCES: usize = 1024;
+
+/// How far this node has applied the announcements, and the nonces of the latest ones: the
+/// counter alone cannot tell its history from a new one after it went back (migration 0009).
+#[derive(Debug, Default)]
+struct History {
+    seq: Option<u64>,
+    nonces: VecDeque<(u64, i64)>,
+}
+
+impl History {
+    fn record(&mut self, seq: u64, nonce: Option<i64>) {
+        self.seq = Some(seq);
+        if let Some(nonce) = nonce {
+            self.nonces.push_back((seq, nonce));
+            while self.nonces.len() > REMEMBERED_NONCES {
+                self.nonces.pop_front();
+            }
+        }
+    }
+
+    fn nonce_of(&self, seq: u64) -> Option<i64> {
+        self.nonces
+            .iter()
+            .rev()
+            .find(|(remembered, _)| *remembered == seq)
+            .map(|(_, nonce)| *nonce)
+    }
+
+    /// Whether an announcement numbered `seq` with `nonce` belongs to another history than
+    /// the one this node applied. Unknown either way: assumed to be its own.
+    fn is_foreign(&self, seq: u64, nonce: Option<i64>) -> bool {
+        matches!((nonce, self.nonce_of(seq)), (Some(nonce), Some(known)) if nonce != known)
+    }
+
+    fn start_over(&mut self, seq: u64, nonce: Option<i64>) {
+        self.nonces.clear();
+        self.record(seq, nonce);
+    }
+}
+
+/// An announcement's payload: `<seq><tail>;<nonce>` (`Stale::payload_tail`).
+fn parse_announcement(payload: &str) -> Option<(u64, &str, Option<i64>)> {
+    let (announcement, nonce) = match payload.rsplit_once(';') {
+        Some((announcement, nonce)) => (announcement, nonce.parse::<i64>().ok()),
+        None => (payload, None),
+    };
+    let (number, tail) = announcement.split_once(':').unwrap_or((announcement, ""));
+    Some((number.parse().ok()?, tail, nonce))
+}
 
 /// What caches must forget after a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +163,9 @@ pub trait ClusterCache: Send + Sync + 'static {
 pub struct Propagation {
     pub seq: u64,
     pub members: Vec<(String, Instant)>,
+    /// Taken before the announcement was numbered: only acknowledgements that arrive after
+    /// it can be about it (see `Cluster::await_propagation`).
+    pub published_at: Instant,
 }
 
 /// The members `keyward_publish_invalidation` named, before the transaction committed.
@@ -117,10 +173,15 @@ pub struct Propagation {
 pub(crate) struct Announced {
     seq: u64,
     members: Vec<(String, i64)>,
+    published_at: Instant,
 }
 
 impl Announced {
-    pub(crate) fn from_rows(rows: &[sqlx::any::AnyRow]) -> StoreResult<Self> {
+    /// `published_at` is read before the statement that numbers the announcement runs.
+    pub(crate) fn from_rows(
+        rows: &[sqlx::any::AnyRow],
+        published_at: Instant,
+    ) -> StoreResult<Self> {
         let mut seq = 0_i64;
         let mut members = Vec::new();
         for row in rows {
@@ -134,6 +195,7 @@ impl Announced {
         Ok(Self {
             seq: u64::try_from(seq).unwrap_or(0),
             members,
+            published_at,
         })
     }
 
@@ -156,6 +218,7 @@ impl Announced {
         Propagation {
             seq: self.seq,
             members,
+            published_at: self.published_at,
         }
     }
 }
@@ -279,7 +342,8 @@ pub struct Cluster {
     node_id: String,
     pool: PgPool,
     listener_pool: PgPool,
-    acks: Mutex<HashMap<String, u64>>,
+    /// Each node's latest acknowledgements, with when they arrived.
+    acks: Mutex<HashMap<String, VecDeque<(u64, Instant)>>>,
     ack_arrived: Notify,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -374,7 +438,7 @@ impl Cluster {
                 let arrived = self.ack_arrived.notified();
                 tokio::pin!(arrived);
                 arrived.as_mut().enable();
-                if self.acknowledged(node) >= propagation.seq {
+                if self.acknowledged_since(node, propagation.seq, propagation.published_at) {
                     break;
                 }
                 if Instant::now() >= *lease_ends {
@@ -396,13 +460,19 @@ impl Cluster {
         report
     }
 
-    fn acknowledged(&self, node: &str) -> u64 {
+    /// Whether `node` acknowledged `seq` or a later number after `since`. An older
+    /// acknowledgement cannot be about a change numbered after it arrived: counted anyway, it
+    /// would let a change return early after the counter went back (a node that applied 100
+    /// in the lost history would seem to have applied the new 99).
+    fn acknowledged_since(&self, node: &str, seq: u64, since: Instant) -> bool {
         self.acks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(node)
-            .copied()
-            .unwrap_or(0)
+            .is_some_and(|acks| {
+                acks.iter()
+                    .any(|(acked, arrived)| *acked >= seq && *arrived >= since)
+            })
     }
 
     /// Stops this node's tasks and removes it from `cluster_nodes`, so that changes stop
@@ -562,7 +632,7 @@ impl Cluster {
         applied: watch::Sender<u64>,
         pings: PendingPings,
     ) {
-        let mut applied_seq: Option<u64> = None;
+        let mut history = History::default();
         let mut backoff = Duration::from_millis(50);
         loop {
             cache.distrust();
@@ -572,7 +642,7 @@ impl Cluster {
                 listener
                     .listen_all([INVALIDATION_CHANNEL, ACK_CHANNEL, &self.ping_channel()])
                     .await?;
-                self.catch_up(&mut applied_seq, cache.as_ref(), &applied)
+                self.catch_up(&mut history, cache.as_ref(), &applied)
                     .await?;
                 Ok::<_, sqlx::Error>(listener)
             };
@@ -613,7 +683,7 @@ impl Cluster {
                     options.lease,
                     self.handle(
                         &notification,
-                        &mut applied_seq,
+                        &mut history,
                         cache.as_ref(),
                         &applied,
                         &pings,
@@ -633,7 +703,7 @@ impl Cluster {
     async fn handle(
         &self,
         notification: &PgNotification,
-        applied_seq: &mut Option<u64>,
+        history: &mut History,
         cache: &dyn ClusterCache,
         applied: &watch::Sender<u64>,
         pings: &PendingPings,
@@ -642,24 +712,28 @@ impl Cluster {
         let payload = notification.payload();
         match notification.channel() {
             INVALIDATION_CHANNEL => {
-                let (number, tail) = payload.split_once(':').unwrap_or((payload, ""));
-                let Ok(seq) = number.parse::<u64>() else {
+                let Some((seq, tail, nonce)) = parse_announcement(payload) else {
                     return Ok(());
                 };
-                let current = applied_seq.unwrap_or(0);
+                let current = history.seq.unwrap_or(0);
                 if seq <= current {
+                    // A number seen before: a repeat of this history (announced between
+                    // LISTEN and the catch-up), or the same number in a new one.
+                    if history.is_foreign(seq, nonce) {
+                        start_over(history, seq, nonce, cache, applied);
+                    }
                     return Ok(());
                 }
                 let announced = (!tail.is_empty()).then(|| Stale::parse_payload_tail(tail));
                 match announced {
                     Some(Some(stale)) if seq == current + 1 => {
                         cache.forget(&stale);
-                        *applied_seq = Some(seq);
+                        history.record(seq, nonce);
                         applied.send_replace(seq);
                     }
                     // A gap, an unreadable payload or a list too long to announce: read the
                     // table.
-                    _ => self.catch_up(applied_seq, cache, applied).await?,
+                    _ => self.catch_up(history, cache, applied).await?,
                 }
             }
             ACK_CHANNEL => {
@@ -669,8 +743,13 @@ impl Cluster {
                             .acks
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        let known = acks.entry(node.to_owned()).or_insert(0);
-                        *known = (*known).max(seq);
+                        let recent = acks.entry(node.to_owned()).or_default();
+                        recent.push_back((seq, Instant::now()));
+                        // Acknowledgements may arrive out of order (they leave over any
+                        // connection of the pool): a few are kept, not just the last.
+                        while recent.len() > RECENT_ACKS {
+                            recent.pop_front();
+                        }
                     }
                     self.ack_arrived.notify_waiters();
                 }
@@ -694,31 +773,45 @@ impl Cluster {
         Ok(())
     }
 
-    /// Applies every announcement after `applied_seq` from the table, or empties the cache
-    /// when they are no longer all there (first start, or away longer than the retention).
+    /// Applies every announcement after the history's number from the table, or empties the
+    /// cache when they are no longer all there (first start, away longer than the retention)
+    /// or when the table tells another history (the counter went back).
     async fn catch_up(
         &self,
-        applied_seq: &mut Option<u64>,
+        history: &mut History,
         cache: &dyn ClusterCache,
         applied: &watch::Sender<u64>,
     ) -> Result<(), sqlx::Error> {
-        let latest: i64 =
-            sqlx::query("SELECT invalidation_seq FROM cluster_state WHERE singleton = 1")
-                .fetch_one(&self.pool)
-                .await?
-                .try_get(0)?;
+        let from = history.seq;
+        let state = sqlx::query(
+            "SELECT s.invalidation_seq, at_from.nonce AS nonce_at_from, \
+             at_latest.nonce AS nonce_at_latest FROM cluster_state s \
+             LEFT JOIN cache_invalidations at_from ON at_from.seq = $1 \
+             LEFT JOIN cache_invalidations at_latest ON at_latest.seq = s.invalidation_seq \
+             WHERE s.singleton = 1",
+        )
+        .bind(from.map_or(-1, |seq| i64::try_from(seq).unwrap_or(i64::MAX)))
+        .fetch_one(&self.pool)
+        .await?;
+        let latest: i64 = state.try_get("invalidation_seq")?;
         let latest = u64::try_from(latest).unwrap_or(0);
-        let Some(from) = *applied_seq else {
+        let nonce_at_from: Option<i64> = state.try_get("nonce_at_from")?;
+        let nonce_at_latest: Option<i64> = state.try_get("nonce_at_latest")?;
+        let Some(from) = from else {
             cache.forget(&Stale::Everything);
-            *applied_seq = Some(latest);
+            history.start_over(latest, nonce_at_latest);
             applied.send_replace(latest);
             return Ok(());
         };
-        if latest <= from {
+        if latest < from || history.is_foreign(from, nonce_at_from) {
+            start_over(history, latest, nonce_at_latest, cache, applied);
+            return Ok(());
+        }
+        if latest == from {
             return Ok(());
         }
         let rows = sqlx::query(
-            "SELECT seq, hashes FROM cache_invalidations WHERE seq > $1 AND seq <= $2 \
+            "SELECT seq, hashes, nonce FROM cache_invalidations WHERE seq > $1 AND seq <= $2 \
              ORDER BY seq",
         )
         .bind(i64::try_from(from).unwrap_or(i64::MAX))
@@ -731,14 +824,39 @@ impl Cluster {
                 let hashes: Option<Vec<u8>> = row.try_get("hashes")?;
                 let stale = Stale::from_bytes(hashes.as_deref()).unwrap_or(Stale::Everything);
                 cache.forget(&stale);
+                let seq: i64 = row.try_get("seq")?;
+                history.record(u64::try_from(seq).unwrap_or(0), row.try_get("nonce")?);
             }
         } else {
             cache.forget(&Stale::Everything);
+            history.start_over(latest, nonce_at_latest);
         }
-        *applied_seq = Some(latest);
+        history.seq = Some(latest);
         applied.send_replace(latest);
         Ok(())
     }
+}
+
+/// The counter went back (a failover to a replica that lost its last commits, a restore):
+/// what this node applied may not have happened, and what happened it may have taken for
+/// repeats. It forgets everything and follows the new history from `seq`; its
+/// acknowledgement of `seq` tells the changes waiting for it.
+fn start_over(
+    history: &mut History,
+    seq: u64,
+    nonce: Option<i64>,
+    cache: &dyn ClusterCache,
+    applied: &watch::Sender<u64>,
+) {
+    tracing::warn!(
+        seq,
+        previous = history.seq,
+        "the change counter went back (a failover or a restore?): every cached credential \
+         is forgotten"
+    );
+    cache.forget(&Stale::Everything);
+    history.start_over(seq, nonce);
+    applied.send_replace(seq);
 }
 
 /// A protocol call that took longer than a lease: its connection is dropped and the call is
@@ -785,6 +903,44 @@ mod tests {
         );
         assert_eq!(Stale::Everything.payload_tail(), ":*");
         assert_eq!(Stale::from_bytes(None), Some(Stale::Everything));
+    }
+
+    #[test]
+    fn announcements_carry_their_nonce_after_the_list() {
+        let hex = hash(1).to_hex();
+        assert_eq!(
+            parse_announcement(&format!("7:{hex};42")),
+            Some((7, hex.as_str(), Some(42)))
+        );
+        assert_eq!(parse_announcement("8:*;-5"), Some((8, "*", Some(-5))));
+        assert_eq!(parse_announcement("9;1"), Some((9, "", Some(1))));
+        // From a node of the previous version: no nonce.
+        assert_eq!(parse_announcement("10:*"), Some((10, "*", None)));
+        assert_eq!(parse_announcement("x;1"), None);
+    }
+
+    #[test]
+    fn a_number_is_foreign_only_when_both_nonces_are_known_and_differ() {
+        let mut history = History::default();
+        history.record(1, Some(11));
+        history.record(2, None);
+        assert!(!history.is_foreign(1, Some(11)), "a repeat");
+        assert!(history.is_foreign(1, Some(12)), "another history");
+        assert!(
+            !history.is_foreign(2, Some(99)),
+            "its nonce was never known"
+        );
+        assert!(
+            !history.is_foreign(1, None),
+            "an announcement without a nonce"
+        );
+        history.start_over(1, Some(12));
+        assert!(!history.is_foreign(1, Some(12)));
+        assert_eq!(history.seq, Some(1));
+        for seq in 0..(REMEMBERED_NONCES as u64 + 10) {
+            history.record(seq, Some(seq as i64));
+        }
+        assert_eq!(history.nonces.len(), REMEMBERED_NONCES);
     }
 
     #[test]

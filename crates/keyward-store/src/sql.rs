@@ -321,6 +321,7 @@ impl SqlStore {
             // One process owns an SQLite database: its own cache is the only one.
             Backend::Sqlite => None,
             Backend::Postgres => {
+                let published_at = tokio::time::Instant::now();
                 let rows = sqlx::query(
                     "SELECT seq, member, remaining_ms \
                      FROM keyward_publish_invalidation($1, $2, $3, $4)",
@@ -331,7 +332,7 @@ impl SqlStore {
                 .bind(&self.node_id)
                 .fetch_all(&mut *tx)
                 .await?;
-                Some(Announced::from_rows(&rows)?)
+                Some(Announced::from_rows(&rows, published_at)?)
             }
         };
         if let Err(error) = tx.commit().await {

@@ -513,3 +513,80 @@ async fn revokes_never_hang_behind_a_frozen_node() {
     }
     println!("{freezes} freezes: the slowest revoke took {slowest:?} (bound {bound:?})");
 }
+
+/// Makes the database forget its last `lost` announcements, as a failover to an
+/// asynchronous replica that had not received them would (the rows they changed are kept:
+/// only the counter matters here).
+async fn rewind_counter(admin_url: &str, database: &TestDatabase, lost: i64) {
+    use sqlx::Connection;
+    let url = {
+        let mut url = reqwest::Url::parse(admin_url).unwrap();
+        url.set_path(database.name());
+        url.to_string()
+    };
+    let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE cluster_state SET invalidation_seq = invalidation_seq - $1")
+        .bind(lost)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::query(
+        "DELETE FROM cache_invalidations WHERE seq > \
+         (SELECT invalidation_seq FROM cluster_state)",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+}
+
+/// Issue 19, item 4: the change counter goes back under running nodes. The next changes
+/// reuse numbers the nodes already applied; each must still reach every node before its
+/// call returns, whether a node hears of it on the connection it had or after reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_counter_that_goes_back_never_lets_a_revoked_key_pass() {
+    let Some(admin_url) = admin_url() else { return };
+    let database = TestDatabase::create(&admin_url).await.unwrap();
+    let url = database.url.clone();
+    let cluster = Cluster::start(&["a", "b"], database, &[url.clone(), url]).await;
+    let (node_a, node_b) = (cluster.api(0), cluster.api(1));
+    let revoke = |id: String| {
+        let node_a = node_a.clone();
+        async move {
+            node_a
+                .post(&format!("/api/v1/keys/{id}/revoke"), json!({}))
+                .await
+                .assert_status(200);
+        }
+    };
+
+    for reconnect in [false, true] {
+        let mut keys = Vec::new();
+        for n in 0..3 {
+            keys.push(issue_key(&node_a, &format!("rewound-{reconnect}-{n}")).await);
+        }
+        // Announcements the nodes apply, then the database loses.
+        for n in 0..3 {
+            let (id, _) = issue_key(&node_a, &format!("lost-{reconnect}-{n}")).await;
+            revoke(id).await;
+        }
+        for (_, secret) in &keys {
+            assert_eq!(node_b.verify_code(secret).await, "VALID");
+        }
+        rewind_counter(&admin_url, &cluster.database, 3).await;
+        if reconnect {
+            terminate_cluster_connections(&admin_url, &cluster.database, "b").await;
+        }
+        // The next three changes take the numbers the nodes applied before.
+        for (id, secret) in keys {
+            revoke(id).await;
+            assert_eq!(
+                node_b.verify_code(&secret).await,
+                "KEY_REVOKED",
+                "a revoke numbered like a lost one (reconnected: {reconnect})"
+            );
+        }
+        cluster.wait_until_caching(1).await;
+    }
+    let (_, fresh) = issue_key(&node_a, "after").await;
+    assert_eq!(node_b.verify_code(&fresh).await, "VALID");
+}
