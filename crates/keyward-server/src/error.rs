@@ -114,6 +114,11 @@ impl ApiError {
         self.payload.body(request_id)
     }
 
+    /// What the envelope will say, for answers written outside the HTTP stack (gRPC).
+    pub(crate) fn payload(&self) -> &ErrorPayload {
+        &self.payload
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -169,14 +174,19 @@ pub(crate) fn payload_for_bare_status(status: StatusCode) -> ErrorPayload {
     }
 }
 
+impl ApiError {
+    /// `WWW-Authenticate` on a 401 (RFC 9110 requires it).
+    pub(crate) fn write_challenge(&self, headers: &mut axum::http::HeaderMap) {
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = self.status.into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
+        self.write_challenge(response.headers_mut());
         response.extensions_mut().insert(self.payload);
         response
     }

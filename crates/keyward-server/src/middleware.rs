@@ -84,11 +84,7 @@ pub(crate) async fn request_context(mut request: Request, next: Next) -> Respons
         let in_header = response.extensions().get::<EnvelopeInHeader>().is_some();
         render_envelope(&mut response, payload, &request_id, in_header);
     }
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        headers.insert(X_REQUEST_ID.clone(), value);
-    }
-    headers.insert(API_VERSION.clone(), HeaderValue::from_static("1.0"));
+    write_request_headers(response.headers_mut(), &request_id);
 
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     if status.is_server_error() {
@@ -131,34 +127,49 @@ fn loggable_path(path: &str) -> String {
         .join("/")
 }
 
+/// `X-Request-ID` and `API-Version`, which every answer carries (SPEC §3).
+pub(crate) fn write_request_headers(headers: &mut axum::http::HeaderMap, request_id: &str) {
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(X_REQUEST_ID.clone(), value);
+    }
+    headers.insert(API_VERSION.clone(), HeaderValue::from_static("1.0"));
+}
+
+/// The envelope of SPEC §3 as bytes, and its headers: `Content-Type` and, for a gateway's
+/// answer, `Keyward-Error` (the same bytes, for proxies that drop the body).
+pub(crate) fn envelope(
+    payload: &ErrorPayload,
+    request_id: &str,
+    in_header: bool,
+    headers: &mut axum::http::HeaderMap,
+) -> Option<Vec<u8>> {
+    let body = serde_json::to_vec(&ErrorEnvelope {
+        error: payload.body(request_id),
+    })
+    .inspect_err(|error| tracing::error!(%error, "could not render an error envelope"))
+    .ok()?;
+    if in_header {
+        // Keyward's messages are ASCII sentences; serde_json escapes control bytes.
+        if let Ok(value) = HeaderValue::from_bytes(&body) {
+            headers.insert(crate::gateway::ERROR_HEADER.clone(), value);
+        }
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Some(body)
+}
+
 fn render_envelope(
     response: &mut Response,
     payload: ErrorPayload,
     request_id: &str,
     in_header: bool,
 ) {
-    let envelope = ErrorEnvelope {
-        error: payload.body(request_id),
-    };
-    match serde_json::to_vec(&envelope) {
-        Ok(body) => {
-            if in_header {
-                // Keyward's messages are ASCII sentences; serde_json escapes control bytes.
-                if let Ok(value) = HeaderValue::from_bytes(&body) {
-                    response
-                        .headers_mut()
-                        .insert(crate::gateway::ERROR_HEADER.clone(), value);
-                }
-            }
-            *response.body_mut() = Body::from(body);
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.remove(header::CONTENT_LENGTH);
-        }
-        Err(error) => tracing::error!(%error, "could not render an error envelope"),
+    if let Some(body) = envelope(&payload, request_id, in_header, response.headers_mut()) {
+        *response.body_mut() = Body::from(body);
+        response.headers_mut().remove(header::CONTENT_LENGTH);
     }
 }
 

@@ -19,13 +19,12 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::google::rpc;
 use keyward_core::signature::{body_digest, EMPTY_BODY_SHA256};
-use keyward_proto::ErrorEnvelope;
 use tokio::net::TcpListener;
 
-use super::{check, request_headers, ProxyAnswer, ProxyRequest, ERROR_HEADER, IDENTITY_HEADERS};
+use super::{check, request_headers, ProxyAnswer, ProxyRequest, IDENTITY_HEADERS};
 use crate::error::ApiError;
 use crate::extract::request_time;
-use crate::middleware::request_id_for;
+use crate::middleware::{envelope, request_id_for, write_request_headers};
 use crate::verification::{GatewayRequest, RequestFacts};
 use crate::AppState;
 
@@ -152,29 +151,15 @@ fn allowed(headers: &HeaderMap) -> CheckResponse {
     }
 }
 
+/// A refusal as forward auth answers it over HTTP: the status, the envelope (also in
+/// `Keyward-Error`), `WWW-Authenticate` on 401, `X-Request-ID` and `API-Version`.
 fn denied(error: &ApiError, mut headers: HeaderMap, request_id: &str) -> CheckResponse {
     let status = error.status();
-    let body = serde_json::to_string(&ErrorEnvelope {
-        error: error.body(request_id),
-    })
-    .unwrap_or_default();
-    if let Ok(value) = body.parse() {
-        headers.insert(ERROR_HEADER.clone(), value);
-    }
-    headers.insert(
-        header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
-    );
-    if status == StatusCode::UNAUTHORIZED {
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static("Bearer"),
-        );
-    }
-    if let Ok(value) = request_id.parse() {
-        headers.insert("x-request-id", value);
-    }
-    headers.insert("api-version", axum::http::HeaderValue::from_static("1.0"));
+    let body = envelope(error.payload(), request_id, true, &mut headers)
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_default();
+    error.write_challenge(&mut headers);
+    write_request_headers(&mut headers, request_id);
     let code = match status {
         StatusCode::UNAUTHORIZED => RPC_UNAUTHENTICATED,
         status if status.is_server_error() => RPC_UNAVAILABLE,
