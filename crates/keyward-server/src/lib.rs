@@ -440,6 +440,7 @@ impl Server {
         }
         let app = self.router();
         let connections = self.config.connections;
+        let request_timeout = self.config.request_timeout;
         let Server {
             state,
             last_used_task,
@@ -452,9 +453,14 @@ impl Server {
         let (stop_ext_authz, ext_authz_stopped) = tokio::sync::watch::channel(false);
         let ext_authz_task = ext_authz_listener.map(|listener| {
             let mut stopped = ext_authz_stopped;
-            let serving = gateway::ext_authz::serve(listener, Arc::clone(&state), async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            });
+            let serving = gateway::ext_authz::serve(
+                listener,
+                Arc::clone(&state),
+                request_timeout,
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+            );
             // Said when it happens: Envoy fails closed meanwhile, and someone must know why.
             tokio::spawn(async move {
                 if let Err(error) = serving.await {

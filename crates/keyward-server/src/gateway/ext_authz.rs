@@ -39,14 +39,22 @@ impl ExtAuthz {
     }
 }
 
+/// Streams one Envoy connection may have open at once: Envoy multiplexes every check of a
+/// worker over one connection, and this bounds what a misbehaving client can queue.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
 /// Serves `ext_authz` on `listener` until `shutdown` resolves. tonic honours the caller's
-/// `grpc-timeout`: a check that outlives Envoy's deadline is ended, not left running.
+/// `grpc-timeout`: a check that outlives Envoy's deadline is ended, not left running; one
+/// without a deadline ends after `request_timeout`, as an HTTP request does.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    request_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
+        .timeout(request_timeout)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(AuthorizationServer::new(ExtAuthz::new(state)))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
