@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub analytics: AnalyticsSettings,
     pub dashboard: keyward_dashboard::DashboardSettings,
     pub connections: ConnectionSettings,
+    /// What the verification cache may hold, in approximate bytes.
+    pub cache_max_bytes: u64,
 }
 
 /// Usage analytics (`GET /api/v1/usage`).
@@ -156,6 +158,7 @@ impl Default for ServerConfig {
             analytics: AnalyticsSettings::default(),
             dashboard: keyward_dashboard::DashboardSettings::default(),
             connections: ConnectionSettings::default(),
+            cache_max_bytes: verification::cache::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -308,7 +311,10 @@ impl Server {
         ));
         let verification = Arc::new(Verification {
             store: Arc::clone(&store),
-            cache: Arc::new(VerificationCache::new()),
+            cache: Arc::new(VerificationCache::new(
+                config.cache_max_bytes,
+                metrics.cache_counters.clone(),
+            )),
             limiter,
             tokens: TokenVerifier::new(Arc::new(JwksCache::new(config.jwks.clone()))),
             replay: verification::LocalSeenSignatures::default(),

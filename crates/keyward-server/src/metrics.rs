@@ -16,6 +16,10 @@ pub struct Metrics {
     verifications: [Counter; VerifyCode::EVERY.len()],
     pub cache_entries: Gauge,
     pub cache_trusted: Gauge,
+    /// What the verification cache's entries weigh, and its bound, in approximate bytes.
+    pub cache_weighted_bytes: Gauge,
+    pub cache_max_bytes: Gauge,
+    pub cache_counters: crate::verification::cache::CacheCounters,
     pub last_used_dropped: Counter,
     /// Verification outcomes not counted in usage analytics (queue full, storage down long).
     pub usage_records_dropped: Counter,
@@ -91,6 +95,34 @@ impl Metrics {
             "1 while this node's cache may answer; 0 while it verifies from storage because \
              it may have missed another node's change",
             cache_trusted.clone(),
+        );
+        let cache_weighted_bytes = Gauge::default();
+        registry.register(
+            "verify_cache_weighted_bytes",
+            "What the verification cache's entries weigh, in approximate bytes",
+            cache_weighted_bytes.clone(),
+        );
+        let cache_max_bytes = Gauge::default();
+        registry.register(
+            "verify_cache_max_bytes",
+            "The verification cache's bound, in approximate bytes (KEYWARD_CACHE_MAX_BYTES)",
+            cache_max_bytes.clone(),
+        );
+        let cache_counters = crate::verification::cache::CacheCounters::default();
+        registry.register(
+            "verify_cache_hits",
+            "Look-ups the verification cache answered",
+            cache_counters.hits.clone(),
+        );
+        registry.register(
+            "verify_cache_misses",
+            "Look-ups the verification cache could not answer (storage was asked)",
+            cache_counters.misses.clone(),
+        );
+        registry.register(
+            "verify_cache_evictions",
+            "Entries dropped to keep the verification cache within its bound",
+            cache_counters.evictions.clone(),
         );
         let propagation_lapses = Counter::default();
         registry.register(
@@ -185,6 +217,9 @@ impl Metrics {
             verifications,
             cache_entries,
             cache_trusted,
+            cache_weighted_bytes,
+            cache_max_bytes,
+            cache_counters,
             last_used_dropped,
             usage_records_dropped,
             propagation_lapses,

@@ -243,6 +243,7 @@ fn server_config(settings: &Settings, max_connections: usize) -> Result<ServerCo
     Ok(ServerConfig {
         cors_origins: settings.cors_origins.clone(),
         max_body_bytes: settings.max_body_bytes,
+        cache_max_bytes: settings.cache_max_bytes,
         request_timeout: settings.request_timeout,
         last_used_flush_interval: settings.last_used_flush_interval,
         usage: UsageSettings {

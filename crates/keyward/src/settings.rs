@@ -54,6 +54,10 @@ pub(crate) struct ServeArgs {
     /// Largest accepted request body [default: 1048576]
     #[arg(long, env = "KEYWARD_MAX_BODY_BYTES")]
     pub(crate) max_body_bytes: Option<usize>,
+    /// What the verification cache may hold, in approximate bytes; the hottest credentials
+    /// stay, the rest are read from storage when used [default: 268435456]
+    #[arg(long, env = "KEYWARD_CACHE_MAX_BYTES")]
+    pub(crate) cache_max_bytes: Option<u64>,
     /// Seconds a request may take before it gets 503 [default: 30]
     #[arg(long, env = "KEYWARD_REQUEST_TIMEOUT_SECONDS")]
     pub(crate) request_timeout_seconds: Option<u64>,
@@ -195,6 +199,7 @@ struct FileSettings {
     database_url: Option<String>,
     cors_origin: Option<String>,
     max_body_bytes: Option<usize>,
+    cache_max_bytes: Option<u64>,
     request_timeout_seconds: Option<u64>,
     db_max_connections: Option<u32>,
     db_acquire_timeout_seconds: Option<u64>,
@@ -238,6 +243,7 @@ pub(crate) struct Settings {
     pub(crate) database_url: Option<SecretString>,
     pub(crate) cors_origins: Vec<String>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) cache_max_bytes: u64,
     pub(crate) request_timeout: Duration,
     pub(crate) db_max_connections: u32,
     pub(crate) db_acquire_timeout: Duration,
@@ -278,6 +284,7 @@ impl std::fmt::Debug for Settings {
             )
             .field("cors_origins", &self.cors_origins)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("cache_max_bytes", &self.cache_max_bytes)
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
@@ -301,6 +308,16 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 name: "max_body_bytes",
                 message: "must be positive".to_owned(),
+            });
+        }
+        let cache_max_bytes = args
+            .cache_max_bytes
+            .or(file.cache_max_bytes)
+            .unwrap_or(keyward_server::verification::cache::DEFAULT_MAX_BYTES);
+        if cache_max_bytes < 1024 * 1024 {
+            return Err(SettingsError::Invalid {
+                name: "cache_max_bytes",
+                message: "must be at least 1048576 (1 MiB)".to_owned(),
             });
         }
         let flush_ms = args
@@ -511,6 +528,7 @@ impl Settings {
                 })
                 .unwrap_or_default(),
             max_body_bytes,
+            cache_max_bytes,
             request_timeout,
             db_max_connections: args
                 .db_max_connections
@@ -691,6 +709,7 @@ mod tests {
             database_url: Some(SecretString::from("postgres://u:hunter2@h/db")),
             cors_origins: Vec::new(),
             max_body_bytes: 1,
+            cache_max_bytes: 1 << 20,
             request_timeout: Duration::from_secs(1),
             db_max_connections: 1,
             db_acquire_timeout: Duration::from_secs(1),

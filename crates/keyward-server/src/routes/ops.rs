@@ -57,8 +57,13 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<He
     responses((status = 200, body = String, content_type = "application/openmetrics-text")))]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let cache = &state.verification.cache;
+    cache.run_pending_tasks();
     let gauge_value = i64::try_from(cache.len()).unwrap_or(i64::MAX);
     state.metrics.cache_entries.set(gauge_value);
+    let (weighted, bound) = cache.weighted_bytes();
+    let as_gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+    state.metrics.cache_weighted_bytes.set(as_gauge(weighted));
+    state.metrics.cache_max_bytes.set(as_gauge(bound));
     state
         .metrics
         .cache_trusted

@@ -10,17 +10,25 @@
 //!
 //! On a shared database the cache answers only while this node's lease from the cluster
 //! protocol holds ([`keyward_store::cluster`]); otherwise every verification reads storage.
+//!
+//! The cache is bounded in bytes (`moka`, TinyLFU admission, each entry weighed by what it
+//! holds): a node keeps its hottest credentials however many exist. Dropping an entry is
+//! always safe, since a miss reads storage; only putting back an old state is not, and the
+//! epoch rule forbids that whatever moka evicts. Because moka's own removals are not
+//! ordered with a concurrent insert, every insert and every invalidation of a hash goes
+//! through `and_compute_with`, which moka runs one at a time per key.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use keyward_core::model::{ApiKey, PublicKey, RootKey, UsagePolicy, WorkspaceKey};
 use keyward_core::usage::RateWindow;
 use keyward_core::{KeyHash, Timestamp};
 use keyward_store::cluster::ClusterCache;
 use keyward_store::Stale;
+use moka::ops::compute::Op;
+use prometheus_client::metrics::counter::Counter;
 use secrecy::SecretString;
 
 use super::tokens::VerificationKey;
@@ -87,6 +95,89 @@ pub enum Entry {
     Workspace(Arc<CachedWorkspaceKey>),
 }
 
+impl Entry {
+    /// Roughly what the entry holds in memory, for the cache's bound: the structs, their
+    /// text and lists, the map slot. Exact to within tens of bytes, which is what a bound
+    /// in megabytes needs.
+    fn approximate_bytes(&self) -> usize {
+        const SLOT: usize = 128; // moka's entry, key, policy and map overhead
+        let texts = |texts: &[&str]| texts.iter().map(|text| text.len()).sum::<usize>();
+        let optional = |text: &Option<String>| text.as_deref().map_or(0, str::len);
+        let listed = |list: &[String]| {
+            list.iter()
+                .map(|text| text.len() + std::mem::size_of::<String>())
+                .sum::<usize>()
+        };
+        let windows = |windows: &[RateWindow]| std::mem::size_of_val(windows);
+        SLOT + match self {
+            Entry::Key(cached) => {
+                let key = &cached.key;
+                std::mem::size_of::<CachedKey>()
+                    + texts(&[&key.id, &key.app_id, &key.app_slug, &key.name, &key.start])
+                    + texts(&[&key.tenancy.workspace_id, &cached.meters.key])
+                    + optional(&key.owner_user_id)
+                    + optional(&key.organization_id)
+                    + optional(&key.rate_limit_scheme)
+                    + optional(&cached.meters.organization)
+                    + listed(&key.permissions)
+                    + if key.meta.is_empty() {
+                        0
+                    } else {
+                        serde_json::to_vec(&key.meta).map_or(0, |bytes| 2 * bytes.len())
+                    }
+                    + windows(&cached.policy.windows)
+                    + cached
+                        .policy
+                        .organization
+                        .as_ref()
+                        .map_or(0, |organization| {
+                            std::mem::size_of_val(organization)
+                                + organization.id.len()
+                                + windows(&organization.windows)
+                        })
+            }
+            Entry::Root(cached) => {
+                std::mem::size_of::<CachedRootKey>()
+                    + texts(&[&cached.key.id, &cached.key.name, &cached.key.start])
+                    + texts(&[&cached.key.tenancy.workspace_id, &cached.meter])
+                    + windows(&cached.windows)
+            }
+            Entry::Public(cached) => {
+                std::mem::size_of::<CachedPublicKey>()
+                    + std::mem::size_of_val(&cached.key)
+                    + windows(&cached.windows)
+                    // Parsed keys: a modulus or a point, and their JWK fields.
+                    + cached.verification_keys.len() * 1024
+            }
+            Entry::Workspace(cached) => {
+                std::mem::size_of::<CachedWorkspaceKey>()
+                    + std::mem::size_of_val(&cached.key)
+                    + cached.secrets.len() * 128
+                    + windows(&cached.windows)
+                    + cached.meter.len()
+            }
+        }
+    }
+}
+
+/// An entry with the generation of `invalidate_all` it was cached in: moka's own
+/// `invalidate_all` is lazy and goes by insertion time, so an entry of an earlier
+/// generation is treated as absent whatever moka has done with it yet.
+#[derive(Debug, Clone)]
+struct Slot {
+    entry: Entry,
+    generation: u64,
+}
+
+/// How the cache counts what it does, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct CacheCounters {
+    pub hits: Counter,
+    pub misses: Counter,
+    /// Entries moka dropped to stay within the bound (not invalidations).
+    pub evictions: Counter,
+}
+
 /// A kind of cached credential. A hash cached as another kind is, for this kind, a
 /// credential that does not exist (a root key's secret presented as an API key, say).
 pub trait Cached: Sized {
@@ -126,10 +217,13 @@ pub enum Peek<R> {
     Miss,
 }
 
-#[derive(Debug)]
 pub struct VerificationCache {
-    entries: DashMap<KeyHash, Entry>,
+    entries: moka::sync::Cache<KeyHash, Slot>,
     epoch: AtomicU64,
+    /// Bumped by `invalidate_all`: slots of an older generation are absent.
+    generation: AtomicU64,
+    max_bytes: u64,
+    counters: CacheCounters,
     /// Until when the cache may answer, in milliseconds after `clock_base`; `ALWAYS` on a
     /// single node. A node that may have missed another node's change must not trust its
     /// cache, and verifies from storage instead (fail safe, never open).
@@ -140,19 +234,48 @@ pub struct VerificationCache {
     foreign_secrets: AtomicBool,
 }
 
+impl std::fmt::Debug for VerificationCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationCache")
+            .field("entries", &self.entries.entry_count())
+            .field("weighted_bytes", &self.entries.weighted_size())
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 const ALWAYS: u64 = u64::MAX;
+
+/// The default bound: 256 MiB holds about a million API keys of a typical size.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for VerificationCache {
     fn default() -> Self {
-        Self::new()
+        Self::new(DEFAULT_MAX_BYTES, CacheCounters::default())
     }
 }
 
 impl VerificationCache {
-    pub fn new() -> Self {
+    /// A cache that holds at most about `max_bytes` of credentials.
+    pub fn new(max_bytes: u64, counters: CacheCounters) -> Self {
+        let evictions = counters.evictions.clone();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_: &KeyHash, slot: &Slot| {
+                u32::try_from(slot.entry.approximate_bytes()).unwrap_or(u32::MAX)
+            })
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
+            .build();
         Self {
-            entries: DashMap::new(),
+            entries,
             epoch: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            max_bytes,
+            counters,
             trusted_until: AtomicU64::new(ALWAYS),
             clock_base: std::time::Instant::now(),
             foreign_secrets: AtomicBool::new(false),
@@ -170,34 +293,52 @@ impl VerificationCache {
             .unwrap_or(ALWAYS - 1)
     }
 
+    /// Entries held (moka's count, which settles shortly after a change).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        usize::try_from(self.entries.entry_count()).unwrap_or(usize::MAX)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    /// What the entries weigh, by their approximate bytes, and the bound.
+    pub fn weighted_bytes(&self) -> (u64, u64) {
+        (self.entries.weighted_size(), self.max_bytes)
+    }
+
+    /// Lets moka finish its pending bookkeeping (evictions, counts), for `/metrics` and tests.
+    pub fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks();
     }
 
     pub(crate) fn foreign_secrets_present(&self) -> bool {
         self.foreign_secrets.load(Ordering::Relaxed)
     }
 
+    /// The entry of `hash`, unless it belongs to an earlier generation.
+    fn current(&self, hash: &KeyHash) -> Option<Entry> {
+        let slot = self.entries.get(hash)?;
+        (slot.generation == self.generation.load(Ordering::SeqCst)).then_some(slot.entry)
+    }
+
     /// Drops the given secrets.
     pub fn invalidate(&self, hashes: &[KeyHash]) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for hash in hashes {
-            self.entries.remove(hash);
+            // Through the key's lock, so that no insert can slip in beside it.
+            self.entries.entry(*hash).and_compute_with(|_| Op::Remove);
         }
     }
 
     /// Drops everything, for changes that touch many credentials at once.
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.entries.clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate_all();
     }
 
-    /// What the cache says about `hash` without storage, for the hot path; `judge` runs
-    /// under the shard's read lock, so a hit costs no reference count.
+    /// What the cache says about `hash` without storage, for the hot path.
     pub fn peek_with<T: Cached, R>(
         &self,
         hash: &KeyHash,
@@ -206,12 +347,18 @@ impl VerificationCache {
         if !self.is_trusted() {
             return Peek::Miss;
         }
-        match self.entries.get(hash) {
-            Some(entry) => match T::of_entry(&entry) {
-                Some(cached) => Peek::Hit(judge(cached)),
-                None => Peek::OtherKind,
-            },
-            None => Peek::Miss,
+        match self.current(hash) {
+            Some(entry) => {
+                self.counters.hits.inc();
+                match T::of_entry(&entry) {
+                    Some(cached) => Peek::Hit(judge(cached)),
+                    None => Peek::OtherKind,
+                }
+            }
+            None => {
+                self.counters.misses.inc();
+                Peek::Miss
+            }
         }
     }
 
@@ -228,9 +375,11 @@ impl VerificationCache {
         Load: Future<Output = Result<Option<T>, E>>,
     {
         if self.is_trusted() {
-            if let Some(entry) = self.entries.get(&hash) {
+            if let Some(entry) = self.current(&hash) {
+                self.counters.hits.inc();
                 return Ok(T::of_entry(&entry).cloned());
             }
+            self.counters.misses.inc();
         }
         let epoch_before_load = self.epoch.load(Ordering::SeqCst);
         let Some(loaded) = load().await? else {
@@ -238,10 +387,19 @@ impl VerificationCache {
         };
         let loaded = Arc::new(loaded);
         if self.is_trusted() {
-            let slot = self.entries.entry(hash);
-            if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
-                slot.insert(Arc::clone(&loaded).into_entry());
-            }
+            let entry = Arc::clone(&loaded).into_entry();
+            self.entries.entry(hash).and_compute_with(|_| {
+                // Under the key's lock: an invalidation that bumped the epoch has already
+                // removed the hash, or will, after this.
+                if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
+                    Op::Put(Slot {
+                        entry,
+                        generation: self.generation.load(Ordering::SeqCst),
+                    })
+                } else {
+                    Op::Nop
+                }
+            });
         }
         Ok(Some(loaded))
     }
@@ -306,7 +464,7 @@ mod tests {
     /// A load that reads the state before a revoke, then stalls until the test lets it
     /// finish: the shape of a verification racing a revocation.
     async fn racing_load<F: FnOnce(&VerificationCache)>(revoke: F) -> Option<bool> {
-        let cache = Arc::new(VerificationCache::new());
+        let cache = Arc::new(VerificationCache::default());
         let hash = KeyHash::of("sk_live_secret");
         let (loading, loaded) = oneshot::channel::<()>();
         let (release, released) = oneshot::channel::<()>();
@@ -358,7 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_load_without_a_race_is_cached_and_kinds_stay_apart() {
-        let cache = VerificationCache::new();
+        let cache = VerificationCache::default();
         let hash = KeyHash::of("sk_live_secret");
         let loaded = cache
             .get_or_load(hash, || async { Ok::<_, ()>(Some(root_key(true))) })
@@ -384,7 +542,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_untrusted_cache_neither_answers_nor_keeps() {
-        let cache = VerificationCache::new();
+        let cache = VerificationCache::default();
         cache.distrust();
         let hash = KeyHash::of("sk_live_secret");
         cache
@@ -398,14 +556,47 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn the_cache_stays_within_its_bound_and_an_evicted_credential_is_read_again() {
+        let counters = CacheCounters::default();
+        let cache = VerificationCache::new(64 * 1024, counters.clone());
+        let weight = Entry::Root(Arc::new(root_key(false))).approximate_bytes() as u64;
+        let hashes: Vec<KeyHash> = (0..2_000).map(|n| KeyHash::of(&format!("k{n}"))).collect();
+        for hash in &hashes {
+            cache
+                .get_or_load(*hash, || async { Ok::<_, ()>(Some(root_key(false))) })
+                .await
+                .unwrap();
+        }
+        cache.run_pending_tasks();
+        let (weighted, bound) = cache.weighted_bytes();
+        assert!(
+            weighted <= bound,
+            "{weighted} bytes held against a bound of {bound}"
+        );
+        assert!(cache.len() as u64 <= bound / weight + 1);
+        assert!(counters.evictions.get() > 0);
+        // Whatever was dropped is read again, in its current state: a credential revoked
+        // meanwhile is never answered from a stale copy, cached or not.
+        for hash in &hashes {
+            cache.invalidate(&[*hash]);
+            let reloaded = cache
+                .get_or_load(*hash, || async { Ok::<_, ()>(Some(root_key(true))) })
+                .await
+                .unwrap()
+                .expect("the credential");
+            assert!(reloaded.key.revoked_at.is_some());
+        }
+    }
+
     #[test]
     fn a_single_node_always_trusts_its_cache() {
-        assert!(VerificationCache::new().is_trusted());
+        assert!(VerificationCache::default().is_trusted());
     }
 
     #[test]
     fn trust_lasts_until_the_lease_ends_or_is_withdrawn() {
-        let cache = VerificationCache::new();
+        let cache = VerificationCache::default();
         cache.distrust();
         assert!(!cache.is_trusted());
         cache.trust_until(Instant::now() + Duration::from_secs(60));

@@ -506,3 +506,50 @@ async fn mutations_are_audited_and_last_use_is_recorded() {
     );
     server.stop().await;
 }
+
+/// Issue 19, item 1: the verification cache stays within its bound by evicting, and an
+/// eviction never weakens a revocation (a dropped entry is read again from storage).
+#[tokio::test]
+async fn a_bounded_cache_evicts_and_never_forgets_a_revocation() {
+    let server = TestServer::start_with(keyward_server::ServerConfig {
+        cache_max_bytes: 64 * 1024,
+        ..keyward_server::ServerConfig::default()
+    })
+    .await;
+    let api = server.api();
+    api.create_app("many", &["read"]).await;
+    let mut keys = Vec::new();
+    for n in 0..300 {
+        let key = api
+            .create_key(
+                "many",
+                json!({"name": format!("key {n}"), "permissions": ["read"]}),
+            )
+            .await;
+        keys.push((
+            key["id"].as_str().unwrap().to_owned(),
+            key["secret"].as_str().unwrap().to_owned(),
+        ));
+    }
+    for (_, secret) in &keys {
+        assert_eq!(api.verify_code(secret).await, "VALID");
+    }
+    let weighted = crate::testkit::metric(&server.base, "keyward_verify_cache_weighted_bytes")
+        .await
+        .unwrap();
+    assert!(weighted <= 64.0 * 1024.0, "{weighted} bytes held");
+    let evictions = crate::testkit::metric(&server.base, "keyward_verify_cache_evictions_total")
+        .await
+        .unwrap();
+    assert!(evictions > 0.0, "300 keys fit in 64 KiB?");
+    // Revoke every key, the ones evicted and the ones still cached: each is refused.
+    for (id, _) in &keys {
+        api.post(&format!("/api/v1/keys/{id}/revoke"), json!({}))
+            .await
+            .assert_status(200);
+    }
+    for (_, secret) in &keys {
+        assert_eq!(api.verify_code(secret).await, "KEY_REVOKED");
+    }
+    server.stop().await;
+}
