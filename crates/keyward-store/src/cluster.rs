@@ -68,10 +68,17 @@ impl History {
             .map(|(_, nonce)| *nonce)
     }
 
-    /// Whether an announcement numbered `seq` with `nonce` belongs to another history than
-    /// the one this node applied. Unknown either way: assumed to be its own.
+    /// Whether an announcement numbered `seq` (at or below this node's number) with `nonce`
+    /// belongs to another history than the one this node applied: its nonce differs from the
+    /// one remembered, or none is remembered, since every number a repeat can carry (one
+    /// announced between LISTEN and the catch-up) was recorded. An announcement without a
+    /// nonce (from a node of the previous version) cannot tell.
     fn is_foreign(&self, seq: u64, nonce: Option<i64>) -> bool {
-        matches!((nonce, self.nonce_of(seq)), (Some(nonce), Some(known)) if nonce != known)
+        match (nonce, self.nonce_of(seq)) {
+            (None, _) => false,
+            (Some(nonce), Some(known)) => nonce != known,
+            (Some(_), None) => true,
+        }
     }
 
     fn start_over(&mut self, seq: u64, nonce: Option<i64>) {
@@ -784,10 +791,8 @@ impl Cluster {
     ) -> Result<(), sqlx::Error> {
         let from = history.seq;
         let state = sqlx::query(
-            "SELECT s.invalidation_seq, at_from.nonce AS nonce_at_from, \
-             at_latest.nonce AS nonce_at_latest FROM cluster_state s \
+            "SELECT s.invalidation_seq, at_from.nonce AS nonce_at_from FROM cluster_state s \
              LEFT JOIN cache_invalidations at_from ON at_from.seq = $1 \
-             LEFT JOIN cache_invalidations at_latest ON at_latest.seq = s.invalidation_seq \
              WHERE s.singleton = 1",
         )
         .bind(from.map_or(-1, |seq| i64::try_from(seq).unwrap_or(i64::MAX)))
@@ -796,15 +801,19 @@ impl Cluster {
         let latest: i64 = state.try_get("invalidation_seq")?;
         let latest = u64::try_from(latest).unwrap_or(0);
         let nonce_at_from: Option<i64> = state.try_get("nonce_at_from")?;
-        let nonce_at_latest: Option<i64> = state.try_get("nonce_at_latest")?;
         let Some(from) = from else {
             cache.forget(&Stale::Everything);
-            history.start_over(latest, nonce_at_latest);
+            self.start_at(history, latest).await?;
             applied.send_replace(latest);
             return Ok(());
         };
-        if latest < from || history.is_foreign(from, nonce_at_from) {
-            start_over(history, latest, nonce_at_latest, cache, applied);
+        // The row at this node's own number is gone only past the retention: same history.
+        let foreign = nonce_at_from.is_some() && history.is_foreign(from, nonce_at_from);
+        if latest < from || foreign {
+            warn_counter_went_back(from, latest);
+            cache.forget(&Stale::Everything);
+            self.start_at(history, latest).await?;
+            applied.send_replace(latest);
             return Ok(());
         }
         if latest == from {
@@ -829,12 +838,42 @@ impl Cluster {
             }
         } else {
             cache.forget(&Stale::Everything);
-            history.start_over(latest, nonce_at_latest);
+            self.start_at(history, latest).await?;
         }
         history.seq = Some(latest);
         applied.send_replace(latest);
         Ok(())
     }
+
+    /// Follows the history from `latest` on, remembering the nonces of the numbers just
+    /// below it: announcements made between LISTEN and this read arrive after it, and must be
+    /// known for the repeats they are.
+    async fn start_at(&self, history: &mut History, latest: u64) -> Result<(), sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT seq, nonce FROM cache_invalidations WHERE seq > $1 AND seq <= $2 \
+             ORDER BY seq",
+        )
+        .bind(i64::try_from(latest.saturating_sub(REMEMBERED_NONCES as u64)).unwrap_or(0))
+        .bind(i64::try_from(latest).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        history.nonces.clear();
+        for row in &rows {
+            let seq: i64 = row.try_get("seq")?;
+            history.record(u64::try_from(seq).unwrap_or(0), row.try_get("nonce")?);
+        }
+        history.seq = Some(latest);
+        Ok(())
+    }
+}
+
+fn warn_counter_went_back(applied: u64, seq: u64) {
+    tracing::warn!(
+        seq,
+        applied,
+        "the change counter went back (a failover or a restore?): every cached credential \
+         is forgotten"
+    );
 }
 
 /// The counter went back (a failover to a replica that lost its last commits, a restore):
@@ -848,12 +887,7 @@ fn start_over(
     cache: &dyn ClusterCache,
     applied: &watch::Sender<u64>,
 ) {
-    tracing::warn!(
-        seq,
-        previous = history.seq,
-        "the change counter went back (a failover or a restore?): every cached credential \
-         is forgotten"
-    );
+    warn_counter_went_back(history.seq.unwrap_or(0), seq);
     cache.forget(&Stale::Everything);
     history.start_over(seq, nonce);
     applied.send_replace(seq);
@@ -920,19 +954,20 @@ mod tests {
     }
 
     #[test]
-    fn a_number_is_foreign_only_when_both_nonces_are_known_and_differ() {
+    fn a_number_is_foreign_unless_its_remembered_nonce_matches() {
         let mut history = History::default();
         history.record(1, Some(11));
         history.record(2, None);
         assert!(!history.is_foreign(1, Some(11)), "a repeat");
         assert!(history.is_foreign(1, Some(12)), "another history");
         assert!(
-            !history.is_foreign(2, Some(99)),
-            "its nonce was never known"
+            history.is_foreign(2, Some(99)),
+            "a number whose nonce was never recorded"
         );
+        assert!(history.is_foreign(0, Some(5)), "a number never seen");
         assert!(
             !history.is_foreign(1, None),
-            "an announcement without a nonce"
+            "an announcement without a nonce cannot tell"
         );
         history.start_over(1, Some(12));
         assert!(!history.is_foreign(1, Some(12)));

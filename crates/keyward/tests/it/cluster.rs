@@ -24,25 +24,29 @@ struct Cluster {
 }
 
 impl Cluster {
+    fn start_node(dir: &std::path::Path, name: &str, url: &str) -> ServerProcess {
+        ServerProcess::start_with_env(
+            dir,
+            name,
+            &[
+                ("DATABASE_URL", url),
+                ("KEYWARD_NODE_ID", name),
+                ("KEYWARD_CLUSTER_LEASE_MS", LEASE_MS),
+                ("KEYWARD_DB_ACQUIRE_TIMEOUT_SECONDS", "1"),
+                // Well above the two leases a change may wait for a silent node, so that a
+                // loaded machine cannot time a revoke out.
+                ("KEYWARD_REQUEST_TIMEOUT_SECONDS", "8"),
+            ],
+        )
+    }
+
     /// Starts one node per entry of `urls` (normally all the same database URL).
     async fn start(names: &[&str], database: TestDatabase, urls: &[String]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         let mut root_key = None;
         for (name, url) in names.iter().zip(urls) {
-            let node = ServerProcess::start_with_env(
-                dir.path(),
-                name,
-                &[
-                    ("DATABASE_URL", url),
-                    ("KEYWARD_NODE_ID", name),
-                    ("KEYWARD_CLUSTER_LEASE_MS", LEASE_MS),
-                    ("KEYWARD_DB_ACQUIRE_TIMEOUT_SECONDS", "1"),
-                    // Well above the two leases a change may wait for a silent node, so that
-                    // a loaded machine cannot time a revoke out.
-                    ("KEYWARD_REQUEST_TIMEOUT_SECONDS", "8"),
-                ],
-            );
+            let node = Self::start_node(dir.path(), name, url);
             if let Some((live, _)) = &node.first_keys {
                 root_key = Some(live.clone());
             }
@@ -58,6 +62,15 @@ impl Cluster {
             cluster.wait_until_caching(index).await;
         }
         cluster
+    }
+
+    /// Stops node `index` and starts it again, as a fresh process.
+    async fn restart(&mut self, index: usize, name: &str) {
+        let url = self.database.url.clone();
+        let fresh = Self::start_node(self._dir.path(), name, &url);
+        let old = std::mem::replace(&mut self.nodes[index], fresh);
+        old.terminate();
+        self.wait_until_caching(index).await;
     }
 
     fn api(&self, node: usize) -> Api {
@@ -547,8 +560,8 @@ async fn a_counter_that_goes_back_never_lets_a_revoked_key_pass() {
     let Some(admin_url) = admin_url() else { return };
     let database = TestDatabase::create(&admin_url).await.unwrap();
     let url = database.url.clone();
-    let cluster = Cluster::start(&["a", "b"], database, &[url.clone(), url]).await;
-    let (node_a, node_b) = (cluster.api(0), cluster.api(1));
+    let mut cluster = Cluster::start(&["a", "b"], database, &[url.clone(), url]).await;
+    let node_a = cluster.api(0);
     let revoke = |id: String| {
         let node_a = node_a.clone();
         async move {
@@ -559,21 +572,27 @@ async fn a_counter_that_goes_back_never_lets_a_revoked_key_pass() {
         }
     };
 
-    for reconnect in [false, true] {
+    // How node B meets the new history: on the connection it had, after reconnecting, and
+    // as a process started after the lost announcements were made.
+    for way in ["listening", "reconnecting", "restarted"] {
         let mut keys = Vec::new();
         for n in 0..3 {
-            keys.push(issue_key(&node_a, &format!("rewound-{reconnect}-{n}")).await);
+            keys.push(issue_key(&node_a, &format!("rewound-{way}-{n}")).await);
         }
         // Announcements the nodes apply, then the database loses.
         for n in 0..3 {
-            let (id, _) = issue_key(&node_a, &format!("lost-{reconnect}-{n}")).await;
+            let (id, _) = issue_key(&node_a, &format!("lost-{way}-{n}")).await;
             revoke(id).await;
         }
+        if way == "restarted" {
+            cluster.restart(1, "b").await;
+        }
+        let node_b = cluster.api(1);
         for (_, secret) in &keys {
             assert_eq!(node_b.verify_code(secret).await, "VALID");
         }
         rewind_counter(&admin_url, &cluster.database, 3).await;
-        if reconnect {
+        if way == "reconnecting" {
             terminate_cluster_connections(&admin_url, &cluster.database, "b").await;
         }
         // The next three changes take the numbers the nodes applied before.
@@ -582,11 +601,11 @@ async fn a_counter_that_goes_back_never_lets_a_revoked_key_pass() {
             assert_eq!(
                 node_b.verify_code(&secret).await,
                 "KEY_REVOKED",
-                "a revoke numbered like a lost one (reconnected: {reconnect})"
+                "a revoke numbered like a lost one (node B {way})"
             );
         }
         cluster.wait_until_caching(1).await;
     }
     let (_, fresh) = issue_key(&node_a, "after").await;
-    assert_eq!(node_b.verify_code(&fresh).await, "VALID");
+    assert_eq!(cluster.api(1).verify_code(&fresh).await, "VALID");
 }
