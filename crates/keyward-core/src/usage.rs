@@ -80,6 +80,17 @@ impl Period {
         Timestamp::from_millis(first_day * DAY_MS)
     }
 
+    /// The start of the period after the one containing `at`.
+    pub fn next_start(self, at: Timestamp) -> Timestamp {
+        let this = self.start_of(at).as_millis();
+        let within_next = match self {
+            Self::Daily => this + DAY_MS,
+            // Any day of the next month: no month is longer than 31 days.
+            Self::Monthly => this + 32 * DAY_MS,
+        };
+        self.start_of(Timestamp::from_millis(within_next))
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Daily => "daily",
@@ -121,6 +132,27 @@ impl Credits {
             }
             None => self,
         }
+    }
+}
+
+/// When a verification refused for credits (`UsageExceeded`) could next pass: the key's
+/// next refill when its own balance (`remaining`, after the decision) cannot pay `cost`,
+/// else the start of the organisation cap's next period. `None` when neither comes back by
+/// itself (no refill, a cap for all time): only adding credits helps.
+pub fn credits_return_at(
+    credits: Option<Credits>,
+    remaining: Option<i64>,
+    cap: Option<CapUsage>,
+    cost: i64,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    match credits {
+        Some(credits) if remaining.unwrap_or(credits.remaining) < cost => {
+            credits.refill.map(|refill| refill.period.next_start(now))
+        }
+        _ => cap
+            .and_then(|cap| cap.period)
+            .map(|period| period.next_start(now)),
     }
 }
 
@@ -388,6 +420,45 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credits_come_back_at_the_next_refill_or_cap_period() {
+        use super::*;
+        // 2026-01-31T12:00:00Z
+        let now = Timestamp::from_millis(1_769_860_800_000);
+        let day = Timestamp::from_millis(1_769_904_000_000); // 2026-02-01T00:00:00Z
+        assert_eq!(Period::Daily.next_start(now), day);
+        assert_eq!(Period::Monthly.next_start(now), day);
+        assert_eq!(
+            Period::Monthly.next_start(day),
+            Timestamp::from_millis(1_772_323_200_000) // 2026-03-01
+        );
+        let credits = |refill: Option<Period>| Credits {
+            remaining: 0,
+            refill: refill.map(|period| Refill { period, amount: 10 }),
+            refilled_at: now,
+        };
+        let cap = CapUsage {
+            cap: 5,
+            period: Some(Period::Monthly),
+            spent: 5,
+            period_start: now,
+        };
+        assert_eq!(
+            credits_return_at(Some(credits(Some(Period::Daily))), Some(0), None, 1, now),
+            Some(day)
+        );
+        assert_eq!(
+            credits_return_at(Some(credits(None)), Some(0), Some(cap), 1, now),
+            None
+        );
+        // The key could pay: the organisation's cap refused.
+        assert_eq!(
+            credits_return_at(Some(credits(None)), Some(3), Some(cap), 1, now),
+            Some(day)
+        );
+        assert_eq!(credits_return_at(None, None, None, 1, now), None);
+    }
+
     use proptest::prelude::*;
 
     use super::*;

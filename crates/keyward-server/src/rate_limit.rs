@@ -30,7 +30,7 @@ impl RateLimitSlot {
     }
 }
 
-fn seconds_until(at: Timestamp, now: Timestamp) -> i64 {
+pub(crate) fn seconds_until(at: Timestamp, now: Timestamp) -> i64 {
     // Rounded up: a client that waits this long finds the window reset.
     (at.as_millis() - now.as_millis())
         .max(0)

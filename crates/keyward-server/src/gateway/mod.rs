@@ -105,7 +105,7 @@ pub async fn check(
         .verification
         .verify_request(&proxy, &request.client, &ask, now)
         .await?;
-    Ok(answer(&verdict, now))
+    Ok(answer(&verdict, ask.credits_cost, now))
 }
 
 /// Who the proxy is: the environment its root key verifies in, or why it cannot.
@@ -231,8 +231,12 @@ fn credits_cost(header: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
+/// How long a client refused for credits is told to wait when nothing refills them: SPEC §3
+/// gives every 429 a `Retry-After`, and only adding credits helps such a key.
+const NO_REFILL_RETRY_AFTER_SECONDS: u32 = 86_400;
+
 /// A verdict as the proxy needs it.
-fn answer(verdict: &RequestVerdict, now: Timestamp) -> ProxyAnswer {
+fn answer(verdict: &RequestVerdict, credits_cost: i64, now: Timestamp) -> ProxyAnswer {
     let mut headers = HeaderMap::new();
     let (identity, rate) = identity(verdict);
     if let Some(report) = rate.map(|(rate, decision)| rate_report(rate, decision, now)) {
@@ -246,6 +250,25 @@ fn answer(verdict: &RequestVerdict, now: Timestamp) -> ProxyAnswer {
             }
         }
         return ProxyAnswer::Allowed(headers);
+    }
+    if let (VerifyCode::UsageExceeded, Outcome::ApiKey(key_verdict)) =
+        (verdict.code, &verdict.outcome)
+    {
+        let returns_at = key_verdict.key.as_ref().and_then(|entry| {
+            keyward_core::usage::credits_return_at(
+                entry.key.credits,
+                key_verdict
+                    .usage
+                    .and_then(|decision| decision.credits_remaining),
+                entry.policy.organization.as_ref().and_then(|org| org.cap),
+                credits_cost,
+                now,
+            )
+        });
+        let seconds = returns_at.map_or(i64::from(NO_REFILL_RETRY_AFTER_SECONDS), |at| {
+            rate_limit::seconds_until(at, now).max(1)
+        });
+        headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     let error = match &verdict.outcome {
         Outcome::Refused(refusal) => ApiError::from(*refusal),

@@ -182,7 +182,8 @@ fn assert_refusal(reply: &Reply, status: u16, code: &str) {
             .unwrap()
             .parse()
             .unwrap();
-        assert!((1..=60).contains(&retry), "{retry}");
+        // A minute's window at most; credits that refill daily, a day at most.
+        assert!((1..=86_400).contains(&retry), "{retry}");
     }
     for identity in ["keyward-key-id", "keyward-credential-type"] {
         assert!(
@@ -409,6 +410,50 @@ async fn forward_auth_answers_with_identity_headers_or_the_envelope() {
     .await;
     assert_refusal(&limited, 429, "rate_limited");
     assert!(limited.headers.contains_key("ratelimit"));
+    let retry = |reply: &Reply| -> u64 {
+        reply.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(retry(&limited) <= 60);
+
+    // Credits: the route's cost is spent; out of credits is 429 too, with the time until the
+    // next refill, or a day when nothing refills them.
+    for (refill, most) in [
+        (Some(json!({"interval": "daily", "amount": 5})), 86_400),
+        (None, 86_400),
+    ] {
+        let mut credits = json!({"remaining": 3});
+        if let Some(refill) = refill.clone() {
+            credits["refill"] = refill;
+        }
+        let secret = api
+            .create_key("orders", json!({"name": "metered", "credits": credits}))
+            .await["secret"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let metered = |cost: &'static str| {
+            with_proxy(&[
+                ("authorization", bearer(&secret)),
+                ("keyward-credits-cost", cost.to_owned()),
+            ])
+        };
+        assert_eq!(
+            ask(reqwest::Method::GET, AUTH, metered("3")).await.status,
+            200
+        );
+        let spent = ask(reqwest::Method::GET, AUTH, metered("1")).await;
+        assert_refusal(&spent, 429, "usage_exceeded");
+        let seconds = retry(&spent);
+        if refill.is_some() {
+            assert!((1..=most).contains(&seconds), "{seconds}");
+        } else {
+            assert_eq!(seconds, most);
+        }
+    }
 
     // End users: a JWT, and a signed user token with its tenant.
     let jwt = ask(
