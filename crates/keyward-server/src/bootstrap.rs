@@ -65,7 +65,9 @@ pub async fn bootstrap(store: &dyn Store) -> Result<Option<FirstRootKeys>, Store
             now,
         })
         .await?;
-    if !created {
+    // Its announcement reaches nodes already running; none waits for it, since nobody holds
+    // these keys until this returns.
+    if !created.record {
         return Ok(None);
     }
     let mut secrets = secrets.into_iter();

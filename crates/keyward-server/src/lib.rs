@@ -50,6 +50,7 @@ pub use serve::ConnectionSettings;
 use tokens::jwks::{JwksCache, JwksSettings};
 use tokens::TokenVerifier;
 use usage::{Limiter, UsageSettings};
+use verification::known::KnownCredentials;
 use verification::{SandboxLimits, Verification, VerificationCache};
 
 /// How the server behaves; the binary fills it from flags, environment and file.
@@ -314,6 +315,7 @@ impl Server {
             cache: Arc::new(VerificationCache::new(
                 config.cache_max_bytes,
                 metrics.cache_counters.clone(),
+                KnownCredentials::new(metrics.filter_counters.clone()),
             )),
             limiter,
             tokens: TokenVerifier::new(Arc::new(JwksCache::new(config.jwks.clone()))),
@@ -349,8 +351,11 @@ impl Server {
         tokio::spawn(routes::demo::sweep_loop(
             Arc::downgrade(&state),
             config.demo.sweep_interval,
-            stopped,
+            stopped.clone(),
         ));
+        let cache = Arc::clone(&state.verification.cache);
+        let store = Arc::clone(&state.store);
+        tokio::spawn(async move { cache.known.keep_built(store, stopped).await });
         Ok(Self {
             state,
             config,
@@ -382,7 +387,12 @@ impl Server {
         let counts_alone = config.usage.redis.is_none();
         let server =
             Self::new(Arc::clone(&sql) as Arc<dyn Store>, config).map_err(OpenError::Settings)?;
-        if sql.is_shared() {
+        if !sql.is_shared() {
+            // One process owns the database: the filter of known credentials can be built
+            // now. On a shared one, joining the cluster asks for it once this node hears
+            // every announcement.
+            server.state.verification.cache.known.request_build();
+        } else {
             if counts_alone {
                 tracing::warn!(
                     "no REDIS_URL: rate limits and credits are counted by each node on its \

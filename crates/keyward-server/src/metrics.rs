@@ -20,6 +20,10 @@ pub struct Metrics {
     pub cache_weighted_bytes: Gauge,
     pub cache_max_bytes: Gauge,
     pub cache_counters: crate::verification::cache::CacheCounters,
+    /// The filter of known credentials: its size, whether it answers, and what it did.
+    pub filter_bytes: Gauge,
+    pub filter_ready: Gauge,
+    pub filter_counters: crate::verification::known::FilterCounters,
     pub last_used_dropped: Counter,
     /// Verification outcomes not counted in usage analytics (queue full, storage down long).
     pub usage_records_dropped: Counter,
@@ -124,6 +128,36 @@ impl Metrics {
             "Entries dropped to keep the verification cache within its bound",
             cache_counters.evictions.clone(),
         );
+        registry.register(
+            "verify_storage_reads",
+            "Credentials verification read from storage: what neither the cache nor the \
+             filter of known credentials could answer",
+            cache_counters.storage_reads.clone(),
+        );
+        let filter_bytes = Gauge::default();
+        registry.register(
+            "verify_filter_bytes",
+            "Memory held by the filter of known credentials (two while one is rebuilt)",
+            filter_bytes.clone(),
+        );
+        let filter_ready = Gauge::default();
+        registry.register(
+            "verify_filter_ready",
+            "1 while the filter of known credentials answers; 0 while it is built, when \
+             unknown secrets are looked up in storage",
+            filter_ready.clone(),
+        );
+        let filter_counters = crate::verification::known::FilterCounters::default();
+        registry.register(
+            "verify_filter_refusals",
+            "Look-ups the filter of known credentials refused without a storage read",
+            filter_counters.refusals.clone(),
+        );
+        registry.register(
+            "verify_filter_builds",
+            "Builds of the filter of known credentials from storage",
+            filter_counters.builds.clone(),
+        );
         let propagation_lapses = Counter::default();
         registry.register(
             "cluster_propagation_lapses",
@@ -220,6 +254,9 @@ impl Metrics {
             cache_weighted_bytes,
             cache_max_bytes,
             cache_counters,
+            filter_bytes,
+            filter_ready,
+            filter_counters,
             last_used_dropped,
             usage_records_dropped,
             propagation_lapses,

@@ -154,7 +154,14 @@ impl Stale {
 
 /// The cache a node keeps coherent with the cluster.
 pub trait ClusterCache: Send + Sync + 'static {
+    /// An announced change: what it made stale, and the hashes of what it created.
     fn forget(&self, stale: &Stale);
+    /// This node may have missed announcements (its first start, a gap longer than the
+    /// table keeps, the counter going back): everything it holds is forgotten, and whatever
+    /// it learned of new credentials from announcements must be learned again from storage.
+    fn lost_track(&self) {
+        self.forget(&Stale::Everything);
+    }
     /// The cache may answer until `deadline`, unless told otherwise before.
     fn trust_until(&self, deadline: std::time::Instant);
     /// The cache must not answer until trusted again.
@@ -802,7 +809,7 @@ impl Cluster {
         let latest = u64::try_from(latest).unwrap_or(0);
         let nonce_at_from: Option<i64> = state.try_get("nonce_at_from")?;
         let Some(from) = from else {
-            cache.forget(&Stale::Everything);
+            cache.lost_track();
             self.start_at(history, latest).await?;
             applied.send_replace(latest);
             return Ok(());
@@ -811,7 +818,7 @@ impl Cluster {
         let foreign = nonce_at_from.is_some() && history.is_foreign(from, nonce_at_from);
         if latest < from || foreign {
             warn_counter_went_back(from, latest);
-            cache.forget(&Stale::Everything);
+            cache.lost_track();
             self.start_at(history, latest).await?;
             applied.send_replace(latest);
             return Ok(());
@@ -831,13 +838,16 @@ impl Cluster {
         if complete {
             for row in &rows {
                 let hashes: Option<Vec<u8>> = row.try_get("hashes")?;
-                let stale = Stale::from_bytes(hashes.as_deref()).unwrap_or(Stale::Everything);
-                cache.forget(&stale);
+                match Stale::from_bytes(hashes.as_deref()) {
+                    Some(stale) => cache.forget(&stale),
+                    // Unreadable: whatever it created is unknown too.
+                    None => cache.lost_track(),
+                }
                 let seq: i64 = row.try_get("seq")?;
                 history.record(u64::try_from(seq).unwrap_or(0), row.try_get("nonce")?);
             }
         } else {
-            cache.forget(&Stale::Everything);
+            cache.lost_track();
             self.start_at(history, latest).await?;
         }
         history.seq = Some(latest);
@@ -888,7 +898,7 @@ fn start_over(
     applied: &watch::Sender<u64>,
 ) {
     warn_counter_went_back(history.seq.unwrap_or(0), seq);
-    cache.forget(&Stale::Everything);
+    cache.lost_track();
     history.start_over(seq, nonce);
     applied.send_replace(seq);
 }

@@ -174,6 +174,31 @@ pub struct Changed<T> {
     pub propagation: Option<Propagation>,
 }
 
+impl<T> Changed<T> {
+    /// A change that turned out to change nothing: nothing to forget, no one to wait for.
+    pub fn nothing(record: T) -> Self {
+        Self {
+            record,
+            stale: Stale::Secrets(Vec::new()),
+            propagation: None,
+        }
+    }
+}
+
+/// Where a scan of every credential's look-up hash goes on from: the secrets table by hash,
+/// then the workspace keys by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupScan {
+    SecretsAfter(Vec<u8>),
+    WorkspaceKeysAfter(String),
+}
+
+impl Default for LookupScan {
+    fn default() -> Self {
+        Self::SecretsAfter(Vec::new())
+    }
+}
+
 /// A key another system issued, brought in by `keyward import`.
 #[derive(Debug, Clone)]
 pub struct KeyImport {
@@ -265,7 +290,7 @@ pub struct NewSandbox {
 /// Demo sandboxes (SPEC §4.3).
 #[async_trait]
 pub trait SandboxStore: Send + Sync {
-    async fn create_sandbox(&self, sandbox: &NewSandbox) -> StoreResult<()>;
+    async fn create_sandbox(&self, sandbox: &NewSandbox) -> StoreResult<Changed<()>>;
     /// Deletes every row of the sandbox's workspace. `NotFound("demo session")` when it is
     /// not a sandbox (or is already gone).
     async fn purge_sandbox(&self, workspace_id: &str, now: Timestamp) -> StoreResult<Changed<()>>;
@@ -303,7 +328,8 @@ pub struct FoundWorkspaceKey {
 #[async_trait]
 pub trait CredentialStore: Send + Sync {
     /// Stores the key and the hash of its value.
-    async fn create_public_key(&self, change: &Change, key: &PublicKey) -> StoreResult<()>;
+    async fn create_public_key(&self, change: &Change, key: &PublicKey)
+        -> StoreResult<Changed<()>>;
     async fn public_key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<PublicKey>;
     async fn list_public_keys(
         &self,
@@ -344,7 +370,7 @@ pub trait CredentialStore: Send + Sync {
         change: &Change,
         key: &WorkspaceKey,
         sealed_secret: &[u8],
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Changed<()>>;
     async fn list_workspace_keys(
         &self,
         tenancy: &Tenancy,
@@ -492,7 +518,7 @@ pub trait EventStore: Send + Sync {
 #[async_trait]
 pub trait WorkspaceStore: Send + Sync {
     /// Creates the first workspace unless one exists. `false` when another start did it first.
-    async fn bootstrap(&self, bootstrap: &Bootstrap) -> StoreResult<bool>;
+    async fn bootstrap(&self, bootstrap: &Bootstrap) -> StoreResult<Changed<bool>>;
 
     async fn environment(&self, tenancy: &Tenancy) -> StoreResult<EnvironmentSettings>;
     /// Caches forget everything: cached public keys carry their environment's settings.
@@ -507,7 +533,7 @@ pub trait WorkspaceStore: Send + Sync {
         change: &Change,
         key: &RootKey,
         hash: KeyHash,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Changed<()>>;
     async fn find_root_key(&self, hash: KeyHash) -> StoreResult<Option<FoundRootKey>>;
     async fn list_root_keys(
         &self,
@@ -547,7 +573,7 @@ pub trait KeyStore: Send + Sync {
         key: &ApiKey,
         hash: KeyHash,
         owner_quota: Option<u32>,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Changed<()>>;
     /// Inserts imported keys into the app `app_slug` in one transaction, skipping every key
     /// whose secret is already known (so an import can be repeated). Returns, per key,
     /// whether it was inserted.
@@ -556,9 +582,19 @@ pub trait KeyStore: Send + Sync {
         change: &Change,
         app_slug: &str,
         keys: &[KeyImport],
-    ) -> StoreResult<Vec<bool>>;
+    ) -> StoreResult<Changed<Vec<bool>>>;
     /// Whether any imported secret is in a foreign format.
     async fn foreign_secrets_present(&self) -> StoreResult<bool>;
+    /// How many look-up hashes credentials have: one per stored secret, one per workspace
+    /// key ([`workspace_key_cache_hash`]).
+    async fn count_lookup_hashes(&self) -> StoreResult<u64>;
+    /// Up to `limit` look-up hashes from `from` on, in a fixed order, and where the scan goes
+    /// on (`None` once it is done): what a node's filter of known credentials is built from.
+    async fn scan_lookup_hashes(
+        &self,
+        from: &LookupScan,
+        limit: u32,
+    ) -> StoreResult<(Vec<KeyHash>, Option<LookupScan>)>;
     /// Drops the superseded secrets whose grace period ended before `now`: API keys' and
     /// root keys' hashes, and workspace keys' sealed previous secrets. None of them verifies
     /// any more, so no cache has to hear of it. Returns how many were dropped.

@@ -152,8 +152,8 @@ async fn bootstrap_happens_once() {
         )],
         now: NOW,
     };
-    assert!(store.bootstrap(&bootstrap).await.unwrap());
-    assert!(!store.bootstrap(&bootstrap).await.unwrap());
+    assert!(store.bootstrap(&bootstrap).await.unwrap().record);
+    assert!(!store.bootstrap(&bootstrap).await.unwrap().record);
     let found = store
         .find_root_key(KeyHash::of("root"))
         .await

@@ -200,7 +200,12 @@ pub(crate) async fn create_public_key(
         created_at: change.now,
         updated_at: change.now,
     };
-    state.store.create_public_key(&change, &key).await?;
+    let stored = key.clone();
+    state
+        .change_credential(move |state| async move {
+            state.store.create_public_key(&change, &stored).await
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(convert::public_key(&key))))
 }
 
@@ -384,9 +389,14 @@ pub(crate) async fn create_workspace_key(
         updated_at: change.now,
     };
     let sealed = state.master_key.seal(secret.expose().as_bytes(), &key.id);
+    let stored = key.clone();
     state
-        .store
-        .create_workspace_key(&change, &key, &sealed)
+        .change_credential(move |state| async move {
+            state
+                .store
+                .create_workspace_key(&change, &stored, &sealed)
+                .await
+        })
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -79,15 +79,15 @@ pub(crate) async fn create_session(
         limit_meter: None,
         expires_at: Some(expires_at),
     };
+    let sandbox = NewSandbox {
+        workspace_id,
+        root_key,
+        hash: secret.hash,
+        expires_at,
+        now,
+    };
     state
-        .store
-        .create_sandbox(&NewSandbox {
-            workspace_id,
-            root_key,
-            hash: secret.hash,
-            expires_at,
-            now,
-        })
+        .change_credential(move |state| async move { state.store.create_sandbox(&sandbox).await })
         .await?;
     Ok((
         StatusCode::CREATED,

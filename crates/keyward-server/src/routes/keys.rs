@@ -252,7 +252,7 @@ pub(crate) async fn create_key(
 
 /// Makes and stores a key under `app`; the answer is the only time its secret is shown.
 pub(super) async fn issue_key(
-    state: &AppState,
+    state: &Arc<AppState>,
     caller: &Caller,
     app: &App,
     draft: KeyDraft,
@@ -261,12 +261,17 @@ pub(super) async fn issue_key(
     let change = caller.change();
     let secret = issue_secret(app, caller)?;
     let key = new_key(app, caller, change.now, draft, secret.start.clone())?;
+    let (stored, hash) = (key.clone(), secret.hash);
     state
-        .store
-        .create_key(&change, &key, secret.hash, owner_quota)
+        .change_credential(move |state| async move {
+            state
+                .store
+                .create_key(&change, &stored, hash, owner_quota)
+                .await
+        })
         .await?;
     Ok(ApiKeyWithSecret {
-        key: convert::key(&key, change.now),
+        key: convert::key(&key, key.created_at),
         secret: secret.secret.expose_secret().to_owned(),
     })
 }
@@ -304,7 +309,14 @@ pub(crate) async fn import_keys(
             }),
         }
     }
-    let inserted = state.store.import_keys(&change, &slug, &imports).await?;
+    let imports = Arc::new(imports);
+    let stored = Arc::clone(&imports);
+    let inserted = state
+        .change_credential(move |state| async move {
+            state.store.import_keys(&change, &slug, &stored).await
+        })
+        .await?
+        .record;
     if imports
         .iter()
         .zip(&inserted)

@@ -66,6 +66,14 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
     state.metrics.cache_max_bytes.set(as_gauge(bound));
     state
         .metrics
+        .filter_bytes
+        .set(as_gauge(cache.known.bytes()));
+    state
+        .metrics
+        .filter_ready
+        .set(i64::from(cache.known.is_ready()));
+    state
+        .metrics
         .cache_trusted
         .set(i64::from(cache.is_trusted()));
     (

@@ -82,9 +82,11 @@ pub(crate) async fn create_root_key(
         limit_meter,
         expires_at: None,
     };
+    let (stored, hash) = (key.clone(), secret.hash);
     state
-        .store
-        .create_root_key(&change, &key, secret.hash)
+        .change_credential(move |state| async move {
+            state.store.create_root_key(&change, &stored, hash).await
+        })
         .await?;
     Ok((
         StatusCode::CREATED,

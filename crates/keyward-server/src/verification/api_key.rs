@@ -66,7 +66,7 @@ impl Verification {
             .peek_with::<CachedKey, _>(&hash, |entry| judge(tenancy, entry, required, now))
         {
             Peek::Hit((code, key)) => InMemory::Decided(code, key),
-            Peek::OtherKind => InMemory::Decided(VerifyCode::InvalidKey, None),
+            Peek::Absent => InMemory::Decided(VerifyCode::InvalidKey, None),
             Peek::Miss => InMemory::Miss(hash),
         }
     }

@@ -31,6 +31,7 @@ use moka::ops::compute::Op;
 use prometheus_client::metrics::counter::Counter;
 use secrecy::SecretString;
 
+use super::known::KnownCredentials;
 use super::tokens::VerificationKey;
 
 /// What the cache holds for an API key's secret.
@@ -86,13 +87,26 @@ impl std::fmt::Debug for CachedWorkspaceKey {
     }
 }
 
-/// One cached credential.
+/// The kinds of credential the cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Key,
+    Root,
+    Public,
+    Workspace,
+}
+
+/// One cached credential, or the knowledge that storage has none of a kind for the hash.
 #[derive(Debug, Clone)]
 pub enum Entry {
     Key(Arc<CachedKey>),
     Root(Arc<CachedRootKey>),
     Public(Arc<CachedPublicKey>),
     Workspace(Arc<CachedWorkspaceKey>),
+    /// Storage was asked and had none: a repeated unknown secret the filter of known
+    /// credentials let through (a false positive) is not read again. The credential's
+    /// creation announces its hash, which drops this like any invalidation.
+    Absent(Kind),
 }
 
 impl Entry {
@@ -156,6 +170,7 @@ impl Entry {
                     + windows(&cached.windows)
                     + cached.meter.len()
             }
+            Entry::Absent(_) => 0,
         }
     }
 }
@@ -176,11 +191,15 @@ pub struct CacheCounters {
     pub misses: Counter,
     /// Entries moka dropped to stay within the bound (not invalidations).
     pub evictions: Counter,
+    /// Credentials read from storage by verification: what the cache and the filter of
+    /// known credentials could not answer.
+    pub storage_reads: Counter,
 }
 
 /// A kind of cached credential. A hash cached as another kind is, for this kind, a
 /// credential that does not exist (a root key's secret presented as an API key, say).
 pub trait Cached: Sized {
+    const KIND: Kind;
     fn into_entry(self: Arc<Self>) -> Entry;
     fn of_entry(entry: &Entry) -> Option<&Arc<Self>>;
 }
@@ -188,6 +207,8 @@ pub trait Cached: Sized {
 macro_rules! cached_kind {
     ($type:ty, $variant:ident) => {
         impl Cached for $type {
+            const KIND: Kind = Kind::$variant;
+
             fn into_entry(self: Arc<Self>) -> Entry {
                 Entry::$variant(self)
             }
@@ -211,8 +232,9 @@ cached_kind!(CachedWorkspaceKey, Workspace);
 pub enum Peek<R> {
     /// Cached: what the caller's judgement of the entry gave.
     Hit(R),
-    /// Cached as another kind of credential.
-    OtherKind,
+    /// No credential of this kind: cached as another kind, known to be absent, or surely
+    /// absent by the filter of known credentials.
+    Absent,
     /// Not cached, or the cache may not answer: storage must be asked.
     Miss,
 }
@@ -232,6 +254,8 @@ pub struct VerificationCache {
     /// Whether imported secrets in other formats exist. Until they do, a string that is not
     /// a well-formed Keyward secret is refused without a look-up.
     foreign_secrets: AtomicBool,
+    /// Every look-up hash in storage, approximately: answers for hashes not cached.
+    pub known: KnownCredentials,
 }
 
 impl std::fmt::Debug for VerificationCache {
@@ -251,13 +275,17 @@ pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for VerificationCache {
     fn default() -> Self {
-        Self::new(DEFAULT_MAX_BYTES, CacheCounters::default())
+        Self::new(
+            DEFAULT_MAX_BYTES,
+            CacheCounters::default(),
+            KnownCredentials::new(super::known::FilterCounters::default()),
+        )
     }
 }
 
 impl VerificationCache {
     /// A cache that holds at most about `max_bytes` of credentials.
-    pub fn new(max_bytes: u64, counters: CacheCounters) -> Self {
+    pub fn new(max_bytes: u64, counters: CacheCounters, known: KnownCredentials) -> Self {
         let evictions = counters.evictions.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
@@ -279,6 +307,7 @@ impl VerificationCache {
             trusted_until: AtomicU64::new(ALWAYS),
             clock_base: std::time::Instant::now(),
             foreign_secrets: AtomicBool::new(false),
+            known,
         }
     }
 
@@ -347,19 +376,31 @@ impl VerificationCache {
         if !self.is_trusted() {
             return Peek::Miss;
         }
+        match self.look_up::<T>(hash) {
+            Lookup::Found(cached) => Peek::Hit(judge(&cached)),
+            Lookup::Absent => Peek::Absent,
+            Lookup::Unknown => Peek::Miss,
+        }
+    }
+
+    /// What memory says of `hash` as a `T`, on a trusted cache: the cache, then the filter of
+    /// known credentials.
+    fn look_up<T: Cached>(&self, hash: &KeyHash) -> Lookup<T> {
         match self.current(hash) {
+            // Known to be absent as another kind only: storage must say about this one.
+            Some(Entry::Absent(kind)) if kind != T::KIND => {}
             Some(entry) => {
                 self.counters.hits.inc();
-                match T::of_entry(&entry) {
-                    Some(cached) => Peek::Hit(judge(cached)),
-                    None => Peek::OtherKind,
-                }
+                return match T::of_entry(&entry) {
+                    Some(cached) => Lookup::Found(Arc::clone(cached)),
+                    None => Lookup::Absent,
+                };
             }
-            None => {
-                self.counters.misses.inc();
-                Peek::Miss
-            }
+            None if self.known.surely_absent(hash) => return Lookup::Absent,
+            None => {}
         }
+        self.counters.misses.inc();
+        Lookup::Unknown
     }
 
     /// The cached credential of `hash`, or else the one `load` reads from storage, cached
@@ -375,23 +416,29 @@ impl VerificationCache {
         Load: Future<Output = Result<Option<T>, E>>,
     {
         if self.is_trusted() {
-            if let Some(entry) = self.current(&hash) {
-                self.counters.hits.inc();
-                return Ok(T::of_entry(&entry).cloned());
+            match self.look_up::<T>(&hash) {
+                Lookup::Found(cached) => return Ok(Some(cached)),
+                Lookup::Absent => return Ok(None),
+                Lookup::Unknown => {}
             }
-            self.counters.misses.inc();
         }
         let epoch_before_load = self.epoch.load(Ordering::SeqCst);
-        let Some(loaded) = load().await? else {
-            return Ok(None);
-        };
-        let loaded = Arc::new(loaded);
+        self.counters.storage_reads.inc();
+        let loaded = load().await?.map(Arc::new);
         if self.is_trusted() {
-            let entry = Arc::clone(&loaded).into_entry();
-            self.entries.entry(hash).and_compute_with(|_| {
+            let entry = match &loaded {
+                Some(loaded) => Arc::clone(loaded).into_entry(),
+                None => Entry::Absent(T::KIND),
+            };
+            self.entries.entry(hash).and_compute_with(|current| {
+                let holds_a_credential =
+                    current.is_some_and(|held| !matches!(held.value().entry, Entry::Absent(_)));
                 // Under the key's lock: an invalidation that bumped the epoch has already
-                // removed the hash, or will, after this.
-                if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
+                // removed the hash, or will, after this. An absence never displaces another
+                // kind's credential.
+                if self.epoch.load(Ordering::SeqCst) == epoch_before_load
+                    && !(loaded.is_none() && holds_a_credential)
+                {
                     Op::Put(Slot {
                         entry,
                         generation: self.generation.load(Ordering::SeqCst),
@@ -401,16 +448,33 @@ impl VerificationCache {
                 }
             });
         }
-        Ok(Some(loaded))
+        Ok(loaded)
     }
+}
+
+/// What memory says of a hash.
+enum Lookup<T> {
+    Found(Arc<T>),
+    Absent,
+    Unknown,
 }
 
 impl ClusterCache for VerificationCache {
     fn forget(&self, stale: &Stale) {
         match stale {
-            Stale::Secrets(hashes) => self.invalidate(hashes),
+            Stale::Secrets(hashes) => {
+                // New credentials are announced like changed ones: both are known from now.
+                self.known.learn(hashes);
+                self.invalidate(hashes);
+            }
+            // Announced by changes that create no credential.
             Stale::Everything => self.invalidate_all(),
         }
+    }
+
+    fn lost_track(&self) {
+        self.known.lost_track();
+        self.invalidate_all();
     }
 
     fn trust_until(&self, deadline: std::time::Instant) {
@@ -492,7 +556,7 @@ mod tests {
         // What the cache holds now decides every later verification.
         match cache.peek_with::<CachedRootKey, _>(&hash, |cached| cached.key.revoked_at.is_some()) {
             Peek::Hit(revoked) => Some(revoked),
-            Peek::OtherKind => panic!("another kind"),
+            Peek::Absent => panic!("another kind"),
             Peek::Miss => None,
         }
     }
@@ -536,8 +600,43 @@ mod tests {
         assert!(as_api_key.is_none());
         assert!(matches!(
             cache.peek_with::<CachedKey, _>(&hash, |_| ()),
-            Peek::OtherKind
+            Peek::Absent
         ));
+    }
+
+    #[tokio::test]
+    async fn an_absence_is_remembered_for_its_kind_until_the_hash_is_announced() {
+        let cache = VerificationCache::default();
+        let hash = KeyHash::of("sk_live_not_yet");
+        let none = cache
+            .get_or_load::<CachedRootKey, (), _>(hash, || async { Ok(None) })
+            .await
+            .unwrap();
+        assert!(none.is_none());
+        // Asked again: memory answers.
+        let again = cache
+            .get_or_load::<CachedRootKey, (), _>(hash, || async { panic!("storage was asked") })
+            .await
+            .unwrap();
+        assert!(again.is_none());
+        // Another kind is not known to be absent: storage is asked, and an absence never
+        // displaces a credential.
+        let mut asked = false;
+        cache
+            .get_or_load::<CachedKey, (), _>(hash, || {
+                asked = true;
+                async { Ok(None) }
+            })
+            .await
+            .unwrap();
+        assert!(asked);
+        // The credential's creation announces its hash: it is found at once.
+        cache.forget(&Stale::Secrets(vec![hash]));
+        let found = cache
+            .get_or_load(hash, || async { Ok::<_, ()>(Some(root_key(false))) })
+            .await
+            .unwrap();
+        assert!(found.is_some());
     }
 
     #[tokio::test]
@@ -559,7 +658,11 @@ mod tests {
     #[tokio::test]
     async fn the_cache_stays_within_its_bound_and_an_evicted_credential_is_read_again() {
         let counters = CacheCounters::default();
-        let cache = VerificationCache::new(64 * 1024, counters.clone());
+        let cache = VerificationCache::new(
+            64 * 1024,
+            counters.clone(),
+            KnownCredentials::new(super::super::known::FilterCounters::default()),
+        );
         let weight = Entry::Root(Arc::new(root_key(false))).approximate_bytes() as u64;
         let hashes: Vec<KeyHash> = (0..2_000).map(|n| KeyHash::of(&format!("k{n}"))).collect();
         for hash in &hashes {

@@ -16,6 +16,7 @@ pub mod api_key;
 pub mod cache;
 pub mod calls;
 pub mod end_user;
+pub mod known;
 pub mod root;
 pub mod signature;
 pub mod tokens;

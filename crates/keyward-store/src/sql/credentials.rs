@@ -142,7 +142,11 @@ async fn workspace_key_in_tx(
 
 #[async_trait]
 impl CredentialStore for SqlStore {
-    async fn create_public_key(&self, change: &Change, key: &PublicKey) -> StoreResult<()> {
+    async fn create_public_key(
+        &self,
+        change: &Change,
+        key: &PublicKey,
+    ) -> StoreResult<Changed<()>> {
         change.require_power_over(key.conferred_scopes())?;
         let mut tx = self.begin_change(change, Lock::Shared).await?;
         usage::require_scheme(
@@ -205,7 +209,8 @@ impl CredentialStore for SqlStore {
         .bind(key.updated_at.as_millis())
         .execute(&mut *tx)
         .await?;
-        insert_secret(&mut tx, KeyHash::of(&key.key), &key.id, None).await?;
+        let hash = KeyHash::of(&key.key);
+        insert_secret(&mut tx, hash, &key.id, None).await?;
         audit(
             &mut tx,
             change,
@@ -214,8 +219,8 @@ impl CredentialStore for SqlStore {
             serde_json::json!({ "name": key.name, "type": kind }),
         )
         .await?;
-        tx.commit().await?;
-        Ok(())
+        self.finish_change(tx, (), Stale::Secrets(vec![hash]), change.now)
+            .await
     }
 
     async fn public_key(&self, tenancy: &Tenancy, id: &str) -> StoreResult<PublicKey> {
@@ -443,7 +448,7 @@ impl CredentialStore for SqlStore {
         change: &Change,
         key: &WorkspaceKey,
         sealed_secret: &[u8],
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Changed<()>> {
         change.require_power_over(key.scopes)?;
         let mut tx = self.begin_change(change, Lock::Shared).await?;
         usage::require_scheme(
@@ -479,8 +484,8 @@ impl CredentialStore for SqlStore {
             serde_json::json!({ "name": key.name, "scopes": key.scopes.to_names() }),
         )
         .await?;
-        tx.commit().await?;
-        Ok(())
+        let stale = Stale::Secrets(vec![workspace_key_cache_hash(&key.id)]);
+        self.finish_change(tx, (), stale, change.now).await
     }
 
     async fn list_workspace_keys(

@@ -15,8 +15,8 @@ use super::secrets::{insert_secret, secret_hashes, supersede_secrets};
 use super::{app_in_tx, audit, Backend, Lock, SqlStore, Transaction};
 use crate::cluster::Stale;
 use crate::{
-    Change, Changed, Conflict, FoundKey, KeyFilter, KeyImport, KeyPatch, KeyStore, Page,
-    PageRequest, StoreError, StoreResult,
+    Change, Changed, Conflict, FoundKey, KeyFilter, KeyImport, KeyPatch, KeyStore, LookupScan,
+    Page, PageRequest, StoreError, StoreResult,
 };
 
 impl SqlStore {
@@ -80,7 +80,7 @@ impl KeyStore for SqlStore {
         key: &ApiKey,
         hash: KeyHash,
         owner_quota: Option<u32>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Changed<()>> {
         let mut tx = self.begin_change(change, Lock::Shared).await?;
         if let Some(quota) = owner_quota {
             self.require_below_quota(&mut tx, key, quota, change.now)
@@ -155,9 +155,9 @@ impl KeyStore for SqlStore {
             change.now,
         )
         .await?;
-        tx.commit().await?;
-        self.events_committed.notify_one();
-        Ok(())
+        // Every node's filter of known secrets must hear of it before the call returns.
+        self.finish_change(tx, (), Stale::Secrets(vec![hash]), change.now)
+            .await
     }
 
     async fn import_keys(
@@ -165,10 +165,10 @@ impl KeyStore for SqlStore {
         change: &Change,
         app_slug: &str,
         keys: &[KeyImport],
-    ) -> StoreResult<Vec<bool>> {
+    ) -> StoreResult<Changed<Vec<bool>>> {
         let mut inserted = vec![false; keys.len()];
         if keys.is_empty() {
-            return Ok(inserted);
+            return Ok(Changed::nothing(inserted));
         }
         let mut tx = self.begin_change(change, Lock::Shared).await?;
         // Share-locked: the app cannot be deleted or changed while its keys arrive, and
@@ -257,8 +257,9 @@ impl KeyStore for SqlStore {
             }),
         )
         .await?;
-        tx.commit().await?;
-        Ok(inserted)
+        let new_hashes = fresh.iter().map(|import| import.hash).collect();
+        self.finish_change(tx, inserted, Stale::Secrets(new_hashes), change.now)
+            .await
     }
 
     async fn foreign_secrets_present(&self) -> StoreResult<bool> {
@@ -266,6 +267,18 @@ impl KeyStore for SqlStore {
             .fetch_optional(&self.reader)
             .await?;
         row.map_or(Ok(false), |row| flag(&row, "foreign_secrets"))
+    }
+
+    async fn count_lookup_hashes(&self) -> StoreResult<u64> {
+        super::secrets::count_lookup_hashes(&self.reader).await
+    }
+
+    async fn scan_lookup_hashes(
+        &self,
+        from: &LookupScan,
+        limit: u32,
+    ) -> StoreResult<(Vec<KeyHash>, Option<LookupScan>)> {
+        super::secrets::scan_lookup_hashes(&self.reader, from, limit).await
     }
 
     async fn purge_ended_secrets(&self, now: Timestamp) -> StoreResult<u64> {

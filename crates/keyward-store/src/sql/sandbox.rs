@@ -33,7 +33,7 @@ const WORKSPACE_TABLES: [&str; 13] = [
 
 #[async_trait]
 impl SandboxStore for SqlStore {
-    async fn create_sandbox(&self, sandbox: &NewSandbox) -> StoreResult<()> {
+    async fn create_sandbox(&self, sandbox: &NewSandbox) -> StoreResult<Changed<()>> {
         let mut tx = self.writer.begin().await?;
         sqlx::query("INSERT INTO workspaces (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&sandbox.workspace_id)
@@ -62,8 +62,8 @@ impl SandboxStore for SqlStore {
         .bind(sandbox.expires_at.as_millis())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(())
+        let stale = Stale::Secrets(vec![sandbox.hash]);
+        self.finish_change(tx, (), stale, sandbox.now).await
     }
 
     async fn purge_sandbox(&self, workspace_id: &str, now: Timestamp) -> StoreResult<Changed<()>> {

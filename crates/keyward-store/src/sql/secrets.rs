@@ -3,10 +3,12 @@
 use keyward_core::model::SecretRecord;
 use keyward_core::{KeyHash, Timestamp};
 
+use sqlx::Row;
+
 use super::rows::secret_from_row;
 use super::Transaction;
 use crate::cluster::Stale;
-use crate::{Conflict, StoreError, StoreResult};
+use crate::{workspace_key_cache_hash, Conflict, LookupScan, StoreError, StoreResult};
 
 pub(super) async fn insert_secret(
     tx: &mut Transaction<'_>,
@@ -80,4 +82,69 @@ pub(super) async fn supersede_secrets(
         }
     }
     Ok(previous.iter().map(|secret| secret.hash).collect())
+}
+
+pub(super) async fn count_lookup_hashes(reader: &sqlx::AnyPool) -> StoreResult<u64> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM secrets) + (SELECT COUNT(*) FROM workspace_keys) AS n",
+    )
+    .fetch_one(reader)
+    .await?;
+    Ok(u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0))
+}
+
+/// One page of [`crate::KeyStore::scan_lookup_hashes`]: keyset pages, each a short read, so
+/// that a scan of millions holds no snapshot open.
+pub(super) async fn scan_lookup_hashes(
+    reader: &sqlx::AnyPool,
+    from: &LookupScan,
+    limit: u32,
+) -> StoreResult<(Vec<KeyHash>, Option<LookupScan>)> {
+    let page = i64::from(limit.max(1));
+    match from {
+        LookupScan::SecretsAfter(after) => {
+            let rows =
+                sqlx::query("SELECT hash FROM secrets WHERE hash > $1 ORDER BY hash LIMIT $2")
+                    .bind(after.clone())
+                    .bind(page)
+                    .fetch_all(reader)
+                    .await?;
+            let mut hashes = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let bytes: Vec<u8> = row.try_get("hash")?;
+                hashes.push(
+                    KeyHash::from_slice(&bytes).ok_or_else(|| {
+                        StoreError::Corrupt("a secret hash is not 32 bytes".into())
+                    })?,
+                );
+            }
+            let next = match rows.last() {
+                Some(last) if rows.len() as i64 == page => {
+                    LookupScan::SecretsAfter(last.try_get("hash")?)
+                }
+                _ => LookupScan::WorkspaceKeysAfter(String::new()),
+            };
+            Ok((hashes, Some(next)))
+        }
+        LookupScan::WorkspaceKeysAfter(after) => {
+            let rows =
+                sqlx::query("SELECT id FROM workspace_keys WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after.as_str())
+                    .bind(page)
+                    .fetch_all(reader)
+                    .await?;
+            let ids = rows
+                .iter()
+                .map(|row| row.try_get::<String, _>("id"))
+                .collect::<Result<Vec<_>, _>>()?;
+            let hashes = ids.iter().map(|id| workspace_key_cache_hash(id)).collect();
+            let next = match ids.last() {
+                Some(last) if ids.len() as i64 == page => {
+                    Some(LookupScan::WorkspaceKeysAfter(last.clone()))
+                }
+                _ => None,
+            };
+            Ok((hashes, next))
+        }
+    }
 }

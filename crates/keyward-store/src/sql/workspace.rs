@@ -19,7 +19,7 @@ use crate::{
 
 #[async_trait]
 impl WorkspaceStore for SqlStore {
-    async fn bootstrap(&self, bootstrap: &Bootstrap) -> StoreResult<bool> {
+    async fn bootstrap(&self, bootstrap: &Bootstrap) -> StoreResult<Changed<bool>> {
         let mut tx = self.writer.begin().await?;
         let claimed = sqlx::query(
             "INSERT INTO installation (singleton, workspace_id, created_at) VALUES (1, $1, $2) \
@@ -31,7 +31,7 @@ impl WorkspaceStore for SqlStore {
         .await?
         .rows_affected();
         if claimed == 0 {
-            return Ok(false);
+            return Ok(Changed::nothing(false));
         }
         sqlx::query("INSERT INTO workspaces (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&bootstrap.workspace_id)
@@ -54,8 +54,9 @@ impl WorkspaceStore for SqlStore {
         for (key, hash) in &bootstrap.root_keys {
             insert_root_key(&mut tx, key, *hash).await?;
         }
-        tx.commit().await?;
-        Ok(true)
+        let hashes = bootstrap.root_keys.iter().map(|(_, hash)| *hash).collect();
+        self.finish_change(tx, true, Stale::Secrets(hashes), bootstrap.now)
+            .await
     }
 
     async fn environment(&self, tenancy: &Tenancy) -> StoreResult<EnvironmentSettings> {
@@ -128,7 +129,7 @@ impl WorkspaceStore for SqlStore {
         change: &Change,
         key: &RootKey,
         hash: KeyHash,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Changed<()>> {
         let mut tx = self.begin_change(change, Lock::Shared).await?;
         super::usage::require_scheme(
             &mut tx,
@@ -147,8 +148,8 @@ impl WorkspaceStore for SqlStore {
             serde_json::json!({ "name": key.name, "scopes": key.scopes.to_names() }),
         )
         .await?;
-        tx.commit().await?;
-        Ok(())
+        self.finish_change(tx, (), Stale::Secrets(vec![hash]), change.now)
+            .await
     }
 
     async fn find_root_key(&self, hash: KeyHash) -> StoreResult<Option<FoundRootKey>> {

@@ -77,17 +77,17 @@ impl Cluster {
         Api::new(&self.nodes[node].base, &self.root_key)
     }
 
-    /// Waits for a node's first heartbeat, so that its cache is in play (a node that
-    /// verifies everything from storage would pass these tests without proving anything).
+    /// Waits for a node's first heartbeat and its filter of known credentials, so that its
+    /// cache and filter are in play (a node that verifies everything from storage would pass
+    /// these tests without proving anything).
     async fn wait_until_caching(&self, node: usize) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             let metrics = self.api(node).get("/metrics").await;
-            if metrics
-                .body
-                .as_str()
-                .is_some_and(|text| text.contains("keyward_verify_cache_trusted 1"))
-            {
+            if metrics.body.as_str().is_some_and(|text| {
+                text.contains("keyward_verify_cache_trusted 1")
+                    && text.contains("keyward_verify_filter_ready 1")
+            }) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -608,4 +608,165 @@ async fn a_counter_that_goes_back_never_lets_a_revoked_key_pass() {
     }
     let (_, fresh) = issue_key(&node_a, "after").await;
     assert_eq!(cluster.api(1).verify_code(&fresh).await, "VALID");
+}
+
+/// Issue 19, item 2: every node refuses unknown secrets from its filter of known
+/// credentials, so a credential made on one node must be known to every other before its
+/// creation returns. Each path that makes a secret is tried on three nodes: the credential
+/// works on the other two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_new_credential_is_known_on_every_node_once_created() {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    use base64::Engine as _;
+    use keyward_core::secret::IssuedSecret;
+    use keyward_core::{Environment, KeyHash};
+
+    use crate::credentials::{now, sign, signed};
+
+    let Some(admin_url) = admin_url() else { return };
+    let database = TestDatabase::create(&admin_url).await.unwrap();
+    let url = database.url.clone();
+    let cluster =
+        Cluster::start(&["a", "b", "c"], database, &[url.clone(), url.clone(), url]).await;
+    let node_a = cluster.api(0);
+    let everywhere = 0..3;
+
+    // An API key, and a key imported with only its hash.
+    node_a.create_app("orders", &["read:orders"]).await;
+    let key = node_a.create_key("orders", json!({ "name": "made" })).await;
+    let imported =
+        IssuedSecret::generate("orders", Environment::Live, &mut rand::rngs::OsRng).unwrap();
+    let import = node_a
+        .post(
+            "/api/v1/apps/orders/keys/import",
+            json!({ "keys": [{ "hash": KeyHash::of(imported.expose()).to_hex(),
+                "keyward_format": true, "name": "imported" }] }),
+        )
+        .await;
+    assert_eq!(import.assert_status(200)["imported"], 1);
+    for node in everywhere.clone() {
+        let api = cluster.api(node);
+        assert_eq!(
+            api.verify_code(key["secret"].as_str().unwrap()).await,
+            "VALID"
+        );
+        assert_eq!(api.verify_code(imported.expose()).await, "VALID");
+    }
+
+    // A root key, and a demo sandbox's root key.
+    let root = node_a
+        .post(
+            "/api/v1/root-keys",
+            json!({ "name": "reader", "scopes": ["apps:read"] }),
+        )
+        .await;
+    let root_secret = root.assert_status(201)["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let demo = reqwest::Client::new()
+        .post(format!("{}/api/v1/demo/session", cluster.nodes[0].base))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(demo.status(), 201);
+    let demo_secret = demo.json::<serde_json::Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for node in everywhere.clone() {
+        let base = &cluster.nodes[node].base;
+        Api::new(base, &root_secret)
+            .get("/api/v1/apps")
+            .await
+            .assert_status(200);
+        Api::new(base, &demo_secret)
+            .get("/api/v1/apps")
+            .await
+            .assert_status(200);
+    }
+
+    // A workspace key, signing a call to each node.
+    let workspace = node_a
+        .post("/api/v1/workspace-keys", json!({ "name": "backend" }))
+        .await
+        .assert_status(201)
+        .clone();
+    let (workspace_id, workspace_secret) = (
+        workspace["id"].as_str().unwrap(),
+        workspace["secret"].as_str().unwrap(),
+    );
+    for node in everywhere.clone() {
+        // Another query each time: a signature is accepted once.
+        let query = format!("limit={}", node + 1);
+        let authorization = signed(
+            "GET",
+            "/api/v1/apps",
+            &query,
+            b"",
+            workspace_id,
+            workspace_secret,
+            now(),
+        );
+        let answer = reqwest::Client::new()
+            .get(format!("{}/api/v1/apps?{query}", cluster.nodes[node].base))
+            .header("authorization", authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "node {node}");
+    }
+
+    // A JWT public key with self-service, and a key an end user made with it.
+    let signer = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+    let pair = Ed25519KeyPair::from_pkcs8(signer.as_ref()).unwrap();
+    let jwk = json!({ "kty": "OKP", "crv": "Ed25519",
+        "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()) });
+    let public_key = node_a
+        .post(
+            "/api/v1/public-keys",
+            json!({ "type": "jwt", "public_key": jwk.to_string(), "algorithms": ["EdDSA"],
+                "self_service_app": "orders", "max_keys_per_user": 5 }),
+        )
+        .await
+        .assert_status(201)["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = sign(
+        jsonwebtoken::Algorithm::EdDSA,
+        None,
+        &jsonwebtoken::EncodingKey::from_ed_der(signer.as_ref()),
+        &json!({ "sub": "alice", "exp": now() + 600 }),
+    );
+    let self_made = reqwest::Client::new()
+        .post(format!("{}/api/v1/me/keys", cluster.nodes[0].base))
+        .header("x-api-key", &public_key)
+        .bearer_auth(&token)
+        .json(&json!({ "name": "laptop" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(self_made.status(), 201);
+    let self_made = self_made.json::<serde_json::Value>().await.unwrap();
+    for node in everywhere {
+        let api = cluster.api(node);
+        let verdict = api
+            .post(
+                "/api/v1/verify-request",
+                json!({ "method": "GET", "path": "/orders", "headers": {
+                    "X-API-Key": public_key, "Authorization": format!("Bearer {token}") } }),
+            )
+            .await
+            .assert_status(200)
+            .clone();
+        assert_eq!(verdict["valid"], true, "node {node}: {verdict:#}");
+        assert_eq!(
+            api.verify_code(self_made["secret"].as_str().unwrap()).await,
+            "VALID",
+            "node {node}"
+        );
+    }
 }

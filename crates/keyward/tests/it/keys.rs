@@ -553,3 +553,62 @@ async fn a_bounded_cache_evicts_and_never_forgets_a_revocation() {
     }
     server.stop().await;
 }
+
+/// Waits until a metric of the server reads `value`.
+pub(crate) async fn wait_for_metric(base: &str, name: &str, value: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while crate::testkit::metric(base, name).await != Some(value) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never reached {value}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 19, item 2: a well-formed secret with a valid checksum that does not exist is
+/// refused from memory, fresh on every request or repeated, as an API key to verify or as a
+/// root key on a management route: storage is read only for the filter's false positives.
+#[tokio::test]
+async fn unknown_well_formed_secrets_are_refused_without_reading_storage() {
+    use keyward_core::secret::{IssuedSecret, ROOT_KEY_PREFIX};
+    use keyward_core::Environment;
+
+    let server = TestServer::start().await;
+    let api = server.api();
+    wait_for_metric(&server.base, "keyward_verify_filter_ready", 1.0).await;
+    api.create_app("acme", &[]).await;
+    let real = api.create_key("acme", json!({"name": "real"})).await;
+    assert_eq!(api.verify_code(secret(&real)).await, "VALID");
+    let prefix = secret(&real).split("_live_").next().unwrap().to_owned();
+    let reads = || crate::testkit::metric(&server.base, "keyward_verify_storage_reads_total");
+    let refusals = || crate::testkit::metric(&server.base, "keyward_verify_filter_refusals_total");
+    let (reads_before, refusals_before) = (reads().await.unwrap(), refusals().await.unwrap());
+    const FRESH: usize = 150;
+    let mut rng = rand::rngs::OsRng;
+    for _ in 0..FRESH {
+        let unknown = IssuedSecret::generate(&prefix, Environment::Live, &mut rng).unwrap();
+        assert_eq!(api.verify_code(unknown.expose()).await, "INVALID_KEY");
+        let root = IssuedSecret::generate(ROOT_KEY_PREFIX, Environment::Live, &mut rng).unwrap();
+        let refused = server.api_with(root.expose()).get("/api/v1/apps").await;
+        assert_eq!(refused.status.as_u16(), 401, "{:#}", refused.body);
+    }
+    let repeated = IssuedSecret::generate(&prefix, Environment::Live, &mut rng).unwrap();
+    for _ in 0..50 {
+        assert_eq!(api.verify_code(repeated.expose()).await, "INVALID_KEY");
+    }
+    let read = reads().await.unwrap() - reads_before;
+    // 1% of unknown hashes pass the filter (its false-positive rate), each read once.
+    assert!(
+        read <= 12.0,
+        "{read} storage reads for {} unknown secrets",
+        2 * FRESH + 50
+    );
+    let refused = refusals().await.unwrap() - refusals_before;
+    assert!(refused >= (2 * FRESH) as f64 * 0.95, "{refused} refused");
+    // A secret made now is known at once, and the real key still verifies.
+    let fresh = api.create_key("acme", json!({"name": "new"})).await;
+    assert_eq!(api.verify_code(secret(&fresh)).await, "VALID");
+    assert_eq!(api.verify_code(secret(&real)).await, "VALID");
+    server.stop().await;
+}
