@@ -19,13 +19,13 @@ import os
 import random
 import re
 import statistics
-import string
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-import zlib
+
+from kwbench import keyward_secret
 
 BINARY = sys.argv[1]
 REVOCATIONS = int(sys.argv[2])
@@ -36,17 +36,6 @@ ADMIN_URL = os.environ.get("KEYWARD_BENCH_DATABASE_URL", "postgres://postgres@12
 SMALL_KEYS = 10_000
 SAMPLE = 6_000
 ROUNDS = 3
-ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
-
-
-def keyward_secret(prefix="bench", environment="live"):
-    """A secret in Keyward's format: 24 random base62 characters and a base62 CRC32."""
-    body = f"{prefix}_{environment}_" + "".join(random.choices(ALPHABET, k=24))
-    checksum, digits = zlib.crc32(body.encode()), []
-    for _ in range(6):
-        checksum, digit = divmod(checksum, 62)
-        digits.append(ALPHABET[digit])
-    return body + "".join(reversed(digits))
 
 
 def clean_env(**extra):

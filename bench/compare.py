@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 
-from kwbench import call, start_server, stop, wait_ready
+from kwbench import call, keyward_secret, metric, start_server, stop, wait_ready
 
 BINARY, SECONDS, RUNS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 # Envoy's reference ext_authz service that checks nothing (crates/keyward-server/examples).
@@ -39,7 +39,12 @@ SEEDED_KEYS = 10_000
 # uncached ES256 check costs ~50 µs), so that no token is verified twice in the whole
 # benchmark and the token cache never helps.
 TOKENS_PER_RUN = int(os.environ.get("KW_COMPARE_TOKENS_PER_RUN", SECONDS * 40_000))
+# Unknown well-formed keys, per run: more than a run can refuse, so none is sent twice.
+UNKNOWN_PER_RUN = SECONDS * 150_000
 CLOCK_TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
+# Credentials verification read from storage (what neither the cache nor the filter of
+# known credentials answered).
+READS = "keyward_verify_storage_reads_total"
 
 
 def free_port():
@@ -116,16 +121,27 @@ def wrk_once(url, script, expect_ok, env=None):
     return rps, latency("50"), latency("99"), requests
 
 
-def lua_script(directory, name, method="GET", headers=None, body=None, tokens_file=None):
+def lua_script(directory, name, method="GET", headers=None, body=None, tokens_file=None,
+               token_header=None):
     """A wrk script; with `tokens_file`, each request carries the next token of the file
-    in its body (the gateway request's Authorization header)."""
+    in its body where it says @@TOKEN@@ or, with `token_header`, as that header's bearer
+    credential."""
     path = os.path.join(directory, f"{name}.lua")
     lines = [f'wrk.method = "{method}"']
     for header, value in (headers or {}).items():
         lines.append(f"wrk.headers[{json.dumps(header)}] = {json.dumps(value)}")
     if body is not None and tokens_file is None:
         lines.append(f"wrk.body = {json.dumps(json.dumps(body))}")
-    if tokens_file:
+    if tokens_file and token_header:
+        lines.append(f"""
+local tokens = {{}}
+for line in io.lines({json.dumps(tokens_file)}) do tokens[#tokens + 1] = line end
+local next_token = tonumber(os.getenv("KW_TOKEN_OFFSET") or "0")
+request = function()
+  next_token = next_token % #tokens + 1
+  return wrk.format(nil, nil, {{[{json.dumps(token_header)}] = "Bearer " .. tokens[next_token]}})
+end""")
+    elif tokens_file:
         prefix, suffix = json.dumps(body).split("@@TOKEN@@")
         lines.append(f"""
 local tokens = {{}}
@@ -143,12 +159,15 @@ end""")
 
 class Case:
     def __init__(self, system, name, url, script, pid, expect_ok=True, tokens_per_run=None,
-                 keyward_pid=None):
+                 keyward_pid=None, reads_of=None):
         self.system, self.name, self.url, self.script = system, name, url, script
         self.pid, self.expect_ok = pid, expect_ok
         # A proxy asking Keyward: Keyward's own CPU per request is measured apart.
         self.keyward_pid = keyward_pid
         self.tokens_per_run = tokens_per_run
+        # A Keyward base URL: its storage reads by verification are counted per request.
+        self.reads_of = reads_of
+        self.reads_per_request = []
         self.runs = []
         self.started = 0
 
@@ -159,7 +178,11 @@ class Case:
         self.started += 1
         before = tree_cpu_us(self.pid)
         keyward_before = tree_cpu_us(self.keyward_pid) if self.keyward_pid else 0
+        reads_before = metric(self.reads_of, READS) if self.reads_of else 0
         rps, p50, p99, requests = wrk_once(self.url, self.script, self.expect_ok, env)
+        if self.reads_of:
+            reads = metric(self.reads_of, READS) - reads_before
+            self.reads_per_request.append((reads, requests))
         if self.tokens_per_run and requests > self.tokens_per_run:
             raise SystemExit(f"{self.name}: {requests} requests but {self.tokens_per_run} "
                              "tokens per run; raise KW_COMPARE_TOKENS_PER_RUN")
@@ -235,6 +258,26 @@ def keyward_cases(directory, public_pem, sign, cases, processes, binary=BINARY,
         print(f"(signed {fresh_tokens:,} fresh tokens in {time.time() - started:.0f} s)",
               file=sys.stderr)
 
+    # Well-formed keys with valid checksums that nobody issued, fresh on every request: API
+    # keys of the bench app's prefix, and root keys (issue 19, item 2).
+    unknown_files = {}
+    for kind, prefix in [("key", good.split("_live_")[0]), ("root", "sk")]:
+        path = os.path.join(directory, f"unknown-{kind}s.txt")
+        if not os.path.exists(path):
+            with open(path, "w") as out:
+                for _ in range(UNKNOWN_PER_RUN * (RUNS + 1)):
+                    out.write(keyward_secret(prefix) + "\n")
+        unknown_files[kind] = path
+    repeated_unknown = keyward_secret(good.split("_live_")[0])
+    # The reference for fresh unknown keys: valid keys read from a file the same way, so that
+    # wrk's per-request cost (a Lua call and a new body) is the same on both sides.
+    valid_file = os.path.join(directory, f"{system.replace(' ', '-')}-valid-keys.txt")
+    valid_keys = [call(base, root, "POST", "/api/v1/apps/bench/keys", {"name": f"v{n}"})["secret"]
+                  for n in range(1000)]
+    with open(valid_file, "w") as out:
+        for n in range(UNKNOWN_PER_RUN * (RUNS + 1)):
+            out.write(valid_keys[n % len(valid_keys)] + "\n")
+
     auth = {"Authorization": f"Bearer {root}", "Content-Type": "application/json"}
     verify = base + "/api/v1/keys/verify"
     gateway = base + "/api/v1/verify-request"
@@ -261,6 +304,21 @@ def keyward_cases(directory, public_pem, sign, cases, processes, binary=BINARY,
              lua_script(directory, tag + "-kw-good", "POST", auth, {"key": good}), pid),
         Case(system, "keys/verify, unknown key", verify,
              lua_script(directory, tag + "-kw-bad", "POST", auth, {"key": gone["secret"]}), pid),
+        Case(system, "keys/verify, valid keys from a file (reference for fresh keys)", verify,
+             lua_script(directory, tag + "-kw-valid-file", "POST", auth, {"key": "@@TOKEN@@"},
+                        tokens_file=valid_file), pid, tokens_per_run=UNKNOWN_PER_RUN),
+        Case(system, "keys/verify, a fresh unknown well-formed key each request", verify,
+             lua_script(directory, tag + "-kw-unknown-fresh", "POST", auth, {"key": "@@TOKEN@@"},
+                        tokens_file=unknown_files["key"]), pid,
+             tokens_per_run=UNKNOWN_PER_RUN, reads_of=base),
+        Case(system, "keys/verify, the same unknown well-formed key", verify,
+             lua_script(directory, tag + "-kw-unknown-repeated", "POST", auth,
+                        {"key": repeated_unknown}), pid, reads_of=base),
+        Case(system, "GET /api/v1/apps, a fresh unknown root key each request (401)",
+             base + "/api/v1/apps",
+             lua_script(directory, tag + "-kw-unknown-root", tokens_file=unknown_files["root"],
+                        token_header="Authorization"), pid, expect_ok=False,
+             tokens_per_run=UNKNOWN_PER_RUN, reads_of=base),
         Case(system, "keys/verify, rate limit + credits", verify,
              lua_script(directory, tag + "-kw-limited", "POST", auth, {"key": limited}), pid),
         Case(system, "verify-request, pk_jwt + ES256 JWT, warm", gateway,
@@ -483,6 +541,23 @@ def report(cases):
                 base = by_name[("Keyward (baseline)", case.name)]
                 print(f"| {case.name} | {case.median(0) / base.median(0):.3f}× "
                       f"| {case.median(3) / base.median(3):.3f}× |")
+    # Unknown keys answered from memory (issue 19, item 2).
+    print("\n| unknown well-formed keys | ratio or count | target |")
+    print("|---|---|---|")
+    from_file = rps("Keyward", "keys/verify, valid keys from a file (reference for fresh keys)")
+    for label, name, reference in [
+            ("fresh unknown key / valid keys sent the same way, req/s",
+             "keys/verify, a fresh unknown well-formed key each request", from_file),
+            ("repeated unknown key / valid key, req/s",
+             "keys/verify, the same unknown well-formed key", verify)]:
+        print(f"| {label} | {rps('Keyward', name) / reference:.2f}× | ≥ 0.9× |")
+    for case in cases:
+        if case.system == "Keyward" and case.reads_of:
+            reads = sum(reads for reads, _ in case.reads_per_request)
+            requests = sum(requests for _, requests in case.reads_per_request)
+            print(f"| storage reads, {case.name} | {reads:,.0f} in {requests:,} requests "
+                  f"({reads / max(requests, 1):.4f} per request) | the filter's false "
+                  f"positives only (~0.01 per fresh key) |")
     if ONLY == "keyward":
         return
     targets = [

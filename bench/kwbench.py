@@ -6,10 +6,35 @@ measured in the same run, because absolute numbers on shared machines drift."""
 
 import json
 import os
+import random
 import re
+import string
 import subprocess
 import time
 import urllib.request
+import zlib
+
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+
+def keyward_secret(prefix="bench", environment="live"):
+    """A secret in Keyward's format that nobody issued: 24 random base62 characters and a
+    base62 CRC32, so that it passes every check but existence."""
+    body = f"{prefix}_{environment}_" + "".join(random.choices(BASE62, k=24))
+    checksum, digits = zlib.crc32(body.encode()), []
+    for _ in range(6):
+        checksum, digit = divmod(checksum, 62)
+        digits.append(BASE62[digit])
+    return body + "".join(reversed(digits))
+
+
+def metric(base, name):
+    """One of a node's Prometheus metrics, or None."""
+    with urllib.request.urlopen(base + "/metrics") as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
 
 
 def start_server(binary, data_dir, env=None, name="a"):

@@ -355,7 +355,17 @@ impl Coherence {
 pub struct Cluster {
     node_id: String,
     pool: PgPool,
-    listener_pool: PgPool,
+    /// Where each listening session connects: every session opens a pool of its own, so
+    /// that a connection that died in silence, whose `UNLISTEN *` on drop may wait for TCP
+    /// to give up, never holds the slot the next session needs.
+    listener_connect: PgConnectOptions,
+    lease: Duration,
+    /// The current session's pool, closed when the node leaves.
+    listener_pool: Mutex<Option<PgPool>>,
+    /// Whether this node hears announcements now. A node that does not must let its lease
+    /// run out rather than renew it, so that changes stop waiting for it (its cache is
+    /// distrusted meanwhile).
+    listening: std::sync::atomic::AtomicBool,
     /// Each node's latest acknowledgements, with when they arrived.
     acks: Mutex<HashMap<String, VecDeque<(u64, Instant)>>>,
     ack_arrived: Notify,
@@ -387,29 +397,16 @@ impl Cluster {
         let connect_options = PgConnectOptions::from_str(url)?
             .application_name(&format!("keyward_{node_id}"))
             .disable_statement_logging();
-        let pool_options = |size: u32| {
-            PgPoolOptions::new()
-                .max_connections(size)
-                .acquire_timeout(options.lease)
-                .after_connect(|connection, _| {
-                    Box::pin(async move {
-                        connection
-                            .execute(crate::sql::POSTGRES_SESSION_SETTINGS)
-                            .await
-                            .map(drop)
-                    })
-                })
-        };
-        let pool = pool_options(2)
+        let pool = protocol_pool(2, options.lease)
             .connect_with(connect_options.clone())
             .await?;
-        // The notification connection has a pool of its own, so that it can never take the
-        // slot heartbeats and acknowledgements need.
-        let listener_pool = pool_options(1).connect_lazy_with(connect_options);
         let cluster = Arc::new(Self {
             node_id: node_id.to_owned(),
             pool,
-            listener_pool,
+            listener_connect: connect_options,
+            lease: options.lease,
+            listener_pool: Mutex::new(None),
+            listening: std::sync::atomic::AtomicBool::new(false),
             acks: Mutex::new(HashMap::new()),
             ack_arrived: Notify::new(),
             tasks: Mutex::new(Vec::new()),
@@ -508,7 +505,14 @@ impl Cluster {
             tracing::warn!(%error, "could not leave the cluster; others wait out this lease");
         }
         self.pool.close().await;
-        self.listener_pool.close().await;
+        let listener_pool = self
+            .listener_pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(listener_pool) = listener_pool {
+            listener_pool.close().await;
+        }
     }
 
     fn ping_channel(&self) -> String {
@@ -531,6 +535,9 @@ impl Cluster {
         let mut failing = false;
         loop {
             ticks.tick().await;
+            if !self.listening.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
             number += 1;
             {
                 let mut pending = pings
@@ -649,9 +656,20 @@ impl Cluster {
         let mut history = History::default();
         let mut backoff = Duration::from_millis(50);
         loop {
+            self.listening
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             cache.distrust();
             let session = async {
-                let mut listener = PgListener::connect_with(&self.listener_pool).await?;
+                // The notification connection has a pool of its own, so that it can never
+                // take the slot heartbeats and acknowledgements need; a fresh one per session.
+                let listener_pool =
+                    protocol_pool(1, self.lease).connect_lazy_with(self.listener_connect.clone());
+                *self
+                    .listener_pool
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(listener_pool.clone());
+                let mut listener = PgListener::connect_with(&listener_pool).await?;
                 listener.ignore_pool_close_event(true);
                 listener
                     .listen_all([INVALIDATION_CHANNEL, ACK_CHANNEL, &self.ping_channel()])
@@ -673,6 +691,8 @@ impl Cluster {
                 }
             };
             backoff = Duration::from_millis(50);
+            self.listening
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::debug!("listening for cluster changes");
             loop {
                 // Pings arrive several times per lease; silence for two leases means the
@@ -875,6 +895,22 @@ impl Cluster {
         history.seq = Some(latest);
         Ok(())
     }
+}
+
+/// A pool for the protocol's own connections, with the session settings that end what a
+/// stalled node leaves behind (see `sql::POSTGRES_SESSION_SETTINGS`).
+fn protocol_pool(size: u32, lease: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(lease)
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                connection
+                    .execute(crate::sql::POSTGRES_SESSION_SETTINGS)
+                    .await
+                    .map(drop)
+            })
+        })
 }
 
 fn warn_counter_went_back(applied: u64, seq: u64) {

@@ -770,3 +770,102 @@ async fn every_new_credential_is_known_on_every_node_once_created() {
         );
     }
 }
+
+/// Issue 19, "Also": a node that cannot hear announcements must not renew its lease, or every
+/// change waits a lease for its acknowledgement. Node B runs as a role of its own; its
+/// notification connection is killed and the role may open no new connection, while B's
+/// other connections (heartbeats among them) stay up. Once B's lease has run out, a revoke on
+/// A waits for nobody, and B, verifying from storage, refuses the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_cannot_listen_lets_its_lease_run_out() {
+    use sqlx::Connection;
+
+    let Some(admin_url) = admin_url() else { return };
+    let database = TestDatabase::create(&admin_url).await.unwrap();
+    let url = database.url.clone();
+    let mut cluster = Cluster::start(&["a"], database, std::slice::from_ref(&url)).await;
+    let role = format!("keyward_deaf_{}", std::process::id());
+    let mut owner = sqlx::PgConnection::connect(&url).await.unwrap();
+    for statement in [
+        format!("DROP ROLE IF EXISTS {role}"),
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT ALL ON SCHEMA public TO {role}"),
+        format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"),
+        format!("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::query(&statement).execute(&mut owner).await.unwrap();
+    }
+    let as_role = url.replacen("://postgres@", &format!("://{role}@"), 1);
+    assert_ne!(
+        as_role, url,
+        "the test database URL names the postgres user"
+    );
+    let node_b = Cluster::start_node(cluster._dir.path(), "b", &as_role);
+    cluster.nodes.push(node_b);
+    cluster.wait_until_caching(1).await;
+    let (node_a, node_b) = (cluster.api(0), cluster.api(1));
+    let (id, secret) = issue_key(&node_a, "deaf").await;
+    assert_eq!(node_b.verify_code(&secret).await, "VALID");
+
+    sqlx::query(&format!("ALTER ROLE {role} CONNECTION LIMIT 0"))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE usename = $1 AND query LIKE 'LISTEN%') AS terminated",
+    )
+    .bind(&role)
+    .fetch_one(&mut owner)
+    .await
+    .unwrap();
+    // The cluster's, and the event stream's.
+    assert!(killed >= 1, "found B's notification connection");
+    // B's last renewal ends within a lease (and a heartbeat) of the kill.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let lapses = || {
+        crate::testkit::metric(
+            &cluster.nodes[0].base,
+            "keyward_cluster_propagation_lapses_total",
+        )
+    };
+    let lapsed_before = lapses().await.unwrap_or(0.0);
+    node_a
+        .post(&format!("/api/v1/keys/{id}/revoke"), json!({}))
+        .await
+        .assert_status(200);
+    assert_eq!(
+        lapses().await.unwrap_or(0.0),
+        lapsed_before,
+        "the revoke waited for a node that could not hear it"
+    );
+    // B never accepts it: it verifies from storage, or cannot and says so.
+    let code = node_b
+        .post("/api/v1/keys/verify", json!({ "key": secret }))
+        .await;
+    assert_ne!(code.body["code"], "VALID", "{:#}", code.body);
+
+    sqlx::query(&format!("ALTER ROLE {role} CONNECTION LIMIT -1"))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    cluster.wait_until_caching(1).await;
+    assert_eq!(node_b.verify_code(&secret).await, "KEY_REVOKED");
+    drop(cluster.nodes.pop());
+    sqlx::query(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ))
+    .execute(&mut owner)
+    .await
+    .unwrap();
+    sqlx::query(&format!("DROP OWNED BY {role}"))
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    owner.close().await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
