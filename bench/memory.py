@@ -43,22 +43,25 @@ def metric(base, name):
     return float(match.group(1)) if match else None
 
 
-def wrk(base, root, keys, seconds, directory):
-    """req/s verifying a random key of the first `keys` each request."""
-    script = os.path.join(directory, f"random-{keys}.lua")
+def wrk(base, root, keys, seconds, directory, unknown=False):
+    """(req/s, requests) verifying a random key of the first `keys` each request, or with
+    `unknown`, a random key that does not exist (`memkey-u<n>`)."""
+    name = "u" if unknown else ""
+    script = os.path.join(directory, f"random-{name}{keys}.lua")
     with open(script, "w") as out:
         out.write(f"""wrk.method = "POST"
 wrk.headers["Authorization"] = "Bearer {root}"
 wrk.headers["Content-Type"] = "application/json"
 math.randomseed(os.time())
 request = function()
-  return wrk.format(nil, nil, nil, '{{"key":"memkey-' .. math.random(0, {keys - 1}) .. '"}}')
+  return wrk.format(nil, nil, nil, '{{"key":"memkey-{name}' .. math.random(0, {keys - 1}) .. '"}}')
 end
 """)
     output = subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", script,
                              f"{base}/api/v1/keys/verify"], capture_output=True, text=True,
                             check=True).stdout
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)), requests
 
 
 def main():
@@ -93,22 +96,33 @@ def main():
             ANALYZE;""")
         print(f"(wrote {KEYS:,} keys in {time.time() - started:.0f} s)", file=sys.stderr)
 
+        started = time.time()
         process, base, _ = start_server(BINARY, os.path.join(directory, "data"), env=env)
         wait_ready(base)
         pid = process.pid
         after_start = rss_mb(pid)
-        # The small set first: warm, then measured; then the large one, warmed until every
-        # key has had its chance to be loaded, then measured.
+        # The filter of known credentials is built from storage in the background.
+        while metric(base, "keyward_verify_filter_ready") != 1:
+            time.sleep(0.2)
+        filter_built = time.time() - started
+        filter_bytes = metric(base, "keyward_verify_filter_bytes")
+        filter_rss = rss_mb(pid)
+        # The small set first: warm, then measured; then unknown keys (each a fresh random
+        # one: only the filter's false positives read storage); then the large set, warmed
+        # until every key has had its chance to be loaded, then measured.
         wrk(base, root, SMALL_SET, 5, directory)
-        small = wrk(base, root, SMALL_SET, SECONDS, directory)
+        small, _ = wrk(base, root, SMALL_SET, SECONDS, directory)
         small_rss = rss_mb(pid)
+        reads_before = metric(base, "keyward_verify_storage_reads_total")
+        unknown, unknown_requests = wrk(base, root, 2**31 - 1, SECONDS, directory, unknown=True)
+        unknown_reads = metric(base, "keyward_verify_storage_reads_total") - reads_before
         started = time.time()
         while time.time() - started < 600:
             wrk(base, root, WORKING_SET, 20, directory)
-            loaded = metric(base, "keyward_verify_cache_misses_total") or 0
+            loaded = metric(base, "keyward_verify_storage_reads_total") or 0
             if loaded >= WORKING_SET:
                 break
-        large = wrk(base, root, WORKING_SET, SECONDS, directory)
+        large, _ = wrk(base, root, WORKING_SET, SECONDS, directory)
         large_rss = rss_mb(pid)
         weighted = metric(base, "keyward_verify_cache_weighted_bytes")
         entries = metric(base, "keyward_verify_cache_entries")
@@ -119,9 +133,15 @@ def main():
         print("| | req/s | RSS after |")
         print("|---|---|---|")
         print(f"| started, nothing verified | | {after_start:.0f} MB |")
+        print(f"| filter of known credentials built ({filter_built:.0f} s after start, "
+              f"{filter_bytes / 2**20:.1f} MiB) | | {filter_rss:.0f} MB |")
         print(f"| random keys of {SMALL_SET:,} | {small:,.0f} | {small_rss:.0f} MB |")
+        print(f"| random unknown keys (a fresh one each request) | {unknown:,.0f} | |")
         print(f"| random keys of {WORKING_SET:,} | {large:,.0f} | {large_rss:.0f} MB |")
-        print(f"\nworking set / small set: {large / small:.2f}×; cache: {entries:,.0f} entries, "
+        print(f"\nworking set / small set: {large / small:.2f}×; unknown keys / small set: "
+              f"{unknown / small:.2f}×, {unknown_reads:,.0f} storage reads in "
+              f"{unknown_requests:,} requests ({unknown_reads / unknown_requests:.2%}: the "
+              f"filter's false positives); cache: {entries:,.0f} entries, "
               f"{weighted / 2**20:.0f} MiB weighted, {evictions:,.0f} evictions")
     finally:
         psql(ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

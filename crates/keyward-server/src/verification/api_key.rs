@@ -88,17 +88,7 @@ impl Verification {
                     .cache
                     .get_or_load(hash, || async move {
                         Ok::<_, VerificationError>(store.find_key(hash).await?.map(|found| {
-                            CachedKey {
-                                meters: crate::usage::KeyMeters::new(
-                                    &found.key.id,
-                                    &found.key.tenancy,
-                                    found.key.organization_id.as_deref(),
-                                ),
-                                policy: found.policy,
-                                key: found.key,
-                                secret_expires_at: found.secret.expires_at,
-                                last_used_queued_at: AtomicI64::new(i64::MIN),
-                            }
+                            CachedKey::new(found.key, found.policy, found.secret.expires_at)
                         }))
                     })
                     .await?;

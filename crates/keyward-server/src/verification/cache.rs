@@ -48,6 +48,23 @@ pub struct CachedKey {
     pub(crate) last_used_queued_at: AtomicI64,
 }
 
+impl CachedKey {
+    /// A key as storage gave it, with its meters named.
+    pub fn new(key: ApiKey, policy: UsagePolicy, secret_expires_at: Option<Timestamp>) -> Self {
+        Self {
+            meters: crate::usage::KeyMeters::new(
+                &key.id,
+                &key.tenancy,
+                key.organization_id.as_deref(),
+            ),
+            key,
+            policy,
+            secret_expires_at,
+            last_used_queued_at: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct CachedRootKey {
     pub key: RootKey,
@@ -111,67 +128,75 @@ pub enum Entry {
 
 impl Entry {
     /// Roughly what the entry holds in memory, for the cache's bound: the structs, their
-    /// text and lists, the map slot. Exact to within tens of bytes, which is what a bound
-    /// in megabytes needs.
+    /// text and lists, the cache's own bookkeeping. Calibrated against resident memory with
+    /// `examples/cache_footprint.rs` (within a few per cent for a typical API key), so that
+    /// the bound in bytes is one the process's memory follows.
     fn approximate_bytes(&self) -> usize {
-        const SLOT: usize = 128; // moka's entry, key, policy and map overhead
-        let texts = |texts: &[&str]| texts.iter().map(|text| text.len()).sum::<usize>();
-        let optional = |text: &Option<String>| text.as_deref().map_or(0, str::len);
+        // moka's per-entry bookkeeping: its map bucket, the key's `Arc`, the value entry, its
+        // entry info and access-order node (measured: about 300 bytes).
+        const SLOT: usize = 300;
+        // What the allocator adds to a heap block: its size class's rounding, on average.
+        const BLOCK: usize = 8;
+        // The `Arc`'s counts around the cached struct.
+        const ARC: usize = 16;
+        let heap = |len: usize| if len == 0 { 0 } else { len + BLOCK };
+        let texts = |texts: &[&str]| texts.iter().map(|text| heap(text.len())).sum::<usize>();
+        let optional = |text: &Option<String>| text.as_deref().map_or(0, |text| heap(text.len()));
         let listed = |list: &[String]| {
-            list.iter()
-                .map(|text| text.len() + std::mem::size_of::<String>())
-                .sum::<usize>()
+            heap(list.len() * std::mem::size_of::<String>())
+                + list.iter().map(|text| heap(text.len())).sum::<usize>()
         };
-        let windows = |windows: &[RateWindow]| std::mem::size_of_val(windows);
-        SLOT + match self {
-            Entry::Key(cached) => {
-                let key = &cached.key;
-                std::mem::size_of::<CachedKey>()
-                    + texts(&[&key.id, &key.app_id, &key.app_slug, &key.name, &key.start])
-                    + texts(&[&key.tenancy.workspace_id, &cached.meters.key])
-                    + optional(&key.owner_user_id)
-                    + optional(&key.organization_id)
-                    + optional(&key.rate_limit_scheme)
-                    + optional(&cached.meters.organization)
-                    + listed(&key.permissions)
-                    + if key.meta.is_empty() {
-                        0
-                    } else {
-                        serde_json::to_vec(&key.meta).map_or(0, |bytes| 2 * bytes.len())
-                    }
-                    + windows(&cached.policy.windows)
-                    + cached
-                        .policy
-                        .organization
-                        .as_ref()
-                        .map_or(0, |organization| {
-                            std::mem::size_of_val(organization)
-                                + organization.id.len()
-                                + windows(&organization.windows)
-                        })
-            }
-            Entry::Root(cached) => {
-                std::mem::size_of::<CachedRootKey>()
-                    + texts(&[&cached.key.id, &cached.key.name, &cached.key.start])
-                    + texts(&[&cached.key.tenancy.workspace_id, &cached.meter])
-                    + windows(&cached.windows)
-            }
-            Entry::Public(cached) => {
-                std::mem::size_of::<CachedPublicKey>()
+        let windows = |windows: &[RateWindow]| heap(std::mem::size_of_val(windows));
+        SLOT + ARC
+            + match self {
+                Entry::Key(cached) => {
+                    let key = &cached.key;
+                    std::mem::size_of::<CachedKey>()
+                        + texts(&[&key.id, &key.app_id, &key.app_slug, &key.name, &key.start])
+                        + texts(&[&key.tenancy.workspace_id, &cached.meters.key])
+                        + optional(&key.owner_user_id)
+                        + optional(&key.organization_id)
+                        + optional(&key.rate_limit_scheme)
+                        + optional(&cached.meters.organization)
+                        + listed(&key.permissions)
+                        + if key.meta.is_empty() {
+                            0
+                        } else {
+                            serde_json::to_vec(&key.meta).map_or(0, |bytes| 2 * bytes.len())
+                        }
+                        + windows(&cached.policy.windows)
+                        + cached
+                            .policy
+                            .organization
+                            .as_ref()
+                            .map_or(0, |organization| {
+                                std::mem::size_of_val(organization)
+                                    + organization.id.len()
+                                    + windows(&organization.windows)
+                            })
+                }
+                Entry::Root(cached) => {
+                    std::mem::size_of::<CachedRootKey>()
+                        + texts(&[&cached.key.id, &cached.key.name, &cached.key.start])
+                        + texts(&[&cached.key.tenancy.workspace_id, &cached.meter])
+                        + windows(&cached.windows)
+                }
+                Entry::Public(cached) => {
+                    std::mem::size_of::<CachedPublicKey>()
                     + std::mem::size_of_val(&cached.key)
                     + windows(&cached.windows)
                     // Parsed keys: a modulus or a point, and their JWK fields.
                     + cached.verification_keys.len() * 1024
+                }
+                Entry::Workspace(cached) => {
+                    std::mem::size_of::<CachedWorkspaceKey>()
+                        + std::mem::size_of_val(&cached.key)
+                        + cached.secrets.len() * 128
+                        + windows(&cached.windows)
+                        + cached.meter.len()
+                }
+                Entry::Absent(_) => 0,
             }
-            Entry::Workspace(cached) => {
-                std::mem::size_of::<CachedWorkspaceKey>()
-                    + std::mem::size_of_val(&cached.key)
-                    + cached.secrets.len() * 128
-                    + windows(&cached.windows)
-                    + cached.meter.len()
-            }
-            Entry::Absent(_) => 0,
-        }
     }
 }
 
