@@ -3,7 +3,6 @@
 //! everything before them passed. The outcome is counted in `/metrics`, queued for usage
 //! analytics and, when valid, for `last_used_at`: never waited for.
 
-use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use keyward_core::model::Tenancy;

@@ -143,7 +143,7 @@ impl Entry {
         let texts = |texts: &[&str]| texts.iter().map(|text| heap(text.len())).sum::<usize>();
         let optional = |text: &Option<String>| text.as_deref().map_or(0, |text| heap(text.len()));
         let listed = |list: &[String]| {
-            heap(list.len() * std::mem::size_of::<String>())
+            heap(std::mem::size_of_val(list))
                 + list.iter().map(|text| heap(text.len())).sum::<usize>()
         };
         let windows = |windows: &[RateWindow]| heap(std::mem::size_of_val(windows));
