@@ -3,7 +3,9 @@
 //! process's resident memory with the cache's weighted size. Used to keep the weigher, and
 //! so `KEYWARD_CACHE_MAX_BYTES`, honest (docs/benchmarks.md, issue 19).
 //!
-//! `cargo run --release -p keyward-server --example cache_footprint [keys]`
+//! `cargo run --release -p keyward-server --example cache_footprint [keys] [budget-bytes]`:
+//! with a budget, the cache is bounded and the keys pass through it (evictions included),
+//! and resident memory is compared with the budget instead.
 
 use keyward_core::model::{ApiKey, Environment, Tenancy, UsagePolicy};
 use keyward_core::{KeyHash, Timestamp};
@@ -61,8 +63,9 @@ async fn main() {
         .nth(1)
         .and_then(|arg| arg.parse().ok())
         .unwrap_or(300_000);
+    let budget: Option<u64> = std::env::args().nth(2).and_then(|arg| arg.parse().ok());
     let cache = VerificationCache::new(
-        u64::MAX / 2,
+        budget.unwrap_or(u64::MAX / 2),
         CacheCounters::default(),
         KnownCredentials::new(FilterCounters::default()),
     );
@@ -76,6 +79,15 @@ async fn main() {
     cache.run_pending_tasks();
     let resident = rss_bytes().saturating_sub(before);
     let (weighted, _) = cache.weighted_bytes();
+    if let Some(budget) = budget {
+        println!(
+            "{keys} keys through a {budget}-byte cache: {} held, weighing {weighted} bytes; \
+             resident {resident} bytes ({:.2}× the budget)",
+            cache.len(),
+            resident as f64 / budget as f64
+        );
+        return;
+    }
     // The keys alone, without the cache around them.
     let before = rss_bytes();
     let _alone: Vec<std::sync::Arc<CachedKey>> = (0..keys)

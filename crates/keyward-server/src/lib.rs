@@ -313,12 +313,16 @@ impl Server {
         let verification = Arc::new(Verification {
             store: Arc::clone(&store),
             cache: Arc::new(VerificationCache::new(
-                config.cache_max_bytes,
+                config.cache_max_bytes
+                    - config.cache_max_bytes / verification::tokens::TOKEN_CACHE_SHARE,
                 metrics.cache_counters.clone(),
                 KnownCredentials::new(metrics.filter_counters.clone()),
             )),
             limiter,
-            tokens: TokenVerifier::new(Arc::new(JwksCache::new(config.jwks.clone()))),
+            tokens: TokenVerifier::new(
+                Arc::new(JwksCache::new(config.jwks.clone())),
+                config.cache_max_bytes / verification::tokens::TOKEN_CACHE_SHARE,
+            ),
             replay: verification::LocalSeenSignatures::default(),
             usage_log,
             last_used,

@@ -7,7 +7,6 @@ pub mod jwks;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -18,8 +17,9 @@ use keyward_core::Timestamp;
 use super::cache::CachedPublicKey;
 use jwks::{JwksCache, JwksError};
 
-/// Verified tokens kept at most; beyond, expired ones are dropped, then everything.
-const MAX_CACHED_TOKENS: usize = 100_000;
+/// The share of `KEYWARD_CACHE_MAX_BYTES` verified tokens may hold; the verification cache
+/// has the rest.
+pub const TOKEN_CACHE_SHARE: u64 = 8;
 
 /// A public key that can verify signatures, with the `kid` it is known by.
 #[derive(Clone)]
@@ -239,18 +239,42 @@ struct CachedToken {
     identity: Arc<TokenIdentity>,
 }
 
-/// Checks tokens, remembering verified ones until their `exp`.
+impl CachedToken {
+    /// What the entry holds, with moka's bookkeeping (as the verification cache counts it).
+    fn approximate_bytes(&self) -> u32 {
+        let identity = &self.identity;
+        let bytes = 300
+            + std::mem::size_of::<Self>()
+            + self.token.len()
+            + std::mem::size_of::<TokenIdentity>()
+            + identity.subject.len()
+            + identity.tenant.as_deref().map_or(0, str::len)
+            + identity
+                .permissions
+                .iter()
+                .map(|permission| permission.len() + std::mem::size_of::<String>())
+                .sum::<usize>();
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// Checks tokens, remembering verified ones until their `exp` within a bound in bytes
+/// (moka, TinyLFU admission: a flood of fresh tokens does not push out the hot ones). An
+/// expired token's entry never answers; it waits to be evicted.
 pub struct TokenVerifier {
     jwks: Arc<JwksCache>,
-    cache: DashMap<u64, CachedToken>,
+    cache: moka::sync::Cache<u64, Arc<CachedToken>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl TokenVerifier {
-    pub fn new(jwks: Arc<JwksCache>) -> Self {
+    pub fn new(jwks: Arc<JwksCache>, max_bytes: u64) -> Self {
         Self {
             jwks,
-            cache: DashMap::new(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_: &u64, token: &Arc<CachedToken>| token.approximate_bytes())
+                .build(),
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
@@ -258,7 +282,7 @@ impl TokenVerifier {
     /// Drops every verified token, so the next check of each verifies its signature again
     /// (benchmarks measure the cold path this way).
     pub fn forget_tokens(&self) {
-        self.cache.clear();
+        self.cache.invalidate_all();
     }
 
     pub fn jwks(&self) -> &Arc<JwksCache> {
@@ -295,23 +319,14 @@ impl TokenVerifier {
         public_key: &Arc<CachedPublicKey>,
         token: &str,
         identity: &Arc<TokenIdentity>,
-        now: Timestamp,
     ) {
-        if self.cache.len() >= MAX_CACHED_TOKENS {
-            let now_seconds = now.as_millis().div_euclid(1000);
-            self.cache
-                .retain(|_, entry| entry.identity.expires_at > now_seconds - LEEWAY_SECONDS);
-            if self.cache.len() >= MAX_CACHED_TOKENS {
-                self.cache.clear();
-            }
-        }
         self.cache.insert(
             self.slot(&public_key.key.id, token),
-            CachedToken {
+            Arc::new(CachedToken {
                 public_key: Arc::downgrade(public_key),
                 token: token.into(),
                 identity: Arc::clone(identity),
-            },
+            }),
         );
     }
 
@@ -352,7 +367,7 @@ impl TokenVerifier {
             }
         };
         let identity = Arc::new(jwt_identity(&claims, settings, now)?);
-        self.remember(public_key, token, &identity, now);
+        self.remember(public_key, token, &identity);
         Ok(identity)
     }
 
@@ -386,7 +401,7 @@ impl TokenVerifier {
             permissions: Vec::new(),
             expires_at: subscriber.expires_at,
         });
-        self.remember(public_key, token, &identity, now);
+        self.remember(public_key, token, &identity);
         Ok(identity)
     }
 }
