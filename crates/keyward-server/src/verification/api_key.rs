@@ -56,8 +56,12 @@ impl Verification {
         required: Option<&PermissionQuery>,
         now: Timestamp,
     ) -> InMemory {
-        let Some(hash) = api_key_hash(tenancy, presented, self.cache.foreign_secrets_present())
-        else {
+        // A string in another format is looked up only if imported secrets may be in another
+        // format, or if the filter of known credentials can refuse it from memory (which also
+        // knows a foreign secret imported on another node a moment ago).
+        let look_up_foreign =
+            || self.cache.foreign_secrets_present() || self.cache.known.is_ready();
+        let Some(hash) = api_key_hash(tenancy, presented, look_up_foreign) else {
             return InMemory::Decided(VerifyCode::InvalidKey, None);
         };
         match self
@@ -194,7 +198,12 @@ pub(crate) fn usage_code(usage: Option<&Decision>) -> VerifyCode {
 }
 
 /// The hash to look a presented API key up by; `None` when it can be refused unread.
-fn api_key_hash(tenancy: &Tenancy, presented: &str, foreign_secrets: bool) -> Option<KeyHash> {
+/// `look_up_foreign` says whether a string in another format is worth a look-up.
+fn api_key_hash(
+    tenancy: &Tenancy,
+    presented: &str,
+    look_up_foreign: impl FnOnce() -> bool,
+) -> Option<KeyHash> {
     match ParsedKey::parse(presented) {
         // Root keys are never verified as API keys, and a key names its environment:
         // neither needs a look-up to refuse.
@@ -202,7 +211,7 @@ fn api_key_hash(tenancy: &Tenancy, presented: &str, foreign_secrets: bool) -> Op
         Ok(parsed) => Some(parsed.hash()),
         // Keyward's own shape with a wrong checksum is a typo, whatever was imported.
         Err(KeyFormatError::BadChecksum) => None,
-        Err(_) if foreign_secrets && plausible_secret(presented) => Some(KeyHash::of(presented)),
+        Err(_) if plausible_secret(presented) && look_up_foreign() => Some(KeyHash::of(presented)),
         Err(_) => None,
     }
 }
@@ -243,15 +252,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn foreign_strings_are_refused_unread_until_foreign_secrets_exist() {
+    fn foreign_strings_are_refused_unread_unless_worth_a_look_up() {
         let tenancy = Tenancy {
             workspace_id: "ws_1".to_owned(),
             environment: keyward_core::Environment::Live,
         };
         let foreign = "legacy_0123456789abcdef";
-        assert_eq!(api_key_hash(&tenancy, foreign, false), None);
+        assert_eq!(api_key_hash(&tenancy, foreign, || false), None);
         assert_eq!(
-            api_key_hash(&tenancy, foreign, true),
+            api_key_hash(&tenancy, foreign, || true),
             Some(KeyHash::of(foreign))
         );
         // Keyward's shape with a bad checksum, too short, or not printable: still refused
@@ -267,7 +276,7 @@ mod tests {
         let last = typo.pop().unwrap();
         typo.push(if last == 'x' { 'y' } else { 'x' });
         for refused in [typo.as_str(), "short", "has a space in it"] {
-            assert_eq!(api_key_hash(&tenancy, refused, true), None, "{refused}");
+            assert_eq!(api_key_hash(&tenancy, refused, || true), None, "{refused}");
         }
     }
 }

@@ -637,14 +637,19 @@ async fn every_new_credential_is_known_on_every_node_once_created() {
     let key = node_a.create_key("orders", json!({ "name": "made" })).await;
     let imported =
         IssuedSecret::generate("orders", Environment::Live, &mut rand::rngs::OsRng).unwrap();
+    // A secret another system issued, in its own format: the first such import anywhere.
+    let legacy = "legacy_8f3kQ2mZ7vX1pL9tR4wY6nB0";
     let import = node_a
         .post(
             "/api/v1/apps/orders/keys/import",
-            json!({ "keys": [{ "hash": KeyHash::of(imported.expose()).to_hex(),
-                "keyward_format": true, "name": "imported" }] }),
+            json!({ "keys": [
+                { "hash": KeyHash::of(imported.expose()).to_hex(), "keyward_format": true,
+                  "name": "imported" },
+                { "hash": KeyHash::of(legacy).to_hex(), "name": "legacy" },
+            ] }),
         )
         .await;
-    assert_eq!(import.assert_status(200)["imported"], 1);
+    assert_eq!(import.assert_status(200)["imported"], 2);
     for node in everywhere.clone() {
         let api = cluster.api(node);
         assert_eq!(
@@ -652,6 +657,7 @@ async fn every_new_credential_is_known_on_every_node_once_created() {
             "VALID"
         );
         assert_eq!(api.verify_code(imported.expose()).await, "VALID");
+        assert_eq!(api.verify_code(legacy).await, "VALID", "node {node}");
     }
 
     // A root key, and a demo sandbox's root key.
