@@ -583,29 +583,39 @@ async fn unknown_well_formed_secrets_are_refused_without_reading_storage() {
     let prefix = secret(&real).split("_live_").next().unwrap().to_owned();
     let reads = || crate::testkit::metric(&server.base, "keyward_verify_storage_reads_total");
     let refusals = || crate::testkit::metric(&server.base, "keyward_verify_filter_refusals_total");
-    let (reads_before, refusals_before) = (reads().await.unwrap(), refusals().await.unwrap());
     const FRESH: usize = 150;
     let mut rng = rand::rngs::OsRng;
-    for _ in 0..FRESH {
-        let unknown = IssuedSecret::generate(&prefix, Environment::Live, &mut rng).unwrap();
-        assert_eq!(api.verify_code(unknown.expose()).await, "INVALID_KEY");
-        let root = IssuedSecret::generate(ROOT_KEY_PREFIX, Environment::Live, &mut rng).unwrap();
-        let refused = server.api_with(root.expose()).get("/api/v1/apps").await;
-        assert_eq!(refused.status.as_u16(), 401, "{:#}", refused.body);
+    // On PostgreSQL a loaded machine can let the node's lease lapse for a moment, and then it
+    // rightly reads storage for everything: a lapse spoils one attempt, a broken filter all.
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let (reads_before, refusals_before) = (reads().await.unwrap(), refusals().await.unwrap());
+        for _ in 0..FRESH {
+            let unknown = IssuedSecret::generate(&prefix, Environment::Live, &mut rng).unwrap();
+            assert_eq!(api.verify_code(unknown.expose()).await, "INVALID_KEY");
+            let root =
+                IssuedSecret::generate(ROOT_KEY_PREFIX, Environment::Live, &mut rng).unwrap();
+            let refused = server.api_with(root.expose()).get("/api/v1/apps").await;
+            assert_eq!(refused.status.as_u16(), 401, "{:#}", refused.body);
+        }
+        let repeated = IssuedSecret::generate(&prefix, Environment::Live, &mut rng).unwrap();
+        for _ in 0..50 {
+            assert_eq!(api.verify_code(repeated.expose()).await, "INVALID_KEY");
+        }
+        let read = reads().await.unwrap() - reads_before;
+        let refused = refusals().await.unwrap() - refusals_before;
+        attempts.push((read, refused));
+        // 1% of unknown hashes pass the filter (its false-positive rate), each read once.
+        if read <= 12.0 && refused >= (2 * FRESH) as f64 * 0.95 {
+            break;
+        }
     }
-    let repeated = IssuedSecret::generate(&prefix, Environment::Live, &mut rng).unwrap();
-    for _ in 0..50 {
-        assert_eq!(api.verify_code(repeated.expose()).await, "INVALID_KEY");
-    }
-    let read = reads().await.unwrap() - reads_before;
-    // 1% of unknown hashes pass the filter (its false-positive rate), each read once.
+    let (read, refused) = *attempts.last().unwrap();
     assert!(
-        read <= 12.0,
-        "{read} storage reads for {} unknown secrets",
+        read <= 12.0 && refused >= (2 * FRESH) as f64 * 0.95,
+        "storage reads and filter refusals for {} unknown secrets, by attempt: {attempts:?}",
         2 * FRESH + 50
     );
-    let refused = refusals().await.unwrap() - refusals_before;
-    assert!(refused >= (2 * FRESH) as f64 * 0.95, "{refused} refused");
     // A secret made now is known at once, and the real key still verifies.
     let fresh = api.create_key("acme", json!({"name": "new"})).await;
     assert_eq!(api.verify_code(secret(&fresh)).await, "VALID");
