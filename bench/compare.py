@@ -132,17 +132,14 @@ def lua_script(directory, name, method="GET", headers=None, body=None, tokens_fi
         lines.append(f"wrk.headers[{json.dumps(header)}] = {json.dumps(value)}")
     if body is not None and tokens_file is None:
         lines.append(f"wrk.body = {json.dumps(json.dumps(body))}")
-    if tokens_file and token_header:
-        lines.append(f"""
-local tokens = {{}}
-for line in io.lines({json.dumps(tokens_file)}) do tokens[#tokens + 1] = line end
-local next_token = tonumber(os.getenv("KW_TOKEN_OFFSET") or "0")
-request = function()
-  next_token = next_token % #tokens + 1
-  return wrk.format(nil, nil, {{[{json.dumps(token_header)}] = "Bearer " .. tokens[next_token]}})
-end""")
-    elif tokens_file:
-        prefix, suffix = json.dumps(body).split("@@TOKEN@@")
+    if tokens_file:
+        if token_header:
+            formatted = (f'wrk.format(nil, nil, {{[{json.dumps(token_header)}] = '
+                         f'"Bearer " .. tokens[next_token]}})')
+        else:
+            prefix, suffix = json.dumps(body).split("@@TOKEN@@")
+            formatted = (f"wrk.format(nil, nil, nil, {json.dumps(prefix)} .. tokens[next_token] "
+                         f".. {json.dumps(suffix)})")
         lines.append(f"""
 local tokens = {{}}
 for line in io.lines({json.dumps(tokens_file)}) do tokens[#tokens + 1] = line end
@@ -150,7 +147,7 @@ for line in io.lines({json.dumps(tokens_file)}) do tokens[#tokens + 1] = line en
 local next_token = tonumber(os.getenv("KW_TOKEN_OFFSET") or "0")
 request = function()
   next_token = next_token % #tokens + 1
-  return wrk.format(nil, nil, nil, {json.dumps(prefix)} .. tokens[next_token] .. {json.dumps(suffix)})
+  return {formatted}
 end""")
     with open(path, "w") as out:
         out.write("\n".join(lines) + "\n")

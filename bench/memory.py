@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.parse
 
-from kwbench import call, start_server, stop, wait_ready
+from kwbench import call, metric, start_server, stop, wait_ready
 
 BINARY, ADMIN_URL = sys.argv[1], sys.argv[2]
 KEYS, WORKING_SET, BUDGET, SECONDS = (int(arg) for arg in sys.argv[3:7])
@@ -34,13 +34,6 @@ def rss_mb(pid):
     with open(f"/proc/{pid}/status") as status:
         kb = int(re.search(r"VmRSS:\s+(\d+)", status.read()).group(1))
     return kb / 1024
-
-
-def metric(base, name):
-    text = subprocess.run(["curl", "-s", f"{base}/metrics"], capture_output=True,
-                          text=True).stdout
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else None
 
 
 def wrk(base, root, keys, seconds, directory, unknown=False):

@@ -75,7 +75,8 @@ pub struct ServerConfig {
     pub analytics: AnalyticsSettings,
     pub dashboard: keyward_dashboard::DashboardSettings,
     pub connections: ConnectionSettings,
-    /// What the verification cache may hold, in approximate bytes.
+    /// What the in-memory caches may hold, in approximate bytes: the verification cache,
+    /// and verified tokens (`tokens::TOKEN_CACHE_SHARE`).
     pub cache_max_bytes: u64,
 }
 

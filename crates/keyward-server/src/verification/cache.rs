@@ -132,9 +132,6 @@ impl Entry {
     /// `examples/cache_footprint.rs` (within a few per cent for a typical API key), so that
     /// the bound in bytes is one the process's memory follows.
     fn approximate_bytes(&self) -> usize {
-        // moka's per-entry bookkeeping: its map bucket, the key's `Arc`, the value entry, its
-        // entry info and access-order node (measured: about 300 bytes).
-        const SLOT: usize = 300;
         // What the allocator adds to a heap block: its size class's rounding, on average.
         const BLOCK: usize = 8;
         // The `Arc`'s counts around the cached struct.
@@ -147,7 +144,8 @@ impl Entry {
                 + list.iter().map(|text| heap(text.len())).sum::<usize>()
         };
         let windows = |windows: &[RateWindow]| heap(std::mem::size_of_val(windows));
-        SLOT + ARC
+        MOKA_ENTRY_BYTES
+            + ARC
             + match self {
                 Entry::Key(cached) => {
                     let key = &cached.key;
@@ -199,6 +197,11 @@ impl Entry {
             }
     }
 }
+
+/// moka's bookkeeping for one entry: its map bucket, the key's `Arc`, the value entry, its
+/// entry info and access-order node (measured by `examples/cache_footprint.rs`). Every
+/// weigher of a moka cache counts it.
+pub(crate) const MOKA_ENTRY_BYTES: usize = 300;
 
 /// An entry with the generation of `invalidate_all` it was cached in: moka's own
 /// `invalidate_all` is lazy and goes by insertion time, so an entry of an earlier
@@ -276,8 +279,9 @@ pub struct VerificationCache {
     /// cache, and verifies from storage instead (fail safe, never open).
     trusted_until: AtomicU64,
     clock_base: std::time::Instant,
-    /// Whether imported secrets in other formats exist. Until they do, a string that is not
-    /// a well-formed Keyward secret is refused without a look-up.
+    /// Whether imported secrets in other formats exist. Until they do, and while the filter
+    /// of known credentials cannot answer, a string that is not a well-formed Keyward secret
+    /// is refused without a look-up.
     foreign_secrets: AtomicBool,
     /// Every look-up hash in storage, approximately: answers for hashes not cached.
     pub known: KnownCredentials,
@@ -295,7 +299,8 @@ impl std::fmt::Debug for VerificationCache {
 
 const ALWAYS: u64 = u64::MAX;
 
-/// The default bound: 256 MiB holds about a million API keys of a typical size.
+/// The default bound: with an eighth for verified tokens (`tokens::TOKEN_CACHE_SHARE`),
+/// it holds about 200,000 API keys of a typical size.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for VerificationCache {
@@ -401,23 +406,23 @@ impl VerificationCache {
         if !self.is_trusted() {
             return Peek::Miss;
         }
-        match self.look_up::<T>(hash) {
-            Lookup::Found(cached) => Peek::Hit(judge(&cached)),
+        match self.look_up(hash, judge) {
+            Lookup::Found(judged) => Peek::Hit(judged),
             Lookup::Absent => Peek::Absent,
             Lookup::Unknown => Peek::Miss,
         }
     }
 
     /// What memory says of `hash` as a `T`, on a trusted cache: the cache, then the filter of
-    /// known credentials.
-    fn look_up<T: Cached>(&self, hash: &KeyHash) -> Lookup<T> {
+    /// known credentials. `read` sees a cached credential in place.
+    fn look_up<T: Cached, R>(&self, hash: &KeyHash, read: impl FnOnce(&Arc<T>) -> R) -> Lookup<R> {
         match self.current(hash) {
             // Known to be absent as another kind only: storage must say about this one.
             Some(Entry::Absent(kind)) if kind != T::KIND => {}
             Some(entry) => {
                 self.counters.hits.inc();
                 return match T::of_entry(&entry) {
-                    Some(cached) => Lookup::Found(Arc::clone(cached)),
+                    Some(cached) => Lookup::Found(read(cached)),
                     None => Lookup::Absent,
                 };
             }
@@ -441,7 +446,7 @@ impl VerificationCache {
         Load: Future<Output = Result<Option<T>, E>>,
     {
         if self.is_trusted() {
-            match self.look_up::<T>(&hash) {
+            match self.look_up(&hash, Arc::clone) {
                 Lookup::Found(cached) => return Ok(Some(cached)),
                 Lookup::Absent => return Ok(None),
                 Lookup::Unknown => {}
@@ -477,9 +482,9 @@ impl VerificationCache {
     }
 }
 
-/// What memory says of a hash.
-enum Lookup<T> {
-    Found(Arc<T>),
+/// What memory says of a hash: what was read of the credential found, or none.
+enum Lookup<R> {
+    Found(R),
     Absent,
     Unknown,
 }

@@ -731,16 +731,11 @@ async fn every_new_credential_is_known_on_every_node_once_created() {
     let jwk = json!({ "kty": "OKP", "crv": "Ed25519",
         "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()) });
     let public_key = node_a
-        .post(
-            "/api/v1/public-keys",
+        .create_public_key(
             json!({ "type": "jwt", "public_key": jwk.to_string(), "algorithms": ["EdDSA"],
                 "self_service_app": "orders", "max_keys_per_user": 5 }),
         )
-        .await
-        .assert_status(201)["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     let token = sign(
         jsonwebtoken::Algorithm::EdDSA,
         None,

@@ -347,15 +347,8 @@ async fn a_new_jwks_key_is_trusted_at_once_while_random_kids_stay_throttled() {
     .await;
     let api = server.api();
     let public_key = api
-        .post(
-            "/api/v1/public-keys",
-            json!({"type": "jwt", "jwks_url": jwks.base, "algorithms": ["ES256"]}),
-        )
-        .await
-        .assert_status(201)["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .create_public_key(json!({"type": "jwt", "jwks_url": jwks.base, "algorithms": ["ES256"]}))
+        .await;
     let token = |key: &EcKey, kid: &str| {
         sign(
             Algorithm::ES256,
@@ -381,16 +374,11 @@ async fn a_new_jwks_key_is_trusted_at_once_while_random_kids_stay_throttled() {
     // same key set (its own URL, so its own cache entry): the first unknown `kid` re-fetches
     // once, the rest of the interval none.
     let flooded = api
-        .post(
-            "/api/v1/public-keys",
+        .create_public_key(
             json!({"type": "jwt", "jwks_url": format!("{}?flooded", jwks.base),
                 "algorithms": ["ES256"]}),
         )
-        .await
-        .assert_status(201)["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     assert_eq!(
         jwt_verdict(&api, &flooded, &token(&first, "k1")).await["valid"],
         true
@@ -438,13 +426,7 @@ async fn misbehaving_or_private_jwks_servers_are_refused() {
     for mode in [1u8, 2, 3, 4] {
         jwks.mode.store(mode, Ordering::SeqCst);
         // A key of its own per case, so that no throttle or cache carries over.
-        let public_key = api
-            .post("/api/v1/public-keys", json!({"type": "jwt", "jwks_url": format!("{}?case={mode}", jwks.base), "algorithms": ["ES256"]}))
-            .await
-            .assert_status(201)["key"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let public_key = api.create_public_key(json!({"type": "jwt", "jwks_url": format!("{}?case={mode}", jwks.base), "algorithms": ["ES256"]})).await;
         let started = std::time::Instant::now();
         let answer = api
             .post(
@@ -479,13 +461,7 @@ async fn misbehaving_or_private_jwks_servers_are_refused() {
         .await
         .assert_error(422, "VALIDATION_ERROR", "invalid_jwks_url");
     }
-    let public_key = api
-        .post("/api/v1/public-keys", json!({"type": "jwt", "jwks_url": format!("http://localhost:{}/jwks", jwks.base.rsplit(':').next().unwrap().trim_end_matches("/jwks")), "algorithms": ["ES256"]}))
-        .await
-        .assert_status(201)["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let public_key = api.create_public_key(json!({"type": "jwt", "jwks_url": format!("http://localhost:{}/jwks", jwks.base.rsplit(':').next().unwrap().trim_end_matches("/jwks")), "algorithms": ["ES256"]})).await;
     let fetched = jwks.fetches();
     api.post(
         "/api/v1/verify-request",
@@ -547,13 +523,7 @@ async fn client_public_keys_take_signed_user_tokens_scoped_to_a_tenant() {
     let kid = body["id"].as_str().unwrap().to_owned();
     let signer = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
 
-    let public_key = api
-        .post("/api/v1/public-keys", json!({"type": "client"}))
-        .await
-        .assert_status(201)["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let public_key = api.create_public_key(json!({"type": "client"})).await;
     assert!(public_key.starts_with("pk_live_"));
     let with = |token: &str, tenant: Option<&str>| {
         let mut headers =
@@ -868,17 +838,10 @@ async fn end_users_manage_only_their_own_keys() {
         json!({"kty": "OKP", "crv": "Ed25519", "x": B64URL.encode(pair.public_key().as_ref())});
     let encoding = EncodingKey::from_ed_der(signer.as_ref());
     let public_key = api
-        .post(
-            "/api/v1/public-keys",
-            json!({"type": "jwt", "public_key": jwk.to_string(),
+        .create_public_key(json!({"type": "jwt", "public_key": jwk.to_string(),
             "algorithms": ["EdDSA"], "self_service_app": "orders", "max_keys_per_user": 2,
-            "rate_limit_scheme": "per-user"}),
-        )
-        .await
-        .assert_status(201)["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+            "rate_limit_scheme": "per-user"}))
+        .await;
     let token_of = |user: &str| {
         sign(
             Algorithm::EdDSA,

@@ -94,16 +94,9 @@ impl Fixture {
 
         let end_user_key = ec_key("gw");
         let jwt_public_key = api
-            .post(
-                "/api/v1/public-keys",
-                json!({"type": "jwt", "public_key": end_user_key.public_pem,
-                    "algorithms": ["ES256"]}),
-            )
-            .await
-            .assert_status(201)["key"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+            .create_public_key(json!({"type": "jwt", "public_key": end_user_key.public_pem,
+                    "algorithms": ["ES256"]}))
+            .await;
         let jwt = sign(
             Algorithm::ES256,
             Some("gw"),
@@ -119,13 +112,7 @@ impl Fixture {
             EncodingKey::from_ec_pem(signing["private_key_pem"].as_str().unwrap().as_bytes())
                 .unwrap();
         let user_token = user_token(&signer, signing["id"].as_str().unwrap(), json!({}));
-        let client_public_key = api
-            .post("/api/v1/public-keys", json!({"type": "client"}))
-            .await
-            .assert_status(201)["key"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let client_public_key = api.create_public_key(json!({"type": "client"})).await;
         Self {
             proxy_key,
             reader,
@@ -797,15 +784,8 @@ async fn ext_authz_over_grpc_allows_refuses_and_survives_bad_calls() {
         }
     });
     let slow_key = api
-        .post(
-            "/api/v1/public-keys",
-            json!({"type": "jwt", "jwks_url": jwks_url, "algorithms": ["ES256"]}),
-        )
-        .await
-        .assert_status(201)["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .create_public_key(json!({"type": "jwt", "jwks_url": jwks_url, "algorithms": ["ES256"]}))
+        .await;
     let token = bearer(&f.jwt);
     let mut late = check(
         &[("x-api-key", &slow_key), ("authorization", &token)],

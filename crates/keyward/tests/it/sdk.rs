@@ -510,15 +510,10 @@ async fn sockets_take_fresh_tokens_and_resume_without_loss_or_repeats() {
     api.create_app("mine", &[]).await;
     let signer = Arc::new(ec_key("k1"));
     let public_key = api
-        .post(
-            "/api/v1/public-keys",
+        .create_public_key(
             json!({"type": "jwt", "public_key": signer.public_pem, "algorithms": ["ES256"]}),
         )
-        .await
-        .assert_status(201)["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .await;
     // Each token lives 2 s; `get_jwt` counts how often it is asked.
     let asked = Arc::new(AtomicU64::new(0));
     let sdk = {

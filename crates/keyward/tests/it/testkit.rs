@@ -242,6 +242,16 @@ impl Api {
             .clone()
     }
 
+    /// Creates a public key; returns its value (`pk_…`).
+    pub async fn create_public_key(&self, body: Value) -> String {
+        self.post("/api/v1/public-keys", body)
+            .await
+            .assert_status(201)["key"]
+            .as_str()
+            .expect("the public key")
+            .to_owned()
+    }
+
     pub async fn verify(&self, key: &str, permissions: Option<&str>) -> Value {
         let mut body = json!({ "key": key });
         if let Some(permissions) = permissions {

@@ -243,7 +243,7 @@ impl CachedToken {
     /// What the entry holds, with moka's bookkeeping (as the verification cache counts it).
     fn approximate_bytes(&self) -> u32 {
         let identity = &self.identity;
-        let bytes = 300
+        let bytes = super::cache::MOKA_ENTRY_BYTES
             + std::mem::size_of::<Self>()
             + self.token.len()
             + std::mem::size_of::<TokenIdentity>()
