@@ -26,7 +26,7 @@ use crate::Timestamp;
 const DAY_MS: i64 = 86_400_000;
 
 /// One limit of a rate-limit scheme: at most `limit` requests per `period_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RateWindow {
     pub limit: u64,
     pub period_ms: i64,

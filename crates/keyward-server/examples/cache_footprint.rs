@@ -9,7 +9,7 @@
 
 use keyward_core::model::{ApiKey, Environment, Tenancy, UsagePolicy};
 use keyward_core::{KeyHash, Timestamp};
-use keyward_server::verification::cache::{CacheCounters, CachedKey, VerificationCache};
+use keyward_server::verification::cache::{CacheCounters, CachedKey, KeyGroups, VerificationCache};
 use keyward_server::verification::known::{FilterCounters, KnownCredentials};
 
 /// As `keyward` runs.
@@ -25,7 +25,7 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn memory_key(n: u64) -> CachedKey {
+fn memory_key(n: u64, groups: &KeyGroups) -> CachedKey {
     let tenancy = Tenancy {
         workspace_id: "ws_01JF7Q9W0M3XK2D5H8R4T6Y1ZC".to_owned(),
         environment: Environment::Live,
@@ -54,6 +54,8 @@ fn memory_key(n: u64) -> CachedKey {
         },
         UsagePolicy::default(),
         None,
+        0,
+        groups,
     )
 }
 
@@ -73,10 +75,11 @@ async fn main() {
     for n in 0..keys {
         let hash = KeyHash::of(&format!("memkey-{n}"));
         let _ = cache
-            .get_or_load(hash, || async move { Ok::<_, ()>(Some(memory_key(n))) })
+            .get_or_load(hash, || async {
+                Ok::<_, ()>(Some(memory_key(n, &cache.groups)))
+            })
             .await;
     }
-    cache.run_pending_tasks();
     let resident = rss_bytes().saturating_sub(before);
     let (weighted, _) = cache.weighted_bytes();
     if let Some(budget) = budget {
@@ -91,7 +94,7 @@ async fn main() {
     // The keys alone, without the cache around them.
     let before = rss_bytes();
     let _alone: Vec<std::sync::Arc<CachedKey>> = (0..keys)
-        .map(|n| std::sync::Arc::new(memory_key(n)))
+        .map(|n| std::sync::Arc::new(memory_key(n, &cache.groups)))
         .collect();
     let keys_alone = rss_bytes().saturating_sub(before);
     println!(

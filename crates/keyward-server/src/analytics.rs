@@ -118,15 +118,12 @@ impl CountKey {
     fn of(record: Record) -> Self {
         let minute = Granularity::Minute.bucket_start(record.at).as_millis();
         let (tenancy, key_id, app_id, organization_id) = match record.subject {
-            Subject::Key(entry) => {
-                let key = &entry.key;
-                (
-                    key.tenancy.clone(),
-                    key.id.clone(),
-                    key.app_id.clone(),
-                    key.organization_id.clone().unwrap_or_default(),
-                )
-            }
+            Subject::Key(entry) => (
+                entry.tenancy().clone(),
+                entry.id().to_owned(),
+                entry.app_id().to_owned(),
+                entry.organization_id().unwrap_or_default().to_owned(),
+            ),
             Subject::Unknown(tenancy) => (tenancy, String::new(), String::new(), String::new()),
             Subject::Credential { tenancy, id } => (tenancy, id, String::new(), String::new()),
         };

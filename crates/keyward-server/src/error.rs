@@ -357,6 +357,13 @@ impl From<UsageError> for ApiError {
             UsageError::Adjustment(error) => {
                 ApiError::new(StatusCode::CONFLICT, "no_credits", error.to_string())
             }
+            // Verification reads the balance again before answering; only a second forgetting
+            // within that read leaves it here.
+            UsageError::StaleCredits => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "usage_unavailable",
+                "Usage limits cannot be checked right now; try again shortly",
+            ),
         }
     }
 }

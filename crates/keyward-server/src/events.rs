@@ -18,13 +18,14 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use keyward_core::event::{Channel, Event, EventType, NewEvent};
-use keyward_core::model::ApiKey;
+use keyward_core::model::Tenancy;
 use keyward_core::Timestamp;
 use keyward_proto as wire;
-use keyward_store::{expiry_dedup_key, EventAnnouncements, Store};
+use keyward_store::{expiry_dedup_key, EventAnnouncements, Store, StoreError};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 
 use crate::metrics::Metrics;
+use crate::verification::CachedKey;
 use crate::{clock, convert};
 
 /// Settings of the event stream.
@@ -84,7 +85,7 @@ pub struct EventHub {
     sender: broadcast::Sender<Arc<Delivery>>,
     /// The number of the last event handed to sockets.
     published: AtomicI64,
-    alerts: mpsc::Sender<NewEvent>,
+    alerts: mpsc::Sender<KeyAlert>,
     /// The window end of the last `rate_limit.exceeded` raised per key, so a flood of refusals
     /// raises one alert per window.
     rate_alerts: DashMap<String, i64>,
@@ -215,37 +216,37 @@ impl EventHub {
     }
 
     /// Queues an alert to be recorded, without waiting: the verify path calls this.
-    pub(crate) fn raise(&self, alert: NewEvent) {
+    fn raise(&self, alert: KeyAlert) {
         if self.alerts.try_send(alert).is_err() {
             self.metrics.stream.alerts_dropped.inc();
         }
     }
 
     /// Raises `rate_limit.exceeded` once per key and window.
-    pub(crate) fn rate_limited(&self, key: &ApiKey, limit: u64, reset_at: Timestamp) {
+    pub(crate) fn rate_limited(&self, key: &CachedKey, limit: u64, reset_at: Timestamp) {
         let reset = reset_at.as_millis();
         // A flood of refusals takes this path on every request: the read answers it without
         // an allocation or a write lock; only the window's first refusal writes.
         if self
             .rate_alerts
-            .get(key.id.as_str())
+            .get(key.id())
             .is_some_and(|previous| *previous == reset)
         {
             return;
         }
         if self
             .rate_alerts
-            .insert(key.id.clone(), reset)
+            .insert(key.id().to_owned(), reset)
             .is_some_and(|previous| previous == reset)
         {
             return;
         }
-        let mut alert = NewEvent::about(&key.tenancy, EventType::RateLimitExceeded, key);
+        let mut alert = KeyAlert::about(key, EventType::RateLimitExceeded);
         alert.details.insert("limit".into(), limit.into());
         alert
             .details
             .insert("reset_at".into(), convert::rfc3339(reset_at).into());
-        alert.dedup_key = Some(format!("rate_limit.exceeded:{}:{reset}", key.id));
+        alert.dedup_key = Some(format!("rate_limit.exceeded:{}:{reset}", key.id()));
         self.raise(alert);
     }
 
@@ -253,7 +254,7 @@ impl EventHub {
     /// crossed its line.
     pub(crate) fn charged(
         &self,
-        key: &ApiKey,
+        key: &CachedKey,
         remaining: i64,
         cost: i64,
         low_threshold: Option<i64>,
@@ -261,7 +262,7 @@ impl EventHub {
         let Some(kind) = keyward_core::event::credit_alert(remaining, cost, low_threshold) else {
             return;
         };
-        let mut alert = NewEvent::about(&key.tenancy, kind, key);
+        let mut alert = KeyAlert::about(key, kind);
         alert.details.insert("remaining".into(), remaining.into());
         if let (EventType::CreditsLow, Some(threshold)) = (kind, low_threshold) {
             alert.details.insert("threshold".into(), threshold.into());
@@ -398,14 +399,56 @@ async fn catch_up(hub: &EventHub, store: &dyn Store) -> keyward_store::StoreResu
     }
 }
 
+/// An alert about a key, raised on the verify path. The key's snapshot is read from storage
+/// when the alert is recorded: the verification cache does not hold what it shows (name,
+/// `start`, creation time).
+struct KeyAlert {
+    tenancy: Tenancy,
+    key_id: String,
+    kind: EventType,
+    details: serde_json::Map<String, serde_json::Value>,
+    dedup_key: Option<String>,
+}
+
+impl KeyAlert {
+    fn about(key: &CachedKey, kind: EventType) -> Self {
+        Self {
+            tenancy: key.tenancy().clone(),
+            key_id: key.id().to_owned(),
+            kind,
+            details: serde_json::Map::new(),
+            dedup_key: None,
+        }
+    }
+}
+
 /// Records queued alerts in batches.
 async fn record_alerts(
-    mut queue: mpsc::Receiver<NewEvent>,
+    mut queue: mpsc::Receiver<KeyAlert>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
 ) {
+    let mut alerts = Vec::with_capacity(256);
     let mut batch = Vec::with_capacity(256);
-    while queue.recv_many(&mut batch, 256).await > 0 {
+    while queue.recv_many(&mut alerts, 256).await > 0 {
+        for alert in alerts.drain(..) {
+            match store.key(&alert.tenancy, &alert.key_id).await {
+                Ok(key) => batch.push(NewEvent {
+                    details: alert.details,
+                    dedup_key: alert.dedup_key,
+                    ..NewEvent::about(&alert.tenancy, alert.kind, &key)
+                }),
+                // Deleted since: no key left to alert about.
+                Err(StoreError::NotFound(_)) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "reading an alert's key failed");
+                    metrics.stream.alerts_dropped.inc();
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
         if let Err(error) = store.append_events(&batch, clock::now()).await {
             tracing::warn!(%error, alerts = batch.len(), "recording alerts failed");
             metrics.stream.alerts_dropped.inc_by(batch.len() as u64);

@@ -71,7 +71,7 @@ async fn write_batches(
         tokio::select! {
             received = receiver.recv() => match received {
                 Some((entry, at)) => {
-                    let latest = pending.entry(entry.key.id.clone()).or_insert(at);
+                    let latest = pending.entry(entry.id().to_owned()).or_insert(at);
                     *latest = (*latest).max(at);
                 }
                 None => break,

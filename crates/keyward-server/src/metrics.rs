@@ -32,6 +32,8 @@ pub struct Metrics {
     /// (`/readyz` tells the two apart).
     pub redis_up: Gauge,
     pub usage_fallbacks: UsageFallbacks,
+    /// Credit balances the in-process engine holds.
+    pub usage_live_balances: Gauge,
     pub stream: StreamMetrics,
     pub connections: ConnectionMetrics,
 }
@@ -87,6 +89,13 @@ impl Metrics {
                 .get_or_create(&vec![("outcome", code.as_str())])
                 .clone()
         });
+        let usage_live_balances = Gauge::default();
+        registry.register(
+            "usage_live_balances",
+            "Credit balances held by this node's in-process usage engine: those charged \
+             since they were last written back, or within the idle time",
+            usage_live_balances.clone(),
+        );
         let cache_entries = Gauge::default();
         registry.register(
             "verify_cache_entries",
@@ -248,6 +257,7 @@ impl Metrics {
             connections,
             redis_up,
             usage_fallbacks,
+            usage_live_balances,
             verifications,
             cache_entries,
             cache_trusted,

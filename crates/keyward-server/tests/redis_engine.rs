@@ -77,6 +77,7 @@ async fn redis_decides_as_the_core_does() {
             meter,
             windows: &own,
             credits: Some(credits),
+            credits_generation: 0,
             organization: Some(OrganizationCharge {
                 meter: "org:ws:live:o",
                 windows: &org_windows,

@@ -254,6 +254,7 @@ fn server_config(settings: &Settings, max_connections: usize) -> Result<ServerCo
             }),
             rate_limit_fallback: settings.rate_limit_fallback,
             credit_fallback: settings.credit_fallback,
+            ..UsageSettings::default()
         },
         usage_write_back_interval: settings.usage_write_back_interval,
         demo: DemoSettings {

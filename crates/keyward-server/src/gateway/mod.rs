@@ -256,11 +256,11 @@ fn answer(verdict: &RequestVerdict, credits_cost: i64, now: Timestamp) -> ProxyA
     {
         let returns_at = key_verdict.key.as_ref().and_then(|entry| {
             keyward_core::usage::credits_return_at(
-                entry.key.credits,
+                entry.credits().map(|(credits, _)| credits),
                 key_verdict
                     .usage
                     .and_then(|decision| decision.credits_remaining),
-                entry.policy.organization.as_ref().and_then(|org| org.cap),
+                entry.organization().and_then(|(org, _)| org.cap),
                 credits_cost,
                 now,
             )
@@ -292,9 +292,6 @@ type RateState = Option<(RateStatus, Option<Decision>)>;
 
 /// The identity header values, and the rate limit's state.
 fn identity(verdict: &RequestVerdict) -> (IdentityValues<'_>, RateState) {
-    fn borrowed(value: &Option<String>) -> Option<Cow<'_, str>> {
-        value.as_deref().map(Cow::Borrowed)
-    }
     let credential_type = Some(Cow::Borrowed(verdict.credential_type));
     match &verdict.outcome {
         Outcome::ApiKey(key_verdict) => {
@@ -303,14 +300,13 @@ fn identity(verdict: &RequestVerdict) -> (IdentityValues<'_>, RateState) {
             let Some(entry) = &key_verdict.key else {
                 return (Default::default(), rate);
             };
-            let key = &entry.key;
             (
                 [
-                    Some(Cow::Borrowed(key.id.as_str())),
-                    borrowed(&key.owner_user_id),
-                    borrowed(&key.organization_id),
-                    Some(Cow::Borrowed(key.tenancy.environment.as_str())),
-                    Some(Cow::Owned(key.permissions.join(","))),
+                    Some(Cow::Borrowed(entry.id())),
+                    entry.owner_user_id().map(Cow::Borrowed),
+                    entry.organization_id().map(Cow::Borrowed),
+                    Some(Cow::Borrowed(entry.tenancy().environment.as_str())),
+                    Some(Cow::Owned(entry.permissions().join(","))),
                     credential_type,
                     None,
                     None,

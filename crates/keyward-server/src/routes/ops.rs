@@ -57,7 +57,6 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<He
     responses((status = 200, body = String, content_type = "application/openmetrics-text")))]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let cache = &state.verification.cache;
-    cache.run_pending_tasks();
     let gauge_value = i64::try_from(cache.len()).unwrap_or(i64::MAX);
     state.metrics.cache_entries.set(gauge_value);
     let (weighted, bound) = cache.weighted_bytes();
@@ -76,6 +75,11 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
         .metrics
         .cache_trusted
         .set(i64::from(cache.is_trusted()));
+    let balances = state.verification.limiter.live_balances();
+    state
+        .metrics
+        .usage_live_balances
+        .set(i64::try_from(balances).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -12,7 +12,9 @@ use keyward_proto::{
 };
 
 use crate::extract::{ApiJson, Caller};
-use crate::verification::{Ask, GatewayRequest, KeyVerdict, Outcome, RequestFacts, RequestVerdict};
+use crate::verification::{
+    Ask, CachedKey, GatewayRequest, KeyVerdict, Outcome, RequestFacts, RequestVerdict,
+};
 use crate::{convert, ApiError, AppState};
 
 /// The longest `idempotency_key` accepted.
@@ -70,17 +72,17 @@ pub(crate) async fn verify_key(
 
 /// An API key's verdict on the wire.
 fn key_response(verdict: &KeyVerdict) -> VerifyKeyResponse {
-    let key = verdict.key.as_ref().map(|entry| &entry.key);
+    let key = verdict.key.as_deref();
     let usage = verdict.usage.as_ref();
     VerifyKeyResponse {
-        key_id: key.map(|key| key.id.clone()),
-        app: key.map(|key| key.app_slug.clone()),
-        environment: key.map(|key| key.tenancy.environment.as_str().to_owned()),
-        owner_user_id: key.and_then(|key| key.owner_user_id.clone()),
-        organization_id: key.and_then(|key| key.organization_id.clone()),
-        permissions: key.map(|key| key.permissions.clone()),
-        meta: key.map(|key| key.meta.clone()),
-        expires_at: key.and_then(|key| key.expires_at.map(convert::datetime)),
+        key_id: key.map(|key| key.id().to_owned()),
+        app: key.map(|key| key.app_slug().to_owned()),
+        environment: key.map(|key| key.tenancy().environment.as_str().to_owned()),
+        owner_user_id: key.and_then(|key| key.owner_user_id().map(str::to_owned)),
+        organization_id: key.and_then(|key| key.organization_id().map(str::to_owned)),
+        permissions: key.map(|key| key.permissions().to_vec()),
+        meta: key.map(CachedKey::meta),
+        expires_at: key.and_then(|key| key.expires_at().map(convert::datetime)),
         credits: usage
             .and_then(|decision| decision.credits_remaining)
             .map(|remaining| wire::CreditsStatus { remaining }),

@@ -6,6 +6,7 @@
 //! is a few hash look-ups and the core's arithmetic: far below a microsecond.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -14,21 +15,53 @@ use keyward_core::usage::{
 };
 use keyward_core::Timestamp;
 
-use super::{ChargeRequest, EngineError, UsageEngine, IDEMPOTENCY_WINDOW_MS};
+use super::{key_meter, ChargeRequest, EngineError, UsageEngine, IDEMPOTENCY_WINDOW_MS};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalEngine {
     state: Mutex<State>,
+    /// How long a written-back balance stays after its last charge.
+    balance_idle_ms: i64,
+    /// Bumped, under `state`'s lock, by every sweep that forgets a balance: a charge whose
+    /// `credits` were read from storage before that, for a meter with no live balance, may
+    /// carry a balance older than the one written back, and is refused as stale.
+    forgotten: AtomicU64,
+}
+
+impl Default for LocalEngine {
+    fn default() -> Self {
+        Self::new(super::UsageSettings::default().balance_idle)
+    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     /// Per meter: each window's period and count.
     windows: HashMap<String, Vec<(i64, WindowCount)>>,
-    credits: HashMap<String, Credits>,
+    credits: HashMap<String, LiveCredits>,
     caps: HashMap<String, CapUsage>,
     /// Allowed decisions by meter and idempotency key, with when they are forgotten.
     replies: HashMap<(String, String), (Decision, i64)>,
+}
+
+/// A balance as charges left it.
+#[derive(Debug, Clone, Copy)]
+struct LiveCredits {
+    balance: Credits,
+    /// When a charge or an adjustment last changed it.
+    changed_at: i64,
+    /// Whether storage holds exactly this balance: written back, and unchanged since.
+    settled: bool,
+}
+
+impl LiveCredits {
+    fn changed(balance: Credits, now: Timestamp) -> Self {
+        Self {
+            balance,
+            changed_at: now.as_millis(),
+            settled: false,
+        }
+    }
 }
 
 fn count_for(counts: Option<&Vec<(i64, WindowCount)>>, window: RateWindow) -> WindowCount {
@@ -65,8 +98,27 @@ fn store_counts(
 }
 
 impl LocalEngine {
-    /// Charges at once; the in-process engine never waits.
-    pub fn charge_now(&self, request: &ChargeRequest<'_>) -> Decision {
+    /// `balance_idle`: how long a written-back balance stays after its last charge.
+    pub fn new(balance_idle: std::time::Duration) -> Self {
+        Self {
+            state: Mutex::default(),
+            balance_idle_ms: i64::try_from(balance_idle.as_millis()).unwrap_or(i64::MAX),
+            forgotten: AtomicU64::new(0),
+        }
+    }
+
+    pub fn live_balances(&self) -> usize {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.credits.len()
+    }
+
+    pub fn balance_generation(&self) -> u64 {
+        self.forgotten.load(Ordering::SeqCst)
+    }
+
+    /// Charges at once; the in-process engine never waits. Refuses `credits` that may be
+    /// older than a balance it forgot ([`EngineError::StaleCredits`]).
+    pub fn charge_now(&self, request: &ChargeRequest<'_>) -> Result<Decision, EngineError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = request.now;
         if let Some(key) = request.idempotency_key {
@@ -75,9 +127,15 @@ impl LocalEngine {
             let lookup = (request.meter.to_owned(), key.to_owned());
             if let Some((decision, until)) = state.replies.get(&lookup) {
                 if *until > now.as_millis() {
-                    return *decision;
+                    return Ok(*decision);
                 }
             }
+        }
+        if request.credits.is_some()
+            && request.credits_generation < self.forgotten.load(Ordering::SeqCst)
+            && !state.credits.contains_key(request.meter)
+        {
+            return Err(EngineError::StaleCredits);
         }
         let own = state.windows.get(request.meter);
         let org_counts = request
@@ -102,7 +160,7 @@ impl LocalEngine {
                 .get(request.meter)
                 .map_or(stored, |live| Credits {
                     refill: stored.refill,
-                    ..*live
+                    ..live.balance
                 })
         });
         let mut cap = request.organization.and_then(|org| {
@@ -124,7 +182,7 @@ impl LocalEngine {
             now,
         );
         if decision.outcome != Outcome::Allowed {
-            return decision;
+            return Ok(decision);
         }
         let (own_counted, org_counted) = counted.split_at(own_len);
         store_counts(&mut state.windows, request.meter, own_counted);
@@ -140,10 +198,11 @@ impl LocalEngine {
             }
         }
         if let Some(credits) = credits {
+            let live = LiveCredits::changed(credits, now);
             match state.credits.get_mut(request.meter) {
-                Some(live) => *live = credits,
+                Some(held) => *held = live,
                 None => {
-                    state.credits.insert(request.meter.to_owned(), credits);
+                    state.credits.insert(request.meter.to_owned(), live);
                 }
             }
         }
@@ -153,11 +212,24 @@ impl LocalEngine {
                 (decision, now.as_millis() + IDEMPOTENCY_WINDOW_MS),
             );
         }
-        decision
+        Ok(decision)
     }
 
-    /// Drops windows that have all ended and idempotency records past their time. Credit
-    /// balances stay: they are the live truth until written back.
+    /// Notes balances storage now holds, by key id: each still equal is settled.
+    pub fn settle(&self, written: &[(String, Credits)]) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key_id, balance) in written {
+            if let Some(live) = state.credits.get_mut(&key_meter(key_id)) {
+                // A charge since the read for the write-back has changed it, and marked it
+                // to be written again.
+                live.settled |= live.balance == *balance;
+            }
+        }
+    }
+
+    /// Drops windows that have all ended, idempotency records past their time, and settled
+    /// balances idle for `balance_idle`. Unsettled balances stay: they are the live truth
+    /// until written back.
     pub fn sweep(&self, now: Timestamp) {
         let now = now.as_millis();
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -167,13 +239,21 @@ impl LocalEngine {
                 .any(|(period, count)| count.window_start + period > now)
         });
         state.replies.retain(|_, (_, until)| *until > now);
+        let held = state.credits.len();
+        let idle = self.balance_idle_ms;
+        state
+            .credits
+            .retain(|_, live| !live.settled || now - live.changed_at < idle);
+        if state.credits.len() < held {
+            self.forgotten.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
 #[async_trait]
 impl UsageEngine for LocalEngine {
     async fn charge(&self, request: &ChargeRequest<'_>) -> Result<Decision, EngineError> {
-        Ok(self.charge_now(request))
+        self.charge_now(request)
     }
 
     async fn adjust_credits(
@@ -191,11 +271,13 @@ impl UsageEngine for LocalEngine {
         let current = stored.map(|stored| {
             state.credits.get(meter).map_or(stored, |live| Credits {
                 refill: stored.refill,
-                ..*live
+                ..live.balance
             })
         });
         let adjusted = adjustment.apply(current, now)?;
-        state.credits.insert(meter.to_owned(), adjusted);
+        state
+            .credits
+            .insert(meter.to_owned(), LiveCredits::changed(adjusted, now));
         Ok(Some(adjusted))
     }
 
@@ -208,7 +290,7 @@ impl UsageEngine for LocalEngine {
         Ok((
             credit_meters
                 .iter()
-                .map(|meter| state.credits.get(meter).copied())
+                .map(|meter| state.credits.get(meter).map(|live| live.balance))
                 .collect(),
             cap_meters
                 .iter()
@@ -230,6 +312,7 @@ mod tests {
             meter: "key:k",
             windows,
             credits,
+            credits_generation: 0,
             organization: None,
             cost: 1,
             idempotency_key: None,
@@ -246,10 +329,19 @@ mod tests {
             refilled_at: NOW,
         };
         let request = request(&[], Some(stored));
-        assert_eq!(engine.charge_now(&request).credits_remaining, Some(1));
+        assert_eq!(
+            engine.charge_now(&request).unwrap().credits_remaining,
+            Some(1)
+        );
         // The cached record still says 2: the engine remembers 1.
-        assert_eq!(engine.charge_now(&request).credits_remaining, Some(0));
-        assert_eq!(engine.charge_now(&request).outcome, Outcome::UsageExceeded);
+        assert_eq!(
+            engine.charge_now(&request).unwrap().credits_remaining,
+            Some(0)
+        );
+        assert_eq!(
+            engine.charge_now(&request).unwrap().outcome,
+            Outcome::UsageExceeded
+        );
     }
 
     #[test]
@@ -272,7 +364,7 @@ mod tests {
                 }),
                 ..request(&[], None)
             };
-            if engine.charge_now(&request).outcome == Outcome::Allowed {
+            if engine.charge_now(&request).unwrap().outcome == Outcome::Allowed {
                 allowed += 1;
             }
         }
@@ -291,14 +383,17 @@ mod tests {
             idempotency_key: Some("req-1"),
             ..request(&[], Some(stored))
         };
-        let first = engine.charge_now(&retried);
-        assert_eq!(engine.charge_now(&retried), first);
+        let first = engine.charge_now(&retried).unwrap();
+        assert_eq!(engine.charge_now(&retried).unwrap(), first);
         assert_eq!(first.credits_remaining, Some(4));
         let other = ChargeRequest {
             idempotency_key: Some("req-2"),
             ..retried
         };
-        assert_eq!(engine.charge_now(&other).credits_remaining, Some(3));
+        assert_eq!(
+            engine.charge_now(&other).unwrap().credits_remaining,
+            Some(3)
+        );
     }
 
     #[test]
@@ -309,15 +404,80 @@ mod tests {
             period_ms: 1000,
         }];
         assert_eq!(
-            engine.charge_now(&request(&windows, None)).outcome,
+            engine.charge_now(&request(&windows, None)).unwrap().outcome,
             Outcome::Allowed
         );
         engine.sweep(NOW);
         assert!(matches!(
-            engine.charge_now(&request(&windows, None)).outcome,
+            engine.charge_now(&request(&windows, None)).unwrap().outcome,
             Outcome::RateLimited { .. }
         ));
         engine.sweep(NOW.plus_seconds(1));
         assert!(engine.state.lock().unwrap().windows.is_empty());
+    }
+
+    #[test]
+    fn a_settled_idle_balance_is_forgotten_and_an_older_one_refused_after() {
+        const IDLE_MS: i64 = 60_000;
+        let engine = LocalEngine::new(std::time::Duration::from_millis(IDLE_MS as u64));
+        let stored = Credits {
+            remaining: 10,
+            refill: None,
+            refilled_at: NOW,
+        };
+        let generation = engine.balance_generation();
+        let first = request(&[], Some(stored));
+        assert_eq!(
+            engine.charge_now(&first).unwrap().credits_remaining,
+            Some(9)
+        );
+        // Unsettled: kept however long it idles.
+        engine.sweep(NOW.plus_millis(IDLE_MS));
+        assert_eq!(engine.state.lock().unwrap().credits.len(), 1);
+        // Written back, then charged again before the write-back's answer: not settled.
+        let written = Credits {
+            remaining: 9,
+            ..stored
+        };
+        assert_eq!(
+            engine.charge_now(&first).unwrap().credits_remaining,
+            Some(8)
+        );
+        engine.settle(&[("k".to_owned(), written)]);
+        engine.sweep(NOW.plus_millis(2 * IDLE_MS));
+        assert_eq!(engine.state.lock().unwrap().credits.len(), 1);
+        // Settled, but charged within the idle time: kept.
+        let written = Credits {
+            remaining: 8,
+            ..stored
+        };
+        engine.settle(&[("k".to_owned(), written)]);
+        engine.sweep(NOW.plus_millis(IDLE_MS - 1));
+        assert_eq!(engine.state.lock().unwrap().credits.len(), 1);
+        // Settled and idle: forgotten.
+        engine.sweep(NOW.plus_millis(IDLE_MS));
+        assert!(engine.state.lock().unwrap().credits.is_empty());
+        // The balance read before the forgetting says 10, storage says 8: refused, never
+        // charged from 10 again.
+        assert!(matches!(
+            engine.charge_now(&first),
+            Err(EngineError::StaleCredits)
+        ));
+        assert!(generation < engine.balance_generation());
+        let fresh = ChargeRequest {
+            credits: Some(written),
+            credits_generation: engine.balance_generation(),
+            ..first
+        };
+        assert_eq!(
+            engine.charge_now(&fresh).unwrap().credits_remaining,
+            Some(7)
+        );
+        // With a live balance again, a request carrying the old one is charged from the live
+        // one.
+        assert_eq!(
+            engine.charge_now(&first).unwrap().credits_remaining,
+            Some(6)
+        );
     }
 }

@@ -42,6 +42,10 @@ pub struct ChargeRequest<'a> {
     /// The key's credits as storage knows them: where a meter starts, and the refill rule.
     /// `None`: the key is not charged credits.
     pub credits: Option<Credits>,
+    /// [`Limiter::balance_generation`] read before `credits` was read from storage: the
+    /// in-process engine refuses a balance older than its last forgetting
+    /// ([`UsageError::StaleCredits`]).
+    pub credits_generation: u64,
     pub organization: Option<OrganizationCharge<'a>>,
     pub cost: i64,
     pub idempotency_key: Option<&'a str>,
@@ -79,6 +83,10 @@ pub enum EngineError {
     Unreachable(String),
     #[error(transparent)]
     Adjustment(#[from] AdjustmentError),
+    /// The in-process engine forgot this meter's balance after writing it back, and the
+    /// request's `credits` may be older than what was written.
+    #[error("the balance given may be older than storage's")]
+    StaleCredits,
 }
 
 /// Where counters live. Every engine decides as [`keyward_core::usage::charge`] does.
@@ -132,20 +140,18 @@ pub enum UsageError {
     Unavailable,
     #[error(transparent)]
     Adjustment(#[from] AdjustmentError),
+    /// The request's `credits` may be older than storage's: read them again and retry
+    /// ([`EngineError::StaleCredits`]).
+    #[error("the balance given may be older than storage's")]
+    StaleCredits,
 }
 
-/// The meter names of a key, made once when it is cached.
-#[derive(Debug, Clone)]
-pub struct KeyMeters {
-    pub key: String,
-    pub organization: Option<String>,
-}
-
-impl KeyMeters {
-    pub fn new(key_id: &str, tenancy: &Tenancy, organization_id: Option<&str>) -> Self {
-        Self {
-            key: key_meter(key_id),
-            organization: organization_id.map(|id| organization_meter(tenancy, id)),
+impl From<EngineError> for UsageError {
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Unreachable(_) => UsageError::Unavailable,
+            EngineError::Adjustment(error) => UsageError::Adjustment(error),
+            EngineError::StaleCredits => UsageError::StaleCredits,
         }
     }
 }
@@ -184,11 +190,26 @@ pub struct Limiter {
 }
 
 /// How usage control is set up.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UsageSettings {
     pub redis: Option<RedisSettings>,
     pub rate_limit_fallback: RateLimitFallback,
     pub credit_fallback: CreditFallback,
+    /// How long the in-process engine keeps a written-back balance after its last charge. A
+    /// key charged less often costs a storage read when it is charged again; the engine
+    /// holds the balances charged within this time, not every key ever charged.
+    pub balance_idle: Duration,
+}
+
+impl Default for UsageSettings {
+    fn default() -> Self {
+        Self {
+            redis: None,
+            rate_limit_fallback: RateLimitFallback::default(),
+            credit_fallback: CreditFallback::default(),
+            balance_idle: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Limiter {
@@ -205,7 +226,7 @@ impl Limiter {
             ));
         }
         Ok(Self {
-            local: Arc::new(LocalEngine::default()),
+            local: Arc::new(LocalEngine::new(settings.balance_idle)),
             redis,
             rate_limit_fallback: settings.rate_limit_fallback,
             credit_fallback: settings.credit_fallback,
@@ -240,10 +261,21 @@ impl Limiter {
         }
     }
 
+    /// Bumped whenever the in-process engine forgets balances it wrote back; see
+    /// [`ChargeRequest::credits_generation`].
+    pub fn balance_generation(&self) -> u64 {
+        self.local.balance_generation()
+    }
+
+    /// Balances the in-process engine holds.
+    pub fn live_balances(&self) -> usize {
+        self.local.live_balances()
+    }
+
     /// Charges one request; see [`ChargeRequest`].
     pub async fn charge(&self, request: &ChargeRequest<'_>) -> Result<Decision, UsageError> {
         let decision = match &self.redis {
-            None => self.local.charge_now(request),
+            None => self.local.charge_now(request)?,
             Some(redis) if redis.is_up() => match redis.charge(request).await {
                 Ok(decision) => {
                     // Read first: a store on every verification would bounce the cache
@@ -285,7 +317,7 @@ impl Limiter {
         };
         self.metrics.usage_fallbacks.rate_limits.inc();
         match self.rate_limit_fallback {
-            RateLimitFallback::Local => Ok(self.local.charge_now(&request)),
+            RateLimitFallback::Local => Ok(self.local.charge_now(&request)?),
             RateLimitFallback::Allow => Ok(Decision {
                 outcome: Outcome::Allowed,
                 rate: None,
@@ -329,6 +361,7 @@ impl Limiter {
         match result {
             Ok(credits) => Ok(credits),
             Err(EngineError::Adjustment(error)) => Err(error.into()),
+            Err(EngineError::StaleCredits) => Err(UsageError::StaleCredits),
             Err(EngineError::Unreachable(reason)) => {
                 tracing::warn!(%reason, "cannot change credits while Redis is unreachable");
                 Err(UsageError::Unavailable)
@@ -365,19 +398,26 @@ impl Limiter {
                 store
                     .write_back_usage(&usage)
                     .await
+                    .map(|()| usage)
                     .map_err(|e| e.to_string())
             }
             Err(error) => Err(error.to_string()),
         };
-        if let Err(error) = written {
-            tracing::warn!(%error, "could not write usage back to storage; will retry");
-            let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
-            dirty.credits.extend(credits);
-            dirty.caps.extend(caps);
+        match written {
+            // Storage now holds these balances: the in-process engine may forget them.
+            Ok(usage) if self.redis.is_none() => self.local.settle(&usage.credits),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "could not write usage back to storage; will retry");
+                let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+                dirty.credits.extend(credits);
+                dirty.caps.extend(caps);
+            }
         }
     }
 
-    /// Forgets expired windows and idempotency records of the in-process engine.
+    /// Forgets expired windows, idempotency records and idle written-back balances of the
+    /// in-process engine.
     pub fn sweep(&self, now: Timestamp) {
         self.local.sweep(now);
     }

@@ -11,11 +11,12 @@ use keyward_core::secret::KeyFormatError;
 use keyward_core::usage::{Decision, Outcome};
 use keyward_core::verify::{decide, KeyFacts, VerifyCode};
 use keyward_core::{KeyHash, ParsedKey, Timestamp};
+use keyward_store::StoreError;
 
 use super::cache::{CachedKey, Peek};
 use super::{Ask, Verification, VerificationError};
 use crate::analytics::Subject;
-use crate::usage::{ChargeRequest, OrganizationCharge};
+use crate::usage::{ChargeRequest, OrganizationCharge, UsageError};
 
 /// The verdict on an API key.
 #[derive(Debug, Clone)]
@@ -87,11 +88,16 @@ impl Verification {
             InMemory::Decided(code, key) => (code, key),
             InMemory::Miss(hash) => {
                 let store = Arc::clone(&self.store);
+                let groups = &self.cache.groups;
+                let limiter = &self.limiter;
                 let loaded = self
                     .cache
                     .get_or_load(hash, || async move {
+                        let generation = limiter.balance_generation();
                         Ok::<_, VerificationError>(store.find_key(hash).await?.map(|found| {
-                            CachedKey::new(found.key, found.policy, found.secret.expires_at)
+                            let expires_at = found.secret.expires_at;
+                            let (key, policy) = (found.key, found.policy);
+                            CachedKey::new(key, policy, expires_at, generation, groups)
                         }))
                     })
                     .await?;
@@ -135,9 +141,8 @@ impl Verification {
         ask: &Ask<'_>,
         now: Timestamp,
     ) -> Result<Option<Decision>, VerificationError> {
-        let policy = &entry.policy;
-        let organization = match (&policy.organization, &entry.meters.organization) {
-            (Some(org), Some(meter)) if !org.windows.is_empty() || org.cap.is_some() => {
+        let organization = match entry.organization() {
+            Some((org, meter)) if !org.windows.is_empty() || org.cap.is_some() => {
                 Some(OrganizationCharge {
                     meter,
                     windows: &org.windows,
@@ -146,41 +151,61 @@ impl Verification {
             }
             _ => None,
         };
-        if policy.windows.is_empty() && entry.key.credits.is_none() && organization.is_none() {
+        let credits = entry.credits();
+        if entry.windows().is_empty() && credits.is_none() && organization.is_none() {
             return Ok(None);
         }
-        let decision = self
-            .limiter
-            .charge(&ChargeRequest {
-                meter: &entry.meters.key,
-                windows: &policy.windows,
-                credits: entry.key.credits,
-                organization,
-                cost: ask.credits_cost,
-                idempotency_key: ask.idempotency_key,
-                now,
-            })
-            .await?;
+        let request = ChargeRequest {
+            meter: entry.meter(),
+            windows: entry.windows(),
+            credits: credits.map(|(credits, _)| credits),
+            credits_generation: credits.map_or(0, |(_, generation)| generation),
+            organization,
+            cost: ask.credits_cost,
+            idempotency_key: ask.idempotency_key,
+            now,
+        };
+        let decision = match self.limiter.charge(&request).await {
+            // This node forgot the key's balance once it was written back, and the cached
+            // key was read before: charge from what storage holds now.
+            Err(UsageError::StaleCredits) => {
+                let credits_generation = self.limiter.balance_generation();
+                let credits = match self.store.key(entry.tenancy(), entry.id()).await {
+                    Ok(key) => key.credits,
+                    // Deleted meanwhile: nothing left to charge, and nothing to allow.
+                    Err(StoreError::NotFound(_)) => {
+                        return Ok(Some(Decision {
+                            outcome: Outcome::UsageExceeded,
+                            rate: None,
+                            credits_remaining: None,
+                        }))
+                    }
+                    Err(error) => return Err(error.into()),
+                };
+                let fresh = ChargeRequest {
+                    credits,
+                    credits_generation,
+                    ..request
+                };
+                self.limiter.charge(&fresh).await?
+            }
+            charged => charged?,
+        };
         Ok(Some(decision))
     }
 
     /// The alerts a charge calls for; rare, and never waited for.
     fn raise_usage_alerts(&self, entry: &CachedKey, decision: &Decision, cost: i64) {
-        let key = &entry.key;
         match decision.outcome {
             Outcome::RateLimited { .. } => {
                 if let Some(rate) = decision.rate {
-                    self.events.rate_limited(key, rate.limit, rate.reset_at);
+                    self.events.rate_limited(entry, rate.limit, rate.reset_at);
                 }
             }
             Outcome::Allowed => {
                 if let Some(remaining) = decision.credits_remaining {
-                    // The key's own threshold, or else its organisation's.
-                    let threshold = key.low_credits_threshold.or_else(|| {
-                        let organization = entry.policy.organization.as_ref();
-                        organization.and_then(|org| org.low_credits_threshold)
-                    });
-                    self.events.charged(key, remaining, cost, threshold);
+                    let threshold = entry.low_credits_threshold();
+                    self.events.charged(entry, remaining, cost, threshold);
                 }
             }
             Outcome::UsageExceeded => {}
@@ -230,15 +255,15 @@ fn judge(
     now: Timestamp,
 ) -> (VerifyCode, Option<Arc<CachedKey>>) {
     // Another workspace's key is as unknown as a key never issued.
-    if entry.key.tenancy != *tenancy {
+    if entry.tenancy() != tenancy {
         return (VerifyCode::InvalidKey, None);
     }
     let facts = KeyFacts {
-        secret_expires_at: entry.secret_expires_at,
-        revoked: entry.key.revoked_at.is_some(),
-        enabled: entry.key.enabled,
-        expires_at: entry.key.expires_at,
-        permissions: &entry.key.permissions,
+        secret_expires_at: entry.secret_expires_at(),
+        revoked: entry.is_revoked(),
+        enabled: entry.is_enabled(),
+        expires_at: entry.expires_at(),
+        permissions: entry.permissions(),
     };
     let code = decide(&facts, required, now);
     (

@@ -3,67 +3,38 @@
 //! Its one safety rule is in [`VerificationCache::get_or_load`]: a load that races an
 //! invalidation must not put the old state back. Each invalidation bumps `epoch`; a loader
 //! notes the epoch before reading storage and inserts only if no invalidation happened
-//! meanwhile, checked under the map's shard lock so that the check and the insert are one
-//! step with respect to `invalidate`. Every change drops the affected hashes before its call
-//! returns, so a revoked, rotated, disabled or deleted credential is refused by this node
-//! the moment the call returns.
+//! meanwhile. The check and the insert hold `changes` for reading and an invalidation holds
+//! it for writing, so that they are one step with respect to each other. Every change drops
+//! the affected hashes before its call returns, so a revoked, rotated, disabled or deleted
+//! credential is refused by this node the moment the call returns.
 //!
 //! On a shared database the cache answers only while this node's lease from the cluster
 //! protocol holds ([`keyward_store::cluster`]); otherwise every verification reads storage.
 //!
-//! The cache is bounded in bytes (`moka`, TinyLFU admission, each entry weighed by what it
-//! holds): a node keeps its hottest credentials however many exist. Dropping an entry is
-//! always safe, since a miss reads storage; only putting back an old state is not, and the
-//! epoch rule forbids that whatever moka evicts. Because moka's own removals are not
-//! ordered with a concurrent insert, every insert and every invalidation of a hash goes
-//! through `and_compute_with`, which moka runs one at a time per key.
+//! The cache is bounded in bytes (`quick_cache`: S3-FIFO-like admission, so a scan of cold
+//! keys does not push out the hot ones; each entry weighed by what it holds): a node keeps
+//! its hottest credentials however many exist. `quick_cache` was chosen over `moka` for its
+//! bookkeeping, about 80 bytes an entry against 300, and a read that is one shared lock and
+//! no queue: at a million cached keys the bookkeeping was most of the budget. Dropping an
+//! entry is always safe, since a miss reads storage; only putting back an old state is not,
+//! and the epoch rule forbids that whatever the cache evicts.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
-use keyward_core::model::{ApiKey, PublicKey, RootKey, UsagePolicy, WorkspaceKey};
+use keyward_core::model::{PublicKey, RootKey, WorkspaceKey};
 use keyward_core::usage::RateWindow;
 use keyward_core::{KeyHash, Timestamp};
 use keyward_store::cluster::ClusterCache;
 use keyward_store::Stale;
-use moka::ops::compute::Op;
 use prometheus_client::metrics::counter::Counter;
 use secrecy::SecretString;
 
+use super::cached_key::heap;
+pub use super::cached_key::{CachedKey, KeyGroups};
 use super::known::KnownCredentials;
 use super::tokens::VerificationKey;
-
-/// What the cache holds for an API key's secret.
-#[derive(Debug)]
-pub struct CachedKey {
-    pub key: ApiKey,
-    /// What limits its verifications, resolved when it was loaded.
-    pub policy: UsagePolicy,
-    pub meters: crate::usage::KeyMeters,
-    /// End of the grace period if this secret was superseded by a rotation.
-    pub secret_expires_at: Option<Timestamp>,
-    /// When this node last queued a `last_used_at` write for the key, to write at most one
-    /// per interval however hot the key is.
-    pub(crate) last_used_queued_at: AtomicI64,
-}
-
-impl CachedKey {
-    /// A key as storage gave it, with its meters named.
-    pub fn new(key: ApiKey, policy: UsagePolicy, secret_expires_at: Option<Timestamp>) -> Self {
-        Self {
-            meters: crate::usage::KeyMeters::new(
-                &key.id,
-                &key.tenancy,
-                key.organization_id.as_deref(),
-            ),
-            key,
-            policy,
-            secret_expires_at,
-            last_used_queued_at: AtomicI64::new(i64::MIN),
-        }
-    }
-}
 
 #[derive(Debug)]
 pub struct CachedRootKey {
@@ -132,62 +103,28 @@ impl Entry {
     /// `examples/cache_footprint.rs` (within a few per cent for a typical API key), so that
     /// the bound in bytes is one the process's memory follows.
     fn approximate_bytes(&self) -> usize {
-        // What the allocator adds to a heap block: its size class's rounding, on average.
-        const BLOCK: usize = 8;
         // The `Arc`'s counts around the cached struct.
         const ARC: usize = 16;
-        let heap = |len: usize| if len == 0 { 0 } else { len + BLOCK };
         let texts = |texts: &[&str]| texts.iter().map(|text| heap(text.len())).sum::<usize>();
-        let optional = |text: &Option<String>| text.as_deref().map_or(0, |text| heap(text.len()));
-        let listed = |list: &[String]| {
-            heap(std::mem::size_of_val(list))
-                + list.iter().map(|text| heap(text.len())).sum::<usize>()
-        };
         let windows = |windows: &[RateWindow]| heap(std::mem::size_of_val(windows));
-        MOKA_ENTRY_BYTES
-            + ARC
+        CACHE_SLOT_BYTES
             + match self {
-                Entry::Key(cached) => {
-                    let key = &cached.key;
-                    std::mem::size_of::<CachedKey>()
-                        + texts(&[&key.id, &key.app_id, &key.app_slug, &key.name, &key.start])
-                        + texts(&[&key.tenancy.workspace_id, &cached.meters.key])
-                        + optional(&key.owner_user_id)
-                        + optional(&key.organization_id)
-                        + optional(&key.rate_limit_scheme)
-                        + optional(&cached.meters.organization)
-                        + listed(&key.permissions)
-                        + if key.meta.is_empty() {
-                            0
-                        } else {
-                            serde_json::to_vec(&key.meta).map_or(0, |bytes| 2 * bytes.len())
-                        }
-                        + windows(&cached.policy.windows)
-                        + cached
-                            .policy
-                            .organization
-                            .as_ref()
-                            .map_or(0, |organization| {
-                                std::mem::size_of_val(organization)
-                                    + organization.id.len()
-                                    + windows(&organization.windows)
-                            })
-                }
+                Entry::Key(cached) => ARC + cached.approximate_bytes(),
                 Entry::Root(cached) => {
-                    std::mem::size_of::<CachedRootKey>()
+                    ARC + std::mem::size_of::<CachedRootKey>()
                         + texts(&[&cached.key.id, &cached.key.name, &cached.key.start])
                         + texts(&[&cached.key.tenancy.workspace_id, &cached.meter])
                         + windows(&cached.windows)
                 }
                 Entry::Public(cached) => {
-                    std::mem::size_of::<CachedPublicKey>()
+                    ARC + std::mem::size_of::<CachedPublicKey>()
                     + std::mem::size_of_val(&cached.key)
                     + windows(&cached.windows)
                     // Parsed keys: a modulus or a point, and their JWK fields.
                     + cached.verification_keys.len() * 1024
                 }
                 Entry::Workspace(cached) => {
-                    std::mem::size_of::<CachedWorkspaceKey>()
+                    ARC + std::mem::size_of::<CachedWorkspaceKey>()
                         + std::mem::size_of_val(&cached.key)
                         + cached.secrets.len() * 128
                         + windows(&cached.windows)
@@ -198,26 +135,59 @@ impl Entry {
     }
 }
 
-/// moka's bookkeeping for one entry: its map bucket, the key's `Arc`, the value entry, its
-/// entry info and access-order node (measured by `examples/cache_footprint.rs`). Every
-/// weigher of a moka cache counts it.
-pub(crate) const MOKA_ENTRY_BYTES: usize = 300;
+/// The cache's bookkeeping for one entry: its slot (the hash, the `Entry`, list links and
+/// state: 64 bytes), its share of the index and of the ghost slots that remember recently
+/// evicted hashes, and what the allocator keeps once entries churn. Measured by
+/// `examples/cache_footprint.rs`: 73 bytes in a cache that never evicted, about 110 once
+/// millions of keys have passed through it.
+pub(crate) const CACHE_SLOT_BYTES: usize = 110;
 
-/// An entry with the generation of `invalidate_all` it was cached in: moka's own
-/// `invalidate_all` is lazy and goes by insertion time, so an entry of an earlier
-/// generation is treated as absent whatever moka has done with it yet.
-#[derive(Debug, Clone)]
-struct Slot {
-    entry: Entry,
-    generation: u64,
+/// The share of slots kept for the hashes of recently evicted entries, whose return the
+/// cache admits straight to its main part.
+const GHOST_SHARE: f64 = 0.1;
+
+/// The entry a typical API key makes, for sizing the cache's index up front.
+const TYPICAL_ENTRY_BYTES: u64 = 160;
+
+/// Counts the entries the cache drops to stay within its bound, and drops up to two of them
+/// after the cache's lock is released (as `quick_cache`'s default does).
+#[derive(Clone)]
+struct CountEvictions(Counter);
+
+impl quick_cache::Lifecycle<KeyHash, Entry> for CountEvictions {
+    type RequestState = [Option<Entry>; 2];
+
+    fn on_evict(&self, state: &mut Self::RequestState, _: KeyHash, entry: Entry) {
+        self.0.inc();
+        if let Some(free) = state.iter_mut().find(|held| held.is_none()) {
+            *free = Some(entry);
+        }
+    }
 }
+
+#[derive(Clone)]
+struct WeighEntries;
+
+impl quick_cache::Weighter<KeyHash, Entry> for WeighEntries {
+    fn weight(&self, _: &KeyHash, entry: &Entry) -> u64 {
+        entry.approximate_bytes() as u64
+    }
+}
+
+type Entries = quick_cache::sync::Cache<
+    KeyHash,
+    Entry,
+    WeighEntries,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
 
 /// How the cache counts what it does, for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct CacheCounters {
     pub hits: Counter,
     pub misses: Counter,
-    /// Entries moka dropped to stay within the bound (not invalidations).
+    /// Entries dropped to stay within the bound (not invalidations).
     pub evictions: Counter,
     /// Credentials read from storage by verification: what the cache and the filter of
     /// known credentials could not answer.
@@ -268,10 +238,12 @@ pub enum Peek<R> {
 }
 
 pub struct VerificationCache {
-    entries: moka::sync::Cache<KeyHash, Slot>,
+    entries: Entries,
+    /// Bumped by every invalidation, under `changes` held for writing.
     epoch: AtomicU64,
-    /// Bumped by `invalidate_all`: slots of an older generation are absent.
-    generation: AtomicU64,
+    /// Held for writing by an invalidation and for reading by a loader's check of `epoch` and
+    /// its insert, so that no insert of an old state lands after an invalidation's removal.
+    changes: RwLock<()>,
     max_bytes: u64,
     counters: CacheCounters,
     /// Until when the cache may answer, in milliseconds after `clock_base`; `ALWAYS` on a
@@ -285,13 +257,15 @@ pub struct VerificationCache {
     foreign_secrets: AtomicBool,
     /// Every look-up hash in storage, approximately: answers for hashes not cached.
     pub known: KnownCredentials,
+    /// What cached API keys share with their app's other keys, held once.
+    pub groups: KeyGroups,
 }
 
 impl std::fmt::Debug for VerificationCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerificationCache")
-            .field("entries", &self.entries.entry_count())
-            .field("weighted_bytes", &self.entries.weighted_size())
+            .field("entries", &self.entries.len())
+            .field("weighted_bytes", &self.entries.weight())
             .field("max_bytes", &self.max_bytes)
             .finish_non_exhaustive()
     }
@@ -299,8 +273,8 @@ impl std::fmt::Debug for VerificationCache {
 
 const ALWAYS: u64 = u64::MAX;
 
-/// The default bound: with an eighth for verified tokens (`tokens::TOKEN_CACHE_SHARE`),
-/// it holds about 200,000 API keys of a typical size.
+/// The default bound: with a sixteenth for verified tokens (`tokens::TOKEN_CACHE_SHARE`),
+/// it holds about a million API keys of a typical size.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for VerificationCache {
@@ -316,28 +290,31 @@ impl Default for VerificationCache {
 impl VerificationCache {
     /// A cache that holds at most about `max_bytes` of credentials.
     pub fn new(max_bytes: u64, counters: CacheCounters, known: KnownCredentials) -> Self {
-        let evictions = counters.evictions.clone();
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_: &KeyHash, slot: &Slot| {
-                u32::try_from(slot.entry.approximate_bytes()).unwrap_or(u32::MAX)
-            })
-            .eviction_listener(move |_, _, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    evictions.inc();
-                }
-            })
-            .build();
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(
+                usize::try_from(max_bytes / TYPICAL_ENTRY_BYTES).unwrap_or(usize::MAX),
+            )
+            .weight_capacity(max_bytes)
+            .ghost_allocation(GHOST_SHARE)
+            .build()
+            .expect("valid cache options");
+        let entries = Entries::with_options(
+            options,
+            WeighEntries,
+            quick_cache::DefaultHashBuilder::default(),
+            CountEvictions(counters.evictions.clone()),
+        );
         Self {
             entries,
             epoch: AtomicU64::new(0),
-            generation: AtomicU64::new(0),
+            changes: RwLock::new(()),
             max_bytes,
             counters,
             trusted_until: AtomicU64::new(ALWAYS),
             clock_base: std::time::Instant::now(),
             foreign_secrets: AtomicBool::new(false),
             known,
+            groups: KeyGroups::default(),
         }
     }
 
@@ -352,9 +329,9 @@ impl VerificationCache {
             .unwrap_or(ALWAYS - 1)
     }
 
-    /// Entries held (moka's count, which settles shortly after a change).
+    /// Entries held.
     pub fn len(&self) -> usize {
-        usize::try_from(self.entries.entry_count()).unwrap_or(usize::MAX)
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -363,38 +340,27 @@ impl VerificationCache {
 
     /// What the entries weigh, by their approximate bytes, and the bound.
     pub fn weighted_bytes(&self) -> (u64, u64) {
-        (self.entries.weighted_size(), self.max_bytes)
-    }
-
-    /// Lets moka finish its pending bookkeeping (evictions, counts), for `/metrics` and tests.
-    pub fn run_pending_tasks(&self) {
-        self.entries.run_pending_tasks();
+        (self.entries.weight(), self.max_bytes)
     }
 
     pub(crate) fn foreign_secrets_present(&self) -> bool {
         self.foreign_secrets.load(Ordering::Relaxed)
     }
 
-    /// The entry of `hash`, unless it belongs to an earlier generation.
-    fn current(&self, hash: &KeyHash) -> Option<Entry> {
-        let slot = self.entries.get(hash)?;
-        (slot.generation == self.generation.load(Ordering::SeqCst)).then_some(slot.entry)
-    }
-
     /// Drops the given secrets.
     pub fn invalidate(&self, hashes: &[KeyHash]) {
+        let _change = self.changes.write().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         for hash in hashes {
-            // Through the key's lock, so that no insert can slip in beside it.
-            self.entries.entry(*hash).and_compute_with(|_| Op::Remove);
+            self.entries.remove(hash);
         }
     }
 
     /// Drops everything, for changes that touch many credentials at once.
     pub fn invalidate_all(&self) {
+        let _change = self.changes.write().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     /// What the cache says about `hash` without storage, for the hot path.
@@ -416,7 +382,7 @@ impl VerificationCache {
     /// What memory says of `hash` as a `T`, on a trusted cache: the cache, then the filter of
     /// known credentials. `read` sees a cached credential in place.
     fn look_up<T: Cached, R>(&self, hash: &KeyHash, read: impl FnOnce(&Arc<T>) -> R) -> Lookup<R> {
-        match self.current(hash) {
+        match self.entries.get(hash) {
             // Known to be absent as another kind only: storage must say about this one.
             Some(Entry::Absent(kind)) if kind != T::KIND => {}
             Some(entry) => {
@@ -460,23 +426,20 @@ impl VerificationCache {
                 Some(loaded) => Arc::clone(loaded).into_entry(),
                 None => Entry::Absent(T::KIND),
             };
-            self.entries.entry(hash).and_compute_with(|current| {
-                let holds_a_credential =
-                    current.is_some_and(|held| !matches!(held.value().entry, Entry::Absent(_)));
-                // Under the key's lock: an invalidation that bumped the epoch has already
-                // removed the hash, or will, after this. An absence never displaces another
-                // kind's credential.
-                if self.epoch.load(Ordering::SeqCst) == epoch_before_load
-                    && !(loaded.is_none() && holds_a_credential)
-                {
-                    Op::Put(Slot {
-                        entry,
-                        generation: self.generation.load(Ordering::SeqCst),
-                    })
-                } else {
-                    Op::Nop
-                }
-            });
+            let _insert = self.changes.read().unwrap_or_else(PoisonError::into_inner);
+            // An invalidation that bumped the epoch has removed the hash already, or waits
+            // to, after this.
+            // An absence does not displace another kind's credential (a loader racing this
+            // one may still put one in after the look: that costs a read, never a stale
+            // answer).
+            let displaces_a_credential = loaded.is_none()
+                && self
+                    .entries
+                    .peek(&hash)
+                    .is_some_and(|held| !matches!(held, Entry::Absent(_)));
+            if self.epoch.load(Ordering::SeqCst) == epoch_before_load && !displaces_a_credential {
+                self.entries.insert(hash, entry);
+            }
         }
         Ok(loaded)
     }
@@ -701,7 +664,6 @@ mod tests {
                 .await
                 .unwrap();
         }
-        cache.run_pending_tasks();
         let (weighted, bound) = cache.weighted_bytes();
         assert!(
             weighted <= bound,

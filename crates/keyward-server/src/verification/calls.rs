@@ -58,6 +58,7 @@ impl Verification {
                 meter,
                 windows,
                 credits: None,
+                credits_generation: 0,
                 organization: None,
                 cost: 0,
                 idempotency_key: None,

@@ -188,6 +188,7 @@ impl Verification {
                     meter: &meter,
                     windows: &user.public_key.windows,
                     credits: None,
+                    credits_generation: 0,
                     organization: None,
                     cost: 1,
                     idempotency_key: None,

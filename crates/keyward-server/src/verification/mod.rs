@@ -6,6 +6,7 @@
 //!
 //! The steps, each in its file:
 //! - [`cache`]: the verification cache and its get-or-load-with-epoch rule;
+//! - [`cached_key`]: an API key as the cache holds it, compact;
 //! - [`api_key`]: API keys: parse, cache or storage, core's decision, then usage control;
 //! - [`root`]: root keys, decided by core like API keys;
 //! - [`end_user`]: public keys with their end users' tokens ([`tokens`] checks those);
@@ -14,6 +15,7 @@
 
 pub mod api_key;
 pub mod cache;
+pub mod cached_key;
 pub mod calls;
 pub mod end_user;
 pub mod known;

@@ -176,6 +176,7 @@ async fn while_redis_is_down_credits_fail_closed_rate_limits_fall_back_and_both_
             }),
             rate_limit_fallback: RateLimitFallback::Local,
             credit_fallback: CreditFallback::Deny,
+            ..UsageSettings::default()
         },
         ..quick_config()
     })

@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use keyward_server::usage::UsageSettings;
 use keyward_server::{DemoSettings, ServerConfig};
 use serde_json::{json, Value};
 
-use crate::testkit::{send, Api, TestServer};
+use crate::testkit::{metric, send, Api, TestServer};
 
 /// Windows this long never straddle a boundary during a test (they are aligned to the
 /// epoch, and 31-day boundaries are rare).
@@ -187,6 +188,56 @@ async fn credits_are_spent_set_incremented_decremented_and_charged_once_per_retr
         .await
         .assert_error(409, "CONFLICT_ERROR", "no_credits");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_balance_is_forgotten_once_written_back_and_charged_from_storage_after() {
+    let server = TestServer::start_with(ServerConfig {
+        usage: UsageSettings {
+            balance_idle: Duration::from_millis(100),
+            ..UsageSettings::default()
+        },
+        ..quick_config()
+    })
+    .await;
+    let api = server.api();
+    api.create_app("metered", &[]).await;
+    let (id, secret) = key_with(
+        &api,
+        "metered",
+        json!({"name": "k", "credits": {"remaining": 10}}),
+    )
+    .await;
+    // The first verification caches the key as storage had it then: 10 credits.
+    for expected in [9, 8, 7] {
+        let answer = verify(&api, json!({"key": secret})).await;
+        assert_eq!(answer["credits"]["remaining"], expected);
+    }
+    // Written back and idle: the engine lets the balance go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&server.base, "keyward_usage_live_balances").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "the balance was never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The cached key still says 10; storage says 7, and is what is charged.
+    let answer = verify(&api, json!({"key": secret})).await;
+    assert_eq!(answer["credits"]["remaining"], 6);
+    let answer = verify(&api, json!({"key": secret})).await;
+    assert_eq!(answer["credits"]["remaining"], 5);
+    let path = format!("/api/v1/keys/{id}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let key = api.get(&path).await;
+        if key.assert_status(200)["credits"]["remaining"] == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never written back: {:#}",
+            key.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

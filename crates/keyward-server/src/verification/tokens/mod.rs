@@ -17,9 +17,12 @@ use keyward_core::Timestamp;
 use super::cache::CachedPublicKey;
 use jwks::{JwksCache, JwksError};
 
-/// The share of `KEYWARD_CACHE_MAX_BYTES` verified tokens may hold; the verification cache
-/// has the rest.
-pub const TOKEN_CACHE_SHARE: u64 = 8;
+/// The share of `KEYWARD_CACHE_MAX_BYTES` verified tokens may hold (a sixteenth); the
+/// verification cache has the rest.
+pub const TOKEN_CACHE_SHARE: u64 = 16;
+
+/// What a verified token's entry typically weighs, for sizing the cache's index up front.
+const TYPICAL_TOKEN_BYTES: u64 = 700;
 
 /// A public key that can verify signatures, with the `kid` it is known by.
 #[derive(Clone)]
@@ -240,10 +243,11 @@ struct CachedToken {
 }
 
 impl CachedToken {
-    /// What the entry holds, with moka's bookkeeping (as the verification cache counts it).
-    fn approximate_bytes(&self) -> u32 {
+    /// What the entry holds, with the cache's bookkeeping (as the verification cache counts
+    /// it).
+    fn approximate_bytes(&self) -> u64 {
         let identity = &self.identity;
-        let bytes = super::cache::MOKA_ENTRY_BYTES
+        let bytes = super::cache::CACHE_SLOT_BYTES
             + std::mem::size_of::<Self>()
             + self.token.len()
             + std::mem::size_of::<TokenIdentity>()
@@ -254,16 +258,25 @@ impl CachedToken {
                 .iter()
                 .map(|permission| permission.len() + std::mem::size_of::<String>())
                 .sum::<usize>();
-        u32::try_from(bytes).unwrap_or(u32::MAX)
+        bytes as u64
+    }
+}
+
+#[derive(Clone)]
+struct WeighTokens;
+
+impl quick_cache::Weighter<u64, Arc<CachedToken>> for WeighTokens {
+    fn weight(&self, _: &u64, token: &Arc<CachedToken>) -> u64 {
+        token.approximate_bytes()
     }
 }
 
 /// Checks tokens, remembering verified ones until their `exp` within a bound in bytes
-/// (moka, TinyLFU admission: a flood of fresh tokens does not push out the hot ones). An
-/// expired token's entry never answers; it waits to be evicted.
+/// (`quick_cache`, whose admission keeps a flood of fresh tokens from pushing out the hot
+/// ones). An expired token's entry never answers; it waits to be evicted.
 pub struct TokenVerifier {
     jwks: Arc<JwksCache>,
-    cache: moka::sync::Cache<u64, Arc<CachedToken>>,
+    cache: quick_cache::sync::Cache<u64, Arc<CachedToken>, WeighTokens>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -271,10 +284,11 @@ impl TokenVerifier {
     pub fn new(jwks: Arc<JwksCache>, max_bytes: u64) -> Self {
         Self {
             jwks,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|_: &u64, token: &Arc<CachedToken>| token.approximate_bytes())
-                .build(),
+            cache: quick_cache::sync::Cache::with_weighter(
+                usize::try_from(max_bytes / TYPICAL_TOKEN_BYTES).unwrap_or(usize::MAX),
+                max_bytes,
+                WeighTokens,
+            ),
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
@@ -282,7 +296,7 @@ impl TokenVerifier {
     /// Drops every verified token, so the next check of each verifies its signature again
     /// (benchmarks measure the cold path this way).
     pub fn forget_tokens(&self) {
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 
     pub fn jwks(&self) -> &Arc<JwksCache> {
