@@ -63,6 +63,9 @@ def main():
     url = urllib.parse.urlparse(ADMIN_URL)._replace(path=f"/{name}").geturl()
     directory = tempfile.mkdtemp()
     env = {"DATABASE_URL": url, "KEYWARD_CACHE_MAX_BYTES": str(BUDGET)}
+    # Extra server settings, e.g. KW_MEMORY_SERVER_ENV="KEYWARD_USAGE_ANALYTICS=false", to
+    # see what a background writer costs.
+    env.update(pair.split("=", 1) for pair in os.environ.get("KW_MEMORY_SERVER_ENV", "").split())
     try:
         process, base, root = start_server(BINARY, os.path.join(directory, "data"), env=env)
         wait_ready(base)

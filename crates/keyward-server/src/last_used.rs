@@ -1,8 +1,9 @@
 //! `last_used_at`, written in batches off the hot path.
 //!
-//! Verification only queues the key (at most once per key per interval, see
-//! [`CachedKey::last_used_queued_at`]); a background task coalesces the queue and writes one
-//! transaction per interval. On shutdown the task drains the queue and writes what is left.
+//! Verification only queues the key (its first use at once, then at most once every ten
+//! minutes, [`REFRESH_MS`]; see [`CachedKey::last_used_queued_at`]); a background task
+//! coalesces the queue and writes one transaction per flush interval. On shutdown the task
+//! drains the queue and writes what is left.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -19,10 +20,17 @@ use crate::verification::CachedKey;
 
 const QUEUE_CAPACITY: usize = 65_536;
 
+/// How stale a used key's `last_used_at` may be (AWS allows its access keys' four hours).
+/// Each refresh is a row update, so their rate is the keys in use divided by this: refreshed
+/// every second, a million keys in use cost tens of thousands of updates a second and a third
+/// of verification's throughput on two cores (docs/benchmarks.md, issue 19).
+pub const REFRESH_MS: i64 = 10 * 60_000;
+
 #[derive(Debug, Clone)]
 pub struct LastUsedRecorder {
     queue: mpsc::Sender<(Arc<CachedKey>, Timestamp)>,
-    interval_ms: i64,
+    /// How long after queueing a key's use the next one is queued.
+    refresh_ms: i64,
     metrics: Arc<Metrics>,
 }
 
@@ -37,7 +45,9 @@ impl LastUsedRecorder {
         let task = tokio::spawn(write_batches(store, receiver, interval));
         let recorder = Self {
             queue,
-            interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
+            refresh_ms: i64::try_from(interval.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(REFRESH_MS),
             metrics,
         };
         (recorder, task)
@@ -46,7 +56,7 @@ impl LastUsedRecorder {
     /// Notes a successful verification. Never waits.
     pub fn record(&self, entry: &Arc<CachedKey>, now: Timestamp) {
         let queued_at = entry.last_used_queued_at.load(Ordering::Relaxed);
-        if now.as_millis().saturating_sub(queued_at) < self.interval_ms {
+        if now.as_millis().saturating_sub(queued_at) < self.refresh_ms {
             return;
         }
         entry
