@@ -63,7 +63,11 @@ impl LastUsedRecorder {
             .last_used_queued_at
             .store(now.as_millis(), Ordering::Relaxed);
         if self.queue.try_send((Arc::clone(entry), now)).is_err() {
-            // Only a stalled storage fills the queue; count what it costs.
+            // Only a stalled storage fills the queue; count what it costs, and let the next
+            // use try again rather than wait out the refresh.
+            entry
+                .last_used_queued_at
+                .store(queued_at, Ordering::Relaxed);
             self.metrics.last_used_dropped.inc();
         }
     }

@@ -493,11 +493,20 @@ pub(crate) async fn update_key(
         low_credits_threshold: request.low_credits_threshold,
     };
     let now = change.now;
+    let balance_changed = patch.credits.as_ref().is_some_and(Option::is_some);
     let changed = state
         .change_credential(move |state| async move {
             state.store.update_key(&change, &id, &patch).await
         })
         .await?;
+    if balance_changed {
+        // A write-back between the engine's change and this commit may have written an
+        // older balance than the one just stored: the next one writes the engine's again.
+        state
+            .verification
+            .limiter
+            .balance_written_elsewhere(&changed.record.id);
+    }
     Ok(answer(&changed, now))
 }
 

@@ -22,10 +22,22 @@ pub struct LocalEngine {
     state: Mutex<State>,
     /// How long a written-back balance stays after its last charge.
     balance_idle_ms: i64,
-    /// Bumped, under `state`'s lock, by every sweep that forgets a balance: a charge whose
-    /// `credits` were read from storage before that, for a meter with no live balance, may
-    /// carry a balance older than the one written back, and is refused as stale.
+    /// Bumped, under `state`'s lock, by every sweep that forgets a balance; the forgotten
+    /// meters' slots in `State::forgotten_at` take its new value. A charge whose `credits`
+    /// were read from storage before its meter's slot was last set, for a meter with no live
+    /// balance, may carry a balance older than the one written back: it is refused as stale.
     forgotten: AtomicU64,
+}
+
+/// Slots of `State::forgotten_at`: meters share a slot by hash, so a forgotten balance makes
+/// only the keys of its slot read their credits again.
+const FORGOTTEN_SLOTS: usize = 4096;
+
+fn forgotten_slot(meter: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meter.hash(&mut hasher);
+    (hasher.finish() % FORGOTTEN_SLOTS as u64) as usize
 }
 
 impl Default for LocalEngine {
@@ -34,7 +46,7 @@ impl Default for LocalEngine {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     /// Per meter: each window's period and count.
     windows: HashMap<String, Vec<(i64, WindowCount)>>,
@@ -42,6 +54,20 @@ struct State {
     caps: HashMap<String, CapUsage>,
     /// Allowed decisions by meter and idempotency key, with when they are forgotten.
     replies: HashMap<(String, String), (Decision, i64)>,
+    /// Per slot of meters, the generation at which a balance of one was last forgotten.
+    forgotten_at: Vec<u64>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            windows: HashMap::new(),
+            credits: HashMap::new(),
+            caps: HashMap::new(),
+            replies: HashMap::new(),
+            forgotten_at: vec![0; FORGOTTEN_SLOTS],
+        }
+    }
 }
 
 /// A balance as charges left it.
@@ -131,9 +157,8 @@ impl LocalEngine {
                 }
             }
         }
-        if request.credits.is_some()
-            && request.credits_generation < self.forgotten.load(Ordering::SeqCst)
-            && !state.credits.contains_key(request.meter)
+        let seeded = request.credits.is_some() && !state.credits.contains_key(request.meter);
+        if seeded && request.credits_generation < state.forgotten_at[forgotten_slot(request.meter)]
         {
             return Err(EngineError::StaleCredits);
         }
@@ -182,6 +207,19 @@ impl LocalEngine {
             now,
         );
         if decision.outcome != Outcome::Allowed {
+            if let (true, Some(stored)) = (seeded, request.credits) {
+                // Held although nothing was spent, so that a refused key's retries are not
+                // each sent back to storage once its balance has been forgotten. Storage
+                // holds it: it is no older than the meter's last forgetting.
+                state.credits.insert(
+                    request.meter.to_owned(),
+                    LiveCredits {
+                        balance: stored,
+                        changed_at: now.as_millis(),
+                        settled: true,
+                    },
+                );
+            }
             return Ok(decision);
         }
         let (own_counted, org_counted) = counted.split_at(own_len);
@@ -239,13 +277,20 @@ impl LocalEngine {
                 .any(|(period, count)| count.window_start + period > now)
         });
         state.replies.retain(|_, (_, until)| *until > now);
-        let held = state.credits.len();
         let idle = self.balance_idle_ms;
-        state
-            .credits
-            .retain(|_, live| !live.settled || now - live.changed_at < idle);
-        if state.credits.len() < held {
-            self.forgotten.fetch_add(1, Ordering::SeqCst);
+        let mut forgotten = Vec::new();
+        state.credits.retain(|meter, live| {
+            let keep = !live.settled || now - live.changed_at < idle;
+            if !keep {
+                forgotten.push(forgotten_slot(meter));
+            }
+            keep
+        });
+        if !forgotten.is_empty() {
+            let generation = self.forgotten.fetch_add(1, Ordering::SeqCst) + 1;
+            for slot in forgotten {
+                state.forgotten_at[slot] = generation;
+            }
         }
     }
 }
@@ -478,6 +523,59 @@ mod tests {
         assert_eq!(
             engine.charge_now(&first).unwrap().credits_remaining,
             Some(6)
+        );
+    }
+
+    #[test]
+    fn forgetting_leaves_other_slots_alone_and_a_refused_key_is_held() {
+        let engine = LocalEngine::new(std::time::Duration::ZERO);
+        let before = engine.balance_generation();
+        let one = Credits {
+            remaining: 1,
+            refill: None,
+            refilled_at: NOW,
+        };
+        let spent = request(&[], Some(one));
+        assert_eq!(engine.charge_now(&spent).unwrap().outcome, Outcome::Allowed);
+        let empty = Credits {
+            remaining: 0,
+            ..one
+        };
+        engine.settle(&[("k".to_owned(), empty)]);
+        engine.sweep(NOW);
+        assert_eq!(engine.live_balances(), 0);
+        // Another meter, in another slot, read before the forgetting: not stale.
+        let other = (0..)
+            .map(|n| format!("key:other{n}"))
+            .find(|meter| forgotten_slot(meter) != forgotten_slot("key:k"))
+            .unwrap();
+        let unrelated = ChargeRequest {
+            meter: &other,
+            ..spent
+        };
+        assert_eq!(
+            engine.charge_now(&unrelated).unwrap().outcome,
+            Outcome::Allowed
+        );
+        // The forgotten meter, read before: stale. Read again, it is refused, and the refusal
+        // is held so that the next retry does not go back to storage.
+        assert!(matches!(
+            engine.charge_now(&spent),
+            Err(EngineError::StaleCredits)
+        ));
+        let fresh = ChargeRequest {
+            credits: Some(empty),
+            credits_generation: engine.balance_generation(),
+            ..spent
+        };
+        assert!(before < fresh.credits_generation);
+        assert_eq!(
+            engine.charge_now(&fresh).unwrap().outcome,
+            Outcome::UsageExceeded
+        );
+        assert_eq!(
+            engine.charge_now(&spent).unwrap().outcome,
+            Outcome::UsageExceeded
         );
     }
 }

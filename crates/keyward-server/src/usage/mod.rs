@@ -327,6 +327,13 @@ impl Limiter {
         }
     }
 
+    /// Storage was given a key's balance by another road (a credits change through the API):
+    /// the next write-back writes the engine's balance again, which may be newer.
+    pub fn balance_written_elsewhere(&self, key_id: &str) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        dirty.credits.insert(key_meter(key_id), key_id.to_owned());
+    }
+
     fn mark_dirty(&self, request: &ChargeRequest<'_>) {
         let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
         if request.credits.is_some() && !dirty.credits.contains_key(request.meter) {

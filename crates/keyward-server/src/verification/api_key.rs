@@ -165,32 +165,35 @@ impl Verification {
             idempotency_key: ask.idempotency_key,
             now,
         };
-        let decision = match self.limiter.charge(&request).await {
-            // This node forgot the key's balance once it was written back, and the cached
-            // key was read before: charge from what storage holds now.
-            Err(UsageError::StaleCredits) => {
-                let credits_generation = self.limiter.balance_generation();
-                let credits = match self.store.key(entry.tenancy(), entry.id()).await {
-                    Ok(key) => key.credits,
-                    // Deleted meanwhile: nothing left to charge, and nothing to allow.
-                    Err(StoreError::NotFound(_)) => {
-                        return Ok(Some(Decision {
-                            outcome: Outcome::UsageExceeded,
-                            rate: None,
-                            credits_remaining: None,
-                        }))
-                    }
-                    Err(error) => return Err(error.into()),
-                };
-                let fresh = ChargeRequest {
-                    credits,
-                    credits_generation,
-                    ..request
-                };
-                self.limiter.charge(&fresh).await?
-            }
-            charged => charged?,
-        };
+        // This node may have forgotten the key's balance once it was written back, after the
+        // cached key was read: then it charges from what storage holds now. Another balance
+        // of the same slot forgotten during that read asks for one more.
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        let mut charged = self.limiter.charge(&request).await;
+        while matches!(charged, Err(UsageError::StaleCredits)) && attempt < ATTEMPTS {
+            attempt += 1;
+            let credits_generation = self.limiter.balance_generation();
+            let credits = match self.store.key(entry.tenancy(), entry.id()).await {
+                Ok(key) => key.credits,
+                // Deleted meanwhile: nothing left to charge, and nothing to allow.
+                Err(StoreError::NotFound(_)) => {
+                    return Ok(Some(Decision {
+                        outcome: Outcome::UsageExceeded,
+                        rate: None,
+                        credits_remaining: None,
+                    }))
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let fresh = ChargeRequest {
+                credits,
+                credits_generation,
+                ..request
+            };
+            charged = self.limiter.charge(&fresh).await;
+        }
+        let decision = charged?;
         Ok(Some(decision))
     }
 

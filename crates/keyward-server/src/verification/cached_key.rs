@@ -334,7 +334,9 @@ impl KeyGroups {
         const FIRST_PRUNE: usize = 1024;
         let mut interned = self.interned.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(held) = interned.groups.get(&group) {
-            return (Arc::clone(held), false);
+            // Held by the set alone: the key that paid for it is gone, and this one pays.
+            let orphaned = Arc::strong_count(held) == 1;
+            return (Arc::clone(held), orphaned);
         }
         if interned.groups.len() >= interned.prune_at.max(FIRST_PRUNE) {
             interned.groups.retain(|held| Arc::strong_count(held) > 1);
@@ -474,6 +476,11 @@ mod tests {
         let third = CachedKey::new(other, UsagePolicy::default(), None, 0, &groups);
         assert!(!Arc::ptr_eq(&first.group, &third.group));
         assert_eq!(groups.len(), 2);
+        // Once every key that held it is gone, the next key to take it up pays for it.
+        let paid = first.approximate_bytes();
+        drop((first, second));
+        let fourth = CachedKey::new(key(1), UsagePolicy::default(), None, 0, &groups);
+        assert_eq!(fourth.approximate_bytes(), paid);
     }
 
     #[test]
