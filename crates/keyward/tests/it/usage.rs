@@ -54,6 +54,23 @@ async fn codes(api: &Api, secret: &str, times: usize) -> Vec<String> {
     seen
 }
 
+/// Waits until the key at `path` shows `remaining` credits: the write-back reached storage.
+async fn written_back(api: &Api, path: &str, remaining: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let key = api.get(path).await;
+        if key.assert_status(200)["credits"]["remaining"] == remaining {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never written back: {:#}",
+            key.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn count(codes: &[String], code: &str) -> usize {
     codes.iter().filter(|seen| *seen == code).count()
 }
@@ -165,19 +182,7 @@ async fn credits_are_spent_set_incremented_decremented_and_charged_once_per_retr
     .assert_error(422, "VALIDATION_ERROR", "invalid_idempotency_key");
 
     // The balance reaches storage by itself.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let key = api.get(&path).await;
-        if key.body["credits"]["remaining"] == 4 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never written back: {:#}",
-            key.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    written_back(&api, &path, 4).await;
     // `null` makes the key unlimited.
     let unlimited = api.patch(&path, json!({"credits": null})).await;
     assert_eq!(unlimited.assert_status(200)["credits"], Value::Null);
@@ -224,20 +229,7 @@ async fn an_idle_balance_is_forgotten_once_written_back_and_charged_from_storage
     assert_eq!(answer["credits"]["remaining"], 6);
     let answer = verify(&api, json!({"key": secret})).await;
     assert_eq!(answer["credits"]["remaining"], 5);
-    let path = format!("/api/v1/keys/{id}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let key = api.get(&path).await;
-        if key.assert_status(200)["credits"]["remaining"] == 5 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never written back: {:#}",
-            key.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    written_back(&api, &format!("/api/v1/keys/{id}"), 5).await;
 }
 
 #[tokio::test]
