@@ -540,6 +540,12 @@ async fn alerts_for_limits_credits_and_expiry_fire_once_each() {
     }
     assert_eq!(seen["rate_limit.exceeded"]["key"]["id"], limited["id"]);
     assert_eq!(seen["rate_limit.exceeded"]["details"]["limit"], 1);
+    // What the verification cache does not hold is read from storage for the alert.
+    for (kind, key) in [("rate_limit.exceeded", &limited), ("credits.low", &paid)] {
+        assert_eq!(seen[kind]["key"]["name"], key["name"], "{kind}");
+        assert_eq!(seen[kind]["key"]["start"], key["start"], "{kind}");
+        assert_eq!(seen[kind]["key"]["created_at"], key["created_at"], "{kind}");
+    }
     assert_eq!(seen["credits.low"]["key"]["id"], paid["id"]);
     assert_eq!(
         seen["credits.low"]["details"],
