@@ -619,9 +619,14 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-request-id"),
             HeaderName::from_static("x-tenant-id"),
         ])
+        // A browser's script sees only these response headers cross-origin; an SDK needs
+        // `Retry-After` and the rate-limit headers to back off.
         .expose_headers([
             HeaderName::from_static("x-request-id"),
             HeaderName::from_static("api-version"),
+            HeaderName::from_static("retry-after"),
+            HeaderName::from_static("ratelimit"),
+            HeaderName::from_static("ratelimit-policy"),
         ])
         .max_age(Duration::from_secs(600))
 }

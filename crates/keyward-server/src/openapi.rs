@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
+use keyward_proto::{ClientMessage, Event, EventKey, ServerMessage, Session};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{InfoBuilder, OpenApi};
+use utoipa::openapi::{InfoBuilder, OpenApi, RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 pub(crate) fn finish(mut openapi: OpenApi) -> OpenApi {
     openapi.info = InfoBuilder::new()
@@ -25,5 +27,20 @@ pub(crate) fn finish(mut openapi: OpenApi) -> OpenApi {
             "A pk_jwt_… or pk_live_… key; the end user's token goes in Authorization: Bearer",
         ))),
     );
+    // No route takes or answers the socket's messages over HTTP, so nothing would list them;
+    // SDKs generate their socket types from these.
+    let mut socket_schemas: Vec<(String, RefOr<Schema>)> = Vec::new();
+    for (name, schema) in [
+        (ServerMessage::name(), ServerMessage::schema()),
+        (ClientMessage::name(), ClientMessage::schema()),
+        (Session::name(), Session::schema()),
+        (Event::name(), Event::schema()),
+        (EventKey::name(), EventKey::schema()),
+    ] {
+        socket_schemas.push((name.into_owned(), schema));
+    }
+    ServerMessage::schemas(&mut socket_schemas);
+    ClientMessage::schemas(&mut socket_schemas);
+    components.schemas.extend(socket_schemas);
     openapi
 }

@@ -30,9 +30,26 @@ use crate::AppState;
 /// The forward-auth routes and their part of the OpenAPI document. The document lists the
 /// common methods; the routes take any method, since a proxy may forward any.
 pub(crate) fn router(state: Arc<AppState>) -> (Router, OpenApi) {
-    let (_, openapi) = OpenApiRouter::<Arc<AppState>>::new()
+    let (_, mut openapi) = OpenApiRouter::<Arc<AppState>>::new()
         .routes(routes!(forward_auth))
         .split_for_parts();
+    // One handler serves every method, but OpenAPI wants each operation's id unique.
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            ("get", &mut item.get),
+            ("post", &mut item.post),
+            ("put", &mut item.put),
+            ("patch", &mut item.patch),
+            ("delete", &mut item.delete),
+            ("head", &mut item.head),
+            ("options", &mut item.options),
+        ];
+        for (method, operation) in operations {
+            if let Some(operation) = operation {
+                operation.operation_id = Some(format!("forward_auth_{method}"));
+            }
+        }
+    }
     // Envoy's HTTP service: everything below the prefix is the original path.
     let routes = Router::new()
         .route(FORWARD_AUTH_PATH, any(forward_auth))

@@ -100,6 +100,27 @@ async fn cors_allows_only_configured_origins() {
     );
     let refused = send(preflight("https://evil.example.net")).await;
     assert!(refused.headers.get("access-control-allow-origin").is_none());
+    // A browser client reads the request id and how long to back off.
+    let answer = send(
+        http.get(format!("{}/api/v1/apps", server.base))
+            .header("origin", "https://app.example.com"),
+    )
+    .await;
+    let exposed = answer.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for header in [
+        "x-request-id",
+        "retry-after",
+        "ratelimit",
+        "ratelimit-policy",
+    ] {
+        assert!(
+            exposed.split(',').any(|name| name.trim() == header),
+            "{exposed}"
+        );
+    }
     server.stop().await;
 }
 
@@ -197,6 +218,31 @@ async fn operations_endpoints() {
                 "{method} {path} missing from OpenAPI"
             );
         }
+    }
+    // Generators (openapi-typescript) refuse a document whose operation ids repeat.
+    let mut operation_ids = std::collections::HashSet::new();
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            if let Some(id) = operation.get("operationId") {
+                assert!(
+                    operation_ids.insert(id.clone()),
+                    "{method} {path}: {id} repeats"
+                );
+            }
+        }
+    }
+    // The socket's messages, for SDKs to generate their types from.
+    for schema in [
+        "ServerMessage",
+        "ClientMessage",
+        "Event",
+        "EventKey",
+        "Session",
+    ] {
+        assert!(
+            openapi["components"]["schemas"].get(schema).is_some(),
+            "{schema} missing from OpenAPI"
+        );
     }
     server.stop().await;
 }
