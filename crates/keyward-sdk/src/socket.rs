@@ -299,15 +299,15 @@ impl Connection {
         }
     }
 
-    /// Full jitter over an exponentially growing ceiling.
+    /// Full jitter (anywhere from zero to an exponentially growing ceiling): clients that lost
+    /// the same server spread their returns over the whole window instead of its upper half.
     fn backoff(&self, failures: u32) -> Duration {
         let ceiling = self
             .options
             .min_backoff
             .saturating_mul(2_u32.saturating_pow(failures.min(16)))
             .min(self.options.max_backoff);
-        let half = ceiling / 2;
-        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+        rand::thread_rng().gen_range(Duration::ZERO..=ceiling)
     }
 
     fn url(&self, token: Option<&str>) -> Result<Url, Error> {
