@@ -61,11 +61,10 @@ impl UsageRecorder {
     /// Disabled, it records nothing and starts nothing.
     pub fn start(
         store: Arc<dyn Store>,
-        enabled: bool,
-        interval: Duration,
+        settings: &crate::AnalyticsSettings,
         metrics: Arc<Metrics>,
     ) -> (Self, Option<JoinHandle<()>>) {
-        if !enabled {
+        if !settings.enabled {
             return (
                 Self {
                     queue: None,
@@ -78,7 +77,8 @@ impl UsageRecorder {
         let task = tokio::spawn(write_counts(
             store,
             receiver,
-            interval,
+            settings.flush_interval,
+            settings.per_key,
             Arc::clone(&metrics),
         ));
         (
@@ -115,9 +115,10 @@ struct CountKey {
 }
 
 impl CountKey {
-    fn of(record: Record) -> Self {
+    /// `per_key` off, a key's verifications count only towards its app and organisation.
+    fn of(record: Record, per_key: bool) -> Self {
         let minute = Granularity::Minute.bucket_start(record.at).as_millis();
-        let (tenancy, key_id, app_id, organization_id) = match record.subject {
+        let (tenancy, mut key_id, app_id, organization_id) = match record.subject {
             Subject::Key(entry) => (
                 entry.tenancy().clone(),
                 entry.id().to_owned(),
@@ -127,6 +128,9 @@ impl CountKey {
             Subject::Unknown(tenancy) => (tenancy, String::new(), String::new(), String::new()),
             Subject::Credential { tenancy, id } => (tenancy, id, String::new(), String::new()),
         };
+        if !per_key {
+            key_id.clear();
+        }
         Self {
             tenancy,
             key_id,
@@ -142,13 +146,14 @@ async fn write_counts(
     store: Arc<dyn Store>,
     mut receiver: mpsc::Receiver<Record>,
     interval: Duration,
+    per_key: bool,
     metrics: Arc<Metrics>,
 ) {
     let mut pending: HashMap<CountKey, i64> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let add = |pending: &mut HashMap<CountKey, i64>, record: Record| {
-        let key = CountKey::of(record);
+        let key = CountKey::of(record, per_key);
         if let Some(count) = pending.get_mut(&key) {
             *count += 1;
         } else if pending.len() < MAX_PENDING {

@@ -87,6 +87,10 @@ pub struct AnalyticsSettings {
     pub enabled: bool,
     /// How often counts are written.
     pub flush_interval: Duration,
+    /// Off, verifications count towards their app, organisation and environment but not
+    /// their key: with a million keys in use, per-key rows cost PostgreSQL a row touched per
+    /// verification (docs/analytics.md, "A million keys in use").
+    pub per_key: bool,
     /// How long minute counts are kept.
     pub minute_retention: Duration,
     /// How long hour and day counts are kept.
@@ -100,6 +104,7 @@ impl Default for AnalyticsSettings {
             // Each flush writes a row per key that was used (and its hour and day): with many
             // distinct keys, a longer interval sums more uses into each row.
             flush_interval: Duration::from_secs(10),
+            per_key: true,
             minute_retention: Duration::from_secs(35 * 86_400),
             rollup_retention: Duration::from_secs(400 * 86_400),
         }
@@ -300,12 +305,8 @@ impl Server {
             Arc::clone(&metrics),
             stopped.clone(),
         );
-        let (usage_log, usage_log_task) = UsageRecorder::start(
-            Arc::clone(&store),
-            config.analytics.enabled,
-            config.analytics.flush_interval,
-            Arc::clone(&metrics),
-        );
+        let (usage_log, usage_log_task) =
+            UsageRecorder::start(Arc::clone(&store), &config.analytics, Arc::clone(&metrics));
         tokio::spawn(analytics::purge_loop(
             Arc::clone(&store),
             config.analytics.clone(),

@@ -145,6 +145,9 @@ pub(crate) struct ServeArgs {
     /// Record every verification's outcome for `GET /api/v1/usage` (default true).
     #[arg(long, env = "KEYWARD_USAGE_ANALYTICS")]
     pub(crate) usage_analytics: Option<bool>,
+    /// Count verifications per key as well as per app and organisation (default true).
+    #[arg(long, env = "KEYWARD_USAGE_PER_KEY")]
+    pub(crate) usage_per_key: Option<bool>,
     /// How often usage counts are written, in seconds (default 10).
     #[arg(long, env = "KEYWARD_USAGE_FLUSH_SECONDS")]
     pub(crate) usage_flush_seconds: Option<u64>,
@@ -227,6 +230,7 @@ struct FileSettings {
     ws_max_connections: Option<usize>,
     ws_max_connections_per_credential: Option<usize>,
     usage_analytics: Option<bool>,
+    usage_per_key: Option<bool>,
     usage_flush_seconds: Option<u64>,
     usage_retention_days: Option<u64>,
     usage_rollup_retention_days: Option<u64>,
@@ -442,6 +446,7 @@ impl Settings {
                 .usage_analytics
                 .or(file.usage_analytics)
                 .unwrap_or(true),
+            per_key: args.usage_per_key.or(file.usage_per_key).unwrap_or(true),
             minute_retention: days(minute_retention),
             rollup_retention: days(rollup_retention),
         };

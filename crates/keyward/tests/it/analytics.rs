@@ -129,6 +129,52 @@ async fn every_verification_is_counted_exactly() {
 }
 
 #[tokio::test]
+async fn without_per_key_counts_apps_and_organizations_still_count() {
+    let server = TestServer::start_with(keyward_server::ServerConfig {
+        analytics: keyward_server::AnalyticsSettings {
+            flush_interval: Duration::from_millis(100),
+            per_key: false,
+            ..Default::default()
+        },
+        ..keyward_server::ServerConfig::default()
+    })
+    .await;
+    let api = server.api();
+    api.create_app("counted", &["read"]).await;
+    let key = api
+        .create_key("counted", json!({"name": "a", "organization_id": "org_1"}))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(
+            api.verify_code(key["secret"].as_str().unwrap()).await,
+            "VALID"
+        );
+    }
+    assert_eq!(
+        api.verify_code("counted_live_nosuchkey").await,
+        "INVALID_KEY"
+    );
+    usage_reaching(&api, "granularity=minute", 4).await;
+    usage_reaching(&api, "app=counted", 3).await;
+    usage_reaching(&api, "organization_id=org_1&granularity=day", 3).await;
+    // Written by now (the environment's total includes the same flush): nothing per key.
+    let key_id = key["id"].as_str().unwrap();
+    let by_key = api
+        .get(&format!("/api/v1/usage?key_id={key_id}"))
+        .await
+        .assert_status(200)
+        .clone();
+    assert_eq!(by_key["total"], 0, "{by_key:#}");
+    let top = api
+        .get("/api/v1/usage/keys")
+        .await
+        .assert_status(200)
+        .clone();
+    assert_eq!(top["data"], json!([]));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn bad_usage_queries_are_refused_clearly() {
     let server = TestServer::start().await;
     let api = server.api();
