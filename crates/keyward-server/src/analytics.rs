@@ -118,19 +118,25 @@ impl CountKey {
     /// `per_key` off, a key's verifications count only towards its app and organisation.
     fn of(record: Record, per_key: bool) -> Self {
         let minute = Granularity::Minute.bucket_start(record.at).as_millis();
-        let (tenancy, mut key_id, app_id, organization_id) = match record.subject {
+        let key_id_of = |id: &str| {
+            if per_key {
+                id.to_owned()
+            } else {
+                String::new()
+            }
+        };
+        let (tenancy, key_id, app_id, organization_id) = match record.subject {
             Subject::Key(entry) => (
                 entry.tenancy().clone(),
-                entry.id().to_owned(),
+                key_id_of(entry.id()),
                 entry.app_id().to_owned(),
                 entry.organization_id().unwrap_or_default().to_owned(),
             ),
             Subject::Unknown(tenancy) => (tenancy, String::new(), String::new(), String::new()),
-            Subject::Credential { tenancy, id } => (tenancy, id, String::new(), String::new()),
+            Subject::Credential { tenancy, id } => {
+                (tenancy, key_id_of(&id), String::new(), String::new())
+            }
         };
-        if !per_key {
-            key_id.clear();
-        }
         Self {
             tenancy,
             key_id,

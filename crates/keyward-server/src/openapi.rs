@@ -29,16 +29,13 @@ pub(crate) fn finish(mut openapi: OpenApi) -> OpenApi {
     );
     // No route takes or answers the socket's messages over HTTP, so nothing would list them;
     // SDKs generate their socket types from these.
-    let mut socket_schemas: Vec<(String, RefOr<Schema>)> = Vec::new();
-    for (name, schema) in [
-        (ServerMessage::name(), ServerMessage::schema()),
-        (ClientMessage::name(), ClientMessage::schema()),
-        (Session::name(), Session::schema()),
-        (Event::name(), Event::schema()),
-        (EventKey::name(), EventKey::schema()),
-    ] {
-        socket_schemas.push((name.into_owned(), schema));
-    }
+    let mut socket_schemas: Vec<(String, RefOr<Schema>)> = vec![
+        (ServerMessage::name().into_owned(), ServerMessage::schema()),
+        (ClientMessage::name().into_owned(), ClientMessage::schema()),
+        (Session::name().into_owned(), Session::schema()),
+        (Event::name().into_owned(), Event::schema()),
+        (EventKey::name().into_owned(), EventKey::schema()),
+    ];
     ServerMessage::schemas(&mut socket_schemas);
     ClientMessage::schemas(&mut socket_schemas);
     components.schemas.extend(socket_schemas);
