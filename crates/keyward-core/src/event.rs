@@ -45,10 +45,14 @@ pub enum EventType {
     CreditsLow,
     CreditsExhausted,
     KeyExpiring,
+    /// A scanner found the key in public (SPEC §4.9).
+    KeyLeaked,
+    /// A webhook endpoint kept failing and was turned off (SPEC §4.8).
+    WebhookDisabled,
 }
 
 impl EventType {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::KeyCreated,
         Self::KeyUpdated,
         Self::KeyRotated,
@@ -59,6 +63,8 @@ impl EventType {
         Self::CreditsLow,
         Self::CreditsExhausted,
         Self::KeyExpiring,
+        Self::KeyLeaked,
+        Self::WebhookDisabled,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -73,6 +79,8 @@ impl EventType {
             Self::CreditsLow => "credits.low",
             Self::CreditsExhausted => "credits.exhausted",
             Self::KeyExpiring => "key.expiring",
+            Self::KeyLeaked => "key.leaked",
+            Self::WebhookDisabled => "webhook.disabled",
         }
     }
 
@@ -87,11 +95,13 @@ impl EventType {
             | Self::KeyRotated
             | Self::KeyRevoked
             | Self::KeyDeleted
-            | Self::KeyExpired => Channel::Events,
+            | Self::KeyExpired
+            | Self::KeyLeaked => Channel::Events,
             Self::RateLimitExceeded
             | Self::CreditsLow
             | Self::CreditsExhausted
-            | Self::KeyExpiring => Channel::Alerts,
+            | Self::KeyExpiring
+            | Self::WebhookDisabled => Channel::Alerts,
         }
     }
 }
@@ -138,7 +148,8 @@ impl KeySnapshot {
 pub struct NewEvent {
     pub tenancy: Tenancy,
     pub kind: EventType,
-    pub key: KeySnapshot,
+    /// The key it is about; `None` for an alert about something else (`webhook.disabled`).
+    pub key: Option<KeySnapshot>,
     /// The alert's figures (e.g. `{"remaining": 9, "threshold": 10}`); empty for key events.
     pub details: serde_json::Map<String, serde_json::Value>,
     /// Events with the same deduplication key are recorded once, whichever node raises them
@@ -151,9 +162,37 @@ impl NewEvent {
         Self {
             tenancy: tenancy.clone(),
             kind,
-            key: KeySnapshot::of(key),
+            key: Some(KeySnapshot::of(key)),
             details: serde_json::Map::new(),
             dedup_key: None,
+        }
+    }
+
+    /// `webhook.disabled`: the endpoint, and why it was turned off.
+    pub fn webhook_disabled(tenancy: &Tenancy, endpoint_id: &str, url: &str, reason: &str) -> Self {
+        let mut details = serde_json::Map::new();
+        details.insert("endpoint_id".into(), endpoint_id.into());
+        details.insert("url".into(), url.into());
+        details.insert("reason".into(), reason.into());
+        Self {
+            tenancy: tenancy.clone(),
+            kind: EventType::WebhookDisabled,
+            key: None,
+            details,
+            dedup_key: None,
+        }
+    }
+
+    /// What storage files the event under: its key's id, or the endpoint a webhook alert is
+    /// about.
+    pub fn subject_id(&self) -> &str {
+        match &self.key {
+            Some(key) => &key.id,
+            None => self
+                .details
+                .get("endpoint_id")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default(),
         }
     }
 }
@@ -165,7 +204,7 @@ pub struct Event {
     pub seq: i64,
     pub tenancy: Tenancy,
     pub kind: EventType,
-    pub key: KeySnapshot,
+    pub key: Option<KeySnapshot>,
     pub details: serde_json::Map<String, serde_json::Value>,
     pub created_at: Timestamp,
 }
@@ -196,10 +235,12 @@ pub struct Audience {
 impl Audience {
     pub fn may_see(&self, event: &Event) -> bool {
         event.tenancy == self.tenancy
-            && self
-                .subject
-                .as_deref()
-                .is_none_or(|subject| event.key.owner_user_id.as_deref() == Some(subject))
+            && self.subject.as_deref().is_none_or(|subject| {
+                event
+                    .key
+                    .as_ref()
+                    .is_some_and(|key| key.owner_user_id.as_deref() == Some(subject))
+            })
     }
 }
 
@@ -282,7 +323,7 @@ mod tests {
             seq: 1,
             tenancy: tenancy.clone(),
             kind: EventType::KeyCreated,
-            key: KeySnapshot {
+            key: Some(KeySnapshot {
                 id: "key_1".into(),
                 app: "a".into(),
                 name: "n".into(),
@@ -295,7 +336,7 @@ mod tests {
                 revoked: false,
                 expires_at: None,
                 created_at: Timestamp::from_millis(0),
-            },
+            }),
             details: serde_json::Map::new(),
             created_at: Timestamp::from_millis(0),
         };

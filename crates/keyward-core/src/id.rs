@@ -20,6 +20,7 @@ pub enum IdKind {
     ClientPublicKey,
     SigningKey,
     WorkspaceKey,
+    WebhookEndpoint,
 }
 
 impl IdKind {
@@ -34,6 +35,7 @@ impl IdKind {
             IdKind::ClientPublicKey => "pk",
             IdKind::SigningKey => "sgk",
             IdKind::WorkspaceKey => "wk",
+            IdKind::WebhookEndpoint => "whe",
         }
     }
 }

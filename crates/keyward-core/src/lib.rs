@@ -11,6 +11,7 @@ pub mod base62;
 pub mod credential;
 pub mod event;
 pub mod id;
+pub mod leak;
 pub mod model;
 pub mod permission;
 pub mod scope;
@@ -21,6 +22,7 @@ pub mod token;
 pub mod usage;
 pub mod validate;
 pub mod verify;
+pub mod webhook;
 
 pub use model::Environment;
 pub use secret::{KeyHash, ParsedKey};

@@ -58,6 +58,8 @@ pub struct EnvironmentSettings {
     pub workspace_id: String,
     pub environment: Environment,
     pub enhanced_security: bool,
+    /// What a key reported as leaked comes to (SPEC §4.9).
+    pub leaked_key_action: crate::leak::LeakedKeyAction,
     pub updated_at: Timestamp,
 }
 

@@ -25,10 +25,12 @@ pub enum Scope {
     SigningKeysWrite,
     WorkspaceKeysRead,
     WorkspaceKeysWrite,
+    WebhooksRead,
+    WebhooksWrite,
 }
 
 impl Scope {
-    pub const EVERY: [Scope; 19] = [
+    pub const EVERY: [Scope; 21] = [
         Scope::All,
         Scope::AppsRead,
         Scope::AppsWrite,
@@ -48,6 +50,8 @@ impl Scope {
         Scope::SigningKeysWrite,
         Scope::WorkspaceKeysRead,
         Scope::WorkspaceKeysWrite,
+        Scope::WebhooksRead,
+        Scope::WebhooksWrite,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -71,6 +75,8 @@ impl Scope {
             Scope::SigningKeysWrite => "signing_keys:write",
             Scope::WorkspaceKeysRead => "workspace_keys:read",
             Scope::WorkspaceKeysWrite => "workspace_keys:write",
+            Scope::WebhooksRead => "webhooks:read",
+            Scope::WebhooksWrite => "webhooks:write",
         }
     }
 
@@ -93,6 +99,7 @@ impl Scope {
             Scope::PublicKeysWrite => &[Scope::PublicKeysRead],
             Scope::SigningKeysWrite => &[Scope::SigningKeysRead],
             Scope::WorkspaceKeysWrite => &[Scope::WorkspaceKeysRead],
+            Scope::WebhooksWrite => &[Scope::WebhooksRead],
             _ => &[],
         }
     }

@@ -9,6 +9,8 @@ pub struct EnvironmentSettings {
     pub environment: String,
     /// Whether client public keys need a signed user token. On by default in `live`.
     pub enhanced_security: bool,
+    /// What a key reported as leaked comes to: `revoke` (the default), `disable` or `notify`.
+    pub leaked_key_action: String,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
@@ -18,6 +20,9 @@ pub struct EnvironmentSettings {
 pub struct UpdateEnvironmentRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enhanced_security: Option<bool>,
+    /// `revoke`, `disable` or `notify` (SPEC §4.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaked_key_action: Option<String>,
 }
 
 /// One change made through the API.

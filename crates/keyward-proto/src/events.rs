@@ -92,14 +92,18 @@ pub struct Event {
     /// `since` when reconnecting.
     pub id: String,
     /// `key.created`, `key.updated`, `key.rotated`, `key.revoked`, `key.deleted`,
-    /// `key.expired`, `rate_limit.exceeded`, `credits.low`, `credits.exhausted` or
-    /// `key.expiring`.
+    /// `key.expired`, `key.leaked`, `rate_limit.exceeded`, `credits.low`,
+    /// `credits.exhausted`, `key.expiring` or `webhook.disabled`.
     #[serde(rename = "type")]
     pub event_type: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub environment: String,
-    pub key: EventKey,
+    /// The key the event is about; absent for an alert about something else
+    /// (`webhook.disabled`, whose `details` name the endpoint, or `key.leaked` about a root
+    /// key, whose `details` carry `root_key_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<EventKey>,
     /// The alert's figures, e.g. `{"remaining": 9, "threshold": 10}` for `credits.low`.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     #[schema(value_type = Object)]

@@ -13,9 +13,11 @@ mod environment;
 mod events;
 mod import;
 mod keys;
+mod leaks;
 mod root_keys;
 mod usage;
 mod verify;
+mod webhooks;
 
 pub use analytics::*;
 pub use apps::*;
@@ -25,9 +27,11 @@ pub use environment::*;
 pub use events::*;
 pub use import::*;
 pub use keys::*;
+pub use leaks::*;
 pub use root_keys::*;
 pub use usage::*;
 pub use verify::*;
+pub use webhooks::*;
 
 /// Serde helpers for PATCH bodies, where a field may be absent (keep), `null` (clear) or a value.
 pub mod patch {

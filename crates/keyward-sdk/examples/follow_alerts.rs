@@ -20,11 +20,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match event {
             SocketEvent::Connected(session) => println!("connected to {}", session.environment),
             SocketEvent::Event(alert) => println!(
-                "{} {} on key {} ({}) {}",
+                "{} {} on {} {}",
                 alert.created_at,
                 alert.event_type,
-                alert.key.id,
-                alert.key.name,
+                // `webhook.disabled` is about an endpoint, named in its details.
+                alert.key.map_or_else(
+                    || "-".to_owned(),
+                    |key| format!("key {} ({})", key.id, key.name)
+                ),
                 serde_json::Value::Object(alert.details),
             ),
             SocketEvent::Lagged { missed } => println!("missed {missed} alerts"),

@@ -911,6 +911,7 @@ impl Client {
     ///
     /// let answer = keyward.update_environment(&UpdateEnvironmentRequest {
     ///     enhanced_security: Some(true),
+    ///     leaked_key_action: Some("revoke".to_owned()),
     /// }).await?;
     /// # let _ = answer;
     /// # Ok(()) }

@@ -52,6 +52,7 @@ pub async fn bootstrap(store: &dyn Store) -> Result<Option<FirstRootKeys>, Store
             environment,
             // Live traffic gets the safe default; `test` is for development.
             enhanced_security: environment == Environment::Live,
+            leaked_key_action: Default::default(),
             updated_at: now,
         });
         secrets.push(secret.secret);

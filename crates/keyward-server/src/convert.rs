@@ -139,6 +139,7 @@ pub(crate) fn environment(settings: &EnvironmentSettings) -> wire::EnvironmentSe
         workspace_id: settings.workspace_id.clone(),
         environment: settings.environment.as_str().to_owned(),
         enhanced_security: settings.enhanced_security,
+        leaked_key_action: settings.leaked_key_action.as_str().to_owned(),
         updated_at: datetime(settings.updated_at),
     }
 }
@@ -231,13 +232,12 @@ pub(crate) fn rfc3339(timestamp: Timestamp) -> String {
 }
 
 pub(crate) fn event(event: &keyward_core::event::Event) -> wire::Event {
-    let key = &event.key;
     wire::Event {
         id: event.id(),
         event_type: event.kind.as_str().to_owned(),
         created_at: datetime(event.created_at),
         environment: event.tenancy.environment.as_str().to_owned(),
-        key: wire::EventKey {
+        key: event.key.as_ref().map(|key| wire::EventKey {
             id: key.id.clone(),
             app: key.app.clone(),
             name: key.name.clone(),
@@ -250,7 +250,50 @@ pub(crate) fn event(event: &keyward_core::event::Event) -> wire::Event {
             revoked: key.revoked,
             expires_at: key.expires_at.map(datetime),
             created_at: datetime(key.created_at),
-        },
+        }),
         details: event.details.clone(),
+    }
+}
+
+pub(crate) fn webhook_endpoint(
+    endpoint: &keyward_core::webhook::WebhookEndpoint,
+) -> wire::WebhookEndpoint {
+    wire::WebhookEndpoint {
+        id: endpoint.id.clone(),
+        url: endpoint.url.clone(),
+        events: endpoint.events.names(),
+        description: endpoint.description.clone(),
+        enabled: endpoint.enabled,
+        disabled_reason: endpoint.disabled_reason.clone(),
+        environment: endpoint.tenancy.environment.as_str().to_owned(),
+        created_at: datetime(endpoint.created_at),
+        updated_at: datetime(endpoint.updated_at),
+    }
+}
+
+pub(crate) fn webhook_delivery(
+    delivery: &keyward_core::webhook::WebhookDelivery,
+) -> wire::WebhookDelivery {
+    wire::WebhookDelivery {
+        id: delivery.id.clone(),
+        endpoint_id: delivery.endpoint_id.clone(),
+        event_id: delivery.event_id.clone(),
+        event_type: delivery.event_type.clone(),
+        status: delivery.state.as_str().to_owned(),
+        attempts: delivery.attempts,
+        next_attempt_at: delivery.next_attempt_at.map(datetime),
+        created_at: datetime(delivery.created_at),
+        updated_at: datetime(delivery.updated_at),
+        history: delivery
+            .history
+            .iter()
+            .map(|attempt| wire::WebhookAttempt {
+                attempted_at: datetime(attempt.attempted_at),
+                status: attempt.status,
+                latency_ms: attempt.latency_ms,
+                error: attempt.error.clone(),
+                response_excerpt: attempt.response_excerpt.clone(),
+            })
+            .collect(),
     }
 }

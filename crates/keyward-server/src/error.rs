@@ -70,6 +70,11 @@ impl ApiError {
         )
     }
 
+    /// 401 for a request whose own authentication (not an API key) failed.
+    pub fn unauthenticated(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
     pub fn forbidden(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }

@@ -13,14 +13,17 @@ pub mod events;
 mod extract;
 pub mod gateway;
 pub mod last_used;
+pub mod leaks;
 pub mod metrics;
 mod middleware;
 mod openapi;
+pub mod outbound;
 mod rate_limit;
 mod routes;
 mod serve;
 pub mod usage;
 pub mod verification;
+pub mod webhooks;
 
 pub use verification::tokens;
 
@@ -72,6 +75,9 @@ pub struct ServerConfig {
     pub master_key: Arc<MasterKey>,
     pub jwks: JwksSettings,
     pub events: EventSettings,
+    pub webhooks: webhooks::WebhookSettings,
+    /// Where GitHub publishes its secret-scanning keys (`KEYWARD_GITHUB_SCANNING_KEYS_URL`).
+    pub github_scanning_keys_url: String,
     pub analytics: AnalyticsSettings,
     pub dashboard: keyward_dashboard::DashboardSettings,
     pub connections: ConnectionSettings,
@@ -162,6 +168,8 @@ impl Default for ServerConfig {
             master_key: Arc::new(MasterKey::generate().1),
             jwks: JwksSettings::default(),
             events: EventSettings::default(),
+            webhooks: webhooks::WebhookSettings::default(),
+            github_scanning_keys_url: leaks::GITHUB_SCANNING_KEYS_URL.to_owned(),
             analytics: AnalyticsSettings::default(),
             dashboard: keyward_dashboard::DashboardSettings::default(),
             connections: ConnectionSettings::default(),
@@ -184,6 +192,9 @@ pub struct AppState {
     pub(crate) master_key: Arc<MasterKey>,
     /// The event and alert stream of `GET /ws`.
     pub events: Arc<EventHub>,
+    pub(crate) webhooks: webhooks::WebhookSettings,
+    /// GitHub's secret-scanning keys, for its reports (SPEC §4.9).
+    pub(crate) github_keys: Arc<leaks::GithubKeys>,
 }
 
 impl AppState {
@@ -353,7 +364,19 @@ impl Server {
             demo: config.demo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             master_key: Arc::clone(&config.master_key),
+            webhooks: config.webhooks.clone(),
+            github_keys: Arc::new(leaks::GithubKeys::new(
+                config.github_scanning_keys_url.clone(),
+                config.webhooks.allow_private,
+            )),
         });
+        webhooks::DeliveryWorker::start(
+            Arc::clone(&state.store),
+            config.webhooks.clone(),
+            Arc::clone(&config.master_key),
+            Arc::clone(&state.metrics),
+            stopped.clone(),
+        );
         tokio::spawn(routes::demo::sweep_loop(
             Arc::downgrade(&state),
             config.demo.sweep_interval,

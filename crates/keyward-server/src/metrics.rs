@@ -36,6 +36,18 @@ pub struct Metrics {
     pub usage_live_balances: Gauge,
     pub stream: StreamMetrics,
     pub connections: ConnectionMetrics,
+    pub webhooks: WebhookMetrics,
+}
+
+/// Webhook deliveries made by this node, and leak reports it handled.
+#[derive(Debug, Default)]
+pub struct WebhookMetrics {
+    pub delivered: Counter,
+    pub failed_attempts: Counter,
+    pub endpoints_disabled: Counter,
+    /// Deliveries in flight on this node.
+    pub in_flight: Gauge,
+    pub leaks_reported: Counter,
 }
 
 /// TCP connections to the server (`serve.rs`).
@@ -234,6 +246,36 @@ impl Metrics {
             "Events slow sockets fell behind on (each socket was sent `lagged`)",
             stream.events_missed.clone(),
         );
+        let webhooks = WebhookMetrics::default();
+        for (name, help, counter) in [
+            (
+                "webhook_deliveries",
+                "Webhook deliveries this node made that the endpoint accepted",
+                &webhooks.delivered,
+            ),
+            (
+                "webhook_failed_attempts",
+                "Webhook attempts that failed (status, timeout, refused address)",
+                &webhooks.failed_attempts,
+            ),
+            (
+                "webhook_endpoints_disabled",
+                "Endpoints this node turned off after they kept failing",
+                &webhooks.endpoints_disabled,
+            ),
+            (
+                "leaks_reported",
+                "Leak reports about a live key (GitHub and report-leak)",
+                &webhooks.leaks_reported,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "webhook_deliveries_in_flight",
+            "Webhook attempts under way on this node",
+            webhooks.in_flight.clone(),
+        );
         let connections = ConnectionMetrics::default();
         registry.register(
             "connections_open",
@@ -254,6 +296,7 @@ impl Metrics {
         Self {
             registry,
             stream,
+            webhooks,
             connections,
             redis_up,
             usage_fallbacks,

@@ -81,6 +81,13 @@ pub struct AuditFilter {
     pub target: Option<String>,
 }
 
+/// Changes to an environment's settings; `None` keeps a field.
+#[derive(Debug, Clone, Default)]
+pub struct EnvironmentPatch {
+    pub enhanced_security: Option<bool>,
+    pub leaked_key_action: Option<keyward_core::leak::LeakedKeyAction>,
+}
+
 /// Changes to an app; `None` keeps a field.
 #[derive(Debug, Clone, Default)]
 pub struct AppPatch {
@@ -525,7 +532,7 @@ pub trait WorkspaceStore: Send + Sync {
     async fn update_environment(
         &self,
         change: &Change,
-        enhanced_security: Option<bool>,
+        patch: &EnvironmentPatch,
     ) -> StoreResult<Changed<EnvironmentSettings>>;
 
     async fn create_root_key(
@@ -641,6 +648,155 @@ pub trait AuditStore: Send + Sync {
     ) -> StoreResult<Page<AuditEntry>>;
 }
 
+/// Changes to a webhook endpoint; `None` keeps a field.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookEndpointPatch {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub events: Option<keyward_core::webhook::EventFilter>,
+    pub enabled: Option<bool>,
+}
+
+/// What a delivery carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryContent {
+    Event(Event),
+    /// `POST …/{id}/test`.
+    Test {
+        details: serde_json::Value,
+        created_at: Timestamp,
+    },
+}
+
+/// A delivery this node has claimed: it is this node's to attempt until the lease ends.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    /// Also the `webhook-id` of every attempt.
+    pub id: String,
+    /// Which claim this is; only the latest settles the delivery.
+    pub claim: i64,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub endpoint: keyward_core::webhook::WebhookEndpoint,
+    /// The current signing secret, then the previous one while it still signs; sealed.
+    pub sealed_secrets: Vec<Vec<u8>>,
+    pub content: DeliveryContent,
+}
+
+/// How an attempt went, and what follows.
+#[derive(Debug, Clone)]
+pub struct DeliverySettlement {
+    pub delivery_id: String,
+    pub endpoint_id: String,
+    pub claim: i64,
+    pub attempt: keyward_core::webhook::WebhookAttempt,
+    pub succeeded: bool,
+    /// When a failed delivery is tried again; `None` when it has had all its attempts.
+    pub retry_at: Option<Timestamp>,
+    /// An endpoint failing for this long is turned off (`webhook.disabled`).
+    pub disable_after_ms: i64,
+    pub now: Timestamp,
+}
+
+/// Webhook endpoints and their deliveries (SPEC §4.8).
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Refused unless the change's actor may read the events stream.
+    async fn create_webhook_endpoint(
+        &self,
+        change: &Change,
+        endpoint: &keyward_core::webhook::WebhookEndpoint,
+        sealed_secret: &[u8],
+    ) -> StoreResult<()>;
+    async fn webhook_endpoint(
+        &self,
+        tenancy: &Tenancy,
+        id: &str,
+    ) -> StoreResult<keyward_core::webhook::WebhookEndpoint>;
+    async fn list_webhook_endpoints(
+        &self,
+        tenancy: &Tenancy,
+        page: &PageRequest,
+    ) -> StoreResult<Page<keyward_core::webhook::WebhookEndpoint>>;
+    async fn update_webhook_endpoint(
+        &self,
+        change: &Change,
+        id: &str,
+        patch: &WebhookEndpointPatch,
+    ) -> StoreResult<keyward_core::webhook::WebhookEndpoint>;
+    async fn delete_webhook_endpoint(&self, change: &Change, id: &str) -> StoreResult<()>;
+    /// The previous secret keeps signing until `previous_expires_at`.
+    async fn rotate_webhook_secret(
+        &self,
+        change: &Change,
+        id: &str,
+        sealed_secret: &[u8],
+        previous_expires_at: Timestamp,
+    ) -> StoreResult<keyward_core::webhook::WebhookEndpoint>;
+    async fn list_webhook_deliveries(
+        &self,
+        tenancy: &Tenancy,
+        endpoint_id: &str,
+        page: &PageRequest,
+    ) -> StoreResult<Page<keyward_core::webhook::WebhookDelivery>>;
+    async fn webhook_delivery(
+        &self,
+        tenancy: &Tenancy,
+        endpoint_id: &str,
+        delivery_id: &str,
+    ) -> StoreResult<keyward_core::webhook::WebhookDelivery>;
+    /// Due now, keeping its id.
+    async fn retry_webhook_delivery(
+        &self,
+        change: &Change,
+        endpoint_id: &str,
+        delivery_id: &str,
+    ) -> StoreResult<()>;
+    /// Queues a `webhook.test` delivery to this endpoint only; returns its id.
+    async fn queue_test_delivery(&self, change: &Change, endpoint_id: &str) -> StoreResult<String>;
+    /// Claims up to `limit` due deliveries of enabled endpoints (at most `per_endpoint` per
+    /// endpoint, none of `busy_endpoints`) until `lease_until`.
+    async fn claim_webhook_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        per_endpoint: u32,
+        busy_endpoints: &[String],
+        limit: u32,
+    ) -> StoreResult<Vec<ClaimedDelivery>>;
+    /// Records an attempt and settles its delivery; `true` when it turned the endpoint off.
+    async fn settle_webhook_delivery(&self, settlement: &DeliverySettlement) -> StoreResult<bool>;
+    /// Forgets settled deliveries last changed before `before`.
+    async fn purge_webhook_deliveries(&self, before: Timestamp) -> StoreResult<u64>;
+    /// Woken when deliveries may have been queued on this node.
+    fn deliveries_queued(&self) -> std::sync::Arc<tokio::sync::Notify>;
+}
+
+/// A credential a leak report names, found by its secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeakedCredential {
+    Key(String),
+    RootKey(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct LeakedCredentialReport {
+    pub credential: LeakedCredential,
+    pub report: keyward_core::leak::LeakReport,
+}
+
+/// Leak reports (SPEC §4.9).
+#[async_trait]
+pub trait LeakStore: Send + Sync {
+    /// Applies the environment's `leaked_key_action` to each reported credential of the
+    /// change's environment, in one transaction; one outcome per report, in order.
+    async fn report_leaks(
+        &self,
+        change: &Change,
+        reports: &[LeakedCredentialReport],
+    ) -> StoreResult<Changed<Vec<keyward_core::leak::LeakOutcome>>>;
+}
+
 /// Everything Keyward keeps, by subject.
 #[async_trait]
 pub trait Store:
@@ -653,6 +809,8 @@ pub trait Store:
     + CredentialStore
     + EventStore
     + AnalyticsStore
+    + WebhookStore
+    + LeakStore
     + Send
     + Sync
     + 'static

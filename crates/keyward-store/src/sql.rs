@@ -31,11 +31,13 @@ mod audit;
 mod credentials;
 pub(crate) mod events;
 mod keys;
+mod leaks;
 mod query;
 mod rows;
 mod sandbox;
 mod secrets;
 mod usage;
+mod webhooks;
 mod workspace;
 
 // What the subject modules share, named here so each can take it from `super`.
@@ -204,6 +206,8 @@ pub struct SqlStore {
     /// Woken after a commit that may have recorded events, so this node's stream needs no
     /// polling for its own changes (other nodes' arrive by `NOTIFY`).
     events_committed: std::sync::Arc<tokio::sync::Notify>,
+    /// Woken after a commit that may have queued webhook deliveries, for this node's worker.
+    deliveries_queued: std::sync::Arc<tokio::sync::Notify>,
 }
 impl SqlStore {
     /// The URL of the embedded database inside `data_dir`.
@@ -264,6 +268,7 @@ impl SqlStore {
             backend,
             node_id: options.node_id.clone(),
             events_committed: std::sync::Arc::default(),
+            deliveries_queued: std::sync::Arc::default(),
         })
     }
 
@@ -345,6 +350,7 @@ impl SqlStore {
             });
         }
         self.events_committed.notify_one();
+        self.deliveries_queued.notify_one();
         Ok(Changed {
             record,
             stale,

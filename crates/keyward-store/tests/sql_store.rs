@@ -133,6 +133,7 @@ async fn bootstrap_happens_once() {
             workspace_id: "ws_test".to_owned(),
             environment: Environment::Live,
             enhanced_security: true,
+            leaked_key_action: Default::default(),
             updated_at: NOW,
         }],
         root_keys: vec![(

@@ -268,6 +268,11 @@ fn server_config(settings: &Settings, max_connections: usize) -> Result<ServerCo
             allow_private: settings.allow_private_urls,
             ..Default::default()
         },
+        webhooks: keyward_server::webhooks::WebhookSettings {
+            allow_private: settings.allow_private_urls,
+            ..settings.webhooks.clone()
+        },
+        github_scanning_keys_url: settings.github_scanning_keys_url.clone(),
         connections: ConnectionSettings {
             max_connections,
             header_read_timeout: settings.header_read_timeout,

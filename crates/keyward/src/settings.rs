@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use keyward_core::webhook::RetryPolicy;
 use keyward_server::events::EventSettings;
 use keyward_server::usage::{CreditFallback, RateLimitFallback};
+use keyward_server::webhooks::WebhookSettings;
 use keyward_server::{AnalyticsSettings, DashboardSettings, SecureCookies};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -123,6 +125,21 @@ pub(crate) struct ServeArgs {
     /// cannot make the server send requests).
     #[arg(long, env = "KEYWARD_DEMO_ALLOW_FETCHES")]
     pub(crate) demo_allow_fetches: Option<bool>,
+    /// Milliseconds a webhook endpoint has to answer (default 15000).
+    #[arg(long, env = "KEYWARD_WEBHOOK_TIMEOUT_MS")]
+    pub(crate) webhook_timeout_ms: Option<u64>,
+    /// Milliseconds before a failed webhook delivery's first retry (default 5000); later
+    /// waits grow fourfold, to 10 h with the default, over 11 attempts (37 h and more).
+    #[arg(long, env = "KEYWARD_WEBHOOK_RETRY_FIRST_DELAY_MS")]
+    pub(crate) webhook_retry_first_delay_ms: Option<u64>,
+    /// Seconds of nothing but failed attempts after which an endpoint is turned off with a
+    /// `webhook.disabled` alert (default 432000, five days).
+    #[arg(long, env = "KEYWARD_WEBHOOK_DISABLE_AFTER_SECONDS")]
+    pub(crate) webhook_disable_after_seconds: Option<u64>,
+    /// Where GitHub publishes its secret-scanning keys (default
+    /// https://api.github.com/meta/public_keys/secret_scanning).
+    #[arg(long, env = "KEYWARD_GITHUB_SCANNING_KEYS_URL")]
+    pub(crate) github_scanning_keys_url: Option<String>,
     /// Open connections, WebSocket sessions included, beyond which new ones are closed on
     /// arrival (default 10000, lowered to fit the process's descriptor limit).
     #[arg(long, env = "KEYWARD_MAX_CONNECTIONS")]
@@ -222,6 +239,10 @@ struct FileSettings {
     allow_private_urls: Option<bool>,
     allow_private_jwks: Option<bool>,
     demo_allow_fetches: Option<bool>,
+    webhook_timeout_ms: Option<u64>,
+    webhook_retry_first_delay_ms: Option<u64>,
+    webhook_disable_after_seconds: Option<u64>,
+    github_scanning_keys_url: Option<String>,
     max_connections: Option<usize>,
     header_read_timeout_seconds: Option<u64>,
     send_timeout_seconds: Option<u64>,
@@ -267,6 +288,8 @@ pub(crate) struct Settings {
     pub(crate) master_key: Option<SecretString>,
     pub(crate) allow_private_urls: bool,
     pub(crate) demo_allow_fetches: bool,
+    pub(crate) webhooks: WebhookSettings,
+    pub(crate) github_scanning_keys_url: String,
     /// `None`: the default, fitted to the descriptor limit at start.
     pub(crate) max_connections: Option<usize>,
     pub(crate) header_read_timeout: Duration,
@@ -407,6 +430,13 @@ impl Settings {
                 message: "must be between 1 and 2592000 (30 days)".to_owned(),
             });
         }
+        let webhooks = webhook_settings(
+            args.webhook_timeout_ms.or(file.webhook_timeout_ms),
+            args.webhook_retry_first_delay_ms
+                .or(file.webhook_retry_first_delay_ms),
+            args.webhook_disable_after_seconds
+                .or(file.webhook_disable_after_seconds),
+        )?;
         let events = event_settings(
             args.event_retention_hours.or(file.event_retention_hours),
             args.key_expiring_lead_hours
@@ -574,6 +604,11 @@ impl Settings {
                 .demo_allow_fetches
                 .or(file.demo_allow_fetches)
                 .unwrap_or(false),
+            webhooks,
+            github_scanning_keys_url: args
+                .github_scanning_keys_url
+                .or(file.github_scanning_keys_url)
+                .unwrap_or_else(|| keyward_server::leaks::GITHUB_SCANNING_KEYS_URL.to_owned()),
             max_connections,
             header_read_timeout,
             send_timeout,
@@ -582,6 +617,49 @@ impl Settings {
             dashboard,
         })
     }
+}
+
+fn webhook_settings(
+    timeout_ms: Option<u64>,
+    retry_first_delay_ms: Option<u64>,
+    disable_after_seconds: Option<u64>,
+) -> Result<WebhookSettings, SettingsError> {
+    let defaults = WebhookSettings::default();
+    let timeout = timeout_ms.unwrap_or(15_000);
+    if !(100..=60_000).contains(&timeout) {
+        return Err(SettingsError::Invalid {
+            name: "webhook_timeout_ms",
+            message: "must be between 100 and 60000".to_owned(),
+        });
+    }
+    let retry = match retry_first_delay_ms {
+        None => defaults.retry,
+        Some(delay @ 1..=3_600_000) => {
+            RetryPolicy::with_first_delay_ms(i64::try_from(delay).unwrap_or(i64::MAX))
+        }
+        Some(_) => {
+            return Err(SettingsError::Invalid {
+                name: "webhook_retry_first_delay_ms",
+                message: "must be between 1 and 3600000".to_owned(),
+            })
+        }
+    };
+    let disable_after = match disable_after_seconds {
+        None => defaults.disable_after,
+        Some(seconds @ 1..=31_536_000) => Duration::from_secs(seconds),
+        Some(_) => {
+            return Err(SettingsError::Invalid {
+                name: "webhook_disable_after_seconds",
+                message: "must be between 1 and 31536000 (a year)".to_owned(),
+            })
+        }
+    };
+    Ok(WebhookSettings {
+        timeout: Duration::from_millis(timeout),
+        retry,
+        disable_after,
+        ..defaults
+    })
 }
 
 fn event_settings(
@@ -733,6 +811,8 @@ mod tests {
             master_key: Some(SecretString::from("bWFzdGVyLWtleS1zZWNyZXQ=")),
             allow_private_urls: false,
             demo_allow_fetches: false,
+            webhooks: WebhookSettings::default(),
+            github_scanning_keys_url: String::new(),
             max_connections: None,
             header_read_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),

@@ -40,6 +40,8 @@ pub(crate) async fn show(
 pub(crate) struct SettingsForm {
     /// A checkbox: present when checked.
     enhanced_security: Option<String>,
+    /// `revoke`, `disable` or `notify`; absent keeps the setting.
+    leaked_key_action: Option<String>,
 }
 
 pub(crate) async fn save(
@@ -54,6 +56,7 @@ pub(crate) async fn save(
             &path(&["environment"], None::<&()>),
             Some(&UpdateEnvironmentRequest {
                 enhanced_security: Some(form.enhanced_security.is_some()),
+                leaked_key_action: form.leaked_key_action,
             }),
         )
         .await?;

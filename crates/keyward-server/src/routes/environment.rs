@@ -2,9 +2,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::Json;
+use keyward_core::leak::LeakedKeyAction;
 use keyward_core::scope::Scope;
 use keyward_proto::{self as wire, ErrorEnvelope, ListAuditParams, UpdateEnvironmentRequest};
-use keyward_store::AuditFilter;
+use keyward_store::{AuditFilter, EnvironmentPatch};
 
 use crate::extract::{ApiJson, ApiQuery, Caller};
 use crate::{convert, page_request, ApiError, AppState};
@@ -31,13 +32,25 @@ pub(crate) async fn update_environment(
     ApiJson(request): ApiJson<UpdateEnvironmentRequest>,
 ) -> Result<Json<wire::EnvironmentSettings>, ApiError> {
     caller.require(Scope::EnvironmentWrite)?;
+    let patch = EnvironmentPatch {
+        enhanced_security: request.enhanced_security,
+        leaked_key_action: request
+            .leaked_key_action
+            .as_deref()
+            .map(|text| {
+                LeakedKeyAction::parse(text).ok_or_else(|| {
+                    ApiError::invalid(
+                        "invalid_leaked_key_action",
+                        "`leaked_key_action` must be revoke, disable or notify",
+                    )
+                })
+            })
+            .transpose()?,
+    };
     let change = caller.change();
     let changed = state
         .change_credential(move |state| async move {
-            state
-                .store
-                .update_environment(&change, request.enhanced_security)
-                .await
+            state.store.update_environment(&change, &patch).await
         })
         .await?;
     Ok(Json(convert::environment(&changed.record)))

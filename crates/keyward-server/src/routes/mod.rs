@@ -13,6 +13,7 @@ mod rate_limit_schemes;
 mod root_keys;
 mod usage;
 mod verify;
+mod webhooks;
 mod ws;
 
 use std::sync::Arc;
@@ -30,6 +31,9 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(keys::get_key, keys::update_key, keys::delete_key))
         .routes(routes!(keys::import_keys))
         .routes(routes!(keys::revoke_key))
+        .routes(routes!(crate::leaks::report_leak))
+        .routes(routes!(crate::leaks::github_report))
+        .routes(routes!(crate::leaks::patterns))
         .routes(routes!(keys::rotate_key))
         .routes(routes!(verify::verify_key))
         .routes(routes!(verify::verify_request))
@@ -51,6 +55,16 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         ))
         .routes(routes!(credentials::rotate_workspace_key))
         .routes(routes!(credentials::delete_workspace_key))
+        .routes(routes!(webhooks::create_endpoint, webhooks::list_endpoints))
+        .routes(routes!(
+            webhooks::get_endpoint,
+            webhooks::update_endpoint,
+            webhooks::delete_endpoint
+        ))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::retry_delivery))
+        .routes(routes!(webhooks::test_endpoint))
         .routes(routes!(me::list_my_keys, me::create_my_key))
         .routes(routes!(me::rotate_my_key))
         .routes(routes!(me::revoke_my_key))

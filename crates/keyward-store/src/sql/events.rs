@@ -25,7 +25,8 @@ const ROWS_PER_STATEMENT: usize = 50;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Payload {
-    key: KeySnapshot,
+    #[serde(default)]
+    key: Option<KeySnapshot>,
     #[serde(default)]
     details: serde_json::Map<String, serde_json::Value>,
 }
@@ -51,34 +52,40 @@ pub(super) async fn record(
             .await?
             .try_get("seq")?;
     let mut seq = last - count;
+    let mut recorded = Vec::with_capacity(events.len());
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let mut insert = FilteredQuery::new(
             "INSERT INTO events (seq, workspace_id, environment, type, key_id, owner_user_id, \
              payload, created_at, dedup_key) VALUES ",
         );
         let mut rows = Vec::with_capacity(chunk.len());
+        let mut numbered = std::collections::HashMap::with_capacity(chunk.len());
         for event in chunk {
             seq += 1;
-            let payload = Payload {
-                key: event.key.clone(),
-                details: event.details.clone(),
-            };
+            numbered.insert(seq, event);
             rows.push([
                 Param::Int(seq),
                 Param::Text(event.tenancy.workspace_id.clone()),
                 Param::Text(event.tenancy.environment.as_str().to_owned()),
                 Param::Text(event.kind.as_str().to_owned()),
-                Param::Text(event.key.id.clone()),
-                Param::OptionalText(event.key.owner_user_id.clone()),
-                Param::Text(serde_json::to_string(&payload).map_err(|_| corrupt("payload"))?),
+                Param::Text(event.subject_id().to_owned()),
+                Param::OptionalText(event.key.as_ref().and_then(|key| key.owner_user_id.clone())),
+                Param::Text(payload_json(event)?),
                 Param::Int(now.as_millis()),
                 Param::OptionalText(event.dedup_key.clone()),
             ]);
         }
         insert.push_rows(rows);
-        insert.push(" ON CONFLICT (dedup_key) DO NOTHING");
-        insert.fetch_all(&mut **tx).await?;
+        insert.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING seq");
+        // An event skipped as a repeat is not delivered again either.
+        for row in insert.fetch_all(&mut **tx).await? {
+            let seq: i64 = row.try_get("seq")?;
+            if let Some(event) = numbered.get(&seq) {
+                recorded.push((seq, *event));
+            }
+        }
     }
+    super::webhooks::queue_deliveries(tx, &recorded, now).await?;
     if backend == Backend::Postgres {
         // Delivered when, and only if, the transaction commits.
         sqlx::query("SELECT pg_notify($1, $2)")
@@ -90,16 +97,36 @@ pub(super) async fn record(
     Ok(())
 }
 
+/// An event's payload as the events table (and a webhook delivery) keeps it.
+pub(super) fn payload_json(event: &NewEvent) -> StoreResult<String> {
+    serde_json::to_string(&Payload {
+        key: event.key.clone(),
+        details: event.details.clone(),
+    })
+    .map_err(|_| corrupt("payload"))
+}
+
+/// Reads [`payload_json`]'s text back.
+pub(super) fn parse_payload(
+    text: &str,
+) -> StoreResult<(
+    Option<KeySnapshot>,
+    serde_json::Map<String, serde_json::Value>,
+)> {
+    let payload: Payload = serde_json::from_str(text).map_err(|_| corrupt("event payload"))?;
+    Ok((payload.key, payload.details))
+}
+
 fn event_from_row(row: &AnyRow) -> StoreResult<Event> {
     let kind: String = row.try_get("type")?;
     let payload: String = row.try_get("payload")?;
-    let payload: Payload = serde_json::from_str(&payload).map_err(|_| corrupt("event payload"))?;
+    let (key, details) = parse_payload(&payload)?;
     Ok(Event {
         seq: row.try_get("seq")?,
         tenancy: tenancy_from_row(row)?,
         kind: EventType::parse(&kind).ok_or_else(|| corrupt("event type"))?,
-        key: payload.key,
-        details: payload.details,
+        key,
+        details,
         created_at: timestamp(row, "created_at")?,
     })
 }
@@ -123,6 +150,7 @@ impl EventStore for SqlStore {
         record(&mut tx, self.backend, &events, now).await?;
         tx.commit().await?;
         self.events_committed.notify_one();
+        self.deliveries_queued.notify_one();
         Ok(())
     }
 

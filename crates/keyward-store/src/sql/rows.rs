@@ -1,5 +1,6 @@
 //! Row mappers and the column lists they read: one place that knows how a row becomes a record.
 
+use keyward_core::leak::LeakedKeyAction;
 use keyward_core::model::{
     ApiKey, App, Environment, EnvironmentSettings, RootKey, SecretRecord, Tenancy,
 };
@@ -174,12 +175,19 @@ pub(super) fn secret_from_row(row: &AnyRow) -> StoreResult<SecretRecord> {
     })
 }
 
+/// An environment's settings, for [`environment_from_row`].
+pub(super) const ENVIRONMENT_SELECT: &str = "SELECT workspace_id, environment, \
+     enhanced_security, leaked_key_action, updated_at FROM environments";
+
 pub(super) fn environment_from_row(row: &AnyRow) -> StoreResult<EnvironmentSettings> {
     let tenancy = tenancy_from_row(row)?;
+    let leaked_key_action: String = row.try_get("leaked_key_action")?;
     Ok(EnvironmentSettings {
         workspace_id: tenancy.workspace_id,
         environment: tenancy.environment,
         enhanced_security: flag(row, "enhanced_security")?,
+        leaked_key_action: LeakedKeyAction::parse(&leaked_key_action)
+            .ok_or_else(|| corrupt("leaked_key_action"))?,
         updated_at: timestamp(row, "updated_at")?,
     })
 }

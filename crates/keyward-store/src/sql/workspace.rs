@@ -1,20 +1,21 @@
 //! The workspace and its environments: bootstrap, environment settings, root keys.
 
 use async_trait::async_trait;
+use keyward_core::leak::LeakedKeyAction;
 use keyward_core::model::{EnvironmentSettings, RootKey, Tenancy};
 use keyward_core::{KeyHash, Timestamp};
 
 use super::query::{FilteredQuery, Keyset};
 use super::rows::{
-    environment_from_row, root_key_from_row, secret_from_row, to_json, ROOT_KEY_BY_HASH,
-    ROOT_KEY_SELECT,
+    environment_from_row, root_key_from_row, secret_from_row, to_json, ENVIRONMENT_SELECT,
+    ROOT_KEY_BY_HASH, ROOT_KEY_SELECT,
 };
 use super::secrets::{insert_secret, secret_hashes};
 use super::{audit, Lock, SqlStore, Transaction};
 use crate::cluster::Stale;
 use crate::{
-    Bootstrap, Change, Changed, FoundRootKey, Page, PageRequest, StoreError, StoreResult,
-    WorkspaceStore,
+    Bootstrap, Change, Changed, EnvironmentPatch, FoundRootKey, Page, PageRequest, StoreError,
+    StoreResult, WorkspaceStore,
 };
 
 #[async_trait]
@@ -42,11 +43,12 @@ impl WorkspaceStore for SqlStore {
         for settings in &bootstrap.environments {
             sqlx::query(
                 "INSERT INTO environments (workspace_id, environment, enhanced_security, \
-                 updated_at) VALUES ($1, $2, $3, $4)",
+                 leaked_key_action, updated_at) VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(&settings.workspace_id)
             .bind(settings.environment.as_str())
             .bind(settings.enhanced_security)
+            .bind(settings.leaked_key_action.as_str())
             .bind(settings.updated_at.as_millis())
             .execute(&mut *tx)
             .await?;
@@ -60,10 +62,9 @@ impl WorkspaceStore for SqlStore {
     }
 
     async fn environment(&self, tenancy: &Tenancy) -> StoreResult<EnvironmentSettings> {
-        let row = sqlx::query(
-            "SELECT workspace_id, environment, enhanced_security, updated_at FROM environments \
-             WHERE workspace_id = $1 AND environment = $2",
-        )
+        let row = sqlx::query(&format!(
+            "{ENVIRONMENT_SELECT} WHERE workspace_id = $1 AND environment = $2"
+        ))
         .bind(&tenancy.workspace_id)
         .bind(tenancy.environment.as_str())
         .fetch_optional(&self.reader)
@@ -75,9 +76,9 @@ impl WorkspaceStore for SqlStore {
     async fn update_environment(
         &self,
         change: &Change,
-        enhanced_security: Option<bool>,
+        patch: &EnvironmentPatch,
     ) -> StoreResult<Changed<EnvironmentSettings>> {
-        if let Some(on) = enhanced_security {
+        if let Some(on) = patch.enhanced_security {
             change.require_power_over(
                 change
                     .tenancy
@@ -86,34 +87,37 @@ impl WorkspaceStore for SqlStore {
             )?;
         }
         let mut tx = self.begin_change(change, Lock::Exclusive).await?;
-        if let Some(enhanced_security) = enhanced_security {
-            let updated = sqlx::query(
-                "UPDATE environments SET enhanced_security = $1, updated_at = $2 \
-                 WHERE workspace_id = $3 AND environment = $4",
-            )
-            .bind(enhanced_security)
-            .bind(change.now.as_millis())
-            .bind(&change.tenancy.workspace_id)
-            .bind(change.tenancy.environment.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 0 {
-                return Err(StoreError::NotFound("environment"));
-            }
+        let updated = sqlx::query(
+            "UPDATE environments SET \
+             enhanced_security = COALESCE($1, enhanced_security), \
+             leaked_key_action = COALESCE($2, leaked_key_action), updated_at = $3 \
+             WHERE workspace_id = $4 AND environment = $5",
+        )
+        .bind(patch.enhanced_security)
+        .bind(patch.leaked_key_action.map(LeakedKeyAction::as_str))
+        .bind(change.now.as_millis())
+        .bind(&change.tenancy.workspace_id)
+        .bind(change.tenancy.environment.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound("environment"));
         }
         audit(
             &mut tx,
             change,
             "environment.update",
             change.tenancy.environment.as_str(),
-            serde_json::json!({ "enhanced_security": enhanced_security }),
+            serde_json::json!({
+                "enhanced_security": patch.enhanced_security,
+                "leaked_key_action": patch.leaked_key_action.map(LeakedKeyAction::as_str),
+            }),
         )
         .await?;
-        let row = sqlx::query(
-            "SELECT workspace_id, environment, enhanced_security, updated_at FROM environments \
-             WHERE workspace_id = $1 AND environment = $2",
-        )
+        let row = sqlx::query(&format!(
+            "{ENVIRONMENT_SELECT} WHERE workspace_id = $1 AND environment = $2"
+        ))
         .bind(&change.tenancy.workspace_id)
         .bind(change.tenancy.environment.as_str())
         .fetch_optional(&mut *tx)

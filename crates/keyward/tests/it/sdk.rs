@@ -252,6 +252,7 @@ async fn every_client_method_works_against_the_real_server() {
     let environment = sdk
         .update_environment(&UpdateEnvironmentRequest {
             enhanced_security: Some(true),
+            leaked_key_action: None,
         })
         .await
         .unwrap();
@@ -560,7 +561,7 @@ async fn sockets_take_fresh_tokens_and_resume_without_loss_or_repeats() {
     let (mut expired, mut connected) = (0, 1);
     while names.len() < 12 {
         match next(&mut socket).await {
-            SocketEvent::Event(event) => names.push(event.key.name),
+            SocketEvent::Event(event) => names.push(event.key.expect("a key event").name),
             SocketEvent::TokenExpired => expired += 1,
             SocketEvent::Connected(_) => connected += 1,
             other => panic!("{other:?}"),

@@ -2,7 +2,6 @@
 //! never from a private, loopback or link-local address unless the operator allows it, and
 //! never more than once at a time per URL.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +10,7 @@ use reqwest::Url;
 use tokio::sync::Mutex;
 
 use super::VerificationKey;
+use crate::outbound::{self, OutboundError};
 
 /// How JWKS URLs are fetched.
 #[derive(Debug, Clone)]
@@ -62,28 +62,21 @@ pub enum JwksError {
 
 /// Checks what can be checked without the network: the scheme, and an address literal.
 pub fn check_url(url: &str, settings: &JwksSettings) -> Result<Url, JwksError> {
-    let parsed = Url::parse(url).map_err(|_| JwksError::InvalidUrl)?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(JwksError::InvalidUrl);
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(JwksError::InvalidUrl);
-    }
-    let literal = match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-        Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-        _ => None,
-    };
-    if let Some(ip) = literal {
-        if !settings.allow_private && !is_public(ip) {
-            return Err(JwksError::PrivateAddress);
-        }
-    }
-    Ok(parsed)
+    Ok(outbound::check_url(url, settings.allow_private)?)
 }
 
-/// Whether an address is on the public internet (core's rules, for every URL Keyward fetches).
-pub use keyward_core::address::is_public;
+impl From<OutboundError> for JwksError {
+    fn from(error: OutboundError) -> Self {
+        match error {
+            OutboundError::InvalidUrl => Self::InvalidUrl,
+            OutboundError::PrivateAddress => Self::PrivateAddress,
+            OutboundError::Unreachable(why) => Self::Unreachable(why),
+            OutboundError::TooLarge(cap) => Self::TooLarge(cap),
+        }
+    }
+}
+
+pub use crate::outbound::is_public;
 
 /// The keys of one URL, and when they were fetched.
 #[derive(Default)]
@@ -263,28 +256,10 @@ impl JwksCache {
         Err(JwksError::TooManyRedirects(self.settings.max_redirects))
     }
 
-    /// Resolves the host once, checks every address, and connects only to those, so a DNS
-    /// answer cannot change between the check and the connection.
     async fn get_pinned(&self, url: &Url) -> Result<reqwest::Response, JwksError> {
-        let host = url.host_str().ok_or(JwksError::InvalidUrl)?;
-        let port = url.port_or_known_default().ok_or(JwksError::InvalidUrl)?;
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((bare_host, port))
-            .await
-            .map_err(|error| JwksError::Unreachable(error.to_string()))?
-            .collect();
-        if addresses.is_empty() {
-            return Err(JwksError::Unreachable("the host has no address".to_owned()));
-        }
-        if !self.settings.allow_private && addresses.iter().any(|addr| !is_public(addr.ip())) {
-            return Err(JwksError::PrivateAddress);
-        }
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(self.settings.timeout)
-            .resolve_to_addrs(bare_host, &addresses)
-            .build()
-            .map_err(|error| JwksError::Unreachable(error.to_string()))?;
+        let client =
+            outbound::pinned_client(url, self.settings.allow_private, self.settings.timeout)
+                .await?;
         client
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
@@ -293,26 +268,8 @@ impl JwksCache {
             .map_err(|error| JwksError::Unreachable(error.without_url().to_string()))
     }
 
-    async fn read_capped(&self, mut response: reqwest::Response) -> Result<Vec<u8>, JwksError> {
-        let cap = self.settings.max_bytes;
-        if response
-            .content_length()
-            .is_some_and(|len| len > cap as u64)
-        {
-            return Err(JwksError::TooLarge(cap));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|error| JwksError::Unreachable(error.without_url().to_string()))?
-        {
-            if body.len() + chunk.len() > cap {
-                return Err(JwksError::TooLarge(cap));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+    async fn read_capped(&self, response: reqwest::Response) -> Result<Vec<u8>, JwksError> {
+        Ok(outbound::read_capped(response, self.settings.max_bytes).await?)
     }
 }
 

@@ -1,0 +1,396 @@
+//! Webhook delivery (SPEC §4.8): every node runs a [`DeliveryWorker`] that claims due
+//! deliveries from the outbox storage keeps, POSTs them signed as Standard Webhooks says, and
+//! settles each attempt: delivered, retried later with backoff, or failed; an endpoint that
+//! keeps failing is turned off with a `webhook.disabled` alert.
+//!
+//! A slow or dead endpoint never delays the others: a node takes at most
+//! `per_endpoint` of one endpoint's deliveries at a time (claims skip an endpoint that many
+//! are in flight for), and attempts run concurrently up to `concurrency`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyward_core::webhook::{
+    response_excerpt, signature_header, RetryPolicy, WebhookAttempt, WebhookSecret,
+    DEFAULT_DISABLE_AFTER_MS, RESPONSE_EXCERPT_BYTES,
+};
+use keyward_core::Timestamp;
+use keyward_store::{ClaimedDelivery, DeliveryContent, DeliverySettlement, Store};
+use rand::Rng as _;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::crypto::MasterKey;
+use crate::metrics::Metrics;
+use crate::outbound::{self, OutboundError};
+use crate::{clock, convert};
+
+/// How webhooks are delivered.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Any 2xx within this is a success (SPEC: 15 s).
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// An endpoint whose every attempt failed for this long is turned off.
+    pub disable_after: Duration,
+    /// Lets endpoints be private, loopback or link-local addresses
+    /// (`KEYWARD_ALLOW_PRIVATE_URLS`).
+    pub allow_private: bool,
+    /// Attempts under way on this node at once.
+    pub concurrency: usize,
+    /// Attempts under way on this node for one endpoint at once (claims take at most this
+    /// many of one endpoint, and skip an endpoint that has this many in flight).
+    pub per_endpoint: u32,
+    /// How often other nodes' deliveries (and retries coming due) are looked for; this
+    /// node's own are claimed as soon as their transaction commits.
+    pub poll_interval: Duration,
+    /// How long settled deliveries stay in the log.
+    pub retention: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(15),
+            retry: RetryPolicy::default(),
+            disable_after: Duration::from_millis(DEFAULT_DISABLE_AFTER_MS.unsigned_abs()),
+            allow_private: false,
+            concurrency: 64,
+            per_endpoint: 8,
+            poll_interval: Duration::from_millis(500),
+            retention: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// How long a claim is this node's: past the attempt's timeout, so a node that died
+    /// mid-attempt leaves its deliveries due again soon after.
+    fn lease(&self) -> Duration {
+        self.timeout + Duration::from_secs(5)
+    }
+}
+
+/// What this node is delivering, by endpoint.
+#[derive(Default)]
+struct InFlight(Mutex<HashMap<String, u32>>);
+
+impl InFlight {
+    fn busy(&self, per_endpoint: u32) -> Vec<String> {
+        let counts = self.0.lock().expect("in-flight lock");
+        counts
+            .iter()
+            .filter(|(_, &count)| count >= per_endpoint)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn start(&self, endpoint_id: &str) {
+        *self
+            .0
+            .lock()
+            .expect("in-flight lock")
+            .entry(endpoint_id.to_owned())
+            .or_default() += 1;
+    }
+
+    fn finish(&self, endpoint_id: &str) {
+        let mut counts = self.0.lock().expect("in-flight lock");
+        if let Some(count) = counts.get_mut(endpoint_id) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(endpoint_id);
+            }
+        }
+    }
+}
+
+/// Clients pinned to an endpoint host's checked addresses, kept for a minute so deliveries
+/// reuse connections; the addresses are checked again when the client is renewed.
+#[derive(Default)]
+struct Clients(Mutex<HashMap<String, (Instant, reqwest::Client)>>);
+
+const CLIENT_TTL: Duration = Duration::from_secs(60);
+
+impl Clients {
+    async fn for_url(
+        &self,
+        url: &reqwest::Url,
+        settings: &WebhookSettings,
+    ) -> Result<reqwest::Client, OutboundError> {
+        let origin = url.origin().ascii_serialization();
+        if let Some((made, client)) = self.0.lock().expect("clients lock").get(&origin) {
+            if made.elapsed() < CLIENT_TTL {
+                return Ok(client.clone());
+            }
+        }
+        let client = outbound::pinned_client(url, settings.allow_private, settings.timeout).await?;
+        let mut clients = self.0.lock().expect("clients lock");
+        clients.retain(|_, (made, _)| made.elapsed() < CLIENT_TTL);
+        clients.insert(origin, (Instant::now(), client.clone()));
+        Ok(client)
+    }
+}
+
+pub struct DeliveryWorker {
+    store: Arc<dyn Store>,
+    settings: WebhookSettings,
+    master_key: Arc<MasterKey>,
+    metrics: Arc<Metrics>,
+    in_flight: InFlight,
+    clients: Clients,
+    /// Woken when an attempt ends, so the claim loop can take more.
+    slot_freed: Notify,
+}
+
+impl DeliveryWorker {
+    pub fn start(
+        store: Arc<dyn Store>,
+        settings: WebhookSettings,
+        master_key: Arc<MasterKey>,
+        metrics: Arc<Metrics>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let worker = Arc::new(Self {
+            store,
+            settings,
+            master_key,
+            metrics,
+            in_flight: InFlight::default(),
+            clients: Clients::default(),
+            slot_freed: Notify::new(),
+        });
+        tokio::spawn(worker.run(stop))
+    }
+
+    async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let queued = self.store.deliveries_queued();
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut last_purge = Instant::now();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            self.claim_and_start(&slots).await;
+            if last_purge.elapsed() > Duration::from_secs(3600) {
+                last_purge = Instant::now();
+                self.purge().await;
+            }
+            tokio::select! {
+                () = queued.notified() => {}
+                () = self.slot_freed.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Claims what is due, as long as slots are free and claims come back full.
+    async fn claim_and_start(self: &Arc<Self>, slots: &Arc<Semaphore>) {
+        loop {
+            let free = slots.available_permits().min(100);
+            if free == 0 {
+                return;
+            }
+            let now = clock::now();
+            let lease_until = now.plus_millis(millis(self.settings.lease()));
+            let busy = self.in_flight.busy(self.settings.per_endpoint);
+            let limit = u32::try_from(free).unwrap_or(100);
+            let claimed = match self
+                .store
+                .claim_webhook_deliveries(
+                    now,
+                    lease_until,
+                    self.settings.per_endpoint,
+                    &busy,
+                    limit,
+                )
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::warn!(%error, "claiming webhook deliveries failed; retrying soon");
+                    return;
+                }
+            };
+            let full = claimed.len() >= free;
+            for delivery in claimed {
+                let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
+                    // Cannot happen (claims are bounded by free slots); the lease brings
+                    // the delivery back if it ever does.
+                    break;
+                };
+                self.in_flight.start(&delivery.endpoint.id);
+                self.metrics.webhooks.in_flight.inc();
+                let worker = Arc::clone(self);
+                tokio::spawn(async move {
+                    let endpoint_id = delivery.endpoint.id.clone();
+                    worker.attempt(delivery).await;
+                    worker.in_flight.finish(&endpoint_id);
+                    worker.metrics.webhooks.in_flight.dec();
+                    drop(permit);
+                    worker.slot_freed.notify_one();
+                });
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    async fn purge(&self) {
+        let before = clock::now().plus_millis(-millis(self.settings.retention));
+        if let Err(error) = self.store.purge_webhook_deliveries(before).await {
+            tracing::warn!(%error, "purging old webhook deliveries failed");
+        }
+    }
+
+    async fn attempt(&self, delivery: ClaimedDelivery) {
+        let started = Instant::now();
+        let attempted_at = clock::now();
+        let outcome = self.post(&delivery, attempted_at).await;
+        let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let (succeeded, attempt) = match outcome {
+            Ok((status, body)) => {
+                let succeeded = (200..300).contains(&status);
+                (
+                    succeeded,
+                    WebhookAttempt {
+                        attempted_at,
+                        status: Some(status),
+                        latency_ms,
+                        error: (!succeeded).then(|| {
+                            if (300..400).contains(&status) {
+                                format!("answered {status}; redirects are not followed")
+                            } else {
+                                format!("answered {status}")
+                            }
+                        }),
+                        response_excerpt: Some(response_excerpt(&body))
+                            .filter(|excerpt| !excerpt.is_empty()),
+                    },
+                )
+            }
+            Err(error) => (
+                false,
+                WebhookAttempt {
+                    attempted_at,
+                    status: None,
+                    latency_ms,
+                    error: Some(error),
+                    response_excerpt: None,
+                },
+            ),
+        };
+        let now = clock::now();
+        let retry_at = if succeeded {
+            None
+        } else {
+            self.settings
+                .retry
+                .delay_after(delivery.attempts + 1, rand::thread_rng().gen())
+                .map(|delay| now.plus_millis(delay))
+        };
+        if succeeded {
+            self.metrics.webhooks.delivered.inc();
+        } else {
+            self.metrics.webhooks.failed_attempts.inc();
+        }
+        let settlement = DeliverySettlement {
+            delivery_id: delivery.id.clone(),
+            endpoint_id: delivery.endpoint.id.clone(),
+            claim: delivery.claim,
+            attempt,
+            succeeded,
+            retry_at,
+            disable_after_ms: millis(self.settings.disable_after),
+            now,
+        };
+        match self.store.settle_webhook_delivery(&settlement).await {
+            Ok(true) => {
+                self.metrics.webhooks.endpoints_disabled.inc();
+                tracing::warn!(
+                    endpoint_id = delivery.endpoint.id,
+                    "turned off a webhook endpoint that kept failing"
+                );
+            }
+            Ok(false) => {}
+            // The lease brings the delivery back; the receiver may see it twice, with the
+            // same webhook-id.
+            Err(error) => tracing::warn!(%error, "recording a webhook attempt failed"),
+        }
+    }
+
+    /// One signed POST: the endpoint's status and the start of its answer, or why there was
+    /// none. Errors name no secret and no payload.
+    async fn post(
+        &self,
+        delivery: &ClaimedDelivery,
+        now: Timestamp,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let secrets: Vec<WebhookSecret> = delivery
+            .sealed_secrets
+            .iter()
+            .filter_map(|sealed| self.master_key.open(sealed, &delivery.endpoint.id))
+            .filter_map(|plain| String::from_utf8(plain).ok())
+            .filter_map(|text| WebhookSecret::parse(&text))
+            .collect();
+        if secrets.is_empty() {
+            return Err("the signing secret cannot be opened (was the master key changed?)".into());
+        }
+        let body = payload(&delivery.content);
+        let timestamp = now.as_millis().div_euclid(1000);
+        let signature = signature_header(&secrets, &delivery.id, timestamp, &body);
+        let url = outbound::check_url(&delivery.endpoint.url, self.settings.allow_private)
+            .map_err(|error| error.to_string())?;
+        let client = self
+            .clients
+            .for_url(&url, &self.settings)
+            .await
+            .map_err(|error| error.to_string())?;
+        let response = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::USER_AGENT, "Keyward-Webhooks/1")
+            .header("webhook-id", &delivery.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| outbound::unreachable(error).to_string())?;
+        let status = response.status().as_u16();
+        let excerpt = tokio::time::timeout(
+            self.settings.timeout,
+            outbound::read_prefix(response, RESPONSE_EXCERPT_BYTES),
+        )
+        .await
+        .unwrap_or_default();
+        Ok((status, excerpt))
+    }
+}
+
+/// The body of a delivery: `{type, timestamp, data}`, `data` being the event as `/ws` sends
+/// it. The same bytes on every attempt.
+pub fn payload(content: &DeliveryContent) -> Vec<u8> {
+    let body = match content {
+        DeliveryContent::Event(event) => keyward_proto::WebhookPayload {
+            event_type: event.kind.as_str().to_owned(),
+            timestamp: convert::datetime(event.created_at),
+            data: serde_json::to_value(convert::event(event)).unwrap_or_default(),
+        },
+        DeliveryContent::Test {
+            details,
+            created_at,
+        } => keyward_proto::WebhookPayload {
+            event_type: keyward_core::webhook::TEST_EVENT_TYPE.to_owned(),
+            timestamp: convert::datetime(*created_at),
+            data: details.clone(),
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
