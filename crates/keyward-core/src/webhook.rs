@@ -326,7 +326,7 @@ pub struct WebhookAttempt {
 }
 
 /// A delivery id: `whd_`, the event's number in fixed-width base62 (so ids sort as events
-/// do) and the random part of the endpoint's id (one delivery per event and endpoint, so a
+/// do), then the endpoint's id without its `whe_` (one delivery per event and endpoint, so a
 /// repeated queueing of one event is one delivery).
 pub fn delivery_id(event_seq: i64, endpoint_id: &str) -> String {
     let mut seq = [0u8; 11];

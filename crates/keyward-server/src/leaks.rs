@@ -34,21 +34,21 @@ pub const GITHUB_SCANNING_KEYS_URL: &str =
     "https://api.github.com/meta/public_keys/secret_scanning";
 /// The actor of changes a GitHub report makes, in the audit log.
 const GITHUB_ACTOR: &str = "github_secret_scanning";
-/// An unknown key identifier re-fetches GitHub's keys at most this often.
+/// GitHub's keys are fetched again at most this often.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 /// Known keys are fetched again after this long.
 const REFRESH_AFTER: Duration = Duration::from_secs(3600);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_KEYS_BYTES: usize = 64 * 1024;
-/// Tokens one GitHub report may carry.
-const MAX_TOKENS_PER_REPORT: usize = 1000;
+/// Tokens one GitHub report may carry (the body limit bounds it too).
+const MAX_TOKENS_PER_REPORT: usize = 5000;
 
 #[derive(Default)]
 struct Fetched {
     /// Key identifier → the public key's SubjectPublicKeyInfo DER.
     keys: HashMap<String, Vec<u8>>,
     fetched_at: Option<Instant>,
-    unknown_fetch_at: Option<Instant>,
+    attempted_at: Option<Instant>,
 }
 
 /// GitHub's secret-scanning public keys, fetched from `url`, cached, and fetched again
@@ -78,7 +78,10 @@ impl GithubKeys {
         }
     }
 
-    /// The key named `identifier`, fetching the list when it is unknown or old.
+    /// The key named `identifier`, fetching the list when it is unknown or old. Fetches
+    /// after the first are at most one a minute, whatever asks (unknown identifiers, an old
+    /// list, failures), so unauthenticated reports cannot make Keyward fetch in a loop; one
+    /// fetch runs at a time (the lock), and reports wait for it.
     async fn key(&self, identifier: &str) -> Option<Vec<u8>> {
         let mut state = self.state.lock().await;
         let stale = state
@@ -86,20 +89,19 @@ impl GithubKeys {
             .is_none_or(|at| at.elapsed() >= REFRESH_AFTER);
         let unknown = !state.keys.contains_key(identifier);
         let throttled = state
-            .unknown_fetch_at
+            .attempted_at
             .is_some_and(|at| at.elapsed() < REFETCH_INTERVAL);
-        if stale || (unknown && !throttled) {
-            if unknown {
-                state.unknown_fetch_at = Some(Instant::now());
-            }
-            match self.fetch().await {
-                Ok(keys) => {
+        if (stale || unknown) && !throttled {
+            state.attempted_at = Some(Instant::now());
+            match tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await {
+                Ok(Ok(keys)) => {
                     state.keys = keys;
                     state.fetched_at = Some(Instant::now());
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "fetching GitHub's secret-scanning keys failed");
                 }
+                Err(_) => tracing::warn!("fetching GitHub's secret-scanning keys timed out"),
             }
         }
         state.keys.get(identifier).cloned()

@@ -3,9 +3,9 @@
 //! settles each attempt: delivered, retried later with backoff, or failed; an endpoint that
 //! keeps failing is turned off with a `webhook.disabled` alert.
 //!
-//! A slow or dead endpoint never delays the others: a node takes at most
-//! `per_endpoint` of one endpoint's deliveries at a time (claims skip an endpoint that many
-//! are in flight for), and attempts run concurrently up to `concurrency`.
+//! A slow or dead endpoint never delays the others: a node has at most `per_endpoint` of one
+//! endpoint's deliveries in flight at a time (claims take only what is left of that), and
+//! attempts run concurrently up to `concurrency`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -76,12 +76,11 @@ impl WebhookSettings {
 struct InFlight(Mutex<HashMap<String, u32>>);
 
 impl InFlight {
-    fn busy(&self, per_endpoint: u32) -> Vec<String> {
+    fn counts(&self) -> Vec<(String, u32)> {
         let counts = self.0.lock().expect("in-flight lock");
         counts
             .iter()
-            .filter(|(_, &count)| count >= per_endpoint)
-            .map(|(id, _)| id.clone())
+            .map(|(id, &count)| (id.clone(), count))
             .collect()
     }
 
@@ -194,7 +193,7 @@ impl DeliveryWorker {
             }
             let now = clock::now();
             let lease_until = now.plus_millis(millis(self.settings.lease()));
-            let busy = self.in_flight.busy(self.settings.per_endpoint);
+            let in_flight = self.in_flight.counts();
             let limit = u32::try_from(free).unwrap_or(100);
             let claimed = match self
                 .store
@@ -202,7 +201,7 @@ impl DeliveryWorker {
                     now,
                     lease_until,
                     self.settings.per_endpoint,
-                    &busy,
+                    &in_flight,
                     limit,
                 )
                 .await
@@ -248,7 +247,12 @@ impl DeliveryWorker {
     async fn attempt(&self, delivery: ClaimedDelivery) {
         let started = Instant::now();
         let attempted_at = clock::now();
-        let outcome = self.post(&delivery, attempted_at).await;
+        // The whole attempt, name resolution included, within the timeout: the lease
+        // counts on it.
+        let outcome =
+            tokio::time::timeout(self.settings.timeout, self.post(&delivery, attempted_at))
+                .await
+                .unwrap_or_else(|_| Err("timed out".to_owned()));
         let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let (succeeded, attempt) = match outcome {
             Ok((status, body)) => {

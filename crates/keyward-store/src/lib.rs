@@ -660,7 +660,7 @@ pub struct WebhookEndpointPatch {
 /// What a delivery carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeliveryContent {
-    Event(Event),
+    Event(Box<Event>),
     /// `POST …/{id}/test`.
     Test {
         details: serde_json::Value,
@@ -754,14 +754,15 @@ pub trait WebhookStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Queues a `webhook.test` delivery to this endpoint only; returns its id.
     async fn queue_test_delivery(&self, change: &Change, endpoint_id: &str) -> StoreResult<String>;
-    /// Claims up to `limit` due deliveries of enabled endpoints (at most `per_endpoint` per
-    /// endpoint, none of `busy_endpoints`) until `lease_until`.
+    /// Claims up to `limit` due deliveries of enabled endpoints until `lease_until`, so that
+    /// no endpoint has more than `per_endpoint` in flight on this node counting those already
+    /// `in_flight` (endpoint id, attempts under way).
     async fn claim_webhook_deliveries(
         &self,
         now: Timestamp,
         lease_until: Timestamp,
         per_endpoint: u32,
-        busy_endpoints: &[String],
+        in_flight: &[(String, u32)],
         limit: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>>;
     /// Records an attempt and settles its delivery; `true` when it turned the endpoint off.

@@ -77,11 +77,8 @@ impl LeakStore for SqlStore {
                         }
                         Err(error) => return Err(error),
                     };
-                    if key.revoked_at.is_some() {
-                        outcomes.push(LeakOutcome::AlreadyRevoked);
-                        continue;
-                    }
                     let outcome = match action {
+                        _ if key.revoked_at.is_some() => LeakOutcome::AlreadyRevoked,
                         LeakedKeyAction::Revoke => {
                             key.revoked_at = Some(change.now);
                             LeakOutcome::Revoked
@@ -92,11 +89,14 @@ impl LeakStore for SqlStore {
                         }
                         LeakedKeyAction::Disable | LeakedKeyAction::Notify => LeakOutcome::Notified,
                     };
-                    let mut leaked = NewEvent::about(&change.tenancy, EventType::KeyLeaked, &key);
-                    leaked.details = report_details(report, outcome);
-                    leaked.dedup_key = Some(dedup_key(&key.id, report));
-                    events.push(leaked);
-                    if outcome != LeakOutcome::Notified {
+                    if outcome.is_true_positive() {
+                        let mut leaked =
+                            NewEvent::about(&change.tenancy, EventType::KeyLeaked, &key);
+                        leaked.details = report_details(report, outcome);
+                        leaked.dedup_key = Some(dedup_key(&key.id, report));
+                        events.push(leaked);
+                    }
+                    if matches!(outcome, LeakOutcome::Revoked | LeakOutcome::Disabled) {
                         key.updated_at = change.now;
                         write_key(&mut tx, &key).await?;
                         stale.extend(secrets_of(&mut tx, &key.id).await?.iter().map(|s| s.hash));

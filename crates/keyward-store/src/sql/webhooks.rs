@@ -551,12 +551,13 @@ impl WebhookStore for SqlStore {
         now: Timestamp,
         lease_until: Timestamp,
         per_endpoint: u32,
-        busy_endpoints: &[String],
+        in_flight: &[(String, u32)],
         limit: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>> {
-        // Candidates are locked and skipped by other nodes' claims; of those, at most
-        // `per_endpoint` per endpoint are taken, so one endpoint's backlog cannot fill a
-        // node's slots. Endpoints this node is busy with are left to the others meanwhile.
+        // Candidates are locked and skipped by other nodes' claims; of those, an endpoint
+        // gets only what this node's `per_endpoint` allowance has left, so one endpoint's
+        // backlog never fills a node's slots. Endpoints with no allowance left are not even
+        // candidates, so their backlog does not hide the others'.
         let mut query = FilteredQuery::new(
             "WITH candidates AS (SELECT d.id, d.endpoint_id, d.next_attempt_at \
              FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
@@ -565,7 +566,7 @@ impl WebhookStore for SqlStore {
         query.bind(Param::Bool(true));
         query.push(" AND d.next_attempt_at <= ");
         query.bind(Param::Int(now.as_millis()));
-        for busy in busy_endpoints {
+        for (busy, _) in in_flight.iter().filter(|(_, count)| *count >= per_endpoint) {
             query.push(" AND d.endpoint_id <> ");
             query.bind(Param::Text(busy.clone()));
         }
@@ -574,11 +575,33 @@ impl WebhookStore for SqlStore {
         if self.backend == Backend::Postgres {
             query.push(" FOR UPDATE OF d SKIP LOCKED");
         }
+        query.push(")");
+        let partly_busy: Vec<&(String, u32)> = in_flight
+            .iter()
+            .filter(|(_, count)| *count > 0 && *count < per_endpoint)
+            .collect();
+        if !partly_busy.is_empty() {
+            query.push(", used (endpoint_id, taken) AS (VALUES ");
+            query.push_rows(
+                partly_busy
+                    .iter()
+                    .map(|(id, count)| [Param::Text(id.clone()), Param::Int(i64::from(*count))]),
+            );
+            query.push(")");
+        }
         query.push(
-            "), ranked AS (SELECT id, ROW_NUMBER() OVER \
-             (PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS place FROM candidates) \
-             UPDATE webhook_deliveries SET next_attempt_at = ",
+            ", ranked AS (SELECT c.id, ROW_NUMBER() OVER \
+             (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id)",
         );
+        if partly_busy.is_empty() {
+            query.push(" AS place FROM candidates c)");
+        } else {
+            query.push(
+                " + COALESCE(u.taken, 0) AS place FROM candidates c \
+                 LEFT JOIN used u ON u.endpoint_id = c.endpoint_id)",
+            );
+        }
+        query.push(" UPDATE webhook_deliveries SET next_attempt_at = ");
         query.bind(Param::Int(lease_until.as_millis()));
         query.push(", claims = claims + 1 WHERE id IN (SELECT id FROM ranked WHERE place <= ");
         query.bind(Param::Int(i64::from(per_endpoint)));
@@ -636,14 +659,14 @@ impl WebhookStore for SqlStore {
                 Some(seq) => {
                     let kind = EventType::parse(&kind).ok_or_else(|| corrupt("event type"))?;
                     let (key, details) = super::events::parse_payload(&payload)?;
-                    DeliveryContent::Event(Event {
+                    DeliveryContent::Event(Box::new(Event {
                         seq,
                         tenancy: endpoint.tenancy.clone(),
                         kind,
                         key,
                         details,
                         created_at,
-                    })
+                    }))
                 }
                 None => DeliveryContent::Test {
                     details: serde_json::from_str(&payload).map_err(|_| corrupt("test payload"))?,
@@ -685,7 +708,7 @@ impl WebhookStore for SqlStore {
         };
         // Only the latest claim settles: a node that outlived its lease records its attempt
         // but leaves the delivery to the node that claimed it since.
-        sqlx::query(
+        let current = sqlx::query(
             "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, \
              attempts = attempts + 1, updated_at = $3 WHERE id = $4 AND claims = $5",
         )
@@ -695,7 +718,15 @@ impl WebhookStore for SqlStore {
         .bind(&settlement.delivery_id)
         .bind(settlement.claim)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if !current {
+            // Claimed again since (this node outlived its lease): the attempt is in the log,
+            // and the endpoint's record is the current claimant's to keep.
+            tx.commit().await?;
+            return Ok(false);
+        }
         let endpoint = sqlx::query(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1{}",
             self.backend.lock_rows("webhook_endpoints")
