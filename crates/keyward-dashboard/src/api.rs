@@ -102,6 +102,9 @@ impl Api {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ApiFailure> {
+        // Every call but a read is JSON (SPEC §3, 415 otherwise), a DELETE included: one
+        // without a body sends `{}`, as the SDK does.
+        let writes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -110,6 +113,10 @@ impl Api {
             Some(body) => {
                 request = request.header(header::CONTENT_TYPE, "application/json");
                 Body::from(serde_json::to_vec(body).expect("a request body serialises"))
+            }
+            None if writes => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from("{}")
             }
             None => Body::empty(),
         };

@@ -143,6 +143,35 @@ pub fn router(api: Router, sealer: Arc<dyn Sealer>, settings: DashboardSettings)
             post(pages::credentials::delete_workspace_key),
         )
         .route(
+            "/dashboard/webhooks",
+            get(pages::webhooks::list).post(pages::webhooks::create),
+        )
+        .route(
+            "/dashboard/webhooks/{id}",
+            get(pages::webhooks::show).post(pages::webhooks::update),
+        )
+        .route("/dashboard/webhooks/{id}/test", post(pages::webhooks::test))
+        .route(
+            "/dashboard/webhooks/{id}/enable",
+            post(pages::webhooks::enable),
+        )
+        .route(
+            "/dashboard/webhooks/{id}/disable",
+            post(pages::webhooks::disable),
+        )
+        .route(
+            "/dashboard/webhooks/{id}/rotate",
+            post(pages::webhooks::rotate),
+        )
+        .route(
+            "/dashboard/webhooks/{id}/delete",
+            post(pages::webhooks::delete),
+        )
+        .route(
+            "/dashboard/webhooks/{id}/deliveries/{delivery_id}/retry",
+            post(pages::webhooks::retry),
+        )
+        .route(
             "/dashboard/settings",
             get(pages::settings::show).post(pages::settings::save),
         )

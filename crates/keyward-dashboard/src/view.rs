@@ -28,12 +28,13 @@ pub(crate) enum Section {
     PublicKeys,
     SigningKeys,
     WorkspaceKeys,
+    Webhooks,
     Settings,
     AuditLog,
 }
 
 impl Section {
-    const ALL: [Section; 10] = [
+    const ALL: [Section; 11] = [
         Section::Overview,
         Section::Apps,
         Section::Organizations,
@@ -42,6 +43,7 @@ impl Section {
         Section::PublicKeys,
         Section::SigningKeys,
         Section::WorkspaceKeys,
+        Section::Webhooks,
         Section::Settings,
         Section::AuditLog,
     ];
@@ -56,6 +58,7 @@ impl Section {
             Section::PublicKeys => "/dashboard/public-keys",
             Section::SigningKeys => "/dashboard/signing-keys",
             Section::WorkspaceKeys => "/dashboard/workspace-keys",
+            Section::Webhooks => "/dashboard/webhooks",
             Section::Settings => "/dashboard/settings",
             Section::AuditLog => "/dashboard/audit-log",
         }
@@ -71,6 +74,7 @@ impl Section {
             Section::PublicKeys => "Public keys",
             Section::SigningKeys => "Signing keys",
             Section::WorkspaceKeys => "Workspace keys",
+            Section::Webhooks => "Webhooks",
             Section::Settings => "Security",
             Section::AuditLog => "Audit log",
         }
@@ -146,6 +150,14 @@ impl Notice {
     pub(crate) fn error(text: impl Into<String>) -> Option<Self> {
         Some(Self {
             error: true,
+            text: text.into(),
+        })
+    }
+
+    /// News of what just happened, e.g. that a test event was queued.
+    pub(crate) fn news(text: impl Into<String>) -> Option<Self> {
+        Some(Self {
+            error: false,
             text: text.into(),
         })
     }

@@ -10,6 +10,7 @@ pub(crate) mod root_keys;
 pub(crate) mod schemes;
 pub(crate) mod settings;
 pub(crate) mod sign_in;
+pub(crate) mod webhooks;
 
 use askama::Template;
 use axum::http::StatusCode;

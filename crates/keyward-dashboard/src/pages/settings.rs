@@ -6,6 +6,7 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::response::Response;
+use keyward_core::leak::LeakedKeyAction;
 use keyward_proto::{AuditEntry, EnvironmentSettings, Page, UpdateEnvironmentRequest};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,31 @@ use crate::{Dashboard, SignedIn};
 struct SettingsPage {
     layout: Layout,
     settings: EnvironmentSettings,
+}
+
+/// The choices of `leaked_key_action` (SPEC §4.9): its value, its name and what it does.
+const LEAKED_KEY_ACTIONS: [(&str, &str, &str); 3] = [
+    (
+        LeakedKeyAction::Revoke.as_str(),
+        "Revoke it",
+        "the key is refused everywhere at once, for good (the default).",
+    ),
+    (
+        LeakedKeyAction::Disable.as_str(),
+        "Disable it",
+        "the key is turned off, so its owner can look before deleting it or turning it back on.",
+    ),
+    (
+        LeakedKeyAction::Notify.as_str(),
+        "Only notify",
+        "the key keeps working; only the audit entry and the key.leaked event report it.",
+    ),
+];
+
+impl SettingsPage {
+    fn leaked_key_actions(&self) -> &'static [(&'static str, &'static str, &'static str)] {
+        &LEAKED_KEY_ACTIONS
+    }
 }
 
 pub(crate) async fn show(

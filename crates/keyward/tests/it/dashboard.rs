@@ -482,6 +482,7 @@ async fn every_page_renders_for_a_full_root_key() {
         "/dashboard/public-keys".to_owned(),
         "/dashboard/signing-keys".to_owned(),
         "/dashboard/workspace-keys".to_owned(),
+        "/dashboard/webhooks".to_owned(),
         "/dashboard/settings".to_owned(),
         "/dashboard/audit-log".to_owned(),
     ] {
@@ -617,5 +618,166 @@ async fn other_credentials_are_managed_and_their_secrets_shown_once() {
     assert_eq!(settings.status, StatusCode::SEE_OTHER);
     let environment = server.api().get("/api/v1/environment").await;
     assert_eq!(environment.body["enhanced_security"], true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_endpoints_are_managed_and_their_secret_shown_once() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let mut browser = Browser::new(&server.base);
+    browser.sign_in(&server.live_key).await;
+    let list = browser.get("/dashboard/webhooks").await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.html);
+    assert!(list
+        .html
+        .contains("<a href=\"/dashboard/webhooks\" aria-current=\"page\">Webhooks</a>"));
+    assert!(list.html.contains("No endpoints yet"));
+    let csrf = list.csrf();
+
+    // A URL the server refuses shows on the form, with what was typed kept.
+    let refused = browser
+        .post(
+            "/dashboard/webhooks",
+            &[
+                ("csrf", &csrf),
+                ("url", "http://127.0.0.1:9/hook"),
+                ("description", "kept"),
+                ("events", "key.leaked"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(refused.html.contains("notice error"), "{}", refused.html);
+    assert!(refused.html.contains("value=\"kept\""));
+    assert!(refused.html.contains("value=\"key.leaked\" checked"));
+
+    let hostile = "<script>alert(1)</script>";
+    let revealed = browser
+        .post(
+            "/dashboard/webhooks",
+            &[
+                ("csrf", &csrf),
+                ("url", "https://example.com/hook"),
+                ("description", hostile),
+                ("events", "key.revoked"),
+                ("events", "key.leaked"),
+            ],
+        )
+        .await;
+    assert_eq!(revealed.status, StatusCode::OK, "{}", revealed.html);
+    assert!(revealed.html.contains("you will not see this again"));
+    assert_eq!(revealed.headers.get("cache-control").unwrap(), "no-store");
+    let secret = revealed.input("secret-1");
+    assert!(secret.starts_with("whsec_"), "{secret}");
+
+    let stored = api.get("/api/v1/webhook-endpoints").await;
+    let endpoint = &stored.assert_status(200)["data"][0];
+    assert_eq!(endpoint["url"], "https://example.com/hook");
+    assert_eq!(endpoint["events"], json!(["key.leaked", "key.revoked"]));
+    let id = endpoint["id"].as_str().unwrap().to_owned();
+    let page_path = format!("/dashboard/webhooks/{id}");
+
+    let listed = browser.get("/dashboard/webhooks").await;
+    assert!(listed.html.contains("https://example.com/hook"));
+    assert!(listed.html.contains("key.leaked, key.revoked"));
+    assert!(listed.html.contains(&page_path));
+    for page in [&listed, &browser.get(&page_path).await] {
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        assert!(!page.html.contains(&secret));
+        assert!(!page.html.contains(hostile));
+        assert!(page.html.contains("&#60;script&#62;") || page.html.contains("&lt;script&gt;"));
+    }
+
+    // A test event, with the session's token only.
+    let test_path = format!("{page_path}/test");
+    let refused = browser.post(&test_path, &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let sent = browser.post(&test_path, &[("csrf", &csrf)]).await;
+    assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.html);
+    assert_eq!(sent.location(), format!("{page_path}?done=test"));
+    let shown = browser.get(sent.location()).await;
+    assert!(
+        shown.html.contains("A test event was queued"),
+        "{}",
+        shown.html
+    );
+    assert!(shown.html.contains("webhook.test"), "{}", shown.html);
+    assert!(shown.html.contains("/deliveries/whd_"), "{}", shown.html);
+    let deliveries = api
+        .get(&format!("/api/v1/webhook-endpoints/{id}/deliveries"))
+        .await;
+    let delivery = deliveries.assert_status(200)["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let retried = browser
+        .post(
+            &format!("{page_path}/deliveries/{delivery}/retry"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(retried.location(), format!("{page_path}?done=retry"));
+
+    // Rotation shows the new secret once, and neither secret shows after.
+    let rotated = browser
+        .post(&format!("{page_path}/rotate"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.html);
+    let new_secret = rotated.input("secret-1");
+    assert!(new_secret.starts_with("whsec_") && new_secret != secret);
+
+    let disabled = browser
+        .post(&format!("{page_path}/disable"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(disabled.status, StatusCode::SEE_OTHER, "{}", disabled.html);
+    let stored = api.get(&format!("/api/v1/webhook-endpoints/{id}")).await;
+    assert_eq!(stored.assert_status(200)["enabled"], false);
+    let shown = browser.get(disabled.location()).await;
+    assert!(
+        shown.html.contains("This endpoint is off"),
+        "{}",
+        shown.html
+    );
+    assert!(shown.html.contains("Enable endpoint"));
+    assert!(!shown.html.contains(&secret) && !shown.html.contains(&new_secret));
+    let listed = browser.get("/dashboard/webhooks").await;
+    assert!(listed.html.contains("status-disabled"));
+
+    let deleted = browser
+        .post(&format!("{page_path}/delete"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(
+        deleted.location(),
+        "/dashboard/webhooks",
+        "{}",
+        deleted.html
+    );
+    assert_eq!(browser.get(&page_path).await.status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_leaked_key_action_is_chosen_on_the_security_page() {
+    let server = TestServer::start().await;
+    let mut browser = Browser::new(&server.base);
+    browser.sign_in(&server.live_key).await;
+    let page = browser.get("/dashboard/settings").await;
+    assert!(page.html.contains("<option value=\"revoke\" selected>"));
+    let saved = browser
+        .post(
+            "/dashboard/settings",
+            &[
+                ("csrf", &page.csrf()),
+                ("enhanced_security", "on"),
+                ("leaked_key_action", "notify"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.html);
+    let environment = server.api().get("/api/v1/environment").await;
+    assert_eq!(environment.body["leaked_key_action"], "notify");
+    let page = browser.get("/dashboard/settings").await;
+    assert!(page.html.contains("<option value=\"notify\" selected>"));
     server.stop().await;
 }
