@@ -1,5 +1,6 @@
 //! Typed calls beyond apps and keys: usage control, browser-safe and backend credentials,
-//! gateway verification, end-user self-service and demo sandboxes (SPEC §4.1–4.3).
+//! gateway verification, end-user self-service and demo sandboxes (SPEC §4.1–4.3), webhook
+//! endpoints (§4.8) and the secret-scanning patterns (§4.9).
 
 use keyward_proto::{
     ApiKey, ApiKeyWithSecret, CreateMyKeyRequest, CreatePublicKeyRequest,
@@ -7,6 +8,11 @@ use keyward_proto::{
     Organization, Page, PageParams, PublicKey, PutOrganizationRequest, RateLimitScheme,
     RotateKeyRequest, SigningKey, SigningKeyWithPrivateKey, UpdateRateLimitSchemeRequest,
     VerifyKeyResponse, VerifyRequestRequest, WorkspaceKey, WorkspaceKeyWithSecret,
+};
+use keyward_proto::{
+    CreateWebhookEndpointRequest, ListWebhookDeliveriesParams, SecretScanningPatterns,
+    UpdateWebhookEndpointRequest, WebhookDelivery, WebhookDeliveryQueued, WebhookEndpoint,
+    WebhookEndpointWithSecret,
 };
 use keyward_proto::{KeyUsageReport, UsageParams, UsageReport};
 use reqwest::Method;
@@ -484,6 +490,201 @@ impl Client {
     /// ```
     pub async fn usage_by_key(&self, params: &UsageParams) -> Result<KeyUsageReport, Error> {
         self.call(Method::GET, &["usage", "keys"], Some(params), NONE)
+            .await
+    }
+
+    /// `POST /api/v1/webhook-endpoints` (scope `webhooks:write`): where events and alerts
+    /// are pushed. The signing secret (`whsec_…`) is in this answer only; check deliveries
+    /// with it using any Standard Webhooks library (e.g. the `standardwebhooks` crate).
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{CreateWebhookEndpointRequest};
+    ///
+    /// let answer = keyward.create_webhook_endpoint(&CreateWebhookEndpointRequest {
+    ///     url: "https://api.example.com/keyward-hook".into(),
+    ///     events: Some(vec!["key.revoked".into(), "key.leaked".into()]),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_webhook_endpoint(
+        &self,
+        request: &CreateWebhookEndpointRequest,
+    ) -> Result<WebhookEndpointWithSecret, Error> {
+        self.call(Method::POST, &["webhook-endpoints"], NONE, Some(request))
+            .await
+    }
+
+    /// `GET /api/v1/webhook-endpoints` (scope `webhooks:read`): one page, never secrets.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{PageParams};
+    ///
+    /// let answer = keyward.list_webhook_endpoints(&PageParams::default()).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_webhook_endpoints(
+        &self,
+        page: &PageParams,
+    ) -> Result<Page<WebhookEndpoint>, Error> {
+        self.call(Method::GET, &["webhook-endpoints"], Some(page), NONE)
+            .await
+    }
+
+    /// `GET /api/v1/webhook-endpoints/{id}`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.get_webhook_endpoint("whe_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_webhook_endpoint(&self, id: &str) -> Result<WebhookEndpoint, Error> {
+        self.call(Method::GET, &["webhook-endpoints", id], NONE, NONE)
+            .await
+    }
+
+    /// `PATCH /api/v1/webhook-endpoints/{id}`: absent fields are kept; turning an endpoint
+    /// back on resumes its pending deliveries.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{UpdateWebhookEndpointRequest};
+    ///
+    /// let answer = keyward.update_webhook_endpoint("whe_…", &UpdateWebhookEndpointRequest {
+    ///     enabled: Some(true),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn update_webhook_endpoint(
+        &self,
+        id: &str,
+        request: &UpdateWebhookEndpointRequest,
+    ) -> Result<WebhookEndpoint, Error> {
+        self.call(
+            Method::PATCH,
+            &["webhook-endpoints", id],
+            NONE,
+            Some(request),
+        )
+        .await
+    }
+
+    /// `DELETE /api/v1/webhook-endpoints/{id}`, with its pending deliveries and its log.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// keyward.delete_webhook_endpoint("whe_…").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_webhook_endpoint(&self, id: &str) -> Result<(), Error> {
+        self.call(Method::DELETE, &["webhook-endpoints", id], NONE, NONE)
+            .await
+    }
+
+    /// `POST /api/v1/webhook-endpoints/{id}/rotate-secret`: a new secret, this once. The
+    /// previous one keeps signing beside it for 24 hours.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.rotate_webhook_secret("whe_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn rotate_webhook_secret(
+        &self,
+        id: &str,
+    ) -> Result<WebhookEndpointWithSecret, Error> {
+        self.call(
+            Method::POST,
+            &["webhook-endpoints", id, "rotate-secret"],
+            NONE,
+            NONE,
+        )
+        .await
+    }
+
+    /// `GET /api/v1/webhook-endpoints/{id}/deliveries`: one page, newest first, each with its
+    /// attempts.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{ListWebhookDeliveriesParams};
+    ///
+    /// let answer = keyward
+    ///     .list_webhook_deliveries("whe_…", &ListWebhookDeliveriesParams::default())
+    ///     .await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_webhook_deliveries(
+        &self,
+        id: &str,
+        params: &ListWebhookDeliveriesParams,
+    ) -> Result<Page<WebhookDelivery>, Error> {
+        self.call(
+            Method::GET,
+            &["webhook-endpoints", id, "deliveries"],
+            Some(params),
+            NONE,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry`: sends a delivery
+    /// again now, with the same `webhook-id`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.retry_webhook_delivery("whe_…", "whd_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn retry_webhook_delivery(
+        &self,
+        id: &str,
+        delivery_id: &str,
+    ) -> Result<WebhookDeliveryQueued, Error> {
+        self.call(
+            Method::POST,
+            &["webhook-endpoints", id, "deliveries", delivery_id, "retry"],
+            NONE,
+            NONE,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/webhook-endpoints/{id}/test`: queues a `webhook.test` event for this
+    /// endpoint only, whatever its `events`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.test_webhook_endpoint("whe_…").await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn test_webhook_endpoint(&self, id: &str) -> Result<WebhookDeliveryQueued, Error> {
+        self.call(Method::POST, &["webhook-endpoints", id, "test"], NONE, NONE)
+            .await
+    }
+
+    /// `GET /api/v1/secret-scanning/patterns` (scope `apps:read`): the formats scanners
+    /// should match, a regex for root keys and one per app's key prefix.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// let answer = keyward.secret_scanning_patterns().await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn secret_scanning_patterns(&self) -> Result<SecretScanningPatterns, Error> {
+        self.call(Method::GET, &["secret-scanning", "patterns"], NONE, NONE)
             .await
     }
 

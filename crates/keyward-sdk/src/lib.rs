@@ -22,9 +22,9 @@ pub use keyward_proto as proto;
 use keyward_proto::{
     ApiKey, ApiKeyWithSecret, App, AuditEntry, CreateAppRequest, CreateKeyRequest,
     CreateRootKeyRequest, EnvironmentSettings, ErrorEnvelope, Health, ImportKeysRequest,
-    ImportKeysResponse, ListAuditParams, ListKeysParams, Page, PageParams, RootKey,
-    RootKeyWithSecret, RotateKeyRequest, UpdateAppRequest, UpdateEnvironmentRequest,
-    UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
+    ImportKeysResponse, ListAuditParams, ListKeysParams, Page, PageParams, ReportLeakRequest,
+    ReportLeakResponse, RootKey, RootKeyWithSecret, RotateKeyRequest, UpdateAppRequest,
+    UpdateEnvironmentRequest, UpdateKeyRequest, VerifyKeyRequest, VerifyKeyResponse,
 };
 pub use pages::paginate;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
@@ -838,6 +838,31 @@ impl Client {
     /// ```
     pub async fn verify_key(&self, request: &VerifyKeyRequest) -> Result<VerifyKeyResponse, Error> {
         self.call(Method::POST, &["keys", "verify"], NONE, Some(request))
+            .await
+    }
+
+    /// `POST /api/v1/keys/report-leak` (scope `keys:write`): a key (or root key) of this
+    /// environment found in public. It is revoked, disabled or only notified about, as the
+    /// environment's `leaked_key_action` says; a secret that is unknown or already revoked
+    /// changes nothing, and the answer says so.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::{ReportLeakRequest};
+    ///
+    /// let answer = keyward.report_leak(&ReportLeakRequest {
+    ///     key: "acme_live_…".into(),
+    ///     url: Some("https://github.com/acme/site/blob/main/.env".into()),
+    ///     source: Some("trufflehog".into()),
+    /// }).await?;
+    /// # let _ = answer;
+    /// # Ok(()) }
+    /// ```
+    pub async fn report_leak(
+        &self,
+        request: &ReportLeakRequest,
+    ) -> Result<ReportLeakResponse, Error> {
+        self.call(Method::POST, &["keys", "report-leak"], NONE, Some(request))
             .await
     }
 

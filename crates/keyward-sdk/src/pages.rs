@@ -3,7 +3,10 @@
 use std::future::Future;
 
 use futures_util::stream::{self, Stream, TryStreamExt};
-use keyward_proto::{ApiKey, App, AuditEntry, ListAuditParams, ListKeysParams, Page, PageParams};
+use keyward_proto::{
+    ApiKey, App, AuditEntry, ListAuditParams, ListKeysParams, ListWebhookDeliveriesParams, Page,
+    PageParams, WebhookDelivery, WebhookEndpoint,
+};
 
 use crate::{Client, Error};
 
@@ -118,6 +121,55 @@ impl Client {
                 ..params.clone()
             };
             async move { self.list_audit(&params).await }
+        })
+    }
+
+    /// Every webhook endpoint, page after page.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), keyward_sdk::Error> {
+    /// use futures_util::TryStreamExt;
+    /// # let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// let endpoints: Vec<_> = keyward.stream_webhook_endpoints().try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stream_webhook_endpoints(
+        &self,
+    ) -> impl Stream<Item = Result<WebhookEndpoint, Error>> + '_ {
+        paginate(move |cursor| async move {
+            self.list_webhook_endpoints(&PageParams {
+                limit: Some(100),
+                cursor,
+            })
+            .await
+        })
+    }
+
+    /// Every delivery of an endpoint, newest first.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), keyward_sdk::Error> {
+    /// use futures_util::TryStreamExt;
+    /// # let keyward = keyward_sdk::Client::new("sk_live_…");
+    /// let mut deliveries = std::pin::pin!(keyward.stream_webhook_deliveries("whe_…"));
+    /// while let Some(delivery) = deliveries.try_next().await? {
+    ///     println!("{} {} {}", delivery.id, delivery.event_type, delivery.status);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stream_webhook_deliveries<'a>(
+        &'a self,
+        endpoint_id: &'a str,
+    ) -> impl Stream<Item = Result<WebhookDelivery, Error>> + 'a {
+        paginate(move |cursor| async move {
+            self.list_webhook_deliveries(
+                endpoint_id,
+                &ListWebhookDeliveriesParams {
+                    limit: Some(100),
+                    cursor,
+                },
+            )
+            .await
         })
     }
 }

@@ -105,7 +105,7 @@ impl Default for SocketOptions {
 }
 
 /// Key events: `key.created`, `key.updated`, `key.rotated`, `key.revoked`, `key.deleted`,
-/// `key.expired`.
+/// `key.expired`, `key.leaked`.
 ///
 /// ```no_run
 /// # async fn example(client: keyward_sdk::Client) {
@@ -115,7 +115,11 @@ impl Default for SocketOptions {
 /// let mut events = EventsSocket::connect(&client);
 /// while let Some(event) = events.next().await {
 ///     match event {
-///         SocketEvent::Event(event) => println!("{} {}", event.event_type, event.key.id),
+///         SocketEvent::Event(event) => {
+///             // Absent for an event about no API key, e.g. a leaked root key.
+///             let key = event.key.as_ref().map_or("-", |key| key.id.as_str());
+///             println!("{} {key}", event.event_type);
+///         }
 ///         SocketEvent::Disconnected { reconnecting: false, .. } => break,
 ///         _ => {}
 ///     }
@@ -125,7 +129,8 @@ impl Default for SocketOptions {
 #[derive(Debug)]
 pub struct EventsSocket(Subscription);
 
-/// Alerts: `rate_limit.exceeded`, `credits.low`, `credits.exhausted`, `key.expiring`.
+/// Alerts: `rate_limit.exceeded`, `credits.low`, `credits.exhausted`, `key.expiring`,
+/// `webhook.disabled`.
 ///
 /// ```no_run
 /// # async fn example(client: keyward_sdk::Client) {

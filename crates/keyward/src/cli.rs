@@ -1,10 +1,14 @@
-//! The management CLI: `keyward apps …` and `keyward keys …`, talking to a running server
-//! through the SDK. Tables for people, `--json` (the server's own JSON) for scripts.
+//! The management CLI: `keyward apps …`, `keyward keys …` and `keyward webhooks …`, talking
+//! to a running server through the SDK. Tables for people, `--json` (the server's own JSON)
+//! for scripts.
 
 use comfy_table::Table;
 use keyward_proto::{
-    ApiKey, ApiKeyWithSecret, App, CreateAppRequest, CreateKeyRequest, ListKeysParams, PageParams,
-    PermissionQuery, RotateKeyRequest, UpdateAppRequest, UpdateKeyRequest, VerifyKeyRequest,
+    ApiKey, ApiKeyWithSecret, App, CreateAppRequest, CreateKeyRequest,
+    CreateWebhookEndpointRequest, ListKeysParams, ListWebhookDeliveriesParams, PageParams,
+    PermissionQuery, ReportLeakRequest, RotateKeyRequest, UpdateAppRequest, UpdateKeyRequest,
+    UpdateWebhookEndpointRequest, VerifyKeyRequest, WebhookDelivery, WebhookDeliveryQueued,
+    WebhookEndpoint, WebhookEndpointWithSecret,
 };
 use keyward_sdk::Client;
 use serde::Serialize;
@@ -172,6 +176,91 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         permissions: Option<String>,
     },
+    /// Report a key found in public: it is revoked, disabled or only notified about, as the
+    /// environment's leaked_key_action says
+    ReportLeak {
+        /// The secret found
+        key: String,
+        /// Where it was found, e.g. the URL of a commit (`--url` is the server's address)
+        #[arg(long, value_name = "URL")]
+        found_at: Option<String>,
+        /// Who found it, e.g. trufflehog
+        #[arg(long)]
+        source: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum WebhooksCommand {
+    /// List webhook endpoints (never their secrets)
+    List {
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow `next_cursor` to the last page
+        #[arg(long)]
+        all: bool,
+    },
+    /// Add an endpoint; its signing secret is printed once
+    Create {
+        /// Where deliveries are POSTed, e.g. https://api.example.com/keyward-hook
+        endpoint_url: String,
+        /// Event types it receives, comma-separated [default: *, every event]
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Create it turned off
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Show an endpoint
+    Get { id: String },
+    /// Change an endpoint; options left out are kept
+    Update {
+        id: String,
+        /// Where deliveries are POSTed from now on (`--url` is the server's address)
+        #[arg(long, value_name = "URL")]
+        endpoint_url: Option<String>,
+        /// Replaces its event types, comma-separated (* for every event)
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Turn it back on; its pending deliveries resume
+        #[arg(long, alias = "enabled", conflicts_with = "disable")]
+        enable: bool,
+        /// Stop delivering to it until it is enabled again
+        #[arg(long, alias = "disabled")]
+        disable: bool,
+    },
+    /// Delete an endpoint, with its pending deliveries and its log
+    Delete { id: String },
+    /// Give an endpoint a new signing secret, printed once; the previous one keeps signing
+    /// for 24 hours
+    RotateSecret { id: String },
+    /// List an endpoint's deliveries, newest first
+    Deliveries {
+        /// The endpoint's id
+        id: String,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow `next_cursor` to the last page
+        #[arg(long)]
+        all: bool,
+    },
+    /// Send a delivery again now, with the same webhook-id
+    Retry {
+        /// The endpoint's id
+        id: String,
+        /// The delivery's id (whd_…)
+        delivery_id: String,
+    },
+    /// Send a webhook.test event to an endpoint
+    Test { id: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,13 +302,24 @@ impl Connection {
     /// A key's secret exists only in this answer, so people get it on a line of its own, above
     /// the table, where it is easy to copy.
     fn print_with_secret(&self, key: &ApiKeyWithSecret) -> Result<(), CliError> {
+        self.print_secret_once(&key.secret, key, |key| key_table([&key.key]))
+    }
+
+    /// `secret` on a line of its own above the table (in the JSON it is a field already),
+    /// with a warning that it cannot be shown again.
+    fn print_secret_once<T: Serialize>(
+        &self,
+        secret: &str,
+        value: &T,
+        render: impl FnOnce(&T) -> Table,
+    ) -> Result<(), CliError> {
         eprintln!(
             "warning: the secret below is shown once and cannot be shown again; store it now."
         );
         if !self.json {
-            println!("{}", key.secret);
+            println!("{secret}");
         }
-        self.print(key, |key| key_table([&key.key]))
+        self.print(value, render)
     }
 }
 
@@ -310,10 +410,68 @@ fn parse_timestamp(text: Option<String>) -> Result<Option<OffsetDateTime>, CliEr
         .map_err(|error| CliError::BadArgument(format!("--expires-at is not RFC 3339: {error}")))
 }
 
+fn webhook_endpoint_table<'a>(endpoints: impl IntoIterator<Item = &'a WebhookEndpoint>) -> Table {
+    let header = ["id", "url", "events", "enabled", "description"];
+    table(
+        &header,
+        endpoints.into_iter().map(|endpoint| {
+            let enabled = match (&endpoint.disabled_reason, endpoint.enabled) {
+                (Some(reason), false) => format!("false ({reason})"),
+                (_, enabled) => enabled.to_string(),
+            };
+            vec![
+                endpoint.id.clone(),
+                endpoint.url.clone(),
+                endpoint.events.join(","),
+                enabled,
+                endpoint.description.clone(),
+            ]
+        }),
+    )
+}
+
+fn webhook_delivery_table<'a>(deliveries: impl IntoIterator<Item = &'a WebhookDelivery>) -> Table {
+    let header = [
+        "id",
+        "event",
+        "status",
+        "attempts",
+        "last answer",
+        "next attempt",
+        "created",
+    ];
+    table(
+        &header,
+        deliveries.into_iter().map(|delivery| {
+            let last = delivery.history.last().map_or_else(
+                || "-".to_owned(),
+                |attempt| match (attempt.status, &attempt.error) {
+                    (Some(status), _) => format!("HTTP {status}"),
+                    (None, Some(error)) => error.clone(),
+                    (None, None) => "-".to_owned(),
+                },
+            );
+            vec![
+                delivery.id.clone(),
+                delivery.event_type.clone(),
+                delivery.status.clone(),
+                delivery.attempts.to_string(),
+                last,
+                timestamp(delivery.next_attempt_at, "-"),
+                timestamp(Some(delivery.created_at), "-"),
+            ]
+        }),
+    )
+}
+
+fn queued_table(queued: &WebhookDeliveryQueued) -> Table {
+    table(&["queued delivery"], [vec![queued.delivery_id.clone()]])
+}
+
 /// There are more pages only when the server says so; a person should learn how to see them.
-fn hint_next_page(connection: &Connection, next_cursor: Option<&str>) {
+fn hint_next_page(connection: &Connection, what: &str, next_cursor: Option<&str>) {
     if let (false, Some(cursor)) = (connection.json, next_cursor) {
-        eprintln!("more keys: repeat with --cursor {cursor}, or --all");
+        eprintln!("more {what}: repeat with --cursor {cursor}, or --all");
     }
 }
 
@@ -427,7 +585,7 @@ pub(crate) async fn run_keys(
                 page.next_cursor = next.next_cursor;
             }
             connection.print(&page, |page| key_table(&page.data))?;
-            hint_next_page(connection, page.next_cursor.as_deref());
+            hint_next_page(connection, "keys", page.next_cursor.as_deref());
             return Ok(());
         }
         KeysCommand::Get { id } => client.get_key(&id).await?,
@@ -482,6 +640,119 @@ pub(crate) async fn run_keys(
                 table(&["valid", "code", "status", "key", "app"], [row])
             });
         }
+        KeysCommand::ReportLeak {
+            key,
+            found_at,
+            source,
+        } => {
+            let request = ReportLeakRequest {
+                key,
+                url: found_at,
+                source,
+            };
+            let answer = client.report_leak(&request).await?;
+            return connection.print(&answer, |answer| {
+                let row = vec![answer.result.clone(), or_dash(answer.key_id.as_deref())];
+                table(&["result", "key"], [row])
+            });
+        }
     };
     connection.print(&key, |key| key_table([key]))
+}
+
+pub(crate) async fn run_webhooks(
+    connection: &Connection,
+    command: WebhooksCommand,
+) -> Result<(), CliError> {
+    let client = connection.client()?;
+    let print_with_secret = |created: &WebhookEndpointWithSecret| {
+        connection.print_secret_once(&created.secret, created, |created| {
+            webhook_endpoint_table([&created.endpoint])
+        })
+    };
+    let endpoint = match command {
+        WebhooksCommand::List { limit, cursor, all } => {
+            let mut params = PageParams { limit, cursor };
+            let mut page = client.list_webhook_endpoints(&params).await?;
+            while all && page.next_cursor.is_some() {
+                params.cursor = page.next_cursor.take();
+                let next = client.list_webhook_endpoints(&params).await?;
+                page.data.extend(next.data);
+                page.next_cursor = next.next_cursor;
+            }
+            connection.print(&page, |page| webhook_endpoint_table(&page.data))?;
+            hint_next_page(connection, "endpoints", page.next_cursor.as_deref());
+            return Ok(());
+        }
+        WebhooksCommand::Create {
+            endpoint_url,
+            events,
+            description,
+            disabled,
+        } => {
+            let request = CreateWebhookEndpointRequest {
+                url: endpoint_url,
+                events,
+                description,
+                enabled: disabled.then_some(false),
+            };
+            return print_with_secret(&client.create_webhook_endpoint(&request).await?);
+        }
+        WebhooksCommand::Get { id } => client.get_webhook_endpoint(&id).await?,
+        WebhooksCommand::Update {
+            id,
+            endpoint_url,
+            events,
+            description,
+            enable,
+            disable,
+        } => {
+            let request = UpdateWebhookEndpointRequest {
+                url: endpoint_url,
+                events,
+                description,
+                // Neither flag means "keep"; clap refuses both.
+                enabled: (enable || disable).then_some(enable),
+            };
+            client.update_webhook_endpoint(&id, &request).await?
+        }
+        WebhooksCommand::Delete { id } => {
+            client.delete_webhook_endpoint(&id).await?;
+            // The server answers 204: with --json there is nothing to print.
+            if !connection.json {
+                println!("deleted {id}");
+            }
+            return Ok(());
+        }
+        WebhooksCommand::RotateSecret { id } => {
+            return print_with_secret(&client.rotate_webhook_secret(&id).await?);
+        }
+        WebhooksCommand::Deliveries {
+            id,
+            limit,
+            cursor,
+            all,
+        } => {
+            let mut params = ListWebhookDeliveriesParams { limit, cursor };
+            let mut page = client.list_webhook_deliveries(&id, &params).await?;
+            while all && page.next_cursor.is_some() {
+                params.cursor = page.next_cursor.take();
+                let next = client.list_webhook_deliveries(&id, &params).await?;
+                page.data.extend(next.data);
+                page.next_cursor = next.next_cursor;
+            }
+            connection.print(&page, |page| webhook_delivery_table(&page.data))?;
+            hint_next_page(connection, "deliveries", page.next_cursor.as_deref());
+            return Ok(());
+        }
+        WebhooksCommand::Retry { id, delivery_id } => {
+            let queued = client.retry_webhook_delivery(&id, &delivery_id).await?;
+            return connection.print(&queued, queued_table);
+        }
+        WebhooksCommand::Test { id } => {
+            let queued = client.test_webhook_endpoint(&id).await?;
+            return connection.print(&queued, queued_table);
+        }
+    };
+    connection.print(&endpoint, |endpoint| webhook_endpoint_table([endpoint]))
 }

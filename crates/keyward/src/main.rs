@@ -52,6 +52,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::KeysCommand,
     },
+    /// Add, list, test and remove webhook endpoints on a running server
+    Webhooks {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(subcommand)]
+        command: cli::WebhooksCommand,
+    },
     /// Import existing keys from a JSONL or CSV file into an app on a running server
     Import {
         #[command(flatten)]
@@ -113,6 +120,12 @@ fn main() -> ExitCode {
                 connection,
                 command,
             } => cli::run_keys(&connection, command)
+                .await
+                .map_err(|error| error.to_string()),
+            Command::Webhooks {
+                connection,
+                command,
+            } => cli::run_webhooks(&connection, command)
                 .await
                 .map_err(|error| error.to_string()),
             Command::Import { connection, args } => import::run(&connection, args)

@@ -179,3 +179,77 @@ async fn apps_and_keys_from_the_command_line() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("KEYWARD_API_KEY"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn webhook_endpoints_from_the_command_line() {
+    let server = TestServer::start().await;
+    let cli = Cli { server: &server };
+
+    // A human-readable create prints the signing secret once, with a warning on stderr.
+    let (ok, stdout, stderr) = cli
+        .run(&[
+            "webhooks",
+            "create",
+            "https://example.com/hook",
+            "--events",
+            "key.revoked,key.leaked",
+            "--description",
+            "from the CLI",
+        ])
+        .await;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("shown once"), "{stderr}");
+    let secret = stdout.lines().next().unwrap();
+    assert!(secret.starts_with("whsec_"), "{stdout}");
+    let id = stdout
+        .split_whitespace()
+        .find(|word| word.starts_with("whe_"))
+        .unwrap_or_else(|| panic!("no endpoint id in {stdout}"))
+        .to_owned();
+
+    let listed = cli.json(&["webhooks", "list"]).await;
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+    assert_eq!(
+        listed["data"][0]["events"],
+        serde_json::json!(["key.leaked", "key.revoked"]),
+        "the server keeps them sorted"
+    );
+    assert!(!listed.to_string().contains(secret));
+    let (ok, table, _) = cli.run(&["webhooks", "list"]).await;
+    assert!(
+        ok && table.contains(&id) && table.contains("from the CLI"),
+        "{table}"
+    );
+
+    let queued = cli.json(&["webhooks", "test", &id]).await;
+    let delivery = queued["delivery_id"].as_str().unwrap();
+    assert!(delivery.starts_with("whd_"), "{queued}");
+    let deliveries = cli.json(&["webhooks", "deliveries", &id]).await;
+    assert_eq!(deliveries["data"][0]["id"], delivery);
+    assert_eq!(deliveries["data"][0]["event_type"], "webhook.test");
+
+    // Nothing that is not one of this environment's keys changes.
+    assert_eq!(
+        cli.json(&[
+            "keys",
+            "report-leak",
+            "acme_live_notakey",
+            "--found-at",
+            "https://example.com/paste",
+            "--source",
+            "cli",
+        ])
+        .await["result"],
+        "unknown"
+    );
+
+    let (ok, stdout, stderr) = cli.run(&["webhooks", "delete", &id]).await;
+    assert!(ok && stdout.contains(&id), "{stdout} {stderr}");
+    let (ok, _, stderr) = cli.run(&["webhooks", "get", &id]).await;
+    assert!(!ok && stderr.contains("req_"), "{stderr}");
+    assert_eq!(
+        cli.json(&["webhooks", "list"]).await["data"],
+        serde_json::json!([])
+    );
+    server.stop().await;
+}

@@ -1,6 +1,6 @@
 //! The Rust SDK against the real server: every client method, pagination as a stream, the
-//! gateway layer in a small axum app, and the event sockets (auth failure, token rotation,
-//! token expiry, resuming without loss or repetition).
+//! gateway layer in a small axum app, the event sockets (auth failure, token rotation,
+//! token expiry, resuming without loss or repetition), webhook endpoints and leak reports.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,10 +11,11 @@ use jsonwebtoken::Algorithm;
 use keyward_sdk::proto::{
     CreateAppRequest, CreateKeyRequest, CreateMyKeyRequest, CreatePublicKeyRequest,
     CreateRateLimitSchemeRequest, CreateRootKeyRequest, CreateSigningKeyRequest,
-    CreateWorkspaceKeyRequest, ImportKeysRequest, ImportedKey, ListAuditParams, ListKeysParams,
-    PageParams, PutOrganizationRequest, RateWindow, RotateKeyRequest, UpdateAppRequest,
-    UpdateEnvironmentRequest, UpdateKeyRequest, UpdateRateLimitSchemeRequest, VerifyKeyRequest,
-    VerifyRequestRequest,
+    CreateWebhookEndpointRequest, CreateWorkspaceKeyRequest, ImportKeysRequest, ImportedKey,
+    ListAuditParams, ListKeysParams, ListWebhookDeliveriesParams, PageParams,
+    PutOrganizationRequest, RateWindow, ReportLeakRequest, RotateKeyRequest, UpdateAppRequest,
+    UpdateEnvironmentRequest, UpdateKeyRequest, UpdateRateLimitSchemeRequest,
+    UpdateWebhookEndpointRequest, VerifyKeyRequest, VerifyRequestRequest,
 };
 use keyward_sdk::{AlertsSocket, Client, Error, EventsSocket, SocketEvent, SocketOptions};
 use serde_json::json;
@@ -635,5 +636,148 @@ async fn a_workspace_key_signs_every_call_and_never_sends_its_secret() {
         matches!(&refused, Err(Error::Auth { code, .. }) if code == "invalid_signature"),
         "{refused:?}"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_endpoints_and_leak_reports_through_the_sdk() {
+    let server = TestServer::start().await;
+    let sdk = client(&server, &server.live_key);
+
+    // Deliveries to this address fail in the background; only the API is under test here.
+    let created = sdk
+        .create_webhook_endpoint(&CreateWebhookEndpointRequest {
+            url: "https://example.com/hook".into(),
+            events: Some(vec!["key.leaked".into()]),
+            description: Some("leaks".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = created.endpoint.id.clone();
+    assert!(id.starts_with("whe_"), "{id}");
+    assert!(created.secret.starts_with("whsec_"), "{}", created.secret);
+    assert!(created.endpoint.enabled);
+    assert_eq!(created.endpoint.events, ["key.leaked"]);
+    let listed = sdk
+        .list_webhook_endpoints(&PageParams::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.data.len(), 1);
+    assert_eq!(listed.data[0].id, id);
+    assert!(!serde_json::to_string(&listed)
+        .unwrap()
+        .contains(&created.secret));
+    let streamed: Vec<_> = sdk.stream_webhook_endpoints().try_collect().await.unwrap();
+    assert_eq!(streamed.len(), 1);
+
+    let updated = sdk
+        .update_webhook_endpoint(
+            &id,
+            &UpdateWebhookEndpointRequest {
+                events: Some(vec!["*".into()]),
+                description: Some("everything".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.events.as_slice(), updated.description.as_str()),
+        (["*".to_owned()].as_slice(), "everything")
+    );
+    assert_eq!(
+        sdk.get_webhook_endpoint(&id).await.unwrap().description,
+        "everything"
+    );
+
+    let rotated = sdk.rotate_webhook_secret(&id).await.unwrap();
+    assert!(rotated.secret.starts_with("whsec_"), "{}", rotated.secret);
+    assert_ne!(rotated.secret, created.secret);
+    assert_eq!(rotated.endpoint.id, id);
+
+    let queued = sdk.test_webhook_endpoint(&id).await.unwrap();
+    assert!(queued.delivery_id.starts_with("whd_"), "{queued:?}");
+    let deliveries = sdk
+        .list_webhook_deliveries(&id, &ListWebhookDeliveriesParams::default())
+        .await
+        .unwrap();
+    let test = deliveries
+        .data
+        .iter()
+        .find(|delivery| delivery.id == queued.delivery_id)
+        .unwrap_or_else(|| panic!("{deliveries:?}"));
+    assert_eq!(
+        (test.endpoint_id.as_str(), test.event_type.as_str()),
+        (id.as_str(), "webhook.test")
+    );
+    let streamed: Vec<_> = sdk
+        .stream_webhook_deliveries(&id)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(streamed
+        .iter()
+        .any(|delivery| delivery.id == queued.delivery_id));
+
+    // A leaked key is revoked (the environment's default action) and stops verifying.
+    sdk.create_app(&CreateAppRequest {
+        name: "Leaky".into(),
+        slug: "leaky".into(),
+        key_prefix: Some("leaky".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let key = sdk
+        .create_key(
+            "leaky",
+            &CreateKeyRequest {
+                name: "pushed to GitHub".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let reported = sdk
+        .report_leak(&ReportLeakRequest {
+            key: key.secret.clone(),
+            url: Some("https://github.com/acme/site/blob/main/.env".into()),
+            source: Some("trufflehog".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reported.result, "revoked");
+    assert_eq!(reported.key_id.as_deref(), Some(key.key.id.as_str()));
+    let verdict = sdk
+        .verify_key(&VerifyKeyRequest {
+            key: key.secret.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!verdict.valid, "{verdict:?}");
+    assert_eq!(verdict.code, "KEY_REVOKED");
+
+    let patterns = sdk.secret_scanning_patterns().await.unwrap();
+    for prefix in ["sk", "leaky"] {
+        assert!(
+            patterns.data.iter().any(|pattern| pattern.prefix == prefix),
+            "{prefix} in {patterns:?}"
+        );
+    }
+
+    sdk.delete_webhook_endpoint(&id).await.unwrap();
+    let gone = sdk.get_webhook_endpoint(&id).await;
+    assert!(
+        matches!(gone, Err(Error::Http { status: 404, .. })),
+        "{gone:?}"
+    );
+    assert!(sdk
+        .list_webhook_endpoints(&PageParams::default())
+        .await
+        .unwrap()
+        .data
+        .is_empty());
     server.stop().await;
 }
