@@ -25,28 +25,46 @@ struct Cluster {
 
 impl Cluster {
     fn start_node(dir: &std::path::Path, name: &str, url: &str) -> ServerProcess {
-        ServerProcess::start_with_env(
-            dir,
-            name,
-            &[
-                ("DATABASE_URL", url),
-                ("KEYWARD_NODE_ID", name),
-                ("KEYWARD_CLUSTER_LEASE_MS", LEASE_MS),
-                ("KEYWARD_DB_ACQUIRE_TIMEOUT_SECONDS", "1"),
-                // Well above the two leases a change may wait for a silent node, so that a
-                // loaded machine cannot time a revoke out.
-                ("KEYWARD_REQUEST_TIMEOUT_SECONDS", "8"),
-            ],
-        )
+        Self::start_node_with(dir, name, url, &[])
+    }
+
+    fn start_node_with(
+        dir: &std::path::Path,
+        name: &str,
+        url: &str,
+        extra: &[(&str, &str)],
+    ) -> ServerProcess {
+        let mut env = vec![
+            ("DATABASE_URL", url),
+            ("KEYWARD_NODE_ID", name),
+            ("KEYWARD_CLUSTER_LEASE_MS", LEASE_MS),
+            ("KEYWARD_DB_ACQUIRE_TIMEOUT_SECONDS", "1"),
+            // Well above the two leases a change may wait for a silent node, so that a
+            // loaded machine cannot time a revoke out.
+            ("KEYWARD_REQUEST_TIMEOUT_SECONDS", "8"),
+        ];
+        env.extend_from_slice(extra);
+        ServerProcess::start_with_env(dir, name, &env)
     }
 
     /// Starts one node per entry of `urls` (normally all the same database URL).
     async fn start(names: &[&str], database: TestDatabase, urls: &[String]) -> Self {
+        Self::start_with(names, database, urls, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with more settings for every node. The nodes share a data
+    /// directory, and so the master key the first one writes there.
+    async fn start_with(
+        names: &[&str],
+        database: TestDatabase,
+        urls: &[String],
+        extra: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         let mut root_key = None;
         for (name, url) in names.iter().zip(urls) {
-            let node = Self::start_node(dir.path(), name, url);
+            let node = Self::start_node_with(dir.path(), name, url, extra);
             if let Some((live, _)) = &node.first_keys {
                 root_key = Some(live.clone());
             }
@@ -283,6 +301,16 @@ async fn three_nodes_refuse_a_changed_key_once_the_call_returns() {
             .patch(&format!("/api/v1/keys/{id}"), json!({ "enabled": false }))
             .await
             .assert_status(200);
+    })
+    .await;
+
+    // A leak report keeps the same promise.
+    let (_, secret) = issue_key(&node_a, "leaked").await;
+    assert_refused_everywhere_once_returned(&cluster, &secret, "KEY_REVOKED", || async {
+        let answer = node_a
+            .post("/api/v1/keys/report-leak", json!({ "key": secret }))
+            .await;
+        assert_eq!(answer.assert_status(200)["result"], "revoked");
     })
     .await;
 
@@ -869,4 +897,72 @@ async fn a_node_that_cannot_listen_lets_its_lease_run_out() {
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+/// Webhooks on three nodes: a node killed with `kill -9` in the middle of its deliveries loses
+/// none of them; the others take them over once its claims lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_survive_a_node_killed_mid_delivery() {
+    let Some(admin_url) = admin_url() else { return };
+    let Some(receiver) = crate::webhooks::Receiver::start() else {
+        return;
+    };
+    let database = TestDatabase::create(&admin_url).await.unwrap();
+    let url = database.url.clone();
+    let mut cluster = Cluster::start_with(
+        &["a", "b", "c"],
+        database,
+        &[url.clone(), url.clone(), url],
+        &[
+            ("KEYWARD_ALLOW_PRIVATE_URLS", "true"),
+            ("KEYWARD_WEBHOOK_TIMEOUT_MS", "2000"),
+            ("KEYWARD_WEBHOOK_RETRY_FIRST_DELAY_MS", "100"),
+        ],
+    )
+    .await;
+    let (_, secret) =
+        crate::webhooks::endpoint(&cluster.api(0), &receiver.url(), json!(["key.created"])).await;
+    receiver.set_secrets(&[&secret]).await;
+    receiver.set_mode("hang").await;
+
+    let node_b = cluster.api(1);
+    node_b.create_app("hooks", &[]).await;
+    let mut keys = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let key = node_b.create_key("hooks", json!({ "name": "k" })).await;
+        keys.insert(key["id"].as_str().unwrap().to_owned());
+    }
+    // Node b committed the events and claims their deliveries first; wait until it is
+    // mid-delivery (the receiver holds its requests), then kill it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::testkit::metric(&cluster.nodes[1].base, "keyward_webhook_deliveries_in_flight")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "node b never started a delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.nodes.remove(1).kill_hard();
+    receiver.set_mode("ok").await;
+
+    let received = receiver
+        .wait_for(Duration::from_secs(40), |received| {
+            let delivered: std::collections::HashSet<&str> = received
+                .iter()
+                .filter_map(|d| d["data"]["key"]["id"].as_str())
+                .collect();
+            delivered.len() == keys.len()
+        })
+        .await;
+    for delivery in &received {
+        assert!(keys.contains(delivery["data"]["key"]["id"].as_str().unwrap()));
+    }
+    // Every copy of an event came under one webhook-id.
+    let mut ids = std::collections::HashMap::<&str, &str>::new();
+    for delivery in &received {
+        let event = delivery["data"]["id"].as_str().unwrap();
+        let id = delivery["id"].as_str().unwrap();
+        assert_eq!(*ids.entry(event).or_insert(id), id);
+    }
 }

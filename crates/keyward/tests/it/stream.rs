@@ -224,6 +224,36 @@ async fn root_keys_follow_key_changes_in_commit_order() {
 }
 
 #[tokio::test]
+async fn a_leak_report_is_heard_on_the_socket_without_the_secret() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let (mut socket, _) = Socket::connect(&server.base, &root_query(&server.live_key)).await;
+    socket.subscribe("events").await;
+    api.create_app("leaky", &[]).await;
+    let key = api.create_key("leaky", json!({"name": "exposed"})).await;
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    assert_eq!(socket.event().await["event"]["type"], "key.created");
+    api.post(
+        "/api/v1/keys/report-leak",
+        json!({"key": secret, "url": "https://paste.example/x", "source": "gitleaks"}),
+    )
+    .await
+    .assert_status(200);
+    let leaked = socket.event().await;
+    assert_eq!(leaked["channel"], "events");
+    let event = &leaked["event"];
+    assert_eq!(event["type"], "key.leaked", "{event}");
+    assert_eq!(event["key"]["id"], key["id"]);
+    assert_eq!(
+        event["details"],
+        json!({"url": "https://paste.example/x", "source": "gitleaks", "action": "revoked"})
+    );
+    assert_eq!(socket.event().await["event"]["type"], "key.revoked");
+    assert!(!socket.transcript.contains(&secret));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn refused_credentials_get_auth_failed_then_4001() {
     let server = TestServer::start().await;
     let api = server.api();
