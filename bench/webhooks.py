@@ -1,0 +1,313 @@
+"""Drives bench/webhooks.sh (issue 22): webhook delivery and leak reports, measured.
+
+1. Key creation with webhooks on (5 endpoints taking every event) against off (the same
+   endpoints disabled), alternated in one run: the ratio is what recording and delivering
+   events costs.
+2. EVENTS key creations delivered to 5 endpoints: every delivery counted at the receiver by
+   its webhook-id (lost, repeated), and the time from the event's commit (its `timestamp`)
+   to receipt, p50/p99 per endpoint.
+3. The same with one of the 5 endpoints hanging: the other 4's p99 against step 2's.
+4. A GitHub secret-scanning report of 500 live keys, signed with a test key (openssl) whose
+   public half the receiver serves: the time to answer, and when the last key is refused on
+   every node (three nodes on PostgreSQL when ADMIN_URL is given, else one on SQLite).
+
+Usage: webhooks.py BINARY EVENTS SECONDS [ADMIN_URL]
+"""
+
+import asyncio
+import base64
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from http.client import HTTPConnection
+
+from kwbench import call, post_script, start_server, stop, wait_ready, wrk
+
+BINARY = sys.argv[1]
+EVENTS, SECONDS = int(sys.argv[2]), int(sys.argv[3])
+ADMIN_URL = sys.argv[4] if len(sys.argv) > 4 else None
+ENDPOINTS = 5
+
+
+# --- the receiver: asyncio HTTP/1.1 with keep-alive, in a process of its own -------------
+
+def receiver_main(port_out, github_keys):
+    records = []  # (path, webhook-id, event timestamp ms, receipt ms)
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        name, value = line.split(":", 1)
+                        headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                received = time.time() * 1000
+                if path == "/hang":
+                    await asyncio.sleep(3600)
+                    return
+                if path == "/_stats":
+                    answer = json.dumps(records).encode()
+                elif path == "/_reset":
+                    records.clear()
+                    answer = b"{}"
+                elif path == "/github-keys":
+                    answer = github_keys.encode()
+                else:
+                    stamp = json.loads(body)["timestamp"]
+                    event_ms = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000
+                    records.append((path, headers.get("webhook-id"), event_ms, received))
+                    answer = b"ok"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: " + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def serve():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+        port_out.put(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def receiver_get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as response:
+        return json.load(response)
+
+
+def receiver_post(port, path):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST", data=b"{}")
+    with urllib.request.urlopen(request) as response:
+        return json.load(response)
+
+
+# --- the server under test -----------------------------------------------------------------
+
+def fresh_database():
+    name = f"kw_webhooks_{os.getpid()}_{int(time.time())}"
+    subprocess.run(["psql", "-q", ADMIN_URL, "-c", f"CREATE DATABASE {name}"], check=True)
+    parts = urllib.parse.urlsplit(ADMIN_URL)
+    return name, urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def node_env(database_url):
+    env = {"KEYWARD_ALLOW_PRIVATE_URLS": "true"}
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
+def create_keys(base, root, app, count, threads=16):
+    """Creates `count` keys with `threads` keep-alive clients; returns their secrets."""
+    host = urllib.parse.urlsplit(base).netloc
+    body = json.dumps({"name": "bench"})
+    per_thread = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
+
+    def work(n):
+        connection, secrets = HTTPConnection(host), []
+        for _ in range(n):
+            connection.request("POST", f"/api/v1/apps/{app}/keys", body,
+                               {"Authorization": f"Bearer {root}",
+                                "Content-Type": "application/json"})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            if response.status != 201:
+                raise SystemExit(f"key creation failed: {answer}")
+            secrets.append(answer["secret"])
+        return secrets
+
+    with ThreadPoolExecutor(threads) as pool:
+        return [secret for batch in pool.map(work, per_thread) for secret in batch]
+
+
+def wait_delivered(port, expected, timeout=600):
+    deadline = time.time() + timeout
+    last, stable_since = -1, time.time()
+    while time.time() < deadline:
+        records = receiver_get(port, "/_stats")
+        ids = {(r[0], r[1]) for r in records}
+        if len(ids) >= expected:
+            return records
+        if len(ids) != last:
+            last, stable_since = len(ids), time.time()
+        elif time.time() - stable_since > 60:
+            break
+        time.sleep(0.5)
+    return receiver_get(port, "/_stats")
+
+
+def percentile(values, fraction):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(fraction * len(values)))]
+
+
+def delivery_report(records, paths, expected_per_path):
+    per_path = {}
+    for path in paths:
+        mine = [r for r in records if r[0] == path]
+        ids = {r[1] for r in mine}
+        latencies = [r[3] - r[2] for r in mine]
+        per_path[path] = {
+            "delivered": len(ids),
+            "lost": expected_per_path - len(ids),
+            "repeats": len(mine) - len(ids),
+            "p50_ms": round(percentile(latencies, 0.5), 1) if latencies else None,
+            "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
+        }
+    return per_path
+
+
+def openssl_key(directory):
+    private = os.path.join(directory, "github.pem")
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
+                    "-out", private], check=True)
+    public = subprocess.run(["openssl", "ec", "-in", private, "-pubout"], check=True,
+                            capture_output=True, text=True).stdout
+    return private, public
+
+
+def openssl_sign(private, body):
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", private], input=body,
+                               check=True, capture_output=True).stdout
+    return base64.b64encode(signature).decode()
+
+
+def main():
+    directory = tempfile.mkdtemp(prefix="kw-webhooks-")
+    private, public = openssl_key(directory)
+    github_keys = json.dumps({"public_keys": [
+        {"key_identifier": "bench", "key": public, "is_current": True}]})
+    ports = multiprocessing.Queue()
+    receiver = multiprocessing.Process(target=receiver_main, args=(ports, github_keys),
+                                       daemon=True)
+    receiver.start()
+    port = ports.get()
+    hook = lambda path: f"http://127.0.0.1:{port}{path}"
+
+    database = fresh_database() if ADMIN_URL else None
+    database_url = database[1] if database else None
+    env = node_env(database_url)
+    env["KEYWARD_GITHUB_SCANNING_KEYS_URL"] = hook("/github-keys")
+    process, base, root = start_server(BINARY, os.path.join(directory, "a"), env)
+    wait_ready(base)
+    call(base, root, "POST", "/api/v1/apps", {"name": "Bench", "slug": "bench"})
+    paths = [f"/e{i}" for i in range(ENDPOINTS)]
+    endpoints = [call(base, root, "POST", "/api/v1/webhook-endpoints",
+                      {"url": hook(path), "events": ["*"]})["id"] for path in paths]
+
+    def set_enabled(on):
+        for endpoint in endpoints:
+            call(base, root, "PATCH", f"/api/v1/webhook-endpoints/{endpoint}", {"enabled": on})
+
+    # 1. Key creation, webhooks off against on, alternated.
+    script = post_script(directory, "create", root, {"name": "wrk"})
+    url = f"{base}/api/v1/apps/bench/keys"
+    off, on = [], []
+    for _ in range(3):
+        set_enabled(False)
+        off.append(wrk(url, SECONDS, script, connections=16)[0])
+        set_enabled(True)
+        receiver_post(port, "/_reset")
+        on.append(wrk(url, SECONDS, script, connections=16)[0])
+        # Let the backlog drain before the next "off" run.
+        while urllib.request.urlopen(base + "/metrics").read().decode().count(
+                "keyward_webhook_deliveries_in_flight 0") == 0:
+            time.sleep(0.2)
+        time.sleep(1)
+    ratio = statistics.median(on) / statistics.median(off)
+    print(f"key creation, req/s: webhooks off {[round(x) for x in off]}, "
+          f"on (5 endpoints) {[round(x) for x in on]}; median ratio on/off {ratio:.2f}")
+    # Wait for every delivery of step 1 before measuring step 2.
+    time.sleep(5)
+
+    # 2. EVENTS events to 5 healthy endpoints.
+    receiver_post(port, "/_reset")
+    started = time.time()
+    create_keys(base, root, "bench", EVENTS)
+    created = time.time() - started
+    records = wait_delivered(port, EVENTS * ENDPOINTS)
+    drained = time.time() - started
+    healthy = delivery_report(records, paths, EVENTS)
+    print(f"{EVENTS} events to {ENDPOINTS} endpoints: created in {created:.1f} s, "
+          f"all delivered after {drained:.1f} s")
+    for path, figures in healthy.items():
+        print(f"  {path}: {figures}")
+
+    # 3. The same with one endpoint hanging.
+    call(base, root, "PATCH", f"/api/v1/webhook-endpoints/{endpoints[0]}", {"url": hook("/hang")})
+    receiver_post(port, "/_reset")
+    started = time.time()
+    create_keys(base, root, "bench", EVENTS)
+    records = wait_delivered(port, EVENTS * (ENDPOINTS - 1))
+    drained = time.time() - started
+    hanging = delivery_report(records, paths[1:], EVENTS)
+    print(f"the same with {paths[0]} hanging: the other 4 had everything after {drained:.1f} s")
+    for path, figures in hanging.items():
+        before = healthy[path]["p99_ms"]
+        print(f"  {path}: {figures}; p99 {figures['p99_ms'] / before:.2f}x the healthy run's")
+    call(base, root, "DELETE", f"/api/v1/webhook-endpoints/{endpoints[0]}")
+
+    # 4. A GitHub report of 500 live keys.
+    others = []
+    if database_url:
+        for name in ("b", "c"):
+            node = start_server(BINARY, os.path.join(directory, "a"), env, name=name)
+            wait_ready(node[1])
+            others.append(node)
+    nodes = [base] + [node[1] for node in others]
+    secrets = create_keys(base, root, "bench", 500)
+    time.sleep(1)
+    body = json.dumps([{"token": s, "type": "keyward_api_key",
+                        "url": "https://github.com/o/r/blob/main/.env", "source": "content"}
+                       for s in secrets]).encode()
+    signature = openssl_sign(private, body)
+    request = urllib.request.Request(
+        base + "/api/v1/secret-scanning/github", method="POST", data=body,
+        headers={"Content-Type": "application/json", "Github-Public-Key-Identifier": "bench",
+                 "Github-Public-Key-Signature": signature})
+    started = time.time()
+    with urllib.request.urlopen(request) as response:
+        labels = json.load(response)
+    answered = time.time() - started
+    refused = []
+    for node in nodes:
+        code = call(node, root, "POST", "/api/v1/keys/verify", {"key": secrets[-1]})["code"]
+        refused.append(code)
+    all_refused = time.time() - started
+    positives = sum(1 for label in labels if label["label"] == "true_positive")
+    print(f"GitHub report of 500 keys: answered in {answer_ms(answered)}, {positives} true "
+          f"positives; the last key refused on all {len(nodes)} node(s) ({set(refused)}) "
+          f"{answer_ms(all_refused)} after the report was sent")
+
+    for node in others:
+        stop(node[0])
+    stop(process)
+    receiver.terminate()
+    if database:
+        subprocess.run(["psql", "-q", ADMIN_URL, "-c", f"DROP DATABASE {database[0]}"])
+
+
+def answer_ms(seconds):
+    return f"{seconds * 1000:.0f} ms"
+
+
+if __name__ == "__main__":
+    main()
