@@ -19,6 +19,7 @@ export type CreatePublicKeyRequest = Schemas["CreatePublicKeyRequest"];
 export type CreateRateLimitSchemeRequest = Schemas["CreateRateLimitSchemeRequest"];
 export type CreateRootKeyRequest = Schemas["CreateRootKeyRequest"];
 export type CreateSigningKeyRequest = Schemas["CreateSigningKeyRequest"];
+export type CreateWebhookEndpointRequest = Schemas["CreateWebhookEndpointRequest"];
 export type CreateWorkspaceKeyRequest = Schemas["CreateWorkspaceKeyRequest"];
 export type DemoSession = Schemas["DemoSession"];
 export type EnvironmentSettings = Schemas["EnvironmentSettings"];
@@ -31,19 +32,29 @@ export type PermissionQuery = Schemas["PermissionQuery"];
 export type PublicKey = Schemas["PublicKey"];
 export type PutOrganizationRequest = Schemas["PutOrganizationRequest"];
 export type RateLimitScheme = Schemas["RateLimitScheme"];
+export type ReportLeakRequest = Schemas["ReportLeakRequest"];
+export type ReportLeakResponse = Schemas["ReportLeakResponse"];
 export type RootKey = Schemas["RootKey"];
 export type RootKeyWithSecret = Schemas["RootKeyWithSecret"];
 export type RotateKeyRequest = Schemas["RotateKeyRequest"];
+export type SecretScanningPattern = Schemas["SecretScanningPattern"];
+export type SecretScanningPatterns = Schemas["SecretScanningPatterns"];
 export type SigningKey = Schemas["SigningKey"];
 export type SigningKeyWithPrivateKey = Schemas["SigningKeyWithPrivateKey"];
 export type UpdateAppRequest = Schemas["UpdateAppRequest"];
 export type UpdateEnvironmentRequest = Schemas["UpdateEnvironmentRequest"];
 export type UpdateKeyRequest = Schemas["UpdateKeyRequest"];
 export type UpdateRateLimitSchemeRequest = Schemas["UpdateRateLimitSchemeRequest"];
+export type UpdateWebhookEndpointRequest = Schemas["UpdateWebhookEndpointRequest"];
 export type UsageReport = Schemas["UsageReport"];
 export type VerifyKeyRequest = Schemas["VerifyKeyRequest"];
 export type VerifyKeyResponse = Schemas["VerifyKeyResponse"];
 export type VerifyRequestRequest = Schemas["VerifyRequestRequest"];
+export type WebhookAttempt = Schemas["WebhookAttempt"];
+export type WebhookDelivery = Schemas["WebhookDelivery"];
+export type WebhookDeliveryQueued = Schemas["WebhookDeliveryQueued"];
+export type WebhookEndpoint = Schemas["WebhookEndpoint"];
+export type WebhookEndpointWithSecret = Schemas["WebhookEndpointWithSecret"];
 export type WorkspaceKey = Schemas["WorkspaceKey"];
 export type WorkspaceKeyWithSecret = Schemas["WorkspaceKeyWithSecret"];
 
@@ -81,11 +92,13 @@ export type BodyOf<O extends OperationId> = operations[O] extends {
 type Responses<O extends OperationId> = operations[O]["responses"];
 type Json<R> = R extends { content: { "application/json": infer T } } ? T : never;
 
-/** What `O` answers on success: the JSON of its 200 or 201, nothing for a 204. */
+/** What `O` answers on success: the JSON of its 200, 201 or 202 (queued), nothing for a 204. */
 export type AnswerOf<O extends OperationId> = Responses<O> extends { 200: infer R }
   ? Json<R>
   : Responses<O> extends { 201: infer R }
     ? Json<R>
-    : Responses<O> extends { 204: unknown }
-      ? void
-      : never;
+    : Responses<O> extends { 202: infer R }
+      ? Json<R>
+      : Responses<O> extends { 204: unknown }
+        ? void
+        : never;

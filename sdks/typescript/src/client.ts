@@ -1,6 +1,6 @@
 /**
- * `KeywardClient`: a typed method for every endpoint of SPEC §4.1–4.3, grouped by resource,
- * with the seeds' names in `client.apiKeys`.
+ * `KeywardClient`: a typed method for every endpoint of SPEC §4.1–4.3, §4.8 (webhooks) and
+ * §4.9 (leaked keys), grouped by resource, with the seeds' names in `client.apiKeys`.
  */
 
 import type * as T from "./api-types.js";
@@ -43,8 +43,12 @@ export interface KeywardClientOptions extends CredentialOptions {
   WebSocket?: WebSocketConstructor | undefined;
 }
 
-/** The operations the SDK calls; the rest are for proxies (forward auth), Prometheus or sockets. */
-type SdkOperation = Exclude<OperationId, `forward_auth${string}` | "websocket" | "metrics">;
+/**
+ * The operations the SDK calls; the rest are for proxies (forward auth), Prometheus, sockets,
+ * or GitHub (`github_report`: the secret scanning partner endpoint, which GitHub calls with
+ * its own signature, never an application).
+ */
+type SdkOperation = Exclude<OperationId, `forward_auth${string}` | "websocket" | "metrics" | "github_report">;
 
 /**
  * Where each operation lives. Checked against the generated `paths`: an operation the server
@@ -67,6 +71,7 @@ const ROUTES = {
   revoke_key: ["POST", "/api/v1/keys/{id}/revoke"],
   rotate_key: ["POST", "/api/v1/keys/{id}/rotate"],
   verify_key: ["POST", "/api/v1/keys/verify"],
+  report_leak: ["POST", "/api/v1/keys/report-leak"],
   verify_request: ["POST", "/api/v1/verify-request"],
   create_public_key: ["POST", "/api/v1/public-keys"],
   list_public_keys: ["GET", "/api/v1/public-keys"],
@@ -101,6 +106,16 @@ const ROUTES = {
   revoke_my_key: ["POST", "/api/v1/me/keys/{id}/revoke"],
   create_session: ["POST", "/api/v1/demo/session"],
   delete_session: ["DELETE", "/api/v1/demo/session"],
+  create_endpoint: ["POST", "/api/v1/webhook-endpoints"],
+  list_endpoints: ["GET", "/api/v1/webhook-endpoints"],
+  get_endpoint: ["GET", "/api/v1/webhook-endpoints/{id}"],
+  update_endpoint: ["PATCH", "/api/v1/webhook-endpoints/{id}"],
+  delete_endpoint: ["DELETE", "/api/v1/webhook-endpoints/{id}"],
+  rotate_secret: ["POST", "/api/v1/webhook-endpoints/{id}/rotate-secret"],
+  list_deliveries: ["GET", "/api/v1/webhook-endpoints/{id}/deliveries"],
+  retry_delivery: ["POST", "/api/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry"],
+  test_endpoint: ["POST", "/api/v1/webhook-endpoints/{id}/test"],
+  patterns: ["GET", "/api/v1/secret-scanning/patterns"],
 } as const satisfies { [O in SdkOperation]: RouteOf<O> };
 
 /** The operation ids the SDK covers (the drift test compares them with the server's). */
@@ -202,6 +217,14 @@ export class Keys extends Resource {
   /** Verifies a key (scope `verify`). A refused key is no error: `valid: false`, with the `status` to answer. */
   verify(body: T.VerifyKeyRequest): Promise<T.VerifyKeyResponse> {
     return this.api.call("verify_key", { body });
+  }
+  /**
+   * Reports a secret found in public (SPEC §4.9), for scanners other than GitHub's: the
+   * environment's `leaked_key_action` applies (`revoke` by default) and a `key.leaked` event
+   * follows. An unknown or already revoked key changes nothing, and `result` says so.
+   */
+  reportLeak(body: T.ReportLeakRequest): Promise<T.ReportLeakResponse> {
+    return this.api.call("report_leak", { body });
   }
 }
 
@@ -415,6 +438,62 @@ export class Demo extends Resource {
 }
 
 /**
+ * Webhook endpoints (SPEC §4.8): events and alerts pushed to your backend, signed per the
+ * Standard Webhooks specification with the endpoint's `whsec_…` secret.
+ */
+export class Webhooks extends Resource {
+  /** Adds an endpoint; the answer holds its signing `secret`, this once. */
+  create(body: T.CreateWebhookEndpointRequest): Promise<T.WebhookEndpointWithSecret> {
+    return this.api.call("create_endpoint", { body });
+  }
+  /** The environment's endpoints, newest first; never their secrets. */
+  list(query?: QueryOf<"list_endpoints">): PageRequest<T.WebhookEndpoint> {
+    return this.api.list("list_endpoints", { query });
+  }
+  get(id: string): Promise<T.WebhookEndpoint> {
+    return this.api.call("get_endpoint", { path: { id } });
+  }
+  /** Changes an endpoint; turning it back on (`enabled: true`) resumes its pending deliveries. */
+  update(id: string, body: T.UpdateWebhookEndpointRequest): Promise<T.WebhookEndpoint> {
+    return this.api.call("update_endpoint", { path: { id }, body });
+  }
+  /** Deletes the endpoint with its pending deliveries and its log. */
+  delete(id: string): Promise<void> {
+    return this.api.call("delete_endpoint", { path: { id } });
+  }
+  /**
+   * A new signing secret, in this answer only. The previous one keeps signing beside it for
+   * 24 hours (each delivery then carries both signatures), so receivers can switch.
+   */
+  rotateSecret(id: string): Promise<T.WebhookEndpointWithSecret> {
+    return this.api.call("rotate_secret", { path: { id } });
+  }
+  /** The endpoint's deliveries, newest first, each with its attempts. */
+  deliveries(id: string, query?: QueryOf<"list_deliveries">): PageRequest<T.WebhookDelivery> {
+    return this.api.list("list_deliveries", { path: { id }, query });
+  }
+  /** Sends a delivery again now, with the same `webhook-id`; answers the delivery queued. */
+  retryDelivery(id: string, deliveryId: string): Promise<T.WebhookDeliveryQueued> {
+    return this.api.call("retry_delivery", { path: { id, delivery_id: deliveryId } });
+  }
+  /** Queues a `webhook.test` event to this endpoint only, whatever its `events`. */
+  test(id: string): Promise<T.WebhookDeliveryQueued> {
+    return this.api.call("test_endpoint", { path: { id } });
+  }
+}
+
+/**
+ * Secret scanning (SPEC §4.9). GitHub's partner endpoint (`POST
+ * /api/v1/secret-scanning/github`) is called by GitHub, not through this SDK.
+ */
+export class SecretScanning extends Resource {
+  /** The formats scanners should match: a regular expression per key prefix. */
+  patterns(): Promise<T.SecretScanningPatterns> {
+    return this.api.call("patterns");
+  }
+}
+
+/**
  * A client of one Keyward server.
  *
  * ```ts
@@ -439,6 +518,8 @@ export class KeywardClient {
   /** The end user's own keys (`/api/v1/me/keys`). */
   readonly me: MyKeys;
   readonly demo: Demo;
+  readonly webhooks: Webhooks;
+  readonly secretScanning: SecretScanning;
 
   readonly #api: Api;
   readonly #WebSocket: WebSocketConstructor | undefined;
@@ -477,6 +558,8 @@ export class KeywardClient {
     this.usage = new Usage(this.#api);
     this.me = new MyKeys(this.#api);
     this.demo = new Demo(this.#api);
+    this.webhooks = new Webhooks(this.#api);
+    this.secretScanning = new SecretScanning(this.#api);
   }
 
   /** The server's address, as the client uses it. */

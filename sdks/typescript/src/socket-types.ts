@@ -18,12 +18,14 @@ export const CLOSE_TOKEN_EXPIRED = 4002;
 /** Who the socket speaks for, as the server's welcome says. */
 export type Session = Schemas["Session"];
 
-/** The key an event is about: its metadata, never its secret. */
+/** The key an event is about: its metadata, never its secret (`KeywardEvent.key`, when present). */
 export type EventKey = Schemas["EventKey"];
 
 /**
- * An event (`key.created`, …) or an alert (`rate_limit.exceeded`, …); its `id` (`evt_…`) is
- * where a socket resumes.
+ * An event (`key.created`, …, `key.leaked`) or an alert (`rate_limit.exceeded`, …,
+ * `webhook.disabled`); its `id` (`evt_…`) is where a socket resumes. `key` is absent when the
+ * event is about no API key: `webhook.disabled` (its endpoint is in `details`), and
+ * `key.leaked` about a root key.
  */
 export type KeywardEvent = Schemas["Event"];
 

@@ -18,6 +18,9 @@ import { KeywardServer, skipReason } from "./support/keyward.js";
 const NOT_WRAPPED: Record<string, string> = {
   websocket: "the sockets (KeywardWebSocket, KeywardAlertsWebSocket) speak GET /ws",
   metrics: "Prometheus text for scrapers, not an API call",
+  // SPEC §4.9: GitHub posts its secret scanning reports here, authenticated by GitHub's own
+  // ECDSA signature (no root key); an application has no reason to call it.
+  github_report: "GitHub's secret scanning partner endpoint, called by GitHub, not by SDK users",
 };
 /** The proxies' forward auth (SPEC §4.7): nginx, Traefik, Caddy call it, not applications. */
 const isForwardAuth = (operationId: string): boolean => operationId.startsWith("forward_auth");

@@ -206,6 +206,26 @@ export interface paths {
         patch: operations["forward_auth_patch"];
         trace?: never;
     };
+    "/api/v1/keys/report-leak": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Report a key found in public by any scanner. Only this environment's keys are acted on;
+         *     any other secret is `unknown`, and nothing changes.
+         */
+        post: operations["report_leak"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/keys/verify": {
         parameters: {
             query?: never;
@@ -481,6 +501,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/secret-scanning/github": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * GitHub's secret scanning partner endpoint. Authenticated by GitHub's signature, not by a
+         *     root key; a missing or wrong signature changes nothing and gets 401.
+         */
+        post: operations["github_report"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/secret-scanning/patterns": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The formats scanners should match: root keys, and each app's key prefix in this
+         *     environment.
+         */
+        get: operations["patterns"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/signing-keys": {
         parameters: {
             query?: never;
@@ -574,6 +634,116 @@ export interface paths {
          *     token, or a workspace key's signature. Always 200, like `keys/verify`.
          */
         post: operations["verify_request"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhook-endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The environment's endpoints, newest first; never their secrets. */
+        get: operations["list_endpoints"];
+        put?: never;
+        /**
+         * Add an endpoint. Its signing secret is in this answer only. Needs `events:read` as well:
+         *     an endpoint receives what the event stream shows.
+         */
+        post: operations["create_endpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhook-endpoints/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_endpoint"];
+        put?: never;
+        post?: never;
+        /** Delete an endpoint, with its pending deliveries and its log. */
+        delete: operations["delete_endpoint"];
+        options?: never;
+        head?: never;
+        /** Change an endpoint. Turning it back on resumes its pending deliveries. */
+        patch: operations["update_endpoint"];
+        trace?: never;
+    };
+    "/api/v1/webhook-endpoints/{id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** An endpoint's deliveries, newest first, each with its attempts. */
+        get: operations["list_deliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a delivery again now, with the same `webhook-id` (a receiver that has it drops it). */
+        post: operations["retry_delivery"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhook-endpoints/{id}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A new signing secret, shown in this answer only. The previous one keeps signing beside it
+         *     for 24 hours (each delivery carries a signature by each), so receivers can switch.
+         */
+        post: operations["rotate_secret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhook-endpoints/{id}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a `webhook.test` event to this endpoint (only), whatever its `events`. */
+        post: operations["test_endpoint"];
         delete?: never;
         options?: never;
         head?: never;
@@ -883,6 +1053,18 @@ export interface components {
         CreateSigningKeyRequest: {
             name?: string | null;
         };
+        CreateWebhookEndpointRequest: {
+            description?: string | null;
+            /** @description On by default. */
+            enabled?: boolean | null;
+            /** @description `["*"]` by default. */
+            events?: string[] | null;
+            /**
+             * @description `https://…` (or `http://`); private, loopback and link-local addresses are refused
+             *     unless `KEYWARD_ALLOW_PRIVATE_URLS` is set.
+             */
+            url: string;
+        };
         CreateWorkspaceKeyRequest: {
             name?: string | null;
             /**
@@ -936,6 +1118,8 @@ export interface components {
             /** @description Whether client public keys need a signed user token. On by default in `live`. */
             enhanced_security: boolean;
             environment: string;
+            /** @description What a key reported as leaked comes to: `revoke` (the default), `disable` or `notify`. */
+            leaked_key_action: string;
             /** Format: date-time */
             updated_at: string;
             workspace_id: string;
@@ -970,11 +1154,11 @@ export interface components {
              *     `since` when reconnecting.
              */
             id: string;
-            key: components["schemas"]["EventKey"];
+            key?: null | components["schemas"]["EventKey"];
             /**
              * @description `key.created`, `key.updated`, `key.rotated`, `key.revoked`, `key.deleted`,
-             *     `key.expired`, `rate_limit.exceeded`, `credits.low`, `credits.exhausted` or
-             *     `key.expiring`.
+             *     `key.expired`, `key.leaked`, `rate_limit.exceeded`, `credits.low`,
+             *     `credits.exhausted`, `key.expiring` or `webhook.disabled`.
              */
             type: string;
         };
@@ -995,6 +1179,24 @@ export interface components {
             revoked: boolean;
             /** @description The non-secret beginning of the secret. */
             start: string;
+        };
+        /** @description Keyward's answer about one reported token. */
+        GithubTokenLabel: {
+            /** @description `true_positive` (a live key, now handled as the environment says) or `false_positive`. */
+            label: string;
+            /** @description Lowercase hex SHA-256 of the token. */
+            token_hash: string;
+            token_type: string;
+        };
+        /** @description One token in GitHub's secret scanning report. */
+        GithubTokenReport: {
+            /** @description e.g. `content`, `commit`, `issue_comment`. */
+            source?: string | null;
+            token: string;
+            /** @description The pattern's type as registered with GitHub. */
+            type: string;
+            /** @description Where GitHub found it. */
+            url?: string | null;
         };
         Health: {
             /** @description With `REDIS_URL`: `up` or `unreachable`. */
@@ -1258,6 +1460,53 @@ export interface components {
             next_cursor?: string | null;
         };
         /** @description One page of a cursor-paginated list. */
+        Page_WebhookDelivery: {
+            data: {
+                /** Format: int32 */
+                attempts: number;
+                /** Format: date-time */
+                created_at: string;
+                endpoint_id: string;
+                /** @description `evt_…`; absent for a test event. */
+                event_id?: string | null;
+                /** @description The event's type, or `webhook.test`. */
+                event_type: string;
+                /** @description Its attempts, oldest first. */
+                history: components["schemas"]["WebhookAttempt"][];
+                /** @description `whd_…` */
+                id: string;
+                /** Format: date-time */
+                next_attempt_at?: string | null;
+                /** @description `pending`, `succeeded` or `failed` (every attempt failed; retry to queue it again). */
+                status: string;
+                /** Format: date-time */
+                updated_at: string;
+            }[];
+            /** @description Pass as `cursor` to get the next page; `null` on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a cursor-paginated list. */
+        Page_WebhookEndpoint: {
+            data: {
+                /** Format: date-time */
+                created_at: string;
+                description: string;
+                /** @description Why Keyward turned it off (it kept failing); absent when on or turned off by a user. */
+                disabled_reason?: string | null;
+                enabled: boolean;
+                environment: string;
+                /** @description Event types of SPEC §4.5 and §4.9, or `["*"]` for all. */
+                events: string[];
+                /** @description `whe_…` */
+                id: string;
+                /** Format: date-time */
+                updated_at: string;
+                url: string;
+            }[];
+            /** @description Pass as `cursor` to get the next page; `null` on the last page. */
+            next_cursor?: string | null;
+        };
+        /** @description One page of a cursor-paginated list. */
         Page_WorkspaceKey: {
             data: {
                 /** Format: date-time */
@@ -1359,6 +1608,23 @@ export interface components {
             amount: number;
             interval: components["schemas"]["CreditPeriod"];
         };
+        ReportLeakRequest: {
+            /** @description The secret found (an API key or a root key of the caller's environment). */
+            key: string;
+            /** @description Who found it, e.g. `trufflehog`. */
+            source?: string | null;
+            /** @description Where it was found. */
+            url?: string | null;
+        };
+        ReportLeakResponse: {
+            /** @description The key (or root key) reported, when it is one of this environment's. */
+            key_id?: string | null;
+            /**
+             * @description `revoked`, `disabled` or `notified` for a live key; `already_revoked` or `unknown`
+             *     when nothing changed.
+             */
+            result: string;
+        };
         /** @description A key for Keyward's own API, limited to its scopes. */
         RootKey: {
             /** Format: date-time */
@@ -1388,6 +1654,18 @@ export interface components {
              *     At most 30 days.
              */
             expire_previous_in_seconds?: number | null;
+        };
+        /** @description A format scanners should match. */
+        SecretScanningPattern: {
+            /** @description e.g. `Keyward API key`. */
+            name: string;
+            /** @description The key prefix, e.g. `sk` or an app's `acme`. */
+            prefix: string;
+            /** @description A regular expression that matches every key of that prefix and nothing longer. */
+            regex: string;
+        };
+        SecretScanningPatterns: {
+            data: components["schemas"]["SecretScanningPattern"][];
         };
         /** @description What the server sends, as text frames of JSON tagged by `type`. */
         ServerMessage: {
@@ -1466,6 +1744,8 @@ export interface components {
         };
         UpdateEnvironmentRequest: {
             enhanced_security?: boolean | null;
+            /** @description `revoke`, `disable` or `notify` (SPEC §4.9). */
+            leaked_key_action?: string | null;
         };
         /** @description Absent fields are kept; `null` clears a nullable field. */
         UpdateKeyRequest: {
@@ -1487,6 +1767,13 @@ export interface components {
         };
         UpdateRateLimitSchemeRequest: {
             windows: components["schemas"]["RateWindow"][];
+        };
+        UpdateWebhookEndpointRequest: {
+            description?: string | null;
+            /** @description Turning an endpoint back on resumes its pending deliveries. */
+            enabled?: boolean | null;
+            events?: string[] | null;
+            url?: string | null;
         };
         UsageBucket: {
             outcomes: {
@@ -1584,6 +1871,72 @@ export interface components {
             permissions?: null | components["schemas"]["PermissionQuery"];
             /** @description The raw query string, without `?`. */
             query?: string | null;
+        };
+        /** @description One POST to the endpoint. */
+        WebhookAttempt: {
+            /** Format: date-time */
+            attempted_at: string;
+            error?: string | null;
+            /** Format: int64 */
+            latency_ms: number;
+            /** @description The first kilobyte of the endpoint's answer. */
+            response_excerpt?: string | null;
+            /**
+             * Format: int32
+             * @description The endpoint's HTTP status, when it answered.
+             */
+            status?: number | null;
+        };
+        /**
+         * @description One event on its way to one endpoint. Its id is the `webhook-id` of every attempt, so a
+         *     receiver can drop a repeat.
+         */
+        WebhookDelivery: {
+            /** Format: int32 */
+            attempts: number;
+            /** Format: date-time */
+            created_at: string;
+            endpoint_id: string;
+            /** @description `evt_…`; absent for a test event. */
+            event_id?: string | null;
+            /** @description The event's type, or `webhook.test`. */
+            event_type: string;
+            /** @description Its attempts, oldest first. */
+            history: components["schemas"]["WebhookAttempt"][];
+            /** @description `whd_…` */
+            id: string;
+            /** Format: date-time */
+            next_attempt_at?: string | null;
+            /** @description `pending`, `succeeded` or `failed` (every attempt failed; retry to queue it again). */
+            status: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        /** @description The answer to `POST …/{id}/test` and `…/retry`: the delivery queued. */
+        WebhookDeliveryQueued: {
+            delivery_id: string;
+        };
+        /** @description Where events and alerts are pushed. Its signing secret is never part of it. */
+        WebhookEndpoint: {
+            /** Format: date-time */
+            created_at: string;
+            description: string;
+            /** @description Why Keyward turned it off (it kept failing); absent when on or turned off by a user. */
+            disabled_reason?: string | null;
+            enabled: boolean;
+            environment: string;
+            /** @description Event types of SPEC §4.5 and §4.9, or `["*"]` for all. */
+            events: string[];
+            /** @description `whe_…` */
+            id: string;
+            /** Format: date-time */
+            updated_at: string;
+            url: string;
+        };
+        /** @description The answer to creating an endpoint or rotating its secret: the only time the secret shows. */
+        WebhookEndpointWithSecret: components["schemas"]["WebhookEndpoint"] & {
+            /** @description `whsec_<base64>`: verify deliveries with it (Standard Webhooks). */
+            secret: string;
         };
         /** @description A workspace key; its secret is never part of it. */
         WorkspaceKey: {
@@ -2334,6 +2687,37 @@ export interface operations {
                 };
             };
             /** @description Refused, or a request Keyward cannot read */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    report_leak: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReportLeakRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReportLeakResponse"];
+                };
+            };
             "4XX": {
                 headers: {
                     [name: string]: unknown;
@@ -3111,6 +3495,64 @@ export interface operations {
             };
         };
     };
+    github_report: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GithubTokenReport"][];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GithubTokenLabel"][];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    patterns: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecretScanningPatterns"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
     list_signing_keys: {
         parameters: {
             query?: {
@@ -3311,6 +3753,277 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["VerifyKeyResponse"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    list_endpoints: {
+        parameters: {
+            query?: {
+                /** @description 1 to 100; 20 by default. */
+                limit?: number;
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_WebhookEndpoint"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    create_endpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateWebhookEndpointRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointWithSecret"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    get_endpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_endpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    update_endpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateWebhookEndpointRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    list_deliveries: {
+        parameters: {
+            query?: {
+                limit?: number;
+                cursor?: string;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_WebhookDelivery"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    retry_delivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                delivery_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryQueued"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    rotate_secret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointWithSecret"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    test_endpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDeliveryQueued"];
                 };
             };
             "4XX": {

@@ -17,8 +17,9 @@ window.ownKeys = async ({ apiKey, baseUrl, jwt, othersJwt, othersKeyId }) => {
   let secondId;
   const heardSecond = new Promise((resolve) =>
     socket.on("event", ({ event }) => {
-      heard.push({ type: event.type, id: event.key.id, owner: event.key.owner_user_id });
-      if (event.key.id === secondId) resolve();
+      // `key` is absent from events about no API key (webhook.disabled, a leaked root key).
+      heard.push({ type: event.type, id: event.key?.id, owner: event.key?.owner_user_id });
+      if (event.key?.id === secondId) resolve();
     }),
   );
   await new Promise((resolve) => socket.on("connected", resolve));
