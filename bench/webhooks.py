@@ -1,8 +1,9 @@
 """Drives bench/webhooks.sh (issue 22): webhook delivery and leak reports, measured.
 
-1. Key creation with webhooks on (5 endpoints taking every event) against off (the same
-   endpoints disabled), alternated in one run: the ratio is what recording and delivering
-   events costs.
+1. Key creation with webhooks on (5 endpoints taking every event, answered by nginx
+   `return 200` so that the receiver costs the shared cores as little as it can) against off
+   (the same endpoints disabled), alternated in one run: the ratios of throughput and of the
+   server's CPU per key are what recording and delivering events costs.
 2. EVENTS key creations delivered to 5 endpoints: every delivery counted at the receiver by
    its webhook-id (lost, repeated), and the time from the event's commit (its `timestamp`)
    to receipt, p50/p99 per endpoint.
@@ -11,7 +12,7 @@
    public half the receiver serves: the time to answer, and when the last key is refused on
    every node (three nodes on PostgreSQL when ADMIN_URL is given, else one on SQLite).
 
-Usage: webhooks.py BINARY EVENTS SECONDS [ADMIN_URL]
+Usage: webhooks.py BINARY EVENTS SECONDS [ADMIN_URL]   (steady runs at RATE events/s: 250)
 """
 
 import asyncio
@@ -31,12 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from http.client import HTTPConnection
 
-from kwbench import call, post_script, start_server, stop, wait_ready, wrk
+from kwbench import call, metric, post_script, start_server, stop, wait_ready, wrk
 
 BINARY = sys.argv[1]
 EVENTS, SECONDS = int(sys.argv[2]), int(sys.argv[3])
 ADMIN_URL = sys.argv[4] if len(sys.argv) > 4 else None
 ENDPOINTS = 5
+RATE = int(os.environ.get("RATE", "250"))
 
 
 # --- the receiver: asyncio HTTP/1.1 with keep-alive, in a process of its own -------------
@@ -115,15 +117,28 @@ def node_env(database_url):
     return env
 
 
-def create_keys(base, root, app, count, threads=16):
-    """Creates `count` keys with `threads` keep-alive clients; returns their secrets."""
+def create_keys(base, root, app, count, threads=16, rate=None):
+    """Creates `count` keys with `threads` keep-alive clients, as fast as they go or at `rate`
+    per second; returns their secrets."""
     host = urllib.parse.urlsplit(base).netloc
     body = json.dumps({"name": "bench"})
     per_thread = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
+    started = time.time()
+    issued = iter(range(count))
+    issued_lock = threading.Lock()
+
+    def pace():
+        if rate:
+            with issued_lock:
+                number = next(issued)
+            delay = started + number / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
 
     def work(n):
         connection, secrets = HTTPConnection(host), []
         for _ in range(n):
+            pace()
             connection.request("POST", f"/api/v1/apps/{app}/keys", body,
                                {"Authorization": f"Bearer {root}",
                                 "Content-Type": "application/json"})
@@ -175,6 +190,32 @@ def delivery_report(records, paths, expected_per_path):
     return per_path
 
 
+def nginx_receiver(directory):
+    """nginx answering 200 to every POST, on a free port; returns (process, port)."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.chmod(directory, 0o755)
+    config = os.path.join(directory, "nginx-receiver.conf")
+    with open(config, "w") as out:
+        out.write(f"""daemon off; worker_processes 1; error_log /dev/null; pid {directory}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 100000;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok"; }} }} }}
+""")
+    process = subprocess.Popen(["nginx", "-c", config, "-p", directory])
+    time.sleep(0.5)
+    return process, port
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def openssl_key(directory):
     private = os.path.join(directory, "github.pem")
     subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
@@ -206,56 +247,110 @@ def main():
     database_url = database[1] if database else None
     env = node_env(database_url)
     env["KEYWARD_GITHUB_SCANNING_KEYS_URL"] = hook("/github-keys")
-    process, base, root = start_server(BINARY, os.path.join(directory, "a"), env)
+    data_dir = os.path.join(directory, "a")
+    paths = [f"/e{i}" for i in range(ENDPOINTS)]
+
+    # 1. What recording events costs key creation: a node that queues deliveries but does
+    # not deliver them (KEYWARD_WEBHOOK_DELIVERY=false; another node would), with 5
+    # endpoints on against the same endpoints off, alternated.
+    process, base, root = start_server(BINARY, data_dir,
+                                       {**env, "KEYWARD_WEBHOOK_DELIVERY": "false"})
     wait_ready(base)
     call(base, root, "POST", "/api/v1/apps", {"name": "Bench", "slug": "bench"})
-    paths = [f"/e{i}" for i in range(ENDPOINTS)]
+    nginx, nginx_port = nginx_receiver(directory)
     endpoints = [call(base, root, "POST", "/api/v1/webhook-endpoints",
-                      {"url": hook(path), "events": ["*"]})["id"] for path in paths]
+                      {"url": f"http://127.0.0.1:{nginx_port}{path}", "events": ["*"]})["id"]
+                 for path in paths]
 
     def set_enabled(on):
         for endpoint in endpoints:
             call(base, root, "PATCH", f"/api/v1/webhook-endpoints/{endpoint}", {"enabled": on})
 
-    # 1. Key creation, webhooks off against on, alternated.
-    script = post_script(directory, "create", root, {"name": "wrk"})
-    url = f"{base}/api/v1/apps/bench/keys"
-    off, on = [], []
-    for _ in range(3):
-        set_enabled(False)
-        off.append(wrk(url, SECONDS, script, connections=16)[0])
-        set_enabled(True)
-        receiver_post(port, "/_reset")
-        on.append(wrk(url, SECONDS, script, connections=16)[0])
-        # Let the backlog drain before the next "off" run.
-        while urllib.request.urlopen(base + "/metrics").read().decode().count(
-                "keyward_webhook_deliveries_in_flight 0") == 0:
-            time.sleep(0.2)
-        time.sleep(1)
-    ratio = statistics.median(on) / statistics.median(off)
-    print(f"key creation, req/s: webhooks off {[round(x) for x in off]}, "
-          f"on (5 endpoints) {[round(x) for x in on]}; median ratio on/off {ratio:.2f}")
-    # Wait for every delivery of step 1 before measuring step 2.
-    time.sleep(5)
+    def delete_endpoint(endpoint):
+        urllib.request.urlopen(urllib.request.Request(
+            f"{base}/api/v1/webhook-endpoints/{endpoint}", method="DELETE", data=b"{}",
+            headers={"Authorization": f"Bearer {root}", "Content-Type": "application/json"}))
 
-    # 2. EVENTS events to 5 healthy endpoints.
+    def key_creation_runs(rounds=3):
+        script = post_script(directory, "create", root, {"name": "wrk"})
+        url = f"{base}/api/v1/apps/bench/keys"
+        runs = {"off": [], "on": []}
+        for _ in range(rounds):
+            for state in ("off", "on"):
+                set_enabled(state == "on")
+                before = cpu_seconds(process.pid)
+                rps = wrk(url, SECONDS, script, connections=16)[0]
+                # Deliveries of this run's keys are part of its cost: wait until the
+                # worker has been idle for a second (none when this node does not deliver).
+                idle_since = time.time()
+                while time.time() - idle_since < 1.0:
+                    if metric(base, "keyward_webhook_deliveries_in_flight"):
+                        idle_since = time.time()
+                    time.sleep(0.05)
+                runs[state].append((rps, (cpu_seconds(process.pid) - before) / (rps * SECONDS)))
+        return runs
+
+    def summary(runs):
+        off = statistics.median(r[0] for r in runs["off"])
+        on = statistics.median(r[0] for r in runs["on"])
+        off_cpu = statistics.median(r[1] for r in runs["off"]) * 1e6
+        on_cpu = statistics.median(r[1] for r in runs["on"]) * 1e6
+        return (f"req/s off {[round(r[0]) for r in runs['off']]}, on "
+                f"{[round(r[0]) for r in runs['on']]}: median ratio on/off {on / off:.2f}; "
+                f"server CPU per key off {off_cpu:.0f} us, on {on_cpu:.0f} us "
+                f"({on_cpu / off_cpu:.2f}x)")
+
+    print(f"key creation, events recorded for 5 endpoints (delivered elsewhere): "
+          f"{summary(key_creation_runs())}")
+    for endpoint in endpoints:
+        delete_endpoint(endpoint)
+    stop(process)
+
+    # 1b. The same node delivering too, to nginx on the same two cores (deliveries waited
+    # for in each run): the whole cost of webhooks on one machine.
+    process, base, _ = start_server(BINARY, data_dir, env)
+    wait_ready(base)
+    endpoints = [call(base, root, "POST", "/api/v1/webhook-endpoints",
+                      {"url": f"http://127.0.0.1:{nginx_port}{path}", "events": ["*"]})["id"]
+                 for path in paths]
+    print(f"key creation, delivered to 5 endpoints on the same machine: "
+          f"{summary(key_creation_runs(rounds=1))}")
+    for endpoint in endpoints:
+        delete_endpoint(endpoint)
+    nginx.terminate()
+    endpoints = [call(base, root, "POST", "/api/v1/webhook-endpoints",
+                      {"url": hook(path), "events": ["*"]})["id"] for path in paths]
+    time.sleep(2)
+
+    # 2. EVENTS events to 5 healthy endpoints, at a steady RATE (the latency of the pipeline,
+    # not of a backlog), then as fast as keys can be made (the drain time of a burst).
+    receiver_post(port, "/_reset")
+    started = time.time()
+    create_keys(base, root, "bench", EVENTS, rate=RATE)
+    created = time.time() - started
+    records = wait_delivered(port, EVENTS * ENDPOINTS)
+    drained = time.time() - started
+    healthy = delivery_report(records, paths, EVENTS)
+    print(f"{EVENTS} events at {RATE}/s to {ENDPOINTS} endpoints: created in {created:.1f} s, "
+          f"all delivered after {drained:.1f} s")
+    for path, figures in healthy.items():
+        print(f"  {path}: {figures}")
     receiver_post(port, "/_reset")
     started = time.time()
     create_keys(base, root, "bench", EVENTS)
     created = time.time() - started
     records = wait_delivered(port, EVENTS * ENDPOINTS)
-    drained = time.time() - started
-    healthy = delivery_report(records, paths, EVENTS)
-    print(f"{EVENTS} events to {ENDPOINTS} endpoints: created in {created:.1f} s, "
-          f"all delivered after {drained:.1f} s")
-    for path, figures in healthy.items():
-        print(f"  {path}: {figures}")
+    burst = delivery_report(records, paths, EVENTS)
+    print(f"{EVENTS} events as fast as they are made: created in {created:.1f} s, all "
+          f"{len({(r[0], r[1]) for r in records})} delivered after {time.time() - started:.1f} s "
+          f"(lost {sum(f['lost'] for f in burst.values())}, repeats "
+          f"{sum(f['repeats'] for f in burst.values())})")
 
-    # 3. The same with one endpoint hanging.
+    # 3. The steady run again with one endpoint hanging.
     call(base, root, "PATCH", f"/api/v1/webhook-endpoints/{endpoints[0]}", {"url": hook("/hang")})
     receiver_post(port, "/_reset")
     started = time.time()
-    create_keys(base, root, "bench", EVENTS)
+    create_keys(base, root, "bench", EVENTS, rate=RATE)
     records = wait_delivered(port, EVENTS * (ENDPOINTS - 1))
     drained = time.time() - started
     hanging = delivery_report(records, paths[1:], EVENTS)
@@ -263,7 +358,7 @@ def main():
     for path, figures in hanging.items():
         before = healthy[path]["p99_ms"]
         print(f"  {path}: {figures}; p99 {figures['p99_ms'] / before:.2f}x the healthy run's")
-    call(base, root, "DELETE", f"/api/v1/webhook-endpoints/{endpoints[0]}")
+    delete_endpoint(endpoints[0])
 
     # 4. A GitHub report of 500 live keys.
     others = []

@@ -325,18 +325,13 @@ pub struct WebhookAttempt {
     pub response_excerpt: Option<String>,
 }
 
-/// A delivery id: `whd_`, the event's number in fixed-width base62 (so ids sort as events
+/// A delivery id: `whd_`, the event's number in 16 zero-padded digits (so ids sort as events
 /// do), then the endpoint's id without its `whe_` (one delivery per event and endpoint, so a
-/// repeated queueing of one event is one delivery).
+/// repeated queueing of one event is one delivery). Storage builds the same in SQL when it
+/// queues an event's deliveries.
 pub fn delivery_id(event_seq: i64, endpoint_id: &str) -> String {
-    let mut seq = [0u8; 11];
-    crate::base62::encode_fixed(event_seq.max(0).unsigned_abs(), &mut seq);
     let endpoint_part = endpoint_id.strip_prefix("whe_").unwrap_or(endpoint_id);
-    let mut id = String::with_capacity(4 + seq.len() + endpoint_part.len());
-    id.push_str("whd_");
-    id.extend(seq.iter().map(|&b| char::from(b)));
-    id.push_str(endpoint_part);
-    id
+    format!("whd_{:016}{endpoint_part}", event_seq.max(0))
 }
 
 #[cfg(test)]
@@ -424,6 +419,7 @@ mod tests {
         let early = delivery_id(9, "whe_AAAAAAAA00000000000000");
         let late = delivery_id(10, "whe_AAAAAAAA00000000000000");
         assert!(early < late);
+        assert_eq!(early, "whd_0000000000000009AAAAAAAA00000000000000");
         assert!(early.starts_with("whd_"));
         assert_ne!(delivery_id(9, "whe_a"), delivery_id(9, "whe_b"));
     }

@@ -370,13 +370,15 @@ impl Server {
                 config.webhooks.allow_private,
             )),
         });
-        webhooks::DeliveryWorker::start(
-            Arc::clone(&state.store),
-            config.webhooks.clone(),
-            Arc::clone(&config.master_key),
-            Arc::clone(&state.metrics),
-            stopped.clone(),
-        );
+        if config.webhooks.deliver {
+            webhooks::DeliveryWorker::start(
+                Arc::clone(&state.store),
+                config.webhooks.clone(),
+                Arc::clone(&config.master_key),
+                Arc::clone(&state.metrics),
+                stopped.clone(),
+            );
+        }
         tokio::spawn(routes::demo::sweep_loop(
             Arc::downgrade(&state),
             config.demo.sweep_interval,

@@ -18,7 +18,7 @@ use keyward_core::webhook::{
 use keyward_core::Timestamp;
 use keyward_store::{ClaimedDelivery, DeliveryContent, DeliverySettlement, Store};
 use rand::Rng as _;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::crypto::MasterKey;
 use crate::metrics::Metrics;
@@ -28,6 +28,10 @@ use crate::{clock, convert};
 /// How webhooks are delivered.
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
+    /// Whether this node runs a delivery worker. Off, it still queues deliveries (in the
+    /// events' transactions) for the nodes that do: an operator can keep API nodes free of
+    /// outbound traffic.
+    pub deliver: bool,
     /// Any 2xx within this is a success (SPEC: 15 s).
     pub timeout: Duration,
     pub retry: RetryPolicy,
@@ -51,6 +55,7 @@ pub struct WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
+            deliver: true,
             timeout: Duration::from_secs(15),
             retry: RetryPolicy::default(),
             disable_after: Duration::from_millis(DEFAULT_DISABLE_AFTER_MS.unsigned_abs()),
@@ -71,36 +76,64 @@ impl WebhookSettings {
     }
 }
 
-/// What this node is delivering, by endpoint.
+/// What this node is delivering, by endpoint: how many attempts, and since when the endpoint
+/// has answered none of them (`None` once one ended).
 #[derive(Default)]
-struct InFlight(Mutex<HashMap<String, u32>>);
+struct InFlight(Mutex<HashMap<String, EndpointInFlight>>);
+
+#[derive(Default)]
+struct EndpointInFlight {
+    count: u32,
+    silent_since: Option<Instant>,
+    /// This node paused the endpoint for this silence already.
+    paused: bool,
+}
 
 impl InFlight {
     fn counts(&self) -> Vec<(String, u32)> {
         let counts = self.0.lock().expect("in-flight lock");
         counts
             .iter()
-            .map(|(id, &count)| (id.clone(), count))
+            .map(|(id, endpoint)| (id.clone(), endpoint.count))
             .collect()
     }
 
     fn start(&self, endpoint_id: &str) {
-        *self
-            .0
-            .lock()
-            .expect("in-flight lock")
-            .entry(endpoint_id.to_owned())
-            .or_default() += 1;
+        let mut counts = self.0.lock().expect("in-flight lock");
+        let endpoint = counts.entry(endpoint_id.to_owned()).or_default();
+        endpoint.count += 1;
+        endpoint.silent_since.get_or_insert_with(Instant::now);
     }
 
     fn finish(&self, endpoint_id: &str) {
         let mut counts = self.0.lock().expect("in-flight lock");
-        if let Some(count) = counts.get_mut(endpoint_id) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(endpoint) = counts.get_mut(endpoint_id) {
+            endpoint.count -= 1;
+            endpoint.silent_since = (endpoint.count > 0).then(Instant::now);
+            endpoint.paused = false;
+            if endpoint.count == 0 {
                 counts.remove(endpoint_id);
             }
         }
+    }
+
+    /// Endpoints that have answered nothing for `after` while attempts were out, not yet
+    /// paused for it (and marks them paused).
+    fn newly_stalled(&self, after: Duration) -> Vec<String> {
+        let mut counts = self.0.lock().expect("in-flight lock");
+        counts
+            .iter_mut()
+            .filter(|(_, endpoint)| {
+                !endpoint.paused
+                    && endpoint
+                        .silent_since
+                        .is_some_and(|since| since.elapsed() >= after)
+            })
+            .map(|(id, endpoint)| {
+                endpoint.paused = true;
+                id.clone()
+            })
+            .collect()
     }
 }
 
@@ -140,6 +173,59 @@ pub struct DeliveryWorker {
     clients: Clients,
     /// Woken when an attempt ends, so the claim loop can take more.
     slot_freed: Notify,
+    /// Attempts made, on their way to storage in batches ([`settle_loop`]).
+    settlements: mpsc::Sender<DeliverySettlement>,
+}
+
+/// An endpoint silent for this long while attempts are out is paused (or half its timeout,
+/// if that is shorter).
+const STALL_AFTER: Duration = Duration::from_secs(1);
+
+/// The most attempts one settling transaction records.
+const SETTLE_BATCH: usize = 256;
+
+/// How long the worker waits after a wake-up before it claims, and the settler after the
+/// first attempt of a batch ends, to gather more into one transaction.
+const COALESCE: Duration = Duration::from_millis(5);
+
+/// Writes attempts to storage as they end: each transaction takes every attempt that ended
+/// meanwhile, so a busy node commits once per batch, not once per delivery, and an idle one
+/// adds no delay.
+async fn settle_loop(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    mut settlements: mpsc::Receiver<DeliverySettlement>,
+) {
+    let mut batch = Vec::with_capacity(SETTLE_BATCH);
+    while settlements.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+        // Attempts end in bursts (a claim starts several at once): wait for the rest of the
+        // burst, so that it costs one commit.
+        tokio::time::sleep(COALESCE).await;
+        let room = SETTLE_BATCH.saturating_sub(batch.len());
+        if room > 0 {
+            while let Ok(more) = settlements.try_recv() {
+                batch.push(more);
+                if batch.len() >= SETTLE_BATCH {
+                    break;
+                }
+            }
+        }
+        match store.settle_webhook_deliveries(&batch).await {
+            Ok(disabled) => {
+                for endpoint_id in disabled {
+                    metrics.webhooks.endpoints_disabled.inc();
+                    tracing::warn!(
+                        endpoint_id,
+                        "turned off a webhook endpoint that kept failing"
+                    );
+                }
+            }
+            // The leases bring the deliveries back; a receiver may see one twice, with the
+            // same webhook-id.
+            Err(error) => tracing::warn!(%error, "recording webhook attempts failed"),
+        }
+        batch.clear();
+    }
 }
 
 impl DeliveryWorker {
@@ -150,6 +236,12 @@ impl DeliveryWorker {
         metrics: Arc<Metrics>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
+        let (settlements, settled) = mpsc::channel(4 * SETTLE_BATCH);
+        tokio::spawn(settle_loop(
+            Arc::clone(&store),
+            Arc::clone(&metrics),
+            settled,
+        ));
         let worker = Arc::new(Self {
             store,
             settings,
@@ -158,6 +250,7 @@ impl DeliveryWorker {
             in_flight: InFlight::default(),
             clients: Clients::default(),
             slot_freed: Notify::new(),
+            settlements,
         });
         tokio::spawn(worker.run(stop))
     }
@@ -170,6 +263,7 @@ impl DeliveryWorker {
             if *stop.borrow() {
                 return;
             }
+            self.pause_stalled().await;
             self.claim_and_start(&slots).await;
             if last_purge.elapsed() > Duration::from_secs(3600) {
                 last_purge = Instant::now();
@@ -180,6 +274,22 @@ impl DeliveryWorker {
                 () = self.slot_freed.notified() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
                 _ = stop.changed() => return,
+            }
+            // A claim is a write: gather what a burst of commits queued into one, at the
+            // cost of a few milliseconds of latency.
+            tokio::time::sleep(COALESCE).await;
+        }
+    }
+
+    /// An endpoint that answers nothing while attempts are out (it hangs) has its waiting
+    /// deliveries held until those attempts' leases end, instead of them sitting due, in
+    /// front of every other endpoint's work, until the timeouts come back as failures.
+    async fn pause_stalled(&self) {
+        let after = (self.settings.timeout / 2).min(STALL_AFTER);
+        for endpoint_id in self.in_flight.newly_stalled(after) {
+            let until = clock::now().plus_millis(millis(self.settings.lease()));
+            if let Err(error) = self.store.pause_webhook_endpoint(&endpoint_id, until).await {
+                tracing::warn!(%error, endpoint_id, "pausing a stalled webhook endpoint failed");
             }
         }
     }
@@ -287,7 +397,7 @@ impl DeliveryWorker {
             ),
         };
         let now = clock::now();
-        let retry_at = if succeeded {
+        let retry_at = if succeeded || matches!(delivery.content, DeliveryContent::Forgotten) {
             None
         } else {
             self.settings
@@ -310,18 +420,8 @@ impl DeliveryWorker {
             disable_after_ms: millis(self.settings.disable_after),
             now,
         };
-        match self.store.settle_webhook_delivery(&settlement).await {
-            Ok(true) => {
-                self.metrics.webhooks.endpoints_disabled.inc();
-                tracing::warn!(
-                    endpoint_id = delivery.endpoint.id,
-                    "turned off a webhook endpoint that kept failing"
-                );
-            }
-            Ok(false) => {}
-            // The lease brings the delivery back; the receiver may see it twice, with the
-            // same webhook-id.
-            Err(error) => tracing::warn!(%error, "recording a webhook attempt failed"),
+        if self.settlements.send(settlement).await.is_err() {
+            tracing::warn!("the webhook settler has stopped; the lease brings the delivery back");
         }
     }
 
@@ -342,7 +442,7 @@ impl DeliveryWorker {
         if secrets.is_empty() {
             return Err("the signing secret cannot be opened (was the master key changed?)".into());
         }
-        let body = payload(&delivery.content);
+        let body = payload(&delivery.content).ok_or_else(|| FORGOTTEN.to_owned())?;
         let timestamp = now.as_millis().div_euclid(1000);
         let signature = signature_header(&secrets, &delivery.id, timestamp, &body);
         let url = outbound::check_url(&delivery.endpoint.url, self.settings.allow_private)
@@ -376,8 +476,9 @@ impl DeliveryWorker {
 
 /// The body of a delivery: `{type, timestamp, data}`, `data` being the event as `/ws` sends
 /// it. The same bytes on every attempt.
-pub fn payload(content: &DeliveryContent) -> Vec<u8> {
+pub fn payload(content: &DeliveryContent) -> Option<Vec<u8>> {
     let body = match content {
+        DeliveryContent::Forgotten => return None,
         DeliveryContent::Event(event) => keyward_proto::WebhookPayload {
             event_type: event.kind.as_str().to_owned(),
             timestamp: convert::datetime(event.created_at),
@@ -392,8 +493,11 @@ pub fn payload(content: &DeliveryContent) -> Vec<u8> {
             data: details.clone(),
         },
     };
-    serde_json::to_vec(&body).unwrap_or_default()
+    serde_json::to_vec(&body).ok()
 }
+
+/// Why a delivery whose event has been purged fails for good.
+const FORGOTTEN: &str = "the event is no longer kept (past the event retention window)";
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)

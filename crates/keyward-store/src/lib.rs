@@ -666,6 +666,8 @@ pub enum DeliveryContent {
         details: serde_json::Value,
         created_at: Timestamp,
     },
+    /// The event is no longer kept (a manual retry after the retention window).
+    Forgotten,
 }
 
 /// A delivery this node has claimed: it is this node's to attempt until the lease ends.
@@ -765,8 +767,16 @@ pub trait WebhookStore: Send + Sync {
         in_flight: &[(String, u32)],
         limit: u32,
     ) -> StoreResult<Vec<ClaimedDelivery>>;
-    /// Records an attempt and settles its delivery; `true` when it turned the endpoint off.
-    async fn settle_webhook_delivery(&self, settlement: &DeliverySettlement) -> StoreResult<bool>;
+    /// Records attempts and settles their deliveries, in one transaction; returns the
+    /// endpoints this turned off.
+    async fn settle_webhook_deliveries(
+        &self,
+        settlements: &[DeliverySettlement],
+    ) -> StoreResult<Vec<String>>;
+    /// Holds an endpoint's waiting deliveries (and those queued meanwhile) until `until`:
+    /// the worker does so when its attempts there hang, so that its backlog never sits due
+    /// in front of the other endpoints' work. Its next success releases them.
+    async fn pause_webhook_endpoint(&self, endpoint_id: &str, until: Timestamp) -> StoreResult<()>;
     /// Forgets settled deliveries last changed before `before`.
     async fn purge_webhook_deliveries(&self, before: Timestamp) -> StoreResult<u64>;
     /// Woken when deliveries may have been queued on this node.

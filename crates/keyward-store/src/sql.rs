@@ -155,6 +155,31 @@ impl Backend {
 
     /// Locks the rows a read-modify-write transaction reads. SQLite has no row locks and
     /// needs none: its single writer connection serialises every write transaction.
+    /// The larger of two numbers.
+    fn greatest(self, left: &str, right: &str) -> String {
+        match self {
+            Self::Sqlite => format!("MAX({left}, {right})"),
+            Self::Postgres => format!("GREATEST({left}, {right})"),
+        }
+    }
+
+    /// `column`, a non-negative number, as 16 zero-padded digits (so text sorts as numbers).
+    fn padded_number(self, column: &str) -> String {
+        match self {
+            Self::Sqlite => format!("printf('%016d', {column})"),
+            Self::Postgres => format!("lpad(CAST({column} AS TEXT), 16, '0')"),
+        }
+    }
+
+    /// Locks rows against other writers but not against inserts that reference them
+    /// (PostgreSQL's foreign-key checks take `KEY SHARE`, which `FOR UPDATE` would block).
+    fn lock_rows_keeping_keys(self, table: &str) -> String {
+        match self {
+            Self::Sqlite => String::new(),
+            Self::Postgres => format!(" FOR NO KEY UPDATE OF {table}"),
+        }
+    }
+
     fn lock_rows(self, table: &str) -> String {
         self.lock(table, Lock::Exclusive)
     }

@@ -125,6 +125,10 @@ pub(crate) struct ServeArgs {
     /// cannot make the server send requests).
     #[arg(long, env = "KEYWARD_DEMO_ALLOW_FETCHES")]
     pub(crate) demo_allow_fetches: Option<bool>,
+    /// Whether this node delivers webhooks (default true). Off, it still queues them for the
+    /// nodes that do; at least one node of a cluster must.
+    #[arg(long, env = "KEYWARD_WEBHOOK_DELIVERY")]
+    pub(crate) webhook_delivery: Option<bool>,
     /// Milliseconds a webhook endpoint has to answer (default 15000).
     #[arg(long, env = "KEYWARD_WEBHOOK_TIMEOUT_MS")]
     pub(crate) webhook_timeout_ms: Option<u64>,
@@ -239,6 +243,7 @@ struct FileSettings {
     allow_private_urls: Option<bool>,
     allow_private_jwks: Option<bool>,
     demo_allow_fetches: Option<bool>,
+    webhook_delivery: Option<bool>,
     webhook_timeout_ms: Option<u64>,
     webhook_retry_first_delay_ms: Option<u64>,
     webhook_disable_after_seconds: Option<u64>,
@@ -431,6 +436,7 @@ impl Settings {
             });
         }
         let webhooks = webhook_settings(
+            args.webhook_delivery.or(file.webhook_delivery),
             args.webhook_timeout_ms.or(file.webhook_timeout_ms),
             args.webhook_retry_first_delay_ms
                 .or(file.webhook_retry_first_delay_ms),
@@ -620,6 +626,7 @@ impl Settings {
 }
 
 fn webhook_settings(
+    deliver: Option<bool>,
     timeout_ms: Option<u64>,
     retry_first_delay_ms: Option<u64>,
     disable_after_seconds: Option<u64>,
@@ -655,6 +662,7 @@ fn webhook_settings(
         }
     };
     Ok(WebhookSettings {
+        deliver: deliver.unwrap_or(true),
         timeout: Duration::from_millis(timeout),
         retry,
         disable_after,

@@ -23,6 +23,7 @@ use crate::{convert, os_rng, page_request, ApiError, AppState};
 
 const MAX_URL_LEN: usize = 2048;
 const MAX_DESCRIPTION_LEN: usize = 500;
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Checks an endpoint's URL as every URL Keyward fetches is checked: the scheme and an
 /// address literal, then what the host resolves to now (when it resolves: a host not yet
@@ -39,9 +40,16 @@ async fn endpoint_url(state: &AppState, caller: &Caller, url: &str) -> Result<St
     }
     let refused = |error: OutboundError| ApiError::invalid("invalid_url", error.to_string());
     let parsed = outbound::check_url(url, state.webhooks.allow_private).map_err(refused)?;
-    match outbound::resolve_checked(&parsed, state.webhooks.allow_private).await {
-        Ok(_) | Err(OutboundError::Unreachable(_)) => Ok(parsed.to_string()),
-        Err(error) => Err(refused(error)),
+    // A slow resolver must not hold the request: what it cannot say now is checked again
+    // at every connection.
+    let resolved = tokio::time::timeout(
+        RESOLVE_TIMEOUT,
+        outbound::resolve_checked(&parsed, state.webhooks.allow_private),
+    )
+    .await;
+    match resolved {
+        Ok(Ok(_) | Err(OutboundError::Unreachable(_))) | Err(_) => Ok(parsed.to_string()),
+        Ok(Err(error)) => Err(refused(error)),
     }
 }
 

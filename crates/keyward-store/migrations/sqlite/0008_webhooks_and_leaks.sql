@@ -21,6 +21,8 @@ CREATE TABLE webhook_endpoints (
     previous_expires_at BIGINT,
     -- Every attempt since then failed; NULL after a success.
     failing_since BIGINT,
+    -- Failing: its deliveries wait until then (its latest failure's retry); NULL after a success.
+    paused_until BIGINT,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
@@ -30,12 +32,12 @@ CREATE INDEX webhook_endpoints_by_environment ON webhook_endpoints (workspace_id
 CREATE TABLE webhook_deliveries (
     id TEXT PRIMARY KEY,
     endpoint_id TEXT NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    -- The event it delivers, whose payload it sends (kept while the delivery is pending);
     -- NULL for a test event.
     event_seq BIGINT,
     type TEXT NOT NULL,
-    -- The event's payload as the events table keeps it (never a secret).
-    payload TEXT NOT NULL,
-    event_created_at BIGINT NOT NULL,
+    -- A test event's payload (never a secret); NULL for an event's delivery.
+    payload TEXT,
     -- 'pending', 'succeeded' or 'failed'
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL,

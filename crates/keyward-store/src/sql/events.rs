@@ -51,18 +51,16 @@ pub(super) async fn record(
             .fetch_one(&mut **tx)
             .await?
             .try_get("seq")?;
-    let mut seq = last - count;
-    let mut recorded = Vec::with_capacity(events.len());
+    let first = last - count;
+    let mut seq = first;
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
         let mut insert = FilteredQuery::new(
             "INSERT INTO events (seq, workspace_id, environment, type, key_id, owner_user_id, \
              payload, created_at, dedup_key) VALUES ",
         );
         let mut rows = Vec::with_capacity(chunk.len());
-        let mut numbered = std::collections::HashMap::with_capacity(chunk.len());
         for event in chunk {
             seq += 1;
-            numbered.insert(seq, event);
             rows.push([
                 Param::Int(seq),
                 Param::Text(event.tenancy.workspace_id.clone()),
@@ -76,16 +74,11 @@ pub(super) async fn record(
             ]);
         }
         insert.push_rows(rows);
-        insert.push(" ON CONFLICT (dedup_key) DO NOTHING RETURNING seq");
-        // An event skipped as a repeat is not delivered again either.
-        for row in insert.fetch_all(&mut **tx).await? {
-            let seq: i64 = row.try_get("seq")?;
-            if let Some(event) = numbered.get(&seq) {
-                recorded.push((seq, *event));
-            }
-        }
+        insert.push(" ON CONFLICT (dedup_key) DO NOTHING");
+        insert.fetch_all(&mut **tx).await?;
     }
-    super::webhooks::queue_deliveries(tx, &recorded, now).await?;
+    // The webhook outbox, in this same transaction: a committed event has its deliveries.
+    super::webhooks::queue_deliveries(tx, backend, first, last, now).await?;
     if backend == Backend::Postgres {
         // Delivered when, and only if, the transaction commits.
         sqlx::query("SELECT pg_notify($1, $2)")
@@ -213,11 +206,16 @@ impl EventStore for SqlStore {
     }
 
     async fn purge_events(&self, before: Timestamp) -> StoreResult<u64> {
-        Ok(sqlx::query("DELETE FROM events WHERE created_at < $1")
-            .bind(before.as_millis())
-            .execute(&self.writer)
-            .await?
-            .rows_affected())
+        // A pending webhook delivery reads its event's payload: keep its event, and the
+        // ones after it, until it is settled.
+        Ok(sqlx::query(
+            "DELETE FROM events WHERE created_at < $1 AND seq < COALESCE((SELECT \
+             MIN(event_seq) FROM webhook_deliveries WHERE state = 'pending'), seq + 1)",
+        )
+        .bind(before.as_millis())
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
     }
 
     async fn keys_expiring_between(

@@ -3,6 +3,8 @@
 //! never left undelivered; workers on every node claim due deliveries (`FOR UPDATE SKIP
 //! LOCKED` on PostgreSQL) and settle them with [`WebhookStore::settle_webhook_delivery`].
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use async_trait::async_trait;
 use keyward_core::event::{Event, EventType, NewEvent};
 use keyward_core::model::Tenancy;
@@ -30,6 +32,12 @@ const ENDPOINT_COLUMNS: &str = "id, workspace_id, environment, url, description,
 
 const DELIVERY_COLUMNS: &str = "d.id, d.endpoint_id, d.event_seq, d.type, d.state, d.attempts, \
      d.next_attempt_at, d.created_at, d.updated_at";
+
+/// The longest a failing endpoint is paused before its next try.
+const MAX_PAUSE_MS: i64 = 5 * 60 * 1000;
+
+/// Attempts per INSERT statement when a batch is settled.
+const ATTEMPT_ROWS_PER_STATEMENT: usize = 40;
 
 /// The most attempts a delivery's log lists (a delivery has 11 of its own; manual retries add
 /// more).
@@ -91,101 +99,37 @@ fn attempt_from_row(row: &AnyRow) -> StoreResult<WebhookAttempt> {
     })
 }
 
-/// Queues, in `tx`, one delivery per event numbered `first..=last` and per enabled endpoint of
-/// its environment that takes its type. One statement: when no endpoint exists it finds none
-/// by index and inserts nothing.
+/// Queues, in `tx`, one delivery per event numbered `after + 1 ..= last` and per enabled
+/// endpoint of its environment that takes its type: one statement, with no parameter per row
+/// and no copy of the payload (a delivery reads its event's), so that recording events costs
+/// their transaction little. When no endpoint exists it finds none by index and inserts
+/// nothing. Events skipped as repeats have no row, and so no delivery.
 pub(super) async fn queue_deliveries(
     tx: &mut Transaction<'_>,
-    events: &[(i64, &NewEvent)],
+    backend: Backend,
+    after: i64,
+    last: i64,
     now: Timestamp,
 ) -> StoreResult<()> {
-    let Some((_, first)) = events.first() else {
-        return Ok(());
-    };
-    // Every event a change records is of one environment, save alerts appended in bulk;
-    // those are grouped by environment here.
-    let mut environments: Vec<&Tenancy> = vec![&first.tenancy];
-    for (_, event) in events {
-        if !environments.contains(&&event.tenancy) {
-            environments.push(&event.tenancy);
-        }
-    }
-    for tenancy in environments {
-        let endpoints = sqlx::query(
-            "SELECT id, event_match FROM webhook_endpoints \
-             WHERE workspace_id = $1 AND environment = $2 AND enabled = $3",
-        )
-        .bind(&tenancy.workspace_id)
-        .bind(tenancy.environment.as_str())
-        .bind(true)
-        .fetch_all(&mut **tx)
-        .await?;
-        if endpoints.is_empty() {
-            continue;
-        }
-        let mut rows = Vec::new();
-        for endpoint in &endpoints {
-            let id: String = endpoint.try_get("id")?;
-            let event_match: String = endpoint.try_get("event_match")?;
-            for (seq, event) in events.iter().filter(|(_, e)| &e.tenancy == tenancy) {
-                let kind = event.kind.as_str();
-                if event_match != "*" && !event_match.contains(&format!(",{kind},")) {
-                    continue;
-                }
-                rows.push(delivery_row(
-                    delivery_id(*seq, &id),
-                    &id,
-                    Some(*seq),
-                    kind,
-                    super::events::payload_json(event)?,
-                    now,
-                ));
-            }
-        }
-        insert_deliveries(tx, rows).await?;
-    }
-    Ok(())
-}
-
-fn delivery_row(
-    id: String,
-    endpoint_id: &str,
-    seq: Option<i64>,
-    kind: &str,
-    payload: String,
-    now: Timestamp,
-) -> [Param; 12] {
-    [
-        Param::Text(id),
-        Param::Text(endpoint_id.to_owned()),
-        Param::OptionalInt(seq),
-        Param::Text(kind.to_owned()),
-        Param::Text(payload),
-        Param::Int(now.as_millis()),
-        Param::Text(DeliveryState::Pending.as_str().to_owned()),
-        Param::Int(0),
-        Param::Int(0),
-        Param::Int(now.as_millis()),
-        Param::Int(now.as_millis()),
-        Param::Int(now.as_millis()),
-    ]
-}
-
-async fn insert_deliveries(tx: &mut Transaction<'_>, rows: Vec<[Param; 12]>) -> StoreResult<()> {
-    // Rows per statement: SQLite binds parameters in time quadratic in their number.
-    const ROWS_PER_STATEMENT: usize = 40;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<[Param; 12]> = rows.by_ref().take(ROWS_PER_STATEMENT).collect();
-        let mut insert = FilteredQuery::new(
-            "INSERT INTO webhook_deliveries (id, endpoint_id, event_seq, type, payload, \
-             event_created_at, state, attempts, claims, next_attempt_at, created_at, \
-             updated_at) VALUES ",
-        );
-        insert.push_rows(chunk);
-        insert.push(" ON CONFLICT (id) DO NOTHING");
-        insert.fetch_all(&mut **tx).await?;
-    }
+    sqlx::query(&format!(
+        "INSERT INTO webhook_deliveries (id, endpoint_id, event_seq, type, state, attempts, \
+         claims, next_attempt_at, created_at, updated_at) \
+         SELECT 'whd_' || {seq} || substr(e.id, 5), e.id, ev.seq, ev.type, 'pending', 0, 0, \
+         {due}, $1, $1 FROM events ev JOIN webhook_endpoints e \
+         ON e.workspace_id = ev.workspace_id AND e.environment = ev.environment \
+         WHERE ev.seq > $2 AND ev.seq <= $3 AND e.enabled = $4 \
+         AND (e.event_match = '*' OR e.event_match LIKE '%,' || ev.type || ',%') \
+         ON CONFLICT (id) DO NOTHING",
+        seq = backend.padded_number("ev.seq"),
+        // A paused (failing) endpoint's new deliveries wait for its pause to end.
+        due = backend.greatest("$1", "COALESCE(e.paused_until, $1)"),
+    ))
+    .bind(now.as_millis())
+    .bind(after)
+    .bind(last)
+    .bind(true)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -521,17 +465,17 @@ impl WebhookStore for SqlStore {
             "endpoint_id": endpoint.id,
             "message": "A test event from Keyward.",
         });
-        insert_deliveries(
-            &mut tx,
-            vec![delivery_row(
-                id.clone(),
-                &endpoint.id,
-                None,
-                TEST_EVENT_TYPE,
-                payload.to_string(),
-                change.now,
-            )],
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, event_seq, type, payload, state, \
+             attempts, claims, next_attempt_at, created_at, updated_at) \
+             VALUES ($1, $2, NULL, $3, $4, 'pending', 0, 0, $5, $5, $5)",
         )
+        .bind(&id)
+        .bind(&endpoint.id)
+        .bind(TEST_EVENT_TYPE)
+        .bind(payload.to_string())
+        .bind(change.now.as_millis())
+        .execute(&mut *tx)
         .await?;
         audit(
             &mut tx,
@@ -608,8 +552,8 @@ impl WebhookStore for SqlStore {
         query.push(" LIMIT ");
         query.bind(Param::Int(i64::from(limit)));
         query.push(
-            ") RETURNING id, endpoint_id, event_seq, type, payload, event_created_at, \
-             attempts, claims",
+            ") RETURNING id, endpoint_id, event_seq, type, payload, created_at, attempts, \
+             claims",
         );
         let mut tx = self.writer.begin().await?;
         let rows = query.fetch_all(&mut *tx).await?;
@@ -645,6 +589,30 @@ impl WebhookStore for SqlStore {
                 endpoints.insert(id, (endpoint_from_row(&row)?, secrets));
             }
         }
+        // Event deliveries carry their event's payload, read once per claim.
+        let seqs: Vec<i64> = rows
+            .iter()
+            .filter_map(|row| row.try_get::<Option<i64>, _>("event_seq").ok().flatten())
+            .collect();
+        let mut events = std::collections::HashMap::new();
+        for chunk in seqs.chunks(ATTEMPT_ROWS_PER_STATEMENT) {
+            let mut query = FilteredQuery::new(
+                "SELECT seq, type, payload, created_at FROM events WHERE seq IN (",
+            );
+            for (index, seq) in chunk.iter().enumerate() {
+                if index > 0 {
+                    query.push(", ");
+                }
+                query.bind(Param::Int(*seq));
+            }
+            query.push(")");
+            for row in query.fetch_all(&self.reader).await? {
+                let seq: i64 = row.try_get("seq")?;
+                let kind: String = row.try_get("type")?;
+                let payload: String = row.try_get("payload")?;
+                events.insert(seq, (kind, payload, timestamp(&row, "created_at")?));
+            }
+        }
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             let endpoint_id: String = row.try_get("endpoint_id")?;
@@ -652,26 +620,30 @@ impl WebhookStore for SqlStore {
             let Some((endpoint, secrets)) = endpoints.get(&endpoint_id) else {
                 continue;
             };
-            let kind: String = row.try_get("type")?;
-            let payload: String = row.try_get("payload")?;
-            let created_at = timestamp(row, "event_created_at")?;
             let content = match row.try_get::<Option<i64>, _>("event_seq")? {
-                Some(seq) => {
-                    let kind = EventType::parse(&kind).ok_or_else(|| corrupt("event type"))?;
-                    let (key, details) = super::events::parse_payload(&payload)?;
-                    DeliveryContent::Event(Box::new(Event {
-                        seq,
-                        tenancy: endpoint.tenancy.clone(),
-                        kind,
-                        key,
-                        details,
-                        created_at,
-                    }))
-                }
-                None => DeliveryContent::Test {
-                    details: serde_json::from_str(&payload).map_err(|_| corrupt("test payload"))?,
-                    created_at,
+                Some(seq) => match events.get(&seq) {
+                    Some((kind, payload, created_at)) => {
+                        let kind = EventType::parse(kind).ok_or_else(|| corrupt("event type"))?;
+                        let (key, details) = super::events::parse_payload(payload)?;
+                        DeliveryContent::Event(Box::new(Event {
+                            seq,
+                            tenancy: endpoint.tenancy.clone(),
+                            kind,
+                            key,
+                            details,
+                            created_at: *created_at,
+                        }))
+                    }
+                    None => DeliveryContent::Forgotten,
                 },
+                None => {
+                    let payload: Option<String> = row.try_get("payload")?;
+                    DeliveryContent::Test {
+                        details: serde_json::from_str(payload.as_deref().unwrap_or("{}"))
+                            .map_err(|_| corrupt("test payload"))?,
+                        created_at: timestamp(row, "created_at")?,
+                    }
+                }
             };
             let attempts: i64 = row.try_get("attempts")?;
             claimed.push(ClaimedDelivery {
@@ -686,90 +658,216 @@ impl WebhookStore for SqlStore {
         Ok(claimed)
     }
 
-    async fn settle_webhook_delivery(&self, settlement: &DeliverySettlement) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await?;
-        let attempt = &settlement.attempt;
-        sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempted_at, status, latency_ms, \
-             error, response_excerpt) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&settlement.delivery_id)
-        .bind(attempt.attempted_at.as_millis())
-        .bind(attempt.status.map(i64::from))
-        .bind(attempt.latency_ms)
-        .bind(&attempt.error)
-        .bind(&attempt.response_excerpt)
-        .execute(&mut *tx)
-        .await?;
-        let (state, next) = match (settlement.succeeded, settlement.retry_at) {
-            (true, _) => (DeliveryState::Succeeded, settlement.now),
-            (false, Some(at)) => (DeliveryState::Pending, at),
-            (false, None) => (DeliveryState::Failed, settlement.now),
-        };
-        // Only the latest claim settles: a node that outlived its lease records its attempt
-        // but leaves the delivery to the node that claimed it since.
-        let current = sqlx::query(
-            "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, \
-             attempts = attempts + 1, updated_at = $3 WHERE id = $4 AND claims = $5",
-        )
-        .bind(state.as_str())
-        .bind(next.as_millis())
-        .bind(settlement.now.as_millis())
-        .bind(&settlement.delivery_id)
-        .bind(settlement.claim)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !current {
-            // Claimed again since (this node outlived its lease): the attempt is in the log,
-            // and the endpoint's record is the current claimant's to keep.
-            tx.commit().await?;
-            return Ok(false);
+    async fn settle_webhook_deliveries(
+        &self,
+        settlements: &[DeliverySettlement],
+    ) -> StoreResult<Vec<String>> {
+        if settlements.is_empty() {
+            return Ok(Vec::new());
         }
-        let endpoint = sqlx::query(&format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1{}",
-            self.backend.lock_rows("webhook_endpoints")
-        ))
-        .bind(&settlement.endpoint_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(endpoint) = endpoint else {
-            tx.commit().await?;
-            return Ok(false);
-        };
-        let endpoint = endpoint_from_row(&endpoint)?;
-        let mut disabled = false;
-        if settlement.succeeded {
-            if endpoint.failing_since.is_some() {
-                sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1")
-                    .bind(&endpoint.id)
-                    .execute(&mut *tx)
-                    .await?;
+        // One transaction for a batch of attempts: on SQLite (one writer, a sync per commit)
+        // and PostgreSQL alike, deliveries must not cost a commit each.
+        let mut tx = self.writer.begin().await?;
+        for chunk in settlements.chunks(ATTEMPT_ROWS_PER_STATEMENT) {
+            let mut insert = FilteredQuery::new(
+                "INSERT INTO webhook_attempts (delivery_id, attempted_at, status, latency_ms, \
+                 error, response_excerpt) VALUES ",
+            );
+            insert.push_rows(chunk.iter().map(|settlement| {
+                let attempt = &settlement.attempt;
+                [
+                    Param::Text(settlement.delivery_id.clone()),
+                    Param::Int(attempt.attempted_at.as_millis()),
+                    Param::OptionalInt(attempt.status.map(i64::from)),
+                    Param::Int(attempt.latency_ms),
+                    Param::OptionalText(attempt.error.clone()),
+                    Param::OptionalText(attempt.response_excerpt.clone()),
+                ]
+            }));
+            insert.fetch_all(&mut *tx).await?;
+        }
+        // Only the latest claim settles: a node that outlived its lease records its attempt
+        // but leaves the delivery, and its endpoint's record, to the node that claimed it
+        // since.
+        let mut current = Vec::with_capacity(settlements.len());
+        // Successes, the bulk of a healthy batch, in one statement per chunk.
+        let (successes, failures): (Vec<&DeliverySettlement>, Vec<&DeliverySettlement>) =
+            settlements
+                .iter()
+                .partition(|settlement| settlement.succeeded);
+        for chunk in successes.chunks(ATTEMPT_ROWS_PER_STATEMENT) {
+            let now = chunk.iter().map(|s| s.now).max().unwrap_or(chunk[0].now);
+            let mut update = FilteredQuery::new("UPDATE webhook_deliveries SET state = ");
+            update.bind(Param::Text(DeliveryState::Succeeded.as_str().to_owned()));
+            update.push(", next_attempt_at = ");
+            update.bind(Param::Int(now.as_millis()));
+            update.push(", attempts = attempts + 1, updated_at = ");
+            update.bind(Param::Int(now.as_millis()));
+            update.push(" WHERE (id, claims) IN (VALUES ");
+            update.push_rows(chunk.iter().map(|settlement| {
+                [
+                    Param::Text(settlement.delivery_id.clone()),
+                    Param::Int(settlement.claim),
+                ]
+            }));
+            update.push(") RETURNING id");
+            let settled: BTreeSet<String> = update
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get("id"))
+                .collect::<Result<_, _>>()?;
+            current.extend(
+                chunk
+                    .iter()
+                    .copied()
+                    .filter(|settlement| settled.contains(&settlement.delivery_id)),
+            );
+        }
+        for settlement in failures {
+            let (state, next) = match settlement.retry_at {
+                Some(at) => (DeliveryState::Pending, at),
+                None => (DeliveryState::Failed, settlement.now),
+            };
+            let updated = sqlx::query(
+                "UPDATE webhook_deliveries SET state = $1, next_attempt_at = $2, \
+                 attempts = attempts + 1, updated_at = $3 WHERE id = $4 AND claims = $5",
+            )
+            .bind(state.as_str())
+            .bind(next.as_millis())
+            .bind(settlement.now.as_millis())
+            .bind(&settlement.delivery_id)
+            .bind(settlement.claim)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 1 {
+                current.push(settlement);
             }
-        } else {
-            let since = endpoint.failing_since.unwrap_or(attempt.attempted_at);
-            disabled = endpoint.enabled
-                && should_disable(since, settlement.now, settlement.disable_after_ms);
-            let reason = disabled.then(|| {
+        }
+        // An endpoint that accepted anything in the batch is alive; the others that failed
+        // are failing since their first failure (or before).
+        let answered: BTreeSet<&str> = current
+            .iter()
+            .filter(|settlement| settlement.succeeded)
+            .map(|settlement| settlement.endpoint_id.as_str())
+            .collect();
+        // Per failing endpoint: its first failure here, the latest settlement, and when it is
+        // next worth trying (the soonest retry among its failures, at most a few minutes
+        // away, so that a recovered endpoint is found soon whatever its oldest delivery's
+        // schedule says).
+        let mut failed: BTreeMap<&str, (Timestamp, &DeliverySettlement, Timestamp)> =
+            BTreeMap::new();
+        for settlement in current.iter().filter(|settlement| !settlement.succeeded) {
+            if answered.contains(settlement.endpoint_id.as_str()) {
+                continue;
+            }
+            let first = settlement.attempt.attempted_at;
+            let latest_pause = settlement.now.plus_millis(MAX_PAUSE_MS);
+            let retry = settlement
+                .retry_at
+                .unwrap_or(latest_pause)
+                .min(latest_pause);
+            failed
+                .entry(settlement.endpoint_id.as_str())
+                .and_modify(|(since, latest, soonest)| {
+                    *since = (*since).min(first);
+                    *soonest = (*soonest).min(retry);
+                    if settlement.now > latest.now {
+                        *latest = settlement;
+                    }
+                })
+                .or_insert((first, settlement, retry));
+        }
+        let batch_now = settlements
+            .iter()
+            .map(|settlement| settlement.now)
+            .max()
+            .unwrap_or(settlements[0].now);
+        for endpoint_id in &answered {
+            let paused_until: Option<i64> = sqlx::query(&format!(
+                "SELECT paused_until FROM webhook_endpoints WHERE id = $1{}",
+                self.backend.lock_rows_keeping_keys("webhook_endpoints")
+            ))
+            .bind(endpoint_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get("paused_until"))
+            .transpose()?
+            .flatten();
+            let Some(paused_until) = paused_until else {
+                continue;
+            };
+            // Recovered: what waited for it is due now.
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = $1 WHERE endpoint_id = $2 \
+                 AND state = 'pending' AND claims = attempts AND next_attempt_at <= $3",
+            )
+            .bind(batch_now.as_millis())
+            .bind(endpoint_id)
+            .bind(paused_until)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE webhook_endpoints SET failing_since = NULL, paused_until = NULL \
+                 WHERE id = $1",
+            )
+            .bind(endpoint_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let mut disabled = Vec::new();
+        // In id order, so two nodes settling the same endpoints lock them in the same order.
+        for (endpoint_id, (first_failure, latest, paused_until)) in failed {
+            let row = sqlx::query(&format!(
+                "SELECT {ENDPOINT_COLUMNS}, paused_until FROM webhook_endpoints WHERE id = $1{}",
+                self.backend.lock_rows_keeping_keys("webhook_endpoints")
+            ))
+            .bind(endpoint_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { continue };
+            let endpoint = endpoint_from_row(&row)?;
+            let held_until: i64 = row
+                .try_get::<Option<i64>, _>("paused_until")?
+                .unwrap_or_default()
+                .max(latest.now.as_millis());
+            let since = endpoint.failing_since.unwrap_or(first_failure);
+            let disable =
+                endpoint.enabled && should_disable(since, latest.now, latest.disable_after_ms);
+            let reason = disable.then(|| {
                 format!(
                     "every delivery failed for {} s",
-                    (settlement.now.as_millis() - since.as_millis()) / 1000
+                    (latest.now.as_millis() - since.as_millis()) / 1000
                 )
             });
+            // A failing endpoint is paused until the latest failure's retry: the deliveries
+            // due meanwhile wait with it, instead of each failing in turn (and a dead
+            // endpoint's backlog never sits due in front of the other endpoints' work).
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = $1 WHERE endpoint_id = $2 \
+                 AND state = 'pending' AND claims = attempts AND next_attempt_at <= $3",
+            )
+            .bind(paused_until.as_millis())
+            .bind(&endpoint.id)
+            .bind(held_until)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "UPDATE webhook_endpoints SET failing_since = $1, enabled = $2, \
-                 disabled_reason = COALESCE($3, disabled_reason), updated_at = $4 WHERE id = $5",
+                 disabled_reason = COALESCE($3, disabled_reason), updated_at = $4, \
+                 paused_until = $6 WHERE id = $5",
             )
             .bind(since.as_millis())
-            .bind(endpoint.enabled && !disabled)
+            .bind(endpoint.enabled && !disable)
             .bind(&reason)
-            .bind(if disabled {
-                settlement.now.as_millis()
+            .bind(if disable {
+                latest.now.as_millis()
             } else {
                 endpoint.updated_at.as_millis()
             })
             .bind(&endpoint.id)
+            .bind(paused_until.as_millis())
             .execute(&mut *tx)
             .await?;
             if let Some(reason) = reason {
@@ -779,15 +877,48 @@ impl WebhookStore for SqlStore {
                     &endpoint.url,
                     &reason,
                 );
-                super::events::record(&mut tx, self.backend, &[alert], settlement.now).await?;
+                super::events::record(&mut tx, self.backend, &[alert], latest.now).await?;
+                disabled.push(endpoint.id);
             }
         }
         tx.commit().await?;
-        if disabled {
+        if !disabled.is_empty() {
             self.events_committed.notify_one();
             self.deliveries_queued.notify_one();
         }
         Ok(disabled)
+    }
+
+    async fn pause_webhook_endpoint(&self, endpoint_id: &str, until: Timestamp) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        let held = sqlx::query(&format!(
+            "SELECT id FROM webhook_endpoints WHERE id = $1{}",
+            self.backend.lock_rows_keeping_keys("webhook_endpoints")
+        ))
+        .bind(endpoint_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_none() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "UPDATE webhook_endpoints SET paused_until = {} WHERE id = $2",
+            self.backend.greatest("COALESCE(paused_until, 0)", "$1")
+        ))
+        .bind(until.as_millis())
+        .bind(endpoint_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET next_attempt_at = $1 WHERE endpoint_id = $2 \
+             AND state = 'pending' AND claims = attempts AND next_attempt_at < $1",
+        )
+        .bind(until.as_millis())
+        .bind(endpoint_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn purge_webhook_deliveries(&self, before: Timestamp) -> StoreResult<u64> {

@@ -935,9 +935,12 @@ async fn webhooks_survive_a_node_killed_mid_delivery() {
     // Node b committed the events and claims their deliveries first; wait until it is
     // mid-delivery (the receiver holds its requests), then kill it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::testkit::metric(&cluster.nodes[1].base, "keyward_webhook_deliveries_in_flight")
-        .await
-        .unwrap_or(0.0)
+    while crate::testkit::metric(
+        &cluster.nodes[1].base,
+        "keyward_webhook_deliveries_in_flight",
+    )
+    .await
+    .unwrap_or(0.0)
         < 1.0
     {
         assert!(Instant::now() < deadline, "node b never started a delivery");

@@ -188,6 +188,22 @@ async fn settled_deliveries(api: &Api, endpoint_id: &str) -> Vec<Value> {
     }
 }
 
+/// The first attempt of any of an endpoint's deliveries (a failing endpoint holds most of
+/// them back while it probes with one).
+async fn first_attempt(api: &Api, endpoint_id: &str) -> Value {
+    let log = api
+        .get(&format!(
+            "/api/v1/webhook-endpoints/{endpoint_id}/deliveries?limit=100"
+        ))
+        .await;
+    log.assert_status(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|delivery| delivery["history"].get(0).cloned())
+        .expect("an attempt")
+}
+
 async fn issue_key(api: &Api, app: &str) -> (String, String) {
     let key = api.create_key(app, json!({"name": "k"})).await;
     (
@@ -331,9 +347,9 @@ async fn a_receiver_that_was_down_gets_every_event_under_one_id_each() {
     for _ in 0..10 {
         keys.insert(issue_key(&api, "down").await.0);
     }
-    // Every delivery is tried and refused at least once while the receiver is down.
+    // The endpoint is probed, and backed off, while the receiver is down.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while receiver.state().await["requests"].as_u64().unwrap() < 20 {
+    while receiver.state().await["requests"].as_u64().unwrap() < 3 {
         assert!(
             Instant::now() < deadline,
             "no retries while the receiver was down"
@@ -342,7 +358,7 @@ async fn a_receiver_that_was_down_gets_every_event_under_one_id_each() {
     }
     receiver.set_mode("ok").await;
     let received = receiver
-        .wait_for(Duration::from_secs(20), |r| {
+        .wait_for(Duration::from_secs(30), |r| {
             let delivered: HashSet<&str> = r
                 .iter()
                 .filter_map(|d| d["data"]["key"]["id"].as_str())
@@ -467,8 +483,9 @@ async fn hanging_redirecting_and_failing_endpoints_never_hold_the_others_up() {
         })
         .collect();
     let gaps: Vec<time::Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    // Backoff: the waits grow (jitter and the endpoint's pause blur neighbours, not the trend).
     assert!(
-        gaps.windows(2).all(|g| g[1] > g[0]),
+        gaps.last() > gaps.first(),
         "the waits between attempts grow: {gaps:?}"
     );
     assert!(
@@ -480,12 +497,7 @@ async fn hanging_redirecting_and_failing_endpoints_never_hold_the_others_up() {
     );
 
     // Redirects are not followed: the target never hears from Keyward.
-    let log = api
-        .get(&format!(
-            "/api/v1/webhook-endpoints/{redirecting_id}/deliveries"
-        ))
-        .await;
-    let first = &log.assert_status(200)["data"][0]["history"][0];
+    let first = first_attempt(&api, &redirecting_id).await;
     assert_eq!(first["status"], 302);
     assert!(
         first["error"].as_str().unwrap().contains("redirect"),
@@ -494,12 +506,7 @@ async fn hanging_redirecting_and_failing_endpoints_never_hold_the_others_up() {
     assert_eq!(redirecting.state().await["redirected"], 0);
 
     // The hanging endpoint's attempts time out, and it is turned off too.
-    let log = api
-        .get(&format!(
-            "/api/v1/webhook-endpoints/{hanging_id}/deliveries"
-        ))
-        .await;
-    let attempt = &log.assert_status(200)["data"][0]["history"][0];
+    let attempt = first_attempt(&api, &hanging_id).await;
     assert!(
         attempt["error"].as_str().unwrap().contains("timed out"),
         "{attempt}"
