@@ -13,6 +13,7 @@
    every node (three nodes on PostgreSQL when ADMIN_URL is given, else one on SQLite).
 
 Usage: webhooks.py BINARY EVENTS SECONDS [ADMIN_URL]   (steady runs at RATE events/s: 250)
+PHASES (default "1234") picks the steps to run; step 3 needs step 2.
 """
 
 import asyncio
@@ -39,6 +40,7 @@ EVENTS, SECONDS = int(sys.argv[2]), int(sys.argv[3])
 ADMIN_URL = sys.argv[4] if len(sys.argv) > 4 else None
 ENDPOINTS = 5
 RATE = int(os.environ.get("RATE", "250"))
+PHASES = os.environ.get("PHASES", "1234")
 
 
 # --- the receiver: asyncio HTTP/1.1 with keep-alive, in a process of its own -------------
@@ -258,9 +260,7 @@ def main():
     wait_ready(base)
     call(base, root, "POST", "/api/v1/apps", {"name": "Bench", "slug": "bench"})
     nginx, nginx_port = nginx_receiver(directory)
-    endpoints = [call(base, root, "POST", "/api/v1/webhook-endpoints",
-                      {"url": f"http://127.0.0.1:{nginx_port}{path}", "events": ["*"]})["id"]
-                 for path in paths]
+    endpoints = []
 
     def set_enabled(on):
         for endpoint in endpoints:
@@ -300,97 +300,106 @@ def main():
                 f"server CPU per key off {off_cpu:.0f} us, on {on_cpu:.0f} us "
                 f"({on_cpu / off_cpu:.2f}x)")
 
-    print(f"key creation, events recorded for 5 endpoints (delivered elsewhere): "
-          f"{summary(key_creation_runs())}")
-    for endpoint in endpoints:
-        delete_endpoint(endpoint)
+    def delivered_by_nginx():
+        return [call(base, root, "POST", "/api/v1/webhook-endpoints",
+                     {"url": f"http://127.0.0.1:{nginx_port}{path}", "events": ["*"]})["id"]
+                for path in paths]
+
+    if "1" in PHASES:
+        endpoints = delivered_by_nginx()
+        print(f"key creation, events recorded for 5 endpoints (delivered elsewhere): "
+              f"{summary(key_creation_runs())}")
+        for endpoint in endpoints:
+            delete_endpoint(endpoint)
     stop(process)
 
     # 1b. The same node delivering too, to nginx on the same two cores (deliveries waited
     # for in each run): the whole cost of webhooks on one machine.
     process, base, _ = start_server(BINARY, data_dir, env)
     wait_ready(base)
-    endpoints = [call(base, root, "POST", "/api/v1/webhook-endpoints",
-                      {"url": f"http://127.0.0.1:{nginx_port}{path}", "events": ["*"]})["id"]
-                 for path in paths]
-    print(f"key creation, delivered to 5 endpoints on the same machine: "
-          f"{summary(key_creation_runs(rounds=1))}")
-    for endpoint in endpoints:
-        delete_endpoint(endpoint)
+    if "1" in PHASES:
+        endpoints = delivered_by_nginx()
+        print(f"key creation, delivered to 5 endpoints on the same machine: "
+              f"{summary(key_creation_runs(rounds=1))}")
+        for endpoint in endpoints:
+            delete_endpoint(endpoint)
     nginx.terminate()
     endpoints = [call(base, root, "POST", "/api/v1/webhook-endpoints",
                       {"url": hook(path), "events": ["*"]})["id"] for path in paths]
     time.sleep(2)
 
-    # 2. EVENTS events to 5 healthy endpoints, at a steady RATE (the latency of the pipeline,
-    # not of a backlog), then as fast as keys can be made (the drain time of a burst).
-    receiver_post(port, "/_reset")
-    started = time.time()
-    create_keys(base, root, "bench", EVENTS, rate=RATE)
-    created = time.time() - started
-    records = wait_delivered(port, EVENTS * ENDPOINTS)
-    drained = time.time() - started
-    healthy = delivery_report(records, paths, EVENTS)
-    print(f"{EVENTS} events at {RATE}/s to {ENDPOINTS} endpoints: created in {created:.1f} s, "
-          f"all delivered after {drained:.1f} s")
-    for path, figures in healthy.items():
-        print(f"  {path}: {figures}")
-    receiver_post(port, "/_reset")
-    started = time.time()
-    create_keys(base, root, "bench", EVENTS)
-    created = time.time() - started
-    records = wait_delivered(port, EVENTS * ENDPOINTS)
-    burst = delivery_report(records, paths, EVENTS)
-    print(f"{EVENTS} events as fast as they are made: created in {created:.1f} s, all "
-          f"{len({(r[0], r[1]) for r in records})} delivered after {time.time() - started:.1f} s "
-          f"(lost {sum(f['lost'] for f in burst.values())}, repeats "
-          f"{sum(f['repeats'] for f in burst.values())})")
+    if "2" in PHASES:
+        # 2. EVENTS events to 5 healthy endpoints, at a steady RATE (the latency of the pipeline,
+        # not of a backlog), then as fast as keys can be made (the drain time of a burst).
+        receiver_post(port, "/_reset")
+        started = time.time()
+        create_keys(base, root, "bench", EVENTS, rate=RATE)
+        created = time.time() - started
+        records = wait_delivered(port, EVENTS * ENDPOINTS)
+        drained = time.time() - started
+        healthy = delivery_report(records, paths, EVENTS)
+        print(f"{EVENTS} events at {RATE}/s to {ENDPOINTS} endpoints: created in {created:.1f} s, "
+              f"all delivered after {drained:.1f} s")
+        for path, figures in healthy.items():
+            print(f"  {path}: {figures}")
+        receiver_post(port, "/_reset")
+        started = time.time()
+        create_keys(base, root, "bench", EVENTS)
+        created = time.time() - started
+        records = wait_delivered(port, EVENTS * ENDPOINTS)
+        burst = delivery_report(records, paths, EVENTS)
+        print(f"{EVENTS} events as fast as they are made: created in {created:.1f} s, all "
+              f"{len({(r[0], r[1]) for r in records})} delivered after {time.time() - started:.1f} s "
+              f"(lost {sum(f['lost'] for f in burst.values())}, repeats "
+              f"{sum(f['repeats'] for f in burst.values())})")
 
-    # 3. The steady run again with one endpoint hanging.
-    call(base, root, "PATCH", f"/api/v1/webhook-endpoints/{endpoints[0]}", {"url": hook("/hang")})
-    receiver_post(port, "/_reset")
-    started = time.time()
-    create_keys(base, root, "bench", EVENTS, rate=RATE)
-    records = wait_delivered(port, EVENTS * (ENDPOINTS - 1))
-    drained = time.time() - started
-    hanging = delivery_report(records, paths[1:], EVENTS)
-    print(f"the same with {paths[0]} hanging: the other 4 had everything after {drained:.1f} s")
-    for path, figures in hanging.items():
-        before = healthy[path]["p99_ms"]
-        print(f"  {path}: {figures}; p99 {figures['p99_ms'] / before:.2f}x the healthy run's")
-    delete_endpoint(endpoints[0])
+    if "3" in PHASES:
+        # 3. The steady run again with one endpoint hanging.
+        call(base, root, "PATCH", f"/api/v1/webhook-endpoints/{endpoints[0]}", {"url": hook("/hang")})
+        receiver_post(port, "/_reset")
+        started = time.time()
+        create_keys(base, root, "bench", EVENTS, rate=RATE)
+        records = wait_delivered(port, EVENTS * (ENDPOINTS - 1))
+        drained = time.time() - started
+        hanging = delivery_report(records, paths[1:], EVENTS)
+        print(f"the same with {paths[0]} hanging: the other 4 had everything after {drained:.1f} s")
+        for path, figures in hanging.items():
+            before = healthy[path]["p99_ms"]
+            print(f"  {path}: {figures}; p99 {figures['p99_ms'] / before:.2f}x the healthy run's")
+        delete_endpoint(endpoints[0])
 
     # 4. A GitHub report of 500 live keys.
     others = []
-    if database_url:
-        for name in ("b", "c"):
-            node = start_server(BINARY, os.path.join(directory, "a"), env, name=name)
-            wait_ready(node[1])
-            others.append(node)
-    nodes = [base] + [node[1] for node in others]
-    secrets = create_keys(base, root, "bench", 500)
-    time.sleep(1)
-    body = json.dumps([{"token": s, "type": "keyward_api_key",
-                        "url": "https://github.com/o/r/blob/main/.env", "source": "content"}
-                       for s in secrets]).encode()
-    signature = openssl_sign(private, body)
-    request = urllib.request.Request(
-        base + "/api/v1/secret-scanning/github", method="POST", data=body,
-        headers={"Content-Type": "application/json", "Github-Public-Key-Identifier": "bench",
-                 "Github-Public-Key-Signature": signature})
-    started = time.time()
-    with urllib.request.urlopen(request) as response:
-        labels = json.load(response)
-    answered = time.time() - started
-    refused = []
-    for node in nodes:
-        code = call(node, root, "POST", "/api/v1/keys/verify", {"key": secrets[-1]})["code"]
-        refused.append(code)
-    all_refused = time.time() - started
-    positives = sum(1 for label in labels if label["label"] == "true_positive")
-    print(f"GitHub report of 500 keys: answered in {answer_ms(answered)}, {positives} true "
-          f"positives; the last key refused on all {len(nodes)} node(s) ({set(refused)}) "
-          f"{answer_ms(all_refused)} after the report was sent")
+    if "4" in PHASES:
+        if database_url:
+            for name in ("b", "c"):
+                node = start_server(BINARY, os.path.join(directory, "a"), env, name=name)
+                wait_ready(node[1])
+                others.append(node)
+        nodes = [base] + [node[1] for node in others]
+        secrets = create_keys(base, root, "bench", 500)
+        time.sleep(1)
+        body = json.dumps([{"token": s, "type": "keyward_api_key",
+                            "url": "https://github.com/o/r/blob/main/.env", "source": "content"}
+                           for s in secrets]).encode()
+        signature = openssl_sign(private, body)
+        request = urllib.request.Request(
+            base + "/api/v1/secret-scanning/github", method="POST", data=body,
+            headers={"Content-Type": "application/json", "Github-Public-Key-Identifier": "bench",
+                     "Github-Public-Key-Signature": signature})
+        started = time.time()
+        with urllib.request.urlopen(request) as response:
+            labels = json.load(response)
+        answered = time.time() - started
+        refused = []
+        for node in nodes:
+            code = call(node, root, "POST", "/api/v1/keys/verify", {"key": secrets[-1]})["code"]
+            refused.append(code)
+        all_refused = time.time() - started
+        positives = sum(1 for label in labels if label["label"] == "true_positive")
+        print(f"GitHub report of 500 keys: answered in {answer_ms(answered)}, {positives} true "
+              f"positives; the last key refused on all {len(nodes)} node(s) ({set(refused)}) "
+              f"{answer_ms(all_refused)} after the report was sent")
 
     for node in others:
         stop(node[0])

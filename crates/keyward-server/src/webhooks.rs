@@ -181,6 +181,9 @@ pub struct DeliveryWorker {
 /// if that is shorter).
 const STALL_AFTER: Duration = Duration::from_secs(1);
 
+/// The most events one queueing transaction turns into deliveries.
+const EVENTS_PER_QUEUEING: u32 = 500;
+
 /// The most attempts one settling transaction records.
 const SETTLE_BATCH: usize = 256;
 
@@ -263,6 +266,7 @@ impl DeliveryWorker {
             if *stop.borrow() {
                 return;
             }
+            self.queue_recorded_events().await;
             self.pause_stalled().await;
             self.claim_and_start(&slots).await;
             if last_purge.elapsed() > Duration::from_secs(3600) {
@@ -278,6 +282,26 @@ impl DeliveryWorker {
             // A claim is a write: gather what a burst of commits queued into one, at the
             // cost of a few milliseconds of latency.
             tokio::time::sleep(COALESCE).await;
+        }
+    }
+
+    /// Turns the events recorded since (on any node) into deliveries, in batches, until it
+    /// has caught up: a key's own transaction writes only its event, however many endpoints
+    /// take it.
+    async fn queue_recorded_events(&self) {
+        loop {
+            match self
+                .store
+                .queue_webhook_deliveries(clock::now(), EVENTS_PER_QUEUEING)
+                .await
+            {
+                Ok(covered) if covered >= EVENTS_PER_QUEUEING => {}
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "queueing webhook deliveries failed; retrying soon");
+                    return;
+                }
+            }
         }
     }
 

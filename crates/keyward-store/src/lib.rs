@@ -756,6 +756,14 @@ pub trait WebhookStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Queues a `webhook.test` delivery to this endpoint only; returns its id.
     async fn queue_test_delivery(&self, change: &Change, endpoint_id: &str) -> StoreResult<String>;
+    /// Queues the deliveries of the next `limit` events recorded (on any node) since the
+    /// last call: one per event and enabled endpoint of its environment that takes its type
+    /// and existed when it was recorded. Returns how many events it covered; fewer than
+    /// `limit` means it has caught up. The event log is the outbox: events are numbered in
+    /// commit order and kept until they are covered, so a committed event always gets its
+    /// deliveries, and a key's transaction writes one event row however many endpoints
+    /// there are. One node at a time does this; the others find it busy and return 0.
+    async fn queue_webhook_deliveries(&self, now: Timestamp, limit: u32) -> StoreResult<u32>;
     /// Claims up to `limit` due deliveries of enabled endpoints until `lease_until`, so that
     /// no endpoint has more than `per_endpoint` in flight on this node counting those already
     /// `in_flight` (endpoint id, attempts under way).

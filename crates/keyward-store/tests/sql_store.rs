@@ -732,3 +732,186 @@ async fn a_change_by_a_credential_that_is_gone_is_refused() {
         );
     }
 }
+
+/// An endpoint deleted while its attempts are out: the settling of those attempts waits for
+/// the delete (it locks the endpoint before any delivery, as the delete does, so the two
+/// never deadlock), then drops them; it is not an error that would lose the rest of a batch.
+#[tokio::test]
+async fn settling_waits_for_an_endpoint_delete_and_drops_its_attempts() {
+    use keyward_core::webhook::WebhookAttempt;
+    use keyward_store::{DeliverySettlement, WebhookStore};
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, database) = open(&dir).await;
+    let Some(database) = database else {
+        eprintln!("skipped: lock order needs PostgreSQL (KEYWARD_TEST_BACKEND=postgres)");
+        return;
+    };
+    let endpoint = webhook_endpoint("whe_locks", NOW);
+    store
+        .create_webhook_endpoint(&change(Environment::Live, "aud_1"), &endpoint, b"sealed")
+        .await
+        .unwrap();
+    store
+        .queue_test_delivery(&change(Environment::Live, "aud_2"), &endpoint.id)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_webhook_deliveries(NOW, NOW.plus_millis(20_000), 8, &[], 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let settlement = DeliverySettlement {
+        delivery_id: claimed[0].id.clone(),
+        endpoint_id: endpoint.id.clone(),
+        claim: claimed[0].claim,
+        attempt: WebhookAttempt {
+            attempted_at: NOW,
+            status: Some(500),
+            latency_ms: 3,
+            error: Some("status 500".to_owned()),
+            response_excerpt: None,
+        },
+        succeeded: false,
+        retry_at: Some(NOW.plus_millis(5_000)),
+        disable_after_ms: 3_600_000,
+        now: NOW,
+    };
+
+    let mut deleter = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut deleter).await.unwrap();
+    sqlx::query("SELECT id FROM webhook_endpoints WHERE id = $1 FOR UPDATE")
+        .bind(&endpoint.id)
+        .execute(&mut deleter)
+        .await
+        .unwrap();
+    let settling =
+        tokio::spawn(async move { store.settle_webhook_deliveries(&[settlement]).await });
+    let mut observer = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 500, "the settling never waited for the endpoint");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Holding no delivery's lock while it waits, it cannot block the cascade.
+    sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+        .bind(&endpoint.id)
+        .execute(&mut deleter)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut deleter).await.unwrap();
+    let disabled = tokio::time::timeout(Duration::from_secs(10), settling)
+        .await
+        .expect("settling finished")
+        .unwrap()
+        .expect("settling an endpoint's attempts after its delete is not an error");
+    assert!(disabled.is_empty());
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_attempts")
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 0);
+}
+
+fn webhook_endpoint(id: &str, created_at: Timestamp) -> keyward_core::webhook::WebhookEndpoint {
+    keyward_core::webhook::WebhookEndpoint {
+        id: id.to_owned(),
+        tenancy: tenancy(Environment::Live),
+        url: "https://example.com/hook".to_owned(),
+        description: String::new(),
+        events: keyward_core::webhook::EventFilter::All,
+        enabled: true,
+        disabled_reason: None,
+        failing_since: None,
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+/// The event log is the webhook outbox: each event becomes one delivery per endpoint that
+/// existed when it was recorded, exactly once however often queueing runs; an event not yet
+/// queued outlives its retention.
+#[tokio::test]
+async fn webhook_deliveries_are_queued_from_the_event_log_once() {
+    use keyward_core::event::NewEvent;
+    use keyward_store::{EventStore, WebhookStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _database) = open(&dir).await;
+    let older = webhook_endpoint("whe_older", NOW);
+    let newer = webhook_endpoint("whe_newer", NOW.plus_millis(10_000));
+    for (endpoint, audit_id) in [(&older, "aud_1"), (&newer, "aud_2")] {
+        store
+            .create_webhook_endpoint(&change(Environment::Live, audit_id), endpoint, b"sealed")
+            .await
+            .unwrap();
+    }
+    let alert = |n: u32| {
+        NewEvent::webhook_disabled(
+            &tenancy(Environment::Live),
+            "whe_x",
+            "https://x",
+            &n.to_string(),
+        )
+    };
+    let recorded = NOW.plus_millis(1_000);
+    store
+        .append_events(&[alert(1), alert(2)], recorded)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.queue_webhook_deliveries(recorded, 1).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.queue_webhook_deliveries(recorded, 5).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.queue_webhook_deliveries(recorded, 5).await.unwrap(),
+        0
+    );
+    let page = PageRequest {
+        limit: 10,
+        cursor: None,
+    };
+    let live = tenancy(Environment::Live);
+    let queued = store
+        .list_webhook_deliveries(&live, &older.id, &page)
+        .await
+        .unwrap();
+    assert_eq!(queued.items.len(), 2);
+    let queued = store
+        .list_webhook_deliveries(&live, &newer.id, &page)
+        .await
+        .unwrap();
+    assert!(queued.items.is_empty(), "events from before it was made");
+
+    // With no delivery pending, only the event not yet queued outlives its retention.
+    store
+        .delete_webhook_endpoint(&change(Environment::Live, "aud_3"), &older.id)
+        .await
+        .unwrap();
+    store
+        .append_events(&[alert(3)], NOW.plus_millis(20_000))
+        .await
+        .unwrap();
+    store
+        .purge_events(NOW.plus_millis(1_000_000))
+        .await
+        .unwrap();
+    let kept = store.events_after(0, None, 10).await.unwrap();
+    assert_eq!(kept.iter().map(|event| event.seq).collect::<Vec<_>>(), [3]);
+}

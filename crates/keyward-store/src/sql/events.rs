@@ -77,8 +77,6 @@ pub(super) async fn record(
         insert.push(" ON CONFLICT (dedup_key) DO NOTHING");
         insert.fetch_all(&mut **tx).await?;
     }
-    // The webhook outbox, in this same transaction: a committed event has its deliveries.
-    super::webhooks::queue_deliveries(tx, backend, first, last, now).await?;
     if backend == Backend::Postgres {
         // Delivered when, and only if, the transaction commits.
         sqlx::query("SELECT pg_notify($1, $2)")
@@ -206,11 +204,14 @@ impl EventStore for SqlStore {
     }
 
     async fn purge_events(&self, before: Timestamp) -> StoreResult<u64> {
-        // A pending webhook delivery reads its event's payload: keep its event, and the
-        // ones after it, until it is settled.
+        // An event is the outbox of its webhook deliveries until they are queued, and a
+        // pending delivery reads its event's payload: keep both kinds (and the events
+        // after them).
         Ok(sqlx::query(
-            "DELETE FROM events WHERE created_at < $1 AND seq < COALESCE((SELECT \
-             MIN(event_seq) FROM webhook_deliveries WHERE state = 'pending'), seq + 1)",
+            "DELETE FROM events WHERE created_at < $1 \
+             AND seq <= (SELECT last_seq FROM webhook_fanout WHERE singleton = 1) \
+             AND seq < COALESCE((SELECT MIN(event_seq) FROM webhook_deliveries \
+             WHERE state = 'pending'), seq + 1)",
         )
         .bind(before.as_millis())
         .execute(&self.writer)

@@ -99,40 +99,6 @@ fn attempt_from_row(row: &AnyRow) -> StoreResult<WebhookAttempt> {
     })
 }
 
-/// Queues, in `tx`, one delivery per event numbered `after + 1 ..= last` and per enabled
-/// endpoint of its environment that takes its type: one statement, with no parameter per row
-/// and no copy of the payload (a delivery reads its event's), so that recording events costs
-/// their transaction little. When no endpoint exists it finds none by index and inserts
-/// nothing. Events skipped as repeats have no row, and so no delivery.
-pub(super) async fn queue_deliveries(
-    tx: &mut Transaction<'_>,
-    backend: Backend,
-    after: i64,
-    last: i64,
-    now: Timestamp,
-) -> StoreResult<()> {
-    sqlx::query(&format!(
-        "INSERT INTO webhook_deliveries (id, endpoint_id, event_seq, type, state, attempts, \
-         claims, next_attempt_at, created_at, updated_at) \
-         SELECT 'whd_' || {seq} || substr(e.id, 5), e.id, ev.seq, ev.type, 'pending', 0, 0, \
-         {due}, $1, $1 FROM events ev JOIN webhook_endpoints e \
-         ON e.workspace_id = ev.workspace_id AND e.environment = ev.environment \
-         WHERE ev.seq > $2 AND ev.seq <= $3 AND e.enabled = $4 \
-         AND (e.event_match = '*' OR e.event_match LIKE '%,' || ev.type || ',%') \
-         ON CONFLICT (id) DO NOTHING",
-        seq = backend.padded_number("ev.seq"),
-        // A paused (failing) endpoint's new deliveries wait for its pause to end.
-        due = backend.greatest("$1", "COALESCE(e.paused_until, $1)"),
-    ))
-    .bind(now.as_millis())
-    .bind(after)
-    .bind(last)
-    .bind(true)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 impl SqlStore {
     async fn endpoint_in_tx(
         &self,
@@ -490,6 +456,64 @@ impl WebhookStore for SqlStore {
         Ok(id)
     }
 
+    async fn queue_webhook_deliveries(&self, now: Timestamp, limit: u32) -> StoreResult<u32> {
+        let mut tx = self.writer.begin().await?;
+        let busy_elsewhere = if self.backend == Backend::Postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let Some(after) = sqlx::query(&format!(
+            "SELECT last_seq FROM webhook_fanout WHERE singleton = 1{busy_elsewhere}"
+        ))
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(0);
+        };
+        let after: i64 = after.try_get("last_seq")?;
+        let batch = sqlx::query(
+            "SELECT COUNT(*) AS covered, MAX(seq) AS last FROM \
+             (SELECT seq FROM events WHERE seq > $1 ORDER BY seq LIMIT $2) batch",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_one(&mut *tx)
+        .await?;
+        let covered: i64 = batch.try_get("covered")?;
+        let Some(last) = batch.try_get::<Option<i64>, _>("last")? else {
+            return Ok(0);
+        };
+        // One statement for the batch, with no parameter per row and no copy of the payload
+        // (a delivery sends its event's). Endpoints take events recorded since their
+        // creation; a paused (failing) endpoint's new deliveries wait for its pause to end.
+        sqlx::query(&format!(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, event_seq, type, state, attempts, \
+             claims, next_attempt_at, created_at, updated_at) \
+             SELECT 'whd_' || {seq} || substr(e.id, 5), e.id, ev.seq, ev.type, 'pending', 0, \
+             0, {due}, $1, $1 FROM events ev JOIN webhook_endpoints e \
+             ON e.workspace_id = ev.workspace_id AND e.environment = ev.environment \
+             WHERE ev.seq > $2 AND ev.seq <= $3 AND e.enabled = $4 \
+             AND e.created_at <= ev.created_at \
+             AND (e.event_match = '*' OR e.event_match LIKE '%,' || ev.type || ',%') \
+             ON CONFLICT (id) DO NOTHING",
+            seq = self.backend.padded_number("ev.seq"),
+            due = self.backend.greatest("$1", "COALESCE(e.paused_until, $1)"),
+        ))
+        .bind(now.as_millis())
+        .bind(after)
+        .bind(last)
+        .bind(true)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE webhook_fanout SET last_seq = $1 WHERE singleton = 1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(u32::try_from(covered).unwrap_or(limit))
+    }
+
     async fn claim_webhook_deliveries(
         &self,
         now: Timestamp,
@@ -668,6 +692,39 @@ impl WebhookStore for SqlStore {
         // One transaction for a batch of attempts: on SQLite (one writer, a sync per commit)
         // and PostgreSQL alike, deliveries must not cost a commit each.
         let mut tx = self.writer.begin().await?;
+        // The batch's endpoints are locked first, in id order, as every other writer of an
+        // endpoint's deliveries does (deleting the endpoint, pausing it): locking them after
+        // the deliveries would deadlock with a delete cascading from the endpoint down. An
+        // endpoint deleted while its attempts were out took their deliveries with it; its
+        // attempts are dropped, not the batch.
+        let endpoint_ids: BTreeSet<&str> = settlements
+            .iter()
+            .map(|settlement| settlement.endpoint_id.as_str())
+            .collect();
+        let mut lock = FilteredQuery::new("SELECT id FROM webhook_endpoints WHERE id IN (");
+        for (index, endpoint_id) in endpoint_ids.iter().enumerate() {
+            if index > 0 {
+                lock.push(", ");
+            }
+            lock.bind(Param::Text((*endpoint_id).to_owned()));
+        }
+        lock.push(") ORDER BY id");
+        if self.backend == Backend::Postgres {
+            lock.push(" FOR NO KEY UPDATE");
+        }
+        let existing: BTreeSet<String> = lock
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        let settlements: Vec<&DeliverySettlement> = settlements
+            .iter()
+            .filter(|settlement| existing.contains(&settlement.endpoint_id))
+            .collect();
+        if settlements.is_empty() {
+            return Ok(Vec::new());
+        }
         for chunk in settlements.chunks(ATTEMPT_ROWS_PER_STATEMENT) {
             let mut insert = FilteredQuery::new(
                 "INSERT INTO webhook_attempts (delivery_id, attempted_at, status, latency_ms, \
@@ -694,6 +751,7 @@ impl WebhookStore for SqlStore {
         let (successes, failures): (Vec<&DeliverySettlement>, Vec<&DeliverySettlement>) =
             settlements
                 .iter()
+                .copied()
                 .partition(|settlement| settlement.succeeded);
         for chunk in successes.chunks(ATTEMPT_ROWS_PER_STATEMENT) {
             let now = chunk.iter().map(|s| s.now).max().unwrap_or(chunk[0].now);
