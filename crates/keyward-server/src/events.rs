@@ -93,6 +93,8 @@ pub struct EventHub {
     postgres_url: OnceLock<String>,
     /// Woken by those announcements (several coalesce into one read).
     announced: Arc<Notify>,
+    /// The webhook worker's wake-up: other nodes' events are this node's to queue too.
+    deliveries_queued: Arc<Notify>,
     /// Turns true when the server stops its background work.
     stop: watch::Receiver<bool>,
     sockets: AtomicUsize,
@@ -129,6 +131,7 @@ impl EventHub {
             rate_alerts: DashMap::new(),
             postgres_url: OnceLock::new(),
             announced: Arc::new(Notify::new()),
+            deliveries_queued: store.deliveries_queued(),
             stop: stop.clone(),
             sockets: AtomicUsize::new(0),
             sockets_by_credential: DashMap::new(),
@@ -161,7 +164,10 @@ impl EventHub {
         if self.postgres_url.set(database_url.to_owned()).is_ok() {
             tokio::spawn(listen(
                 database_url.to_owned(),
-                Arc::clone(&self.announced),
+                [
+                    Arc::clone(&self.announced),
+                    Arc::clone(&self.deliveries_queued),
+                ],
                 self.stop.clone(),
             ));
         }
@@ -347,9 +353,11 @@ async fn follow(hub: Weak<EventHub>, store: Arc<dyn Store>, mut stop: watch::Rec
     }
 }
 
-/// Holds the connection that hears other nodes' events, reconnecting with backoff; while it
-/// is down, `follow`'s poll covers.
-async fn listen(url: String, announced: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+/// Holds the connection that hears other nodes' events, reconnecting with backoff, and wakes
+/// `announced` (this node's sockets and its webhook worker) for each; while it is down,
+/// polls cover.
+async fn listen(url: String, announced: [Arc<Notify>; 2], mut stop: watch::Receiver<bool>) {
+    let announce = || announced.iter().for_each(|wake| wake.notify_one());
     let mut backoff = Duration::from_millis(250);
     loop {
         let connect =
@@ -358,12 +366,12 @@ async fn listen(url: String, announced: Arc<Notify>, mut stop: watch::Receiver<b
             Ok(Ok(mut listener)) => {
                 backoff = Duration::from_millis(250);
                 // Announcements made while it was away are read by the next poll.
-                announced.notify_one();
+                announce();
                 loop {
                     tokio::select! {
                         _ = stop.changed() => return,
                         heard = listener.next() => match heard {
-                            Ok(()) => announced.notify_one(),
+                            Ok(()) => announce(),
                             Err(error) => {
                                 tracing::warn!(%error, "the event notification connection failed; polling");
                                 break;
