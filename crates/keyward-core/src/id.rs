@@ -21,6 +21,7 @@ pub enum IdKind {
     SigningKey,
     WorkspaceKey,
     WebhookEndpoint,
+    PortalSession,
 }
 
 impl IdKind {
@@ -36,6 +37,7 @@ impl IdKind {
             IdKind::SigningKey => "sgk",
             IdKind::WorkspaceKey => "wk",
             IdKind::WebhookEndpoint => "whe",
+            IdKind::PortalSession => "ps",
         }
     }
 }

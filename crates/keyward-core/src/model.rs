@@ -473,3 +473,31 @@ mod tests {
         );
     }
 }
+
+/// A customer portal session (SPEC §4.10): one customer (`owner_user_id`, and
+/// `organization_id` when it names one) managing their keys of one app on the page Keyward
+/// serves, for a short while. Its link's one-time code is stored only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalSession {
+    /// `ps_…`; also the customer's actor in the audit log, as `ps_…:<owner_user_id>`.
+    pub id: String,
+    pub tenancy: Tenancy,
+    pub app_id: String,
+    pub owner_user_id: String,
+    pub organization_id: Option<String>,
+    /// The permissions new keys may have: the app's, or the subset the session names.
+    pub permissions: Vec<String>,
+    /// The most active keys the customer may hold in the app.
+    pub max_keys: u32,
+    /// Where "back" leads.
+    pub return_url: Option<String>,
+    /// The credential that made the session; the session ends with it.
+    pub created_by: String,
+    /// What the portal may do: what its creator held, of `keys:write` and `usage:read`.
+    pub scopes: crate::scope::ScopeSet,
+    pub created_at: Timestamp,
+    /// The link works until then, once.
+    pub code_expires_at: Timestamp,
+    /// The session (its cookie) ends then.
+    pub expires_at: Timestamp,
+}

@@ -157,6 +157,17 @@ pub struct CreateWorkspaceKeyRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateMyKeyRequest {
     pub name: String,
+    /// A subset of what the end user may give a key (the app's permissions, or a portal
+    /// session's); all of them by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
+    /// Must be in the future; none by default.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<time::OffsetDateTime>,
 }
 
 /// A string as it is, or a JSON object as its text: inline keys come either way.

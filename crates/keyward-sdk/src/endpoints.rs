@@ -9,6 +9,7 @@ use keyward_proto::{
     RotateKeyRequest, SigningKey, SigningKeyWithPrivateKey, UpdateRateLimitSchemeRequest,
     VerifyKeyResponse, VerifyRequestRequest, WorkspaceKey, WorkspaceKeyWithSecret,
 };
+use keyward_proto::{CreatePortalSessionRequest, PortalSessionLink};
 use keyward_proto::{
     CreateWebhookEndpointRequest, ListWebhookDeliveriesParams, SecretScanningPatterns,
     UpdateWebhookEndpointRequest, WebhookDelivery, WebhookDeliveryQueued, WebhookEndpoint,
@@ -490,6 +491,32 @@ impl Client {
     /// ```
     pub async fn usage_by_key(&self, params: &UsageParams) -> Result<KeyUsageReport, Error> {
         self.call(Method::GET, &["usage", "keys"], Some(params), NONE)
+            .await
+    }
+
+    /// `POST /api/v1/portal/sessions` (scope `keys:write`): a single-use link, valid for
+    /// minutes, for one customer to manage their keys of one app on Keyward's portal page
+    /// (SPEC §4.10). Send the customer's browser to `url`.
+    ///
+    /// ```no_run
+    /// # async fn example(keyward: keyward_sdk::Client) -> Result<(), keyward_sdk::Error> {
+    /// use keyward_sdk::proto::CreatePortalSessionRequest;
+    ///
+    /// let link = keyward.create_portal_session(&CreatePortalSessionRequest {
+    ///     owner_user_id: "usr_123".into(),
+    ///     app: "reports".into(),
+    ///     return_url: Some("https://app.example.com/settings".into()),
+    ///     ..Default::default()
+    /// }).await?;
+    /// // e.g. answer the customer's request with a redirect to `link.url`.
+    /// # let _ = link;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_portal_session(
+        &self,
+        request: &CreatePortalSessionRequest,
+    ) -> Result<PortalSessionLink, Error> {
+        self.call(Method::POST, &["portal", "sessions"], NONE, Some(request))
             .await
     }
 

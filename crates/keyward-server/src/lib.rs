@@ -25,6 +25,7 @@ pub mod usage;
 pub mod verification;
 pub mod webhooks;
 
+pub use routes::PortalSettings;
 pub use verification::tokens;
 
 use std::future::Future;
@@ -76,6 +77,8 @@ pub struct ServerConfig {
     pub jwks: JwksSettings,
     pub events: EventSettings,
     pub webhooks: webhooks::WebhookSettings,
+    /// The customer portal's links (SPEC §4.10).
+    pub portal: PortalSettings,
     /// Where GitHub publishes its secret-scanning keys (`KEYWARD_GITHUB_SCANNING_KEYS_URL`).
     pub github_scanning_keys_url: String,
     pub analytics: AnalyticsSettings,
@@ -169,6 +172,7 @@ impl Default for ServerConfig {
             jwks: JwksSettings::default(),
             events: EventSettings::default(),
             webhooks: webhooks::WebhookSettings::default(),
+            portal: PortalSettings::default(),
             github_scanning_keys_url: leaks::GITHUB_SCANNING_KEYS_URL.to_owned(),
             analytics: AnalyticsSettings::default(),
             dashboard: keyward_dashboard::DashboardSettings::default(),
@@ -193,6 +197,7 @@ pub struct AppState {
     /// The event and alert stream of `GET /ws`.
     pub events: Arc<EventHub>,
     pub(crate) webhooks: webhooks::WebhookSettings,
+    pub(crate) portal: PortalSettings,
     /// GitHub's secret-scanning keys, for its reports (SPEC §4.9).
     pub(crate) github_keys: Arc<leaks::GithubKeys>,
 }
@@ -365,6 +370,7 @@ impl Server {
             trusted_proxies: config.trusted_proxies.clone(),
             master_key: Arc::clone(&config.master_key),
             webhooks: config.webhooks.clone(),
+            portal: config.portal.clone(),
             github_keys: Arc::new(leaks::GithubKeys::new(
                 config.github_scanning_keys_url.clone(),
                 config.webhooks.allow_private,

@@ -557,6 +557,7 @@ pub trait WorkspaceStore: Send + Sync {
 pub trait AppStore: Send + Sync {
     async fn create_app(&self, change: &Change, app: &App) -> StoreResult<()>;
     async fn app_by_slug(&self, tenancy: &Tenancy, slug: &str) -> StoreResult<App>;
+    async fn app_by_id(&self, tenancy: &Tenancy, id: &str) -> StoreResult<App>;
     async fn list_apps(&self, tenancy: &Tenancy, page: &PageRequest) -> StoreResult<Page<App>>;
     /// A changed scheme is a change to every cached key of the app.
     async fn update_app(
@@ -816,6 +817,36 @@ pub trait LeakStore: Send + Sync {
     ) -> StoreResult<Changed<Vec<keyward_core::leak::LeakOutcome>>>;
 }
 
+/// Customer portal sessions (SPEC §4.10).
+#[async_trait]
+pub trait PortalStore: Send + Sync {
+    /// Records a session whose link's one-time code hashes to `code_hash`, with an audit
+    /// entry; `NotFound("app")` unless its app is in the change's environment.
+    async fn create_portal_session(
+        &self,
+        change: &Change,
+        session: &keyward_core::model::PortalSession,
+        code_hash: &str,
+    ) -> StoreResult<()>;
+    /// The session a link's code opens, once, whichever node asks, before the code expires
+    /// and while the session's creator is live; `NotFound` otherwise. The session then
+    /// lasts until `until`.
+    async fn redeem_portal_code(
+        &self,
+        code_hash: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> StoreResult<keyward_core::model::PortalSession>;
+    /// A redeemed session that has not ended or expired, whose creator is live.
+    async fn live_portal_session(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> StoreResult<keyward_core::model::PortalSession>;
+    /// Ends a session (the customer signed out).
+    async fn end_portal_session(&self, id: &str, now: Timestamp) -> StoreResult<()>;
+}
+
 /// Everything Keyward keeps, by subject.
 #[async_trait]
 pub trait Store:
@@ -830,6 +861,7 @@ pub trait Store:
     + AnalyticsStore
     + WebhookStore
     + LeakStore
+    + PortalStore
     + Send
     + Sync
     + 'static

@@ -32,6 +32,7 @@ mod credentials;
 pub(crate) mod events;
 mod keys;
 mod leaks;
+mod portal;
 mod query;
 mod rows;
 mod sandbox;
@@ -203,12 +204,15 @@ enum Lock {
 }
 
 /// The query that finds a change's actor while it is live: a root key (`rk_…`), a workspace
-/// key (`wk_…`), or the public key an end user acts through (`<pk id>:<subject>`).
+/// key (`wk_…`), the public key an end user acts through (`<pk id>:<subject>`), or the
+/// portal session a customer acts through (`<ps id>:<owner_user_id>`).
 fn actor_row_query(actor: &str) -> Option<&'static str> {
     if actor.starts_with("rk_") {
         Some("SELECT a.id FROM root_keys a WHERE a.id = $1 AND a.revoked_at IS NULL")
     } else if actor.starts_with("wk_") {
         Some("SELECT a.id FROM workspace_keys a WHERE a.id = $1")
+    } else if actor.starts_with("ps_") {
+        Some(portal::LIVE_PORTAL_SESSION)
     } else if actor.starts_with("pk") && actor.contains(':') {
         Some("SELECT a.id FROM public_keys a WHERE a.id = $1")
     } else {

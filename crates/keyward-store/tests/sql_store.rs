@@ -915,3 +915,71 @@ async fn webhook_deliveries_are_queued_from_the_event_log_once() {
     let kept = store.events_after(0, None, 10).await.unwrap();
     assert_eq!(kept.iter().map(|event| event.seq).collect::<Vec<_>>(), [3]);
 }
+
+/// A portal link works once and only for minutes; the session it opens lasts until the time
+/// given at redemption, and ends with its creator.
+#[tokio::test]
+async fn portal_links_expire_open_once_and_their_sessions_end() {
+    use keyward_core::model::PortalSession;
+    use keyward_store::PortalStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _database) = open(&dir).await;
+    store
+        .create_app(&change(Environment::Live, "aud_1"), &app("app_1", "acme"))
+        .await
+        .unwrap();
+    let session = |id: &str| PortalSession {
+        id: id.to_owned(),
+        tenancy: tenancy(Environment::Live),
+        app_id: "app_1".to_owned(),
+        owner_user_id: "usr_1".to_owned(),
+        organization_id: None,
+        permissions: vec!["read".to_owned()],
+        max_keys: 10,
+        return_url: None,
+        created_by: "test".to_owned(),
+        scopes: ScopeSet::all(),
+        created_at: NOW,
+        code_expires_at: NOW.plus_millis(300_000),
+        expires_at: NOW.plus_millis(300_000),
+    };
+    for (id, code, audit_id) in [("ps_1", "hash_1", "aud_2"), ("ps_2", "hash_2", "aud_3")] {
+        store
+            .create_portal_session(&change(Environment::Live, audit_id), &session(id), code)
+            .await
+            .unwrap();
+    }
+    let until = NOW.plus_millis(3_600_000);
+    // Too late for the link.
+    assert!(matches!(
+        store
+            .redeem_portal_code("hash_2", NOW.plus_millis(300_000), until)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let opened = store
+        .redeem_portal_code("hash_1", NOW, until)
+        .await
+        .unwrap();
+    assert_eq!(opened.expires_at, until);
+    assert!(matches!(
+        store.redeem_portal_code("hash_1", NOW, until).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .live_portal_session("ps_1", NOW)
+            .await
+            .unwrap()
+            .owner_user_id,
+        "usr_1"
+    );
+    assert!(store.live_portal_session("ps_1", until).await.is_err());
+    assert!(
+        store.live_portal_session("ps_2", NOW).await.is_err(),
+        "never opened"
+    );
+    store.end_portal_session("ps_1", NOW).await.unwrap();
+    assert!(store.live_portal_session("ps_1", NOW).await.is_err());
+}

@@ -286,6 +286,7 @@ fn server_config(settings: &Settings, max_connections: usize) -> Result<ServerCo
             ..settings.webhooks.clone()
         },
         github_scanning_keys_url: settings.github_scanning_keys_url.clone(),
+        portal: settings.portal.clone(),
         connections: ConnectionSettings {
             max_connections,
             header_read_timeout: settings.header_read_timeout,

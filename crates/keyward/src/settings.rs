@@ -125,8 +125,8 @@ pub(crate) struct ServeArgs {
     /// cannot make the server send requests).
     #[arg(long, env = "KEYWARD_DEMO_ALLOW_FETCHES")]
     pub(crate) demo_allow_fetches: Option<bool>,
-    /// Whether this node delivers webhooks (default true). Off, it still queues them for the
-    /// nodes that do; at least one node of a cluster must.
+    /// Whether this node queues and delivers webhooks (default true). Off, it leaves both to
+    /// the nodes that do; at least one node of a cluster must.
     #[arg(long, env = "KEYWARD_WEBHOOK_DELIVERY")]
     pub(crate) webhook_delivery: Option<bool>,
     /// Milliseconds a webhook endpoint has to answer (default 15000).
@@ -144,6 +144,16 @@ pub(crate) struct ServeArgs {
     /// https://api.github.com/meta/public_keys/secret_scanning).
     #[arg(long, env = "KEYWARD_GITHUB_SCANNING_KEYS_URL")]
     pub(crate) github_scanning_keys_url: Option<String>,
+    /// Seconds a customer portal link works if unused (default 300, 60 to 3600).
+    #[arg(long, env = "KEYWARD_PORTAL_LINK_SECONDS")]
+    pub(crate) portal_link_seconds: Option<u64>,
+    /// The address customers reach this server at, for the links it makes
+    /// (e.g. `https://keys.example.com`); by default the `Host` a link was asked for at.
+    #[arg(long, env = "KEYWARD_PUBLIC_URL")]
+    pub(crate) public_url: Option<String>,
+    /// Comma-separated origins a portal `return_url` may have besides any `https://` one.
+    #[arg(long, env = "KEYWARD_PORTAL_RETURN_ORIGINS")]
+    pub(crate) portal_return_origins: Option<String>,
     /// Open connections, WebSocket sessions included, beyond which new ones are closed on
     /// arrival (default 10000, lowered to fit the process's descriptor limit).
     #[arg(long, env = "KEYWARD_MAX_CONNECTIONS")]
@@ -248,6 +258,9 @@ struct FileSettings {
     webhook_retry_first_delay_ms: Option<u64>,
     webhook_disable_after_seconds: Option<u64>,
     github_scanning_keys_url: Option<String>,
+    portal_link_seconds: Option<u64>,
+    public_url: Option<String>,
+    portal_return_origins: Option<String>,
     max_connections: Option<usize>,
     header_read_timeout_seconds: Option<u64>,
     send_timeout_seconds: Option<u64>,
@@ -295,6 +308,7 @@ pub(crate) struct Settings {
     pub(crate) demo_allow_fetches: bool,
     pub(crate) webhooks: WebhookSettings,
     pub(crate) github_scanning_keys_url: String,
+    pub(crate) portal: keyward_server::PortalSettings,
     /// `None`: the default, fitted to the descriptor limit at start.
     pub(crate) max_connections: Option<usize>,
     pub(crate) header_read_timeout: Duration,
@@ -615,6 +629,11 @@ impl Settings {
                 .github_scanning_keys_url
                 .or(file.github_scanning_keys_url)
                 .unwrap_or_else(|| keyward_server::leaks::GITHUB_SCANNING_KEYS_URL.to_owned()),
+            portal: portal_settings(
+                args.portal_link_seconds.or(file.portal_link_seconds),
+                args.public_url.or(file.public_url),
+                args.portal_return_origins.or(file.portal_return_origins),
+            )?,
             max_connections,
             header_read_timeout,
             send_timeout,
@@ -623,6 +642,51 @@ impl Settings {
             dashboard,
         })
     }
+}
+
+fn portal_settings(
+    link_seconds: Option<u64>,
+    public_url: Option<String>,
+    return_origins: Option<String>,
+) -> Result<keyward_server::PortalSettings, SettingsError> {
+    let link_seconds = link_seconds.unwrap_or(300);
+    if !(60..=3600).contains(&link_seconds) {
+        return Err(SettingsError::Invalid {
+            name: "portal_link_seconds",
+            message: "must be between 60 and 3600".to_owned(),
+        });
+    }
+    if let Some(url) = &public_url {
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .map(|rest| rest.trim_end_matches('/'));
+        let is_origin = host.is_some_and(|host| {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b".-:[]".contains(&byte))
+        });
+        if !is_origin {
+            return Err(SettingsError::Invalid {
+                name: "public_url",
+                message: "must be an http(s) origin, such as https://keys.example.com".to_owned(),
+            });
+        }
+    }
+    Ok(keyward_server::PortalSettings {
+        link_lifetime: Duration::from_secs(link_seconds),
+        public_url,
+        return_origins: return_origins
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|origin| !origin.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
 }
 
 fn webhook_settings(
@@ -821,6 +885,7 @@ mod tests {
             demo_allow_fetches: false,
             webhooks: WebhookSettings::default(),
             github_scanning_keys_url: String::new(),
+            portal: keyward_server::PortalSettings::default(),
             max_connections: None,
             header_read_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),

@@ -45,10 +45,14 @@ export interface KeywardClientOptions extends CredentialOptions {
 
 /**
  * The operations the SDK calls; the rest are for proxies (forward auth), Prometheus, sockets,
- * or GitHub (`github_report`: the secret scanning partner endpoint, which GitHub calls with
- * its own signature, never an application).
+ * GitHub (`github_report`: the secret scanning partner endpoint, which GitHub calls with its
+ * own signature, never an application), or Keyward's own portal page
+ * (`redeem_portal_session`, when a customer opens a link).
  */
-type SdkOperation = Exclude<OperationId, `forward_auth${string}` | "websocket" | "metrics" | "github_report">;
+type SdkOperation = Exclude<
+  OperationId,
+  `forward_auth${string}` | "websocket" | "metrics" | "github_report" | "redeem_portal_session"
+>;
 
 /**
  * Where each operation lives. Checked against the generated `paths`: an operation the server
@@ -116,6 +120,7 @@ const ROUTES = {
   retry_delivery: ["POST", "/api/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry"],
   test_endpoint: ["POST", "/api/v1/webhook-endpoints/{id}/test"],
   patterns: ["GET", "/api/v1/secret-scanning/patterns"],
+  create_portal_session: ["POST", "/api/v1/portal/sessions"],
 } as const satisfies { [O in SdkOperation]: RouteOf<O> };
 
 /** The operation ids the SDK covers (the drift test compares them with the server's). */
@@ -494,6 +499,22 @@ export class SecretScanning extends Resource {
 }
 
 /**
+ * The customer portal (SPEC §4.10): a single-use link, valid for minutes, for one customer
+ * to manage their keys of one app on Keyward's own page.
+ *
+ * ```ts
+ * const { url } = await keyward.portal.createSession({ owner_user_id: user.id, app: "reports",
+ *   return_url: "https://app.example.com/settings" });
+ * return Response.redirect(url, 303);
+ * ```
+ */
+export class Portal extends Resource {
+  createSession(body: T.CreatePortalSessionRequest): Promise<T.PortalSessionLink> {
+    return this.api.call("create_portal_session", { body });
+  }
+}
+
+/**
  * A client of one Keyward server.
  *
  * ```ts
@@ -520,6 +541,7 @@ export class KeywardClient {
   readonly demo: Demo;
   readonly webhooks: Webhooks;
   readonly secretScanning: SecretScanning;
+  readonly portal: Portal;
 
   readonly #api: Api;
   readonly #WebSocket: WebSocketConstructor | undefined;
@@ -560,6 +582,7 @@ export class KeywardClient {
     this.demo = new Demo(this.#api);
     this.webhooks = new Webhooks(this.#api);
     this.secretScanning = new SecretScanning(this.#api);
+    this.portal = new Portal(this.#api);
   }
 
   /** The server's address, as the client uses it. */

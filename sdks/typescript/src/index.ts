@@ -17,6 +17,7 @@ export {
   Keys,
   MyKeys,
   Organizations,
+  Portal,
   PublicKeys,
   RateLimitSchemes,
   RootKeys,

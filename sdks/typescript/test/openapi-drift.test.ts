@@ -21,6 +21,7 @@ const NOT_WRAPPED: Record<string, string> = {
   // SPEC §4.9: GitHub posts its secret scanning reports here, authenticated by GitHub's own
   // ECDSA signature (no root key); an application has no reason to call it.
   github_report: "GitHub's secret scanning partner endpoint, called by GitHub, not by SDK users",
+  redeem_portal_session: "called by Keyward's own portal page when a customer opens a link",
 };
 /** The proxies' forward auth (SPEC §4.7): nginx, Traefik, Caddy call it, not applications. */
 const isForwardAuth = (operationId: string): boolean => operationId.startsWith("forward_auth");

@@ -132,8 +132,9 @@ pub(crate) async fn list_my_keys(
     Ok(Json(convert::page(keys, |key| convert::key(key, now))))
 }
 
-/// Make a key for the end user, with every permission of the self-service app. Its secret is
-/// in this answer only. At most `max_keys_per_user` active keys.
+/// Make a key for the end user, with the permissions it names of the self-service app's
+/// (all of them by default) and an optional expiry. Its secret is in this answer only. At
+/// most `max_keys_per_user` active keys.
 #[utoipa::path(post, path = "/api/v1/me/keys", tag = "self-service", security(("public_key" = [])),
     request_body = CreateMyKeyRequest,
     responses((status = 201, body = ApiKeyWithSecret), (status = "4XX", body = ErrorEnvelope)))]
@@ -146,7 +147,13 @@ pub(crate) async fn create_my_key(
     let draft = KeyDraft {
         name: request.name,
         owner_user_id: Some(me.subject.clone()),
-        permissions: Some(app.permissions.clone()),
+        // Checked against the app's permissions with every other key's.
+        permissions: Some(
+            request
+                .permissions
+                .unwrap_or_else(|| app.permissions.clone()),
+        ),
+        expires_at: request.expires_at,
         ..KeyDraft::default()
     };
     // Counted in the key's own transaction, so concurrent requests cannot all pass.

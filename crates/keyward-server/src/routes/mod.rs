@@ -9,12 +9,15 @@ mod keys;
 mod me;
 pub(crate) mod ops;
 mod organizations;
+mod portal;
 mod rate_limit_schemes;
 mod root_keys;
 mod usage;
 mod verify;
 mod webhooks;
 mod ws;
+
+pub use portal::PortalSettings;
 
 use std::sync::Arc;
 
@@ -65,6 +68,8 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(webhooks::retry_delivery))
         .routes(routes!(webhooks::test_endpoint))
+        .routes(routes!(portal::create_portal_session))
+        .routes(routes!(portal::redeem_portal_session))
         .routes(routes!(me::list_my_keys, me::create_my_key))
         .routes(routes!(me::rotate_my_key))
         .routes(routes!(me::revoke_my_key))

@@ -56,17 +56,11 @@ impl AppStore for SqlStore {
     }
 
     async fn app_by_slug(&self, tenancy: &Tenancy, slug: &str) -> StoreResult<App> {
-        let row = sqlx::query(&format!(
-            "{APP_SELECT} WHERE workspace_id = $1 AND environment = $2 AND slug = $3 \
-             AND deleted_at IS NULL"
-        ))
-        .bind(&tenancy.workspace_id)
-        .bind(tenancy.environment.as_str())
-        .bind(slug)
-        .fetch_optional(&self.reader)
-        .await?
-        .ok_or(StoreError::NotFound("app"))?;
-        app_from_row(&row)
+        self.live_app(tenancy, "slug", slug).await
+    }
+
+    async fn app_by_id(&self, tenancy: &Tenancy, id: &str) -> StoreResult<App> {
+        self.live_app(tenancy, "id", id).await
     }
 
     async fn list_apps(&self, tenancy: &Tenancy, page: &PageRequest) -> StoreResult<Page<App>> {
@@ -285,4 +279,21 @@ pub(super) async fn require_power_over_self_service(
         change.require_power_over(keyward_core::scope::Scope::KeysWrite.into())?;
     }
     Ok(())
+}
+
+impl SqlStore {
+    /// The app whose `column` (its slug or its id) is `value`, unless it was deleted.
+    async fn live_app(&self, tenancy: &Tenancy, column: &str, value: &str) -> StoreResult<App> {
+        let row = sqlx::query(&format!(
+            "{APP_SELECT} WHERE workspace_id = $1 AND environment = $2 AND {column} = $3 \
+             AND deleted_at IS NULL"
+        ))
+        .bind(&tenancy.workspace_id)
+        .bind(tenancy.environment.as_str())
+        .bind(value)
+        .fetch_optional(&self.reader)
+        .await?
+        .ok_or(StoreError::NotFound("app"))?;
+        app_from_row(&row)
+    }
 }

@@ -15,7 +15,8 @@ const CREDENTIALS_OF_WORKSPACE: &str = "SELECT id FROM api_keys WHERE workspace_
      UNION ALL SELECT id FROM public_keys WHERE workspace_id = $1";
 
 /// Every table that holds a workspace's rows, children before parents.
-const WORKSPACE_TABLES: [&str; 14] = [
+const WORKSPACE_TABLES: [&str; 15] = [
+    "portal_sessions",
     "webhook_endpoints",
     "events",
     "usage_counts",

@@ -15,6 +15,7 @@ mod hostile_input;
 mod import;
 mod keys;
 mod leaks;
+mod portal;
 mod process;
 mod redis;
 mod scopes;

@@ -329,6 +329,7 @@ async fn every_client_method_works_against_the_real_server() {
     let mine = me
         .create_my_key(&CreateMyKeyRequest {
             name: "my key".into(),
+            ..CreateMyKeyRequest::default()
         })
         .await
         .unwrap();

@@ -307,8 +307,9 @@ export interface paths {
         get: operations["list_my_keys"];
         put?: never;
         /**
-         * Make a key for the end user, with every permission of the self-service app. Its secret is
-         *     in this answer only. At most `max_keys_per_user` active keys.
+         * Make a key for the end user, with the permissions it names of the self-service app's
+         *     (all of them by default) and an optional expiry. Its secret is in this answer only. At
+         *     most `max_keys_per_user` active keys.
          */
         post: operations["create_my_key"];
         delete?: never;
@@ -369,6 +370,44 @@ export interface paths {
         post?: never;
         /** Remove an organization's limits; its keys are limited only by their own. */
         delete: operations["delete_organization"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/portal/sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** A single-use link for one customer to manage their keys of one app, valid for minutes. */
+        post: operations["create_portal_session"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/portal/sessions/redeem": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Opens the session a link's code names: once, on any node, before the link expires and
+         *     while its creator is live. The portal page calls this when the customer's browser opens
+         *     the link; an unknown, used or expired code is 404.
+         */
+        post: operations["redeem_portal_session"];
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -1002,7 +1041,38 @@ export interface components {
         };
         /** @description An end user's new key (SPEC §4.1b). */
         CreateMyKeyRequest: {
+            /**
+             * Format: date-time
+             * @description Must be in the future; none by default.
+             */
+            expires_at?: string | null;
             name: string;
+            /**
+             * @description A subset of what the end user may give a key (the app's permissions, or a portal
+             *     session's); all of them by default.
+             */
+            permissions?: string[] | null;
+        };
+        /** @description A link for one customer to manage their keys of one app. */
+        CreatePortalSessionRequest: {
+            /** @description The app's slug (or id). */
+            app: string;
+            /**
+             * Format: int32
+             * @description The most active keys the customer may hold in the app (10 by default, at most 100).
+             */
+            max_keys?: number | null;
+            /** @description When given, the customer sees and makes only keys of this organization. */
+            organization_id?: string | null;
+            /** @description The customer: the portal shows and makes keys with this `owner_user_id` only. */
+            owner_user_id: string;
+            /** @description The permissions new keys may have: a subset of the app's (all of them by default). */
+            permissions?: string[] | null;
+            /**
+             * @description Where the portal's "back" link leads: `https://…`, or an origin listed in
+             *     `KEYWARD_PORTAL_RETURN_ORIGINS`.
+             */
+            return_url?: string | null;
         };
         CreatePublicKeyRequest: {
             /**
@@ -1531,6 +1601,38 @@ export interface components {
          *     of permissions that are all required.
          */
         PermissionQuery: string | string[];
+        /** @description The session a redeemed code opened. */
+        PortalSessionInfo: {
+            /** @description The app's slug and name. */
+            app: string;
+            app_name: string;
+            environment: string;
+            /**
+             * Format: date-time
+             * @description When the session ends.
+             */
+            expires_at: string;
+            /** @description `ps_…` */
+            id: string;
+            /** Format: int32 */
+            max_keys: number;
+            organization_id?: string | null;
+            owner_user_id: string;
+            /** @description What new keys may have. */
+            permissions: string[];
+            return_url?: string | null;
+            /** @description Whether the session's creator could read usage (the portal then shows it). */
+            shows_usage: boolean;
+        };
+        /** @description The link, to send the customer's browser to (once, before `expires_at`). */
+        PortalSessionLink: {
+            /**
+             * Format: date-time
+             * @description When the link stops working if unused.
+             */
+            expires_at: string;
+            url: string;
+        };
         /**
          * @description A JWT public key (`type: "jwt"`) or a client public key (`type: "client"`). Its `key` is
          *     not secret and can be read again.
@@ -1598,6 +1700,10 @@ export interface components {
             limit: number;
             /** Format: int64 */
             period_seconds: number;
+        };
+        /** @description A link's code, redeemed by the portal page when the customer's browser opens the link. */
+        RedeemPortalCodeRequest: {
+            code: string;
         };
         /**
          * @description Credits come back to `amount` at the start of every day or month (UTC); unused credits
@@ -3115,6 +3221,68 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Organization"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    create_portal_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreatePortalSessionRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PortalSessionLink"];
+                };
+            };
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    redeem_portal_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RedeemPortalCodeRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PortalSessionInfo"];
                 };
             };
             "4XX": {
