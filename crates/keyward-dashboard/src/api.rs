@@ -1,5 +1,6 @@
 //! The dashboard's only way to Keyward: the public HTTP API, called in-process with the
-//! signed-in root key, through the same router, middleware and checks as any client.
+//! signed-in root key (or, for the customer portal, the session's [`PortalGrant`]),
+//! through the same router, middleware and checks as any client.
 
 use axum::body::Body;
 use axum::Router;
@@ -61,6 +62,17 @@ pub(crate) fn path(segments: &[&str], query: Option<&impl Serialize>) -> String 
     path
 }
 
+/// Who a call is made as.
+#[derive(Clone, Copy)]
+pub(crate) enum Caller<'a> {
+    /// A signed-in dashboard user's root key, sent as any client sends it.
+    RootKey(&'a str),
+    /// A portal customer: an extension of the in-process request, which no client can send.
+    Customer(&'a crate::PortalGrant),
+    /// No one (opening a portal link).
+    Nobody,
+}
+
 #[derive(Clone)]
 pub(crate) struct Api {
     router: Router,
@@ -102,13 +114,29 @@ impl Api {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ApiFailure> {
+        self.call_as(Caller::RootKey(root_key), method, path, body)
+            .await
+    }
+
+    /// A call made as `caller`.
+    pub(crate) async fn call_as<T: DeserializeOwned>(
+        &self,
+        caller: Caller<'_>,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ApiFailure> {
         // Every call but a read is JSON (SPEC §3, 415 otherwise), a DELETE included: one
         // without a body sends `{}`, as the SDK does.
         let writes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {root_key}"));
+        let mut request = Request::builder().method(method).uri(path);
+        match caller {
+            Caller::RootKey(root_key) => {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {root_key}"));
+            }
+            Caller::Customer(grant) => request = request.extension(grant.clone()),
+            Caller::Nobody => {}
+        }
         let body = match body {
             Some(body) => {
                 request = request.header(header::CONTENT_TYPE, "application/json");

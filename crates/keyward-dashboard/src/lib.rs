@@ -10,6 +10,7 @@ mod assets;
 mod chart;
 mod error;
 mod pages;
+mod portal;
 mod session;
 mod view;
 
@@ -35,6 +36,14 @@ pub trait Sealer: Send + Sync + 'static {
     fn open(&self, sealed: &[u8], context: &str) -> Option<Vec<u8>>;
 }
 
+/// Marks an in-process API call as made for a customer portal session (SPEC §4.10). Only
+/// the portal's pages attach it, as an extension of a request built here: no client of the
+/// HTTP API can send one. The API still checks the session it names on every call.
+#[derive(Debug, Clone)]
+pub struct PortalGrant {
+    pub session_id: String,
+}
+
 /// How the dashboard behaves.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DashboardSettings {
@@ -47,8 +56,9 @@ pub(crate) struct Dashboard {
     settings: DashboardSettings,
 }
 
-/// The dashboard's routes, all under `/dashboard`. `api` is Keyward's whole API router,
-/// with its middleware: the dashboard calls it as a client would.
+/// The dashboard's routes, all under `/dashboard`, and the customer portal's, under
+/// `/portal`. `api` is Keyward's whole API router, with its middleware: both call it as a
+/// client would.
 pub fn router(api: Router, sealer: Arc<dyn Sealer>, settings: DashboardSettings) -> Router {
     let dashboard = Arc::new(Dashboard {
         api: Api::new(api),
@@ -177,6 +187,16 @@ pub fn router(api: Router, sealer: Arc<dyn Sealer>, settings: DashboardSettings)
         )
         .route("/dashboard/audit-log", get(pages::settings::audit_log))
         .route("/dashboard/assets/{file}", get(assets::serve))
+        .route("/portal", get(portal::keys))
+        .route("/portal/enter/{code}", get(portal::enter))
+        .route("/portal/keys", post(portal::create))
+        .route("/portal/keys/{id}", get(portal::key))
+        .route("/portal/keys/{id}/rotate", post(portal::rotate))
+        .route(
+            "/portal/keys/{id}/revoke",
+            get(portal::confirm_revoke).post(portal::revoke),
+        )
+        .route("/portal/sign-out", post(portal::sign_out))
         .route("/dashboard/{*rest}", get(pages::not_found))
         .layer(axum::middleware::from_fn(view::page_headers))
         // The overview is `/dashboard`; the address with a slash leads there too.

@@ -185,18 +185,40 @@ pub(crate) fn set_cookie(
     secure: SecureCookies,
     request: &HeaderMap,
 ) -> String {
+    scoped_cookie(
+        name,
+        value,
+        max_age,
+        secure,
+        request,
+        "/dashboard",
+        "Strict",
+    )
+}
+
+/// A `Set-Cookie` value: HttpOnly, for `path` and what is under it, sent by the browser as
+/// `same_site` says.
+pub(crate) fn scoped_cookie(
+    name: &str,
+    value: &str,
+    max_age: Duration,
+    secure: SecureCookies,
+    request: &HeaderMap,
+    path: &str,
+    same_site: &str,
+) -> String {
     let secure = if secure.applies(request) {
         "; Secure"
     } else {
         ""
     };
     format!(
-        "{name}={value}; Path=/dashboard; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
+        "{name}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite={same_site}{secure}",
         max_age.as_secs()
     )
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())

@@ -32,6 +32,23 @@ pub struct UsageParams {
     pub limit: Option<u32>,
 }
 
+/// The range of an end user's own key's counts (`GET /api/v1/me/keys/{id}/usage`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MyKeyUsageParams {
+    /// RFC 3339; 24 hours before `to` by default.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub from: Option<OffsetDateTime>,
+    /// RFC 3339, exclusive; now by default.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub to: Option<OffsetDateTime>,
+    /// `minute`, `hour` (default) or `day`.
+    pub granularity: Option<String>,
+}
+
 /// Counts per bucket, split by outcome; buckets without verifications are left out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UsageReport {

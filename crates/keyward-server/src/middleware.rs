@@ -113,8 +113,11 @@ pub(crate) fn looks_like_secret(text: &str) -> bool {
 
 /// The path for the access log. Query strings may carry credentials (`?api-key=`) and are left
 /// out; a path segment shaped like a secret (`…_live_…`) is redacted, since people do paste
-/// keys into URLs.
+/// keys into URLs, and so is a customer portal link's one-time code.
 fn loggable_path(path: &str) -> String {
+    if path.starts_with("/portal/enter/") {
+        return "/portal/enter/[redacted]".to_owned();
+    }
     path.split('/')
         .map(|segment| {
             if looks_like_secret(segment) {
@@ -242,6 +245,10 @@ mod tests {
         assert_eq!(
             loggable_path("/api/v1/keys/acme_live_AbCdEf/rotate"),
             "/api/v1/keys/[redacted]/rotate"
+        );
+        assert_eq!(
+            loggable_path(&format!("/portal/enter/{}", "ab".repeat(32))),
+            "/portal/enter/[redacted]"
         );
     }
 

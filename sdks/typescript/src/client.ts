@@ -47,11 +47,17 @@ export interface KeywardClientOptions extends CredentialOptions {
  * The operations the SDK calls; the rest are for proxies (forward auth), Prometheus, sockets,
  * GitHub (`github_report`: the secret scanning partner endpoint, which GitHub calls with its
  * own signature, never an application), or Keyward's own portal page
- * (`redeem_portal_session`, when a customer opens a link).
+ * (`redeem_portal_session` when a customer opens a link, `end_portal_session` when they
+ * sign out).
  */
 type SdkOperation = Exclude<
   OperationId,
-  `forward_auth${string}` | "websocket" | "metrics" | "github_report" | "redeem_portal_session"
+  | `forward_auth${string}`
+  | "websocket"
+  | "metrics"
+  | "github_report"
+  | "redeem_portal_session"
+  | "end_portal_session"
 >;
 
 /**
@@ -108,6 +114,8 @@ const ROUTES = {
   create_my_key: ["POST", "/api/v1/me/keys"],
   rotate_my_key: ["POST", "/api/v1/me/keys/{id}/rotate"],
   revoke_my_key: ["POST", "/api/v1/me/keys/{id}/revoke"],
+  get_my_key: ["GET", "/api/v1/me/keys/{id}"],
+  my_key_usage: ["GET", "/api/v1/me/keys/{id}/usage"],
   create_session: ["POST", "/api/v1/demo/session"],
   delete_session: ["DELETE", "/api/v1/demo/session"],
   create_endpoint: ["POST", "/api/v1/webhook-endpoints"],
@@ -428,6 +436,13 @@ export class MyKeys extends Resource {
   }
   revoke(id: string): Promise<T.ApiKey> {
     return this.api.call("revoke_my_key", { path: { id } });
+  }
+  get(id: string): Promise<T.ApiKey> {
+    return this.api.call("get_my_key", { path: { id } });
+  }
+  /** One of the end user's keys: its verification counts over time, by outcome. */
+  usage(id: string, query?: QueryOf<"my_key_usage">): Promise<T.UsageReport> {
+    return this.api.call("my_key_usage", { path: { id }, query });
   }
 }
 

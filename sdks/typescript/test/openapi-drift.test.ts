@@ -22,6 +22,7 @@ const NOT_WRAPPED: Record<string, string> = {
   // ECDSA signature (no root key); an application has no reason to call it.
   github_report: "GitHub's secret scanning partner endpoint, called by GitHub, not by SDK users",
   redeem_portal_session: "called by Keyward's own portal page when a customer opens a link",
+  end_portal_session: "called by Keyward's own portal page when a customer signs out",
 };
 /** The proxies' forward auth (SPEC §4.7): nginx, Traefik, Caddy call it, not applications. */
 const isForwardAuth = (operationId: string): boolean => operationId.startsWith("forward_auth");

@@ -73,6 +73,9 @@ pub(crate) fn api(state: Arc<AppState>) -> OpenApiRouter {
         .routes(routes!(me::list_my_keys, me::create_my_key))
         .routes(routes!(me::rotate_my_key))
         .routes(routes!(me::revoke_my_key))
+        .routes(routes!(me::get_my_key))
+        .routes(routes!(me::my_key_usage))
+        .routes(routes!(me::end_portal_session))
         .routes(routes!(
             rate_limit_schemes::create_scheme,
             rate_limit_schemes::list_schemes

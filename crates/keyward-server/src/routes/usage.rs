@@ -32,8 +32,17 @@ pub(crate) async fn usage(
             "`limit` applies to `/api/v1/usage/keys` only",
         ));
     }
+    caller.require(Scope::UsageRead)?;
     let query = usage_query(&state, &caller, params).await?;
-    let points = state.store.usage(&query).await?;
+    Ok(Json(usage_report(&state, &query).await?))
+}
+
+/// The counts a query asks for, bucket by bucket.
+pub(super) async fn usage_report(
+    state: &AppState,
+    query: &UsageQuery,
+) -> Result<wire::UsageReport, ApiError> {
+    let points = state.store.usage(query).await?;
     let mut outcomes = BTreeMap::new();
     let mut data: Vec<wire::UsageBucket> = Vec::new();
     for point in points {
@@ -51,14 +60,14 @@ pub(crate) async fn usage(
             }),
         }
     }
-    Ok(Json(wire::UsageReport {
+    Ok(wire::UsageReport {
         granularity: query.granularity.as_str().to_owned(),
         from: convert::datetime(query.granularity.bucket_start(query.from)),
         to: convert::datetime(query.to),
         total: outcomes.values().sum(),
         outcomes,
         data,
-    }))
+    })
 }
 
 const DEFAULT_TOP_KEYS: u32 = 10;
@@ -81,6 +90,7 @@ pub(crate) async fn usage_by_key(
             format!("`limit` must be between 1 and {MAX_TOP_KEYS}"),
         ));
     }
+    caller.require(Scope::UsageRead)?;
     let query = usage_query(&state, &caller, params).await?;
     let mut keys: BTreeMap<String, wire::KeyUsage> = BTreeMap::new();
     for point in state.store.usage_by_key(&query).await? {
@@ -108,12 +118,13 @@ pub(crate) async fn usage_by_key(
 
 /// Checks a usage query's parameters and the caller's scope, and widens the range to whole
 /// buckets.
-async fn usage_query(
+/// The query `params` ask for in the caller's environment; the caller's right to it is
+/// checked by the route.
+pub(super) async fn usage_query(
     state: &AppState,
     caller: &Caller,
     params: UsageParams,
 ) -> Result<UsageQuery, ApiError> {
-    caller.require(Scope::UsageRead)?;
     let granularity = match params.granularity.as_deref() {
         None => Granularity::Hour,
         Some(text) => Granularity::parse(text).ok_or_else(|| {

@@ -363,3 +363,146 @@ async fn walk_through(browser: Client, base: String, live_key: String, api: Api)
         .unwrap();
     arrive(browser, "/dashboard/sign-in").await;
 }
+
+/// The customer portal (SPEC §4.10): a backend's link opened in a real browser; a key made,
+/// its secret read off the page and verified; rotated (the old secret refused), its usage
+/// drawn, revoked; the link refused when reused; the list on a phone. Screenshots are
+/// `portal-*.png` beside the dashboard's.
+#[tokio::test]
+async fn the_portal_works_in_a_real_browser() {
+    let Some(driver) = start_driver().await else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let api = server.api();
+    let browser = open_browser(&driver).await;
+    let outcome = tokio::spawn(portal_walk_through(
+        browser.clone(),
+        server.base.clone(),
+        api,
+    ))
+    .await;
+    if outcome.is_err() {
+        screenshot(&browser, "portal-failure").await;
+    }
+    browser.close().await.unwrap();
+    server.stop().await;
+    if let Err(failure) = outcome {
+        std::panic::resume_unwind(failure.into_panic());
+    }
+}
+
+async fn portal_walk_through(browser: Client, base: String, api: Api) {
+    let browser = &browser;
+    let api = &api;
+    api.create_app("reports", &["read", "write"]).await;
+    let link = api
+        .post(
+            "/api/v1/portal/sessions",
+            json!({"owner_user_id": "usr_7", "app": "reports",
+                   "return_url": "https://app.example.com/settings"}),
+        )
+        .await
+        .assert_status(201)["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The link leads to the portal, and leaves the address bar without its code.
+    browser.goto(&link).await.unwrap();
+    arrive(browser, "/portal").await;
+    let cookies = browser
+        .execute("return document.cookie;", Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(cookies, json!(""), "scripts cannot read the session");
+    let back = element(browser, Locator::Css("a.back"))
+        .await
+        .attr("href")
+        .await
+        .unwrap();
+    assert_eq!(back.as_deref(), Some("https://app.example.com/settings"));
+    screenshot(browser, "portal-keys-empty").await;
+
+    // A key with one of the two permissions; its secret verifies through the API.
+    fill(browser, "name", "Production").await;
+    click(browser, "input[name=permission][value=write]").await;
+    click(browser, "#create-key").await;
+    let secret = value_of(browser, "secret").await;
+    screenshot(browser, "portal-secret").await;
+    let verdict = api.verify(&secret, Some("read")).await;
+    assert_eq!(verdict["code"], "VALID", "{verdict}");
+    assert_eq!(verdict["owner_user_id"], "usr_7");
+    assert_eq!(verdict["permissions"], json!(["read"]));
+    let key_id = verdict["key_id"].as_str().unwrap().to_owned();
+    click(browser, "a.button").await;
+    arrive(browser, &format!("/portal/keys/{key_id}")).await;
+
+    // Rotate with no grace: the old secret is refused at once, the new one works.
+    click(browser, "details:has(#confirm-rotate) summary").await;
+    click(browser, "#confirm-rotate").await;
+    let rotated = value_of(browser, "secret").await;
+    assert_ne!(rotated, secret);
+    assert_ne!(api.verify_code(&secret).await, "VALID");
+    for _ in 0..4 {
+        assert_eq!(api.verify_code(&rotated).await, "VALID");
+    }
+    let verdict = api.verify(&rotated, Some("write")).await;
+    assert_eq!(verdict["code"], "INSUFFICIENT_PERMISSIONS");
+
+    // The usage chart draws them.
+    let mut drawn = false;
+    for _ in 0..50 {
+        browser
+            .goto(&format!("{base}/portal/keys/{key_id}?range=1h"))
+            .await
+            .unwrap();
+        let valid = browser
+            .find_all(Locator::Css("svg.chart rect.s-valid"))
+            .await
+            .unwrap();
+        if !valid.is_empty() {
+            drawn = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(drawn, "the usage chart never showed the verifications");
+    screenshot(browser, "portal-key").await;
+
+    // Revoke, after a confirmation.
+    click(browser, "#revoke-link").await;
+    arrive(browser, &format!("/portal/keys/{key_id}/revoke")).await;
+    screenshot(browser, "portal-revoke").await;
+    click(browser, "#confirm-revoke").await;
+    arrive(browser, "/portal?done=revoked").await;
+    assert_eq!(api.verify_code(&rotated).await, "KEY_REVOKED");
+
+    // On a phone.
+    browser.set_window_size(390, 844).await.unwrap();
+    browser.goto(&format!("{base}/portal")).await.unwrap();
+    assert!(
+        fits_width(browser).await,
+        "the portal scrolls sideways on a phone"
+    );
+    screenshot(browser, "portal-keys-phone").await;
+    browser
+        .goto(&format!("{base}/portal/keys/{key_id}"))
+        .await
+        .unwrap();
+    assert!(
+        fits_width(browser).await,
+        "a key's page scrolls sideways on a phone"
+    );
+    browser.set_window_size(1280, 900).await.unwrap();
+
+    // The link, used again, is refused.
+    browser.goto(&link).await.unwrap();
+    let heading = element(browser, Locator::Css("h1"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(heading, "This link no longer works");
+    screenshot(browser, "portal-link-spent").await;
+}

@@ -131,6 +131,18 @@ impl Browser {
         .await
     }
 
+    /// The cookies it holds, to hand to another browser (a stolen copy).
+    pub fn clone_cookies(&self) -> Vec<(String, String)> {
+        self.cookies.clone()
+    }
+
+    pub fn with_cookies(base: &str, cookies: Vec<(String, String)>) -> Self {
+        Self {
+            cookies,
+            ..Self::new(base)
+        }
+    }
+
     pub fn has_cookie(&self, name: &str) -> bool {
         self.cookies.iter().any(|(kept, _)| kept == name)
     }

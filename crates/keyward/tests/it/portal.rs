@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::dashboard::Browser;
 use crate::testkit::{Api, TestServer};
 
 /// The one-time code at the end of a link.
@@ -161,5 +162,169 @@ async fn links_are_refused_beyond_the_makers_scopes_and_for_bad_return_urls() {
         "NOT_FOUND_ERROR",
         "portal_link_not_found",
     );
+    server.stop().await;
+}
+
+/// Opens a portal link in a fresh browser, which then holds the session's cookie.
+async fn open_portal(server: &TestServer, body: Value) -> Browser {
+    let link = server
+        .api()
+        .post("/api/v1/portal/sessions", body)
+        .await
+        .assert_status(201)
+        .clone();
+    let mut browser = Browser::new(&server.base);
+    let entered = browser
+        .get(&format!("/portal/enter/{}", code_of(&link)))
+        .await;
+    assert_eq!(entered.status, 303, "{}", entered.html);
+    assert_eq!(entered.location(), "/portal");
+    assert_eq!(entered.headers["referrer-policy"], "no-referrer");
+    let cookie = entered.set_cookies().join("\n");
+    for attribute in [
+        "kw_portal=",
+        "Path=/portal",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Max-Age=",
+    ] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    browser
+}
+
+#[tokio::test]
+async fn the_portal_shows_and_changes_only_the_customers_own_keys() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    api.create_app("reports", &["read", "write"]).await;
+    api.create_app("billing", &["read"]).await;
+    let theirs = api
+        .create_key(
+            "reports",
+            json!({"name": "someone else's", "owner_user_id": "usr_2"}),
+        )
+        .await;
+    let other_app = api
+        .create_key(
+            "billing",
+            json!({"name": "billing key", "owner_user_id": "usr_1"}),
+        )
+        .await;
+    let mine = api
+        .create_key(
+            "reports",
+            json!({"name": "my old key", "owner_user_id": "usr_1"}),
+        )
+        .await;
+
+    let mut browser = open_portal(
+        &server,
+        json!({"owner_user_id": "usr_1", "app": "reports",
+               "return_url": "https://app.example.com/settings"}),
+    )
+    .await;
+    let page = browser.get("/portal").await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(page.html.contains("my old key"));
+    assert!(!page.html.contains("someone else"));
+    assert!(!page.html.contains("billing key"));
+    assert!(page
+        .html
+        .contains("href=\"https://app.example.com/settings\""));
+    assert_eq!(page.headers["cache-control"], "no-store");
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    assert!(page.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+    let csrf = page.csrf();
+
+    // Another customer's key, and the customer's own key of another app, do not exist here.
+    for key in [&theirs, &other_app] {
+        let id = key["id"].as_str().unwrap();
+        assert_eq!(browser.get(&format!("/portal/keys/{id}")).await.status, 404);
+        let refused = browser
+            .post(&format!("/portal/keys/{id}/revoke"), &[("csrf", &csrf)])
+            .await;
+        assert_eq!(refused.status, 404, "{}", refused.html);
+        assert_eq!(
+            api.verify_code(key["secret"].as_str().unwrap()).await,
+            "VALID"
+        );
+    }
+
+    // Every change needs the session's CSRF token.
+    let forged = browser
+        .post(
+            "/portal/keys",
+            &[("csrf", "0".repeat(32).as_str()), ("name", "x")],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+
+    // A key made here, its name escaped and its secret shown once.
+    let made = browser
+        .post(
+            "/portal/keys",
+            &[
+                ("csrf", &csrf),
+                ("name", "<script>alert(1)</script>"),
+                ("permission", "read"),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.html);
+    assert!(!made.html.contains("<script>alert(1)"));
+    assert!(made.html.contains("&#60;script&#62;") || made.html.contains("&lt;script&gt;"));
+    let secret = made.input("secret");
+    let verdict = api.verify(&secret, Some("read")).await;
+    assert_eq!(verdict["code"], "VALID", "{verdict:#}");
+    assert_eq!(verdict["owner_user_id"], "usr_1");
+    assert_eq!(verdict["permissions"], json!(["read"]));
+    let list = browser.get("/portal").await;
+    assert!(!list.html.contains(&secret), "a secret shows once");
+    let audit = api.get("/api/v1/audit-log?action=key.create").await;
+    let actor = audit.assert_status(200)["data"][0]["actor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        actor.starts_with("ps_") && actor.ends_with(":usr_1"),
+        "{actor}"
+    );
+
+    // A permission beyond the session's is refused.
+    let beyond = browser
+        .post(
+            "/portal/keys",
+            &[("csrf", &csrf), ("name", "more"), ("permission", "admin")],
+        )
+        .await;
+    assert!(
+        beyond.html.contains("not a permission you may give"),
+        "{}",
+        beyond.html
+    );
+
+    // Revoked from the portal: refused at once.
+    let id = mine["id"].as_str().unwrap();
+    let confirm = browser.get(&format!("/portal/keys/{id}/revoke")).await;
+    assert!(confirm.html.contains("Revoke my old key?"));
+    let revoked = browser
+        .post(&format!("/portal/keys/{id}/revoke"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(revoked.location(), "/portal?done=revoked");
+    assert_eq!(
+        api.verify_code(mine["secret"].as_str().unwrap()).await,
+        "KEY_REVOKED"
+    );
+
+    // Signed out: the session is over, even for a copy of its cookie.
+    let copied = browser.clone_cookies();
+    let out = browser.post("/portal/sign-out", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 200);
+    let mut thief = Browser::with_cookies(&server.base, copied);
+    assert_eq!(thief.get("/portal").await.status, 401);
     server.stop().await;
 }
