@@ -15,7 +15,7 @@ use keyward_proto::{
     UpdateWebhookEndpointRequest, WebhookDelivery, WebhookDeliveryQueued, WebhookEndpoint,
     WebhookEndpointWithSecret,
 };
-use keyward_proto::{KeyUsageReport, UsageParams, UsageReport};
+use keyward_proto::{KeyUsageReport, MyKeyUsageParams, UsageParams, UsageReport};
 use reqwest::Method;
 
 use crate::{Client, Error, NONE};
@@ -453,6 +453,23 @@ impl Client {
     /// ```
     pub async fn revoke_my_key(&self, id: &str) -> Result<ApiKey, Error> {
         self.call(Method::POST, &["me", "keys", id, "revoke"], NONE, NONE)
+            .await
+    }
+
+    /// `GET /api/v1/me/keys/{id}`: one of the end user's keys, metadata only.
+    pub async fn get_my_key(&self, id: &str) -> Result<ApiKey, Error> {
+        self.call(Method::GET, &["me", "keys", id], NONE, NONE)
+            .await
+    }
+
+    /// `GET /api/v1/me/keys/{id}/usage`: one of the end user's keys' verification counts
+    /// over time, by outcome.
+    pub async fn my_key_usage(
+        &self,
+        id: &str,
+        range: &MyKeyUsageParams,
+    ) -> Result<UsageReport, Error> {
+        self.call(Method::GET, &["me", "keys", id, "usage"], Some(range), NONE)
             .await
     }
 
