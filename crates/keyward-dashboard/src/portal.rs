@@ -37,6 +37,7 @@ const KEYS_PER_PAGE: u32 = 100;
 #[derive(Clone, Serialize, Deserialize)]
 struct PortalCookie {
     session_id: String,
+    environment: String,
     app: String,
     app_name: String,
     owner_user_id: String,
@@ -266,6 +267,7 @@ pub(crate) async fn enter(
     let expires_at = u64::try_from(opened.expires_at.unix_timestamp()).unwrap_or(0);
     let session = PortalCookie {
         session_id: opened.id,
+        environment: opened.environment,
         app: opened.app,
         app_name: opened.app_name,
         owner_user_id: opened.owner_user_id,
@@ -318,6 +320,8 @@ fn with_cookie(mut response: Response, cookie: &str) -> Response {
 /// What every portal page shows around its content.
 struct Frame {
     title: String,
+    /// Keys of an environment other than `live` are marked as test keys.
+    environment: String,
     app_name: String,
     owner_user_id: String,
     return_url: Option<String>,
@@ -334,6 +338,7 @@ impl Frame {
     fn new(session: &PortalCookie, title: impl Into<String>) -> Self {
         Self {
             title: title.into(),
+            environment: session.environment.clone(),
             app_name: session.app_name.clone(),
             owner_user_id: session.owner_user_id.clone(),
             return_url: session.return_url.clone(),

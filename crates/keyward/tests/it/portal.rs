@@ -328,3 +328,83 @@ async fn the_portal_shows_and_changes_only_the_customers_own_keys() {
     assert_eq!(thief.get("/portal").await.status, 401);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_unused_link_expires_and_a_customer_holds_at_most_max_keys() {
+    let server = TestServer::start_with(keyward_server::ServerConfig {
+        portal: keyward_server::PortalSettings {
+            link_lifetime: std::time::Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..keyward_server::ServerConfig::default()
+    })
+    .await;
+    let api = server.api();
+    api.create_app("reports", &["read"]).await;
+    let stale = api
+        .post(
+            "/api/v1/portal/sessions",
+            json!({"owner_user_id": "usr_1", "app": "reports"}),
+        )
+        .await
+        .assert_status(201)
+        .clone();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let mut late = Browser::new(&server.base);
+    let spent = late
+        .get(&format!("/portal/enter/{}", code_of(&stale)))
+        .await;
+    assert_eq!(spent.status, 404);
+    assert!(spent.html.contains("This link no longer works"));
+    assert!(!late.has_cookie("kw_portal"));
+
+    // One key at most: the second is refused on the page, in words.
+    let link = api
+        .post(
+            "/api/v1/portal/sessions",
+            json!({"owner_user_id": "usr_1", "app": "reports", "max_keys": 1}),
+        )
+        .await
+        .assert_status(201)
+        .clone();
+    let mut browser = Browser::new(&server.base);
+    let entered = browser
+        .get(&format!("/portal/enter/{}", code_of(&link)))
+        .await;
+    assert_eq!(entered.status, 303);
+    let csrf = browser.get("/portal").await.csrf();
+    let first = browser
+        .post("/portal/keys", &[("csrf", &csrf), ("name", "one")])
+        .await;
+    assert_eq!(first.status, 200, "{}", first.html);
+    let second = browser
+        .post("/portal/keys", &[("csrf", &csrf), ("name", "two")])
+        .await;
+    assert!(
+        second.html.contains("class=\"notice error\""),
+        "{}",
+        second.html
+    );
+    let keys = api
+        .get("/api/v1/apps/reports/keys?owner_user_id=usr_1")
+        .await;
+    assert_eq!(keys.assert_status(200)["data"].as_array().unwrap().len(), 1);
+
+    // A session of the test environment says so.
+    let test_api = server.api_with(&server.test_key);
+    test_api.create_app("reports", &["read"]).await;
+    let test_link = test_api
+        .post(
+            "/api/v1/portal/sessions",
+            json!({"owner_user_id": "usr_1", "app": "reports"}),
+        )
+        .await
+        .assert_status(201)
+        .clone();
+    let mut tester = Browser::new(&server.base);
+    tester
+        .get(&format!("/portal/enter/{}", code_of(&test_link)))
+        .await;
+    assert!(tester.get("/portal").await.html.contains("Test keys"));
+    server.stop().await;
+}
