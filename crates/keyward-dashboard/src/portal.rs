@@ -19,7 +19,7 @@ use base64::Engine as _;
 use keyward_proto::{ApiKey, ApiKeyWithSecret, Page, PortalSessionInfo, UsageReport};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use time::{Duration as Span, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::api::{path, ApiFailure, Caller};
 use crate::chart::{Chart, Grouping};
@@ -517,13 +517,6 @@ fn local_time(text: &str) -> Result<OffsetDateTime, ()> {
         .map_err(|_| ())
 }
 
-/// The ranges a key's usage chart offers.
-const RANGES: [(&str, &str, &str); 3] = [
-    ("1h", "Last hour", "minute"),
-    ("24h", "Last 24 hours", "hour"),
-    ("30d", "Last 30 days", "day"),
-];
-
 #[derive(Template)]
 #[template(path = "portal_key.html")]
 struct KeyPage {
@@ -535,7 +528,7 @@ struct KeyPage {
 
 impl KeyPage {
     fn ranges(&self) -> &'static [(&'static str, &'static str, &'static str)] {
-        &RANGES
+        &crate::pages::keys::RANGES
     }
 }
 
@@ -551,30 +544,15 @@ pub(crate) async fn key(
     Path(id): Path<String>,
     Query(query): Query<RangeQuery>,
 ) -> Result<Response, PortalError> {
-    let (range, label, granularity) = RANGES
-        .iter()
-        .find(|(name, _, _)| Some(*name) == query.range.as_deref())
-        .copied()
-        .unwrap_or(RANGES[1]);
-    let span = match range {
-        "1h" => Span::HOUR,
-        "30d" => Span::days(30),
-        _ => Span::DAY,
-    };
+    let (range, label, usage_query) = crate::pages::keys::key_range(query.range.as_deref());
     let key: ApiKey = customer
         .get(&dashboard, &path(&["me", "keys", &id], None::<&()>))
         .await?;
     let chart = if customer.session.shows_usage {
-        let from = (OffsetDateTime::now_utc() - span)
-            .format(&time::format_description::well_known::Rfc3339)
-            .expect("a time formats as RFC 3339");
         let usage: UsageReport = customer
             .get(
                 &dashboard,
-                &path(
-                    &["me", "keys", &id, "usage"],
-                    Some(&[("granularity", granularity), ("from", from.as_str())]),
-                ),
+                &path(&["me", "keys", &id, "usage"], Some(&usage_query)),
             )
             .await?;
         Some(Chart::new(

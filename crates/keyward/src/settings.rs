@@ -574,13 +574,7 @@ impl Settings {
             cors_origins: args
                 .cors_origin
                 .or(file.cors_origin)
-                .map(|list| {
-                    list.split(',')
-                        .map(str::trim)
-                        .filter(|origin| !origin.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
+                .map(|list| comma_list(&list))
                 .unwrap_or_default(),
             max_body_bytes,
             cache_max_bytes,
@@ -678,15 +672,18 @@ fn portal_settings(
         link_lifetime: Duration::from_secs(link_seconds),
         public_url,
         return_origins: return_origins
-            .map(|list| {
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|origin| !origin.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(|list| comma_list(&list))
             .unwrap_or_default(),
     })
+}
+
+/// The items of a comma-separated setting, trimmed, empty ones dropped.
+fn comma_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn webhook_settings(

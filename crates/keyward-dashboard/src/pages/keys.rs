@@ -195,12 +195,30 @@ pub(crate) struct RangeQuery {
     range: Option<String>,
 }
 
-/// The ranges a key's usage chart offers.
-const RANGES: [(&str, &str, &str); 3] = [
+/// The ranges a key's usage chart offers: the address's name, the label, the granularity.
+pub(crate) const RANGES: [(&str, &str, &str); 3] = [
     ("1h", "Last hour", "minute"),
     ("24h", "Last 24 hours", "hour"),
     ("30d", "Last 30 days", "day"),
 ];
+
+/// The range a key's chart shows, as the address names it (the last 24 hours by default):
+/// its name, its label, and the usage query's `granularity` and `from`.
+pub(crate) fn key_range(
+    asked: Option<&str>,
+) -> (&'static str, &'static str, Vec<(&'static str, String)>) {
+    let (range, label, granularity) = RANGES
+        .iter()
+        .find(|(name, _, _)| Some(*name) == asked)
+        .copied()
+        .unwrap_or(RANGES[1]);
+    let span = match range {
+        "1h" => Duration::HOUR,
+        "30d" => Duration::days(30),
+        _ => Duration::DAY,
+    };
+    (range, label, usage_range(granularity, span))
+}
 
 #[derive(Template)]
 #[template(path = "key.html")]
@@ -271,17 +289,7 @@ async fn key_page(
     range: Option<&str>,
     notice: Option<Notice>,
 ) -> Result<Response, PageError> {
-    let (range, label, granularity) = RANGES
-        .iter()
-        .find(|(name, _, _)| Some(*name) == range)
-        .copied()
-        .unwrap_or(RANGES[1]);
-    let span = match range {
-        "1h" => Duration::HOUR,
-        "30d" => Duration::days(30),
-        _ => Duration::DAY,
-    };
-    let mut usage_query = usage_range(granularity, span);
+    let (range, label, mut usage_query) = key_range(range);
     usage_query.push(("key_id", id.to_owned()));
     let key_path = path(&["keys", id], None::<&()>);
     let usage_path = path(&["usage"], Some(&usage_query));

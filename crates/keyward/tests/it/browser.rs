@@ -180,27 +180,81 @@ async fn fits_width(browser: &Client) -> bool {
         == json!(true)
 }
 
+/// Rotates the key whose page is open, with no grace: the old secret is refused at once, the
+/// new one (read from `#secret_field`) is verified `valid` times with `read` and `denied`
+/// times with `write`, for the usage chart to show.
+async fn rotate_on_page(
+    browser: &Client,
+    api: &Api,
+    secret: &str,
+    secret_field: &str,
+    (valid, denied): (usize, usize),
+) -> String {
+    click(browser, "details:has(#confirm-rotate) summary").await;
+    click(browser, "#confirm-rotate").await;
+    let rotated = value_of(browser, secret_field).await;
+    assert_ne!(rotated, secret);
+    assert_ne!(api.verify_code(secret).await, "VALID");
+    for _ in 0..valid {
+        assert_eq!(api.verify_code(&rotated).await, "VALID");
+    }
+    for _ in 0..denied {
+        let verdict = api.verify(&rotated, Some("write")).await;
+        assert_eq!(verdict["code"], "INSUFFICIENT_PERMISSIONS");
+    }
+    rotated
+}
+
+/// Reloads `url` until its usage chart draws both valid and denied verifications (analytics
+/// are flushed in the background).
+async fn wait_for_chart(browser: &Client, url: &str) {
+    for _ in 0..50 {
+        browser.goto(url).await.unwrap();
+        let valid = browser
+            .find_all(Locator::Css("svg.chart rect.s-valid"))
+            .await
+            .unwrap();
+        let denied = browser
+            .find_all(Locator::Css("svg.chart rect.s-denied"))
+            .await
+            .unwrap();
+        if !valid.is_empty() && !denied.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the usage chart at {url} never showed the verifications");
+}
+
 #[tokio::test]
 async fn the_dashboard_works_in_a_real_browser() {
     let Some(driver) = start_driver().await else {
         return;
     };
     let server = TestServer::start().await;
-    let api = server.api();
     let browser = open_browser(&driver).await;
-    // On its own task, so that a failed assertion still leaves a screenshot and closes the
-    // browser.
-    let outcome = tokio::spawn(walk_through(
+    let walk = walk_through(
         browser.clone(),
         server.base.clone(),
         server.live_key.clone(),
-        api,
-    ))
-    .await;
+        server.api(),
+    );
+    finish_walk(walk, &browser, server, "failure").await;
+}
+
+/// Runs a walk-through on its own task, so that a failed assertion still leaves a
+/// screenshot (`failure_shot`) and closes the browser and the server before it fails the test.
+async fn finish_walk(
+    walk: impl std::future::Future<Output = ()> + Send + 'static,
+    browser: &Client,
+    server: TestServer,
+    failure_shot: &str,
+) {
+    let outcome = tokio::spawn(walk).await;
     if outcome.is_err() {
-        screenshot(&browser, "failure").await;
+        screenshot(browser, failure_shot).await;
     }
-    browser.close().await.unwrap();
+    browser.clone().close().await.unwrap();
     server.stop().await;
     if let Err(failure) = outcome {
         std::panic::resume_unwind(failure.into_panic());
@@ -262,42 +316,11 @@ async fn walk_through(browser: Client, base: String, live_key: String, api: Api)
     arrive(browser, &format!("/dashboard/keys/{key_id}")).await;
 
     // Rotate: the old secret stops at once, the new one works.
-    click(browser, "details:has(#confirm-rotate) summary").await;
-    click(browser, "#confirm-rotate").await;
-    let rotated = value_of(browser, "secret-1").await;
-    assert_ne!(rotated, secret);
-    assert_ne!(api.verify_code(&secret).await, "VALID");
-    for _ in 0..5 {
-        assert_eq!(api.verify_code(&rotated).await, "VALID");
-    }
-    for _ in 0..2 {
-        let verdict = api.verify(&rotated, Some("write")).await;
-        assert_eq!(verdict["code"], "INSUFFICIENT_PERMISSIONS");
-    }
+    let rotated = rotate_on_page(browser, api, &secret, "secret-1", (5, 2)).await;
     click(browser, "a.button").await;
 
     // The usage chart draws the verifications, split by outcome.
-    let mut drawn = false;
-    for _ in 0..50 {
-        browser
-            .goto(&format!("{base}/dashboard/keys/{key_id}?range=1h"))
-            .await
-            .unwrap();
-        let valid = browser
-            .find_all(Locator::Css("svg.chart rect.s-valid"))
-            .await
-            .unwrap();
-        let denied = browser
-            .find_all(Locator::Css("svg.chart rect.s-denied"))
-            .await
-            .unwrap();
-        if !valid.is_empty() && !denied.is_empty() {
-            drawn = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(drawn, "the usage chart never showed the verifications");
+    wait_for_chart(browser, &format!("{base}/dashboard/keys/{key_id}?range=1h")).await;
     let legend = browser
         .find(Locator::Css(".legend"))
         .await
@@ -374,36 +397,21 @@ async fn the_portal_works_in_a_real_browser() {
         return;
     };
     let server = TestServer::start().await;
-    let api = server.api();
     let browser = open_browser(&driver).await;
-    let outcome = tokio::spawn(portal_walk_through(
-        browser.clone(),
-        server.base.clone(),
-        api,
-    ))
-    .await;
-    if outcome.is_err() {
-        screenshot(&browser, "portal-failure").await;
-    }
-    browser.close().await.unwrap();
-    server.stop().await;
-    if let Err(failure) = outcome {
-        std::panic::resume_unwind(failure.into_panic());
-    }
+    let walk = portal_walk_through(browser.clone(), server.base.clone(), server.api());
+    finish_walk(walk, &browser, server, "portal-failure").await;
 }
 
 async fn portal_walk_through(browser: Client, base: String, api: Api) {
     let browser = &browser;
     let api = &api;
     api.create_app("reports", &["read", "write"]).await;
-    let link = api
-        .post(
-            "/api/v1/portal/sessions",
-            json!({"owner_user_id": "usr_7", "app": "reports",
-                   "return_url": "https://app.example.com/settings"}),
-        )
-        .await
-        .assert_status(201)["url"]
+    let link = crate::portal::portal_link(
+        api,
+        json!({"owner_user_id": "usr_7", "app": "reports",
+               "return_url": "https://app.example.com/settings"}),
+    )
+    .await["url"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -439,35 +447,10 @@ async fn portal_walk_through(browser: Client, base: String, api: Api) {
     arrive(browser, &format!("/portal/keys/{key_id}")).await;
 
     // Rotate with no grace: the old secret is refused at once, the new one works.
-    click(browser, "details:has(#confirm-rotate) summary").await;
-    click(browser, "#confirm-rotate").await;
-    let rotated = value_of(browser, "secret").await;
-    assert_ne!(rotated, secret);
-    assert_ne!(api.verify_code(&secret).await, "VALID");
-    for _ in 0..4 {
-        assert_eq!(api.verify_code(&rotated).await, "VALID");
-    }
-    let verdict = api.verify(&rotated, Some("write")).await;
-    assert_eq!(verdict["code"], "INSUFFICIENT_PERMISSIONS");
+    let rotated = rotate_on_page(browser, api, &secret, "secret", (4, 1)).await;
 
     // The usage chart draws them.
-    let mut drawn = false;
-    for _ in 0..50 {
-        browser
-            .goto(&format!("{base}/portal/keys/{key_id}?range=1h"))
-            .await
-            .unwrap();
-        let valid = browser
-            .find_all(Locator::Css("svg.chart rect.s-valid"))
-            .await
-            .unwrap();
-        if !valid.is_empty() {
-            drawn = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(drawn, "the usage chart never showed the verifications");
+    wait_for_chart(browser, &format!("{base}/portal/keys/{key_id}?range=1h")).await;
     screenshot(browser, "portal-key").await;
 
     // Revoke, after a confirmation.

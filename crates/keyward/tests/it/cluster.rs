@@ -973,6 +973,8 @@ async fn webhooks_survive_a_node_killed_mid_delivery() {
 /// A portal link opened on two nodes at once opens one session (SPEC §4.10: usable once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_portal_link_opens_once_across_nodes() {
+    use crate::portal::portal_link;
+
     let Some(admin_url) = admin_url() else { return };
     let database = TestDatabase::create(&admin_url).await.unwrap();
     let url = database.url.clone();
@@ -980,14 +982,7 @@ async fn a_portal_link_opens_once_across_nodes() {
     let (node_a, node_b) = (cluster.api(0), cluster.api(1));
     node_a.create_app("reports", &["read"]).await;
     for _ in 0..5 {
-        let link = node_a
-            .post(
-                "/api/v1/portal/sessions",
-                json!({"owner_user_id": "usr_1", "app": "reports"}),
-            )
-            .await
-            .assert_status(201)
-            .clone();
+        let link = portal_link(&node_a, json!({"owner_user_id": "usr_1", "app": "reports"})).await;
         let code = link["url"].as_str().unwrap().rsplit_once('/').unwrap().1;
         let body = json!({ "code": code });
         let (first, second) = tokio::join!(

@@ -6,6 +6,14 @@ use serde_json::{json, Value};
 use crate::dashboard::Browser;
 use crate::testkit::{Api, TestServer};
 
+/// A portal link for `body`, asked for with `api`'s key.
+pub async fn portal_link(api: &Api, body: Value) -> Value {
+    api.post("/api/v1/portal/sessions", body)
+        .await
+        .assert_status(201)
+        .clone()
+}
+
 /// The one-time code at the end of a link.
 fn code_of(link: &Value) -> String {
     let url = link["url"].as_str().unwrap();
@@ -22,15 +30,12 @@ async fn a_link_opens_once_for_the_customer_it_names() {
     let server = TestServer::start().await;
     let api = server.api();
     api.create_app("reports", &["read", "write"]).await;
-    let link = api
-        .post(
-            "/api/v1/portal/sessions",
-            json!({"owner_user_id": "usr_1", "app": "reports", "permissions": ["read"],
+    let link = portal_link(
+        &api,
+        json!({"owner_user_id": "usr_1", "app": "reports", "permissions": ["read"],
                    "return_url": "https://app.example.com/settings"}),
-        )
-        .await
-        .assert_status(201)
-        .clone();
+    )
+    .await;
     let url = link["url"].as_str().unwrap();
     assert!(
         url.starts_with(&format!("{}/portal/enter/", server.base)),
@@ -135,22 +140,15 @@ async fn links_are_refused_beyond_the_makers_scopes_and_for_bad_return_urls() {
         .await
         .assert_status(201)
         .clone();
-    let link = Api::new(&server.base, maker["secret"].as_str().unwrap())
-        .post("/api/v1/portal/sessions", body(json!({})))
-        .await
-        .assert_status(201)
-        .clone();
+    let backend = Api::new(&server.base, maker["secret"].as_str().unwrap());
+    let link = portal_link(&backend, body(json!({}))).await;
     let opened = redeem(&api, &code_of(&link)).await;
     assert_eq!(
         opened.assert_status(200)["shows_usage"],
         true,
         "keys:write reads usage too"
     );
-    let second = Api::new(&server.base, maker["secret"].as_str().unwrap())
-        .post("/api/v1/portal/sessions", body(json!({})))
-        .await
-        .assert_status(201)
-        .clone();
+    let second = portal_link(&backend, body(json!({}))).await;
     api.post(
         &format!("/api/v1/root-keys/{}/revoke", maker["id"].as_str().unwrap()),
         json!({}),
@@ -167,12 +165,7 @@ async fn links_are_refused_beyond_the_makers_scopes_and_for_bad_return_urls() {
 
 /// Opens a portal link in a fresh browser, which then holds the session's cookie.
 async fn open_portal(server: &TestServer, body: Value) -> Browser {
-    let link = server
-        .api()
-        .post("/api/v1/portal/sessions", body)
-        .await
-        .assert_status(201)
-        .clone();
+    let link = portal_link(&server.api(), body).await;
     let mut browser = Browser::new(&server.base);
     let entered = browser
         .get(&format!("/portal/enter/{}", code_of(&link)))
@@ -341,14 +334,7 @@ async fn an_unused_link_expires_and_a_customer_holds_at_most_max_keys() {
     .await;
     let api = server.api();
     api.create_app("reports", &["read"]).await;
-    let stale = api
-        .post(
-            "/api/v1/portal/sessions",
-            json!({"owner_user_id": "usr_1", "app": "reports"}),
-        )
-        .await
-        .assert_status(201)
-        .clone();
+    let stale = portal_link(&api, json!({"owner_user_id": "usr_1", "app": "reports"})).await;
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let mut late = Browser::new(&server.base);
     let spent = late
@@ -359,14 +345,11 @@ async fn an_unused_link_expires_and_a_customer_holds_at_most_max_keys() {
     assert!(!late.has_cookie("kw_portal"));
 
     // One key at most: the second is refused on the page, in words.
-    let link = api
-        .post(
-            "/api/v1/portal/sessions",
-            json!({"owner_user_id": "usr_1", "app": "reports", "max_keys": 1}),
-        )
-        .await
-        .assert_status(201)
-        .clone();
+    let link = portal_link(
+        &api,
+        json!({"owner_user_id": "usr_1", "app": "reports", "max_keys": 1}),
+    )
+    .await;
     let mut browser = Browser::new(&server.base);
     let entered = browser
         .get(&format!("/portal/enter/{}", code_of(&link)))
@@ -393,14 +376,11 @@ async fn an_unused_link_expires_and_a_customer_holds_at_most_max_keys() {
     // A session of the test environment says so.
     let test_api = server.api_with(&server.test_key);
     test_api.create_app("reports", &["read"]).await;
-    let test_link = test_api
-        .post(
-            "/api/v1/portal/sessions",
-            json!({"owner_user_id": "usr_1", "app": "reports"}),
-        )
-        .await
-        .assert_status(201)
-        .clone();
+    let test_link = portal_link(
+        &test_api,
+        json!({"owner_user_id": "usr_1", "app": "reports"}),
+    )
+    .await;
     let mut tester = Browser::new(&server.base);
     tester
         .get(&format!("/portal/enter/{}", code_of(&test_link)))
