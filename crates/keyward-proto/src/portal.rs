@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 pub struct CreatePortalSessionRequest {
     /// The customer: the portal shows and makes keys with this `owner_user_id` only.
     pub owner_user_id: String,
-    /// The app's slug (or id).
+    /// The app's slug.
     pub app: String,
     /// Where the portal's "back" link leads: `https://…`, or an origin listed in
     /// `KEYWARD_PORTAL_RETURN_ORIGINS`.

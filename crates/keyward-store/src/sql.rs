@@ -330,17 +330,46 @@ impl SqlStore {
         // The credential asking must still be live: a request let in just before its key's
         // revocation returned must not make anything (a successor, above all) after it.
         // Revocation locks the same row exclusively, so the two are ordered.
-        if let Some(query) = actor_row_query(&change.actor) {
-            let actor_id = change.actor.split(':').next().unwrap_or_default();
-            let live = sqlx::query(&format!("{query}{}", self.backend.lock("a", Lock::Shared)))
-                .bind(actor_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if live.is_none() {
-                return Err(StoreError::NotPermitted(Forbidden::ActorRevoked));
-            }
+        let actor_id = change.actor.split(':').next().unwrap_or_default();
+        self.hold_live_actor(&mut tx, &change.actor, actor_id)
+            .await?;
+        // A customer portal session acts for its maker: the session must be open, and its
+        // maker held like any actor, so that revoking the maker is ordered with this change.
+        if change.actor.starts_with("ps_") {
+            let session = sqlx::query(
+                "SELECT created_by FROM portal_sessions WHERE id = $1 \
+                 AND redeemed_at IS NOT NULL AND expires_at > $2",
+            )
+            .bind(actor_id)
+            .bind(change.now.as_millis())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotPermitted(Forbidden::ActorRevoked))?;
+            let maker: String = sqlx::Row::try_get(&session, "created_by")?;
+            self.hold_live_actor(&mut tx, &maker, &maker).await?;
         }
         Ok(tx)
+    }
+
+    /// Refuses unless `actor` (a credential, by its id `actor_id`) is live, and holds its row
+    /// against revocation until `tx` ends. Actors that are not credentials pass.
+    async fn hold_live_actor(
+        &self,
+        tx: &mut Transaction<'_>,
+        actor: &str,
+        actor_id: &str,
+    ) -> StoreResult<()> {
+        let Some(query) = actor_row_query(actor) else {
+            return Ok(());
+        };
+        let live = sqlx::query(&format!("{query}{}", self.backend.lock("a", Lock::Shared)))
+            .bind(actor_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if live.is_none() {
+            return Err(StoreError::NotPermitted(Forbidden::ActorRevoked));
+        }
+        Ok(())
     }
 
     /// Announces in `tx` what caches must forget, commits, and describes the change.

@@ -983,3 +983,122 @@ async fn portal_links_expire_open_once_and_their_sessions_end() {
     store.end_portal_session("ps_1", NOW).await.unwrap();
     assert!(store.live_portal_session("ps_1", NOW).await.is_err());
 }
+
+/// A change made through a portal session holds the session's maker like any actor: one
+/// that began before the maker's revocation committed waits for it, then is refused (so no
+/// key appears after the revoke returned).
+#[tokio::test]
+async fn a_portal_change_is_ordered_with_its_makers_revocation() {
+    use keyward_core::model::{PortalSession, RootKey};
+    use keyward_store::{PortalStore, WorkspaceStore};
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, database) = open(&dir).await;
+    let Some(database) = database else {
+        eprintln!("skipped: lock order needs PostgreSQL (KEYWARD_TEST_BACKEND=postgres)");
+        return;
+    };
+    let maker = RootKey {
+        id: "rk_maker".to_owned(),
+        tenancy: tenancy(Environment::Live),
+        name: "backend".to_owned(),
+        scopes: ScopeSet::all(),
+        start: "sk_live_abcd".to_owned(),
+        created_at: NOW,
+        revoked_at: None,
+        rate_limit_scheme: None,
+        limit_meter: None,
+        expires_at: None,
+    };
+    store
+        .create_root_key(
+            &change(Environment::Live, "aud_1"),
+            &maker,
+            KeyHash::of("maker"),
+        )
+        .await
+        .unwrap();
+    store
+        .create_app(&change(Environment::Live, "aud_2"), &app("app_1", "acme"))
+        .await
+        .unwrap();
+    let session = PortalSession {
+        id: "ps_1".to_owned(),
+        tenancy: tenancy(Environment::Live),
+        app_id: "app_1".to_owned(),
+        owner_user_id: "usr_1".to_owned(),
+        organization_id: None,
+        permissions: vec!["read".to_owned()],
+        max_keys: 10,
+        return_url: None,
+        created_by: maker.id.clone(),
+        scopes: ScopeSet::all(),
+        created_at: NOW,
+        code_expires_at: NOW.plus_millis(300_000),
+        expires_at: NOW.plus_millis(300_000),
+    };
+    store
+        .create_portal_session(&change(Environment::Live, "aud_3"), &session, "hash")
+        .await
+        .unwrap();
+    store
+        .redeem_portal_code("hash", NOW, NOW.plus_millis(3_600_000))
+        .await
+        .unwrap();
+
+    // The revocation is under way: it holds the maker's row.
+    let mut revoker = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut revoker).await.unwrap();
+    sqlx::query("UPDATE root_keys SET revoked_at = $1 WHERE id = $2")
+        .bind(NOW.as_millis())
+        .bind(&maker.id)
+        .execute(&mut revoker)
+        .await
+        .unwrap();
+    let customer = Change {
+        actor: "ps_1:usr_1".to_owned(),
+        ..change(Environment::Live, "aud_4")
+    };
+    let mut made = key("key_1", &app("app_1", "acme"), Some("usr_1"));
+    made.id = "key_portal".to_owned();
+    let creating = tokio::spawn(async move {
+        store
+            .create_key(&customer, &made, KeyHash::of("portal key"), None)
+            .await
+    });
+    let mut observer = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let mut waited = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        waited += 1;
+        assert!(
+            waited < 500,
+            "the portal change never waited for the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query("COMMIT").execute(&mut revoker).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), creating)
+        .await
+        .expect("the change finished")
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Err(StoreError::NotPermitted(
+                keyward_store::Forbidden::ActorRevoked
+            ))
+        ),
+        "{outcome:?}"
+    );
+}

@@ -25,12 +25,37 @@ use crate::{convert, os_rng, page_request, ApiError, AppState};
 /// The longest grace period a rotation may give the previous secret.
 const MAX_ROTATION_GRACE_SECONDS: u64 = 30 * 24 * 3600;
 
-fn validate_owner(owner: &str) -> Result<(), ApiError> {
+pub(super) fn validate_owner(owner: &str) -> Result<(), ApiError> {
     validate::text("owner_user_id", owner, MAX_EXTERNAL_ID_LEN).map_err(ApiError::from)
 }
 
+/// The organization a key of `app` belongs to: the one `requested`, or the app's; an app
+/// with an organization takes no other.
+pub(super) fn key_organization(
+    app: &App,
+    requested: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let organization_id = match (&app.organization_id, requested) {
+        (Some(app_org), Some(key_org)) if *app_org != key_org => {
+            return Err(ApiError::invalid(
+                "organization_mismatch",
+                "The app's keys all belong to the app's organization",
+            ));
+        }
+        (app_org, key_org) => key_org.or_else(|| app_org.clone()),
+    };
+    if let Some(organization) = &organization_id {
+        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN)
+            .map_err(ApiError::from)?;
+    }
+    Ok(organization_id)
+}
+
 /// Checks a key's permissions against what its app may grant.
-fn granted_permissions(app: &App, requested: &[String]) -> Result<Vec<String>, ApiError> {
+pub(super) fn granted_permissions(
+    app: &App,
+    requested: &[String],
+) -> Result<Vec<String>, ApiError> {
     let permissions = validate::permissions(requested).map_err(ApiError::from)?;
     // Named by its place in the request, not by its text, which may be a pasted secret.
     if let Some(missing) = requested
@@ -156,19 +181,7 @@ fn new_key(
     if let Some(owner) = &draft.owner_user_id {
         validate_owner(owner)?;
     }
-    let organization_id = match (&app.organization_id, draft.organization_id) {
-        (Some(app_org), Some(key_org)) if *app_org != key_org => {
-            return Err(ApiError::invalid(
-                "organization_mismatch",
-                "The app's keys all belong to the app's organization",
-            ));
-        }
-        (app_org, key_org) => key_org.or_else(|| app_org.clone()),
-    };
-    if let Some(organization) = &organization_id {
-        validate::text("organization_id", organization, MAX_EXTERNAL_ID_LEN)
-            .map_err(ApiError::from)?;
-    }
+    let organization_id = key_organization(app, draft.organization_id)?;
     let permissions = granted_permissions(app, draft.permissions.as_deref().unwrap_or_default())?;
     let meta = draft.meta.unwrap_or_default();
     validate::meta(&meta).map_err(ApiError::from)?;

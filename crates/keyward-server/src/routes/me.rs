@@ -32,6 +32,8 @@ use crate::{convert, page_request, ApiError, AppState};
 pub(crate) struct Me {
     subject: String,
     app_slug: String,
+    /// A portal session's app, by id: a slug may name a later app.
+    app_id: Option<String>,
     /// A portal session names one organization's keys only.
     organization_id: Option<String>,
     /// What new keys may have: all of the app's, or a portal session's subset.
@@ -98,6 +100,7 @@ impl FromRequestParts<Arc<AppState>> for Me {
             quota: user.public_key.key.max_keys_per_user,
             subject,
             app_slug,
+            app_id: None,
             organization_id: None,
             permissions: None,
             portal_session: None,
@@ -119,8 +122,12 @@ impl Me {
             .store
             .live_portal_session(&grant.session_id, now)
             .await
-            .map_err(|_| {
-                ApiError::unauthenticated("portal_session_ended", "The portal session is over")
+            .map_err(|error| match error {
+                keyward_store::StoreError::NotFound(_) => {
+                    ApiError::unauthenticated("portal_session_ended", "The portal session is over")
+                }
+                // Storage that does not answer ends nothing: the customer may try again.
+                other => other.into(),
             })?;
         let app = state
             .store
@@ -137,6 +144,7 @@ impl Me {
             },
             subject: session.owner_user_id,
             app_slug: app.slug,
+            app_id: Some(app.id),
             organization_id: session.organization_id,
             permissions: Some(session.permissions),
             quota: session.max_keys,
@@ -145,10 +153,11 @@ impl Me {
     }
 
     async fn app(&self, state: &AppState) -> Result<App, ApiError> {
-        Ok(state
-            .store
-            .app_by_slug(&self.caller.tenancy, &self.app_slug)
-            .await?)
+        let tenancy = &self.caller.tenancy;
+        Ok(match &self.app_id {
+            Some(app_id) => state.store.app_by_id(tenancy, app_id).await?,
+            None => state.store.app_by_slug(tenancy, &self.app_slug).await?,
+        })
     }
 
     fn own_keys(&self) -> KeyFilter {
@@ -165,6 +174,10 @@ impl Me {
         let key = state.store.key(&self.caller.tenancy, id).await?;
         if key.owner_user_id.as_deref() != Some(self.subject.as_str())
             || key.app_slug != self.app_slug
+            || self
+                .app_id
+                .as_ref()
+                .is_some_and(|app_id| *app_id != key.app_id)
             || (self.organization_id.is_some() && key.organization_id != self.organization_id)
         {
             return Err(ApiError::not_found("key"));
@@ -206,10 +219,11 @@ pub(crate) async fn create_my_key(
     let app = me.app(&state).await?;
     let allowed = me.permissions.as_ref().unwrap_or(&app.permissions);
     if let Some(named) = &request.permissions {
-        if let Some(other) = named.iter().find(|name| !allowed.contains(name)) {
+        // Named by its place, not its text, which may be a pasted secret.
+        if let Some(other) = named.iter().position(|name| !allowed.contains(name)) {
             return Err(ApiError::invalid(
                 "invalid_permissions",
-                format!("`{other}` is not a permission you may give a key"),
+                format!("`permissions[{other}]` is not a permission you may give a key"),
             ));
         }
     }

@@ -17,6 +17,7 @@ use keyward_store::StoreError;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use super::keys::{granted_permissions, key_organization, validate_owner};
 use crate::extract::{ApiJson, Caller};
 use crate::{convert, os_rng, ApiError, AppState};
 
@@ -109,28 +110,16 @@ pub(crate) async fn create_portal_session(
     ApiJson(request): ApiJson<CreatePortalSessionRequest>,
 ) -> Result<(StatusCode, Json<PortalSessionLink>), ApiError> {
     caller.require(Scope::KeysWrite)?;
-    let owner_user_id = request.owner_user_id.trim().to_owned();
-    if owner_user_id.is_empty() || owner_user_id.len() > 256 {
-        return Err(ApiError::invalid(
-            "invalid_owner_user_id",
-            "`owner_user_id` must be 1 to 256 characters",
-        ));
-    }
+    // What a key of this customer must pass anyway is checked now, so that no session is
+    // made whose every key would be refused.
+    validate_owner(&request.owner_user_id)?;
     let app = state
         .store
         .app_by_slug(&caller.tenancy, &request.app)
         .await?;
     let permissions = match request.permissions {
         None => app.permissions.clone(),
-        Some(named) => {
-            if let Some(unknown) = named.iter().find(|name| !app.permissions.contains(name)) {
-                return Err(ApiError::invalid(
-                    "invalid_permissions",
-                    format!("`{unknown}` is not one of the app's permissions"),
-                ));
-            }
-            named
-        }
+        Some(named) => granted_permissions(&app, &named)?,
     };
     let max_keys = request.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
     if !(1..=MAX_MAX_KEYS).contains(&max_keys) {
@@ -139,7 +128,8 @@ pub(crate) async fn create_portal_session(
             format!("`max_keys` must be between 1 and {MAX_MAX_KEYS}"),
         ));
     }
-    if let Some(organization_id) = &request.organization_id {
+    let organization_id = key_organization(&app, request.organization_id)?;
+    if let Some(organization_id) = &organization_id {
         state
             .store
             .organization(&caller.tenancy, organization_id)
@@ -160,8 +150,8 @@ pub(crate) async fn create_portal_session(
         id: id::generate(IdKind::PortalSession, change.now, &mut os_rng()),
         tenancy: caller.tenancy.clone(),
         app_id: app.id.clone(),
-        owner_user_id,
-        organization_id: request.organization_id,
+        owner_user_id: request.owner_user_id,
+        organization_id,
         permissions,
         max_keys,
         return_url,

@@ -113,9 +113,11 @@ async fn links_are_refused_beyond_the_makers_scopes_and_for_bad_return_urls() {
             "invalid_return_url",
         ),
         (json!({"return_url": "/relative"}), "invalid_return_url"),
-        (json!({"permissions": ["admin"]}), "invalid_permissions"),
+        (json!({"permissions": ["admin"]}), "permission_not_in_app"),
         (json!({"max_keys": 0}), "invalid_max_keys"),
-        (json!({"owner_user_id": " "}), "invalid_owner_user_id"),
+        (json!({"owner_user_id": " "}), "invalid_field"),
+        (json!({"owner_user_id": "usr\u{7}"}), "invalid_field"),
+        (json!({"owner_user_id": "u".repeat(201)}), "invalid_field"),
     ] {
         api.post("/api/v1/portal/sessions", body(extra.clone()))
             .await
@@ -386,5 +388,77 @@ async fn an_unused_link_expires_and_a_customer_holds_at_most_max_keys() {
         .get(&format!("/portal/enter/{}", code_of(&test_link)))
         .await;
     assert!(tester.get("/portal").await.html.contains("Test keys"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_naming_an_organization_sees_only_its_keys_and_ends_with_its_maker() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    for organization in ["org_a", "org_b"] {
+        api.put(&format!("/api/v1/organizations/{organization}"), json!({}))
+            .await
+            .assert_status(200);
+    }
+    api.create_app("reports", &["read"]).await;
+    let in_a = api
+        .create_key(
+            "reports",
+            json!({"name": "team a key", "owner_user_id": "usr_1", "organization_id": "org_a"}),
+        )
+        .await;
+    let in_b = api
+        .create_key(
+            "reports",
+            json!({"name": "team b key", "owner_user_id": "usr_1", "organization_id": "org_b"}),
+        )
+        .await;
+    let maker = api
+        .post(
+            "/api/v1/root-keys",
+            json!({"name": "backend", "scopes": ["keys:write"]}),
+        )
+        .await
+        .assert_status(201)
+        .clone();
+    let backend = Api::new(&server.base, maker["secret"].as_str().unwrap());
+    let link = portal_link(
+        &backend,
+        json!({"owner_user_id": "usr_1", "app": "reports", "organization_id": "org_a"}),
+    )
+    .await;
+    let mut browser = Browser::new(&server.base);
+    browser
+        .get(&format!("/portal/enter/{}", code_of(&link)))
+        .await;
+    let page = browser.get("/portal").await;
+    assert!(page.html.contains("team a key"), "{}", page.html);
+    assert!(!page.html.contains("team b key"));
+    let other = in_b["id"].as_str().unwrap();
+    assert_eq!(
+        browser.get(&format!("/portal/keys/{other}")).await.status,
+        404
+    );
+    let mine = in_a["id"].as_str().unwrap();
+    assert_eq!(
+        browser.get(&format!("/portal/keys/{mine}")).await.status,
+        200
+    );
+    let made = browser
+        .post("/portal/keys", &[("csrf", &page.csrf()), ("name", "new")])
+        .await;
+    let verdict = api.verify(&made.input("secret"), None).await;
+    assert_eq!(verdict["organization_id"], "org_a", "{verdict:#}");
+
+    // Its maker revoked, the open session is over.
+    api.post(
+        &format!("/api/v1/root-keys/{}/revoke", maker["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await
+    .assert_status(200);
+    let over = browser.get("/portal").await;
+    assert_eq!(over.status, 401);
+    assert!(over.html.contains("Your session has ended"));
     server.stop().await;
 }

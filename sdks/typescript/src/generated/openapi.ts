@@ -1109,7 +1109,7 @@ export interface components {
         };
         /** @description A link for one customer to manage their keys of one app. */
         CreatePortalSessionRequest: {
-            /** @description The app's slug (or id). */
+            /** @description The app's slug. */
             app: string;
             /**
              * Format: int32
