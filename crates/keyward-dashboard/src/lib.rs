@@ -188,7 +188,11 @@ pub fn router(api: Router, sealer: Arc<dyn Sealer>, settings: DashboardSettings)
         .route("/dashboard/audit-log", get(pages::settings::audit_log))
         .route("/dashboard/assets/{file}", get(assets::serve))
         .route("/portal", get(portal::keys))
-        .route("/portal/enter/{code}", get(portal::enter))
+        // A HEAD (a link checker, a preview) must not spend the link.
+        .route(
+            "/portal/enter/{code}",
+            get(portal::enter).head(|| async { axum::http::StatusCode::OK }),
+        )
         .route("/portal/keys", post(portal::create))
         .route("/portal/keys/{id}", get(portal::key))
         .route("/portal/keys/{id}/rotate", post(portal::rotate))

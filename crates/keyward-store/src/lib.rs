@@ -845,6 +845,8 @@ pub trait PortalStore: Send + Sync {
     ) -> StoreResult<keyward_core::model::PortalSession>;
     /// Ends a session (the customer signed out).
     async fn end_portal_session(&self, id: &str, now: Timestamp) -> StoreResult<()>;
+    /// Forgets sessions (used or not) that ended before `before`; returns how many.
+    async fn purge_portal_sessions(&self, before: Timestamp) -> StoreResult<u64>;
 }
 
 /// Everything Keyward keeps, by subject.

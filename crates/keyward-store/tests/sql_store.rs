@@ -982,6 +982,22 @@ async fn portal_links_expire_open_once_and_their_sessions_end() {
     );
     store.end_portal_session("ps_1", NOW).await.unwrap();
     assert!(store.live_portal_session("ps_1", NOW).await.is_err());
+    // Sessions that are over are forgotten: the unused link's at once, the opened one's
+    // after its hour.
+    assert_eq!(
+        store
+            .purge_portal_sessions(NOW.plus_millis(300_001))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .purge_portal_sessions(until.plus_millis(1))
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 /// A change made through a portal session holds the session's maker like any actor: one

@@ -149,6 +149,10 @@ pub(crate) async fn sweep_loop(
         if let Err(error) = state.store.purge_ended_secrets(now).await {
             tracing::warn!(%error, "could not drop ended secrets; will retry");
         }
+        // And customer portal sessions that are over (their links spent or expired).
+        if let Err(error) = state.store.purge_portal_sessions(now).await {
+            tracing::warn!(%error, "could not forget ended portal sessions; will retry");
+        }
     }
 }
 

@@ -152,4 +152,14 @@ impl PortalStore for SqlStore {
             .await?;
         Ok(())
     }
+
+    async fn purge_portal_sessions(&self, before: Timestamp) -> StoreResult<u64> {
+        Ok(
+            sqlx::query("DELETE FROM portal_sessions WHERE expires_at < $1")
+                .bind(before.as_millis())
+                .execute(&self.writer)
+                .await?
+                .rows_affected(),
+        )
+    }
 }

@@ -53,6 +53,14 @@ async fn a_link_opens_once_for_the_customer_it_names() {
     assert_eq!(entry["details"]["owner_user_id"], "usr_1");
     assert!(!audit.body.to_string().contains(&code));
 
+    // A link checker's HEAD does not spend it.
+    let checked = reqwest::Client::new()
+        .head(link["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checked.status(), 200);
+
     let anyone = Api::new(&server.base, "");
     let opened = redeem(&anyone, &code).await;
     let session = opened.assert_status(200);
