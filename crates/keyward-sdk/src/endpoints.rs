@@ -405,6 +405,7 @@ impl Client {
     ///
     /// let answer = keyward.create_my_key(&CreateMyKeyRequest {
     ///     name: "my laptop".into(),
+    ///     ..Default::default()
     /// }).await?;
     /// # let _ = answer;
     /// # Ok(()) }

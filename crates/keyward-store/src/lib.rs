@@ -788,7 +788,7 @@ pub trait WebhookStore: Send + Sync {
     async fn pause_webhook_endpoint(&self, endpoint_id: &str, until: Timestamp) -> StoreResult<()>;
     /// Forgets settled deliveries last changed before `before`.
     async fn purge_webhook_deliveries(&self, before: Timestamp) -> StoreResult<u64>;
-    /// Woken when deliveries may have been queued on this node.
+    /// Woken when this node may have recorded events or queued deliveries.
     fn deliveries_queued(&self) -> std::sync::Arc<tokio::sync::Notify>;
 }
 

@@ -235,7 +235,8 @@ pub struct SqlStore {
     /// Woken after a commit that may have recorded events, so this node's stream needs no
     /// polling for its own changes (other nodes' arrive by `NOTIFY`).
     events_committed: std::sync::Arc<tokio::sync::Notify>,
-    /// Woken after a commit that may have queued webhook deliveries, for this node's worker.
+    /// Woken after a commit that may have recorded events, for this node's webhook worker
+    /// (which queues their deliveries).
     deliveries_queued: std::sync::Arc<tokio::sync::Notify>,
 }
 impl SqlStore {

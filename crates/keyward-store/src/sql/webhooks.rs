@@ -1,7 +1,9 @@
-//! Webhook endpoints and their outbox (SPEC §4.8). An event's deliveries are queued by
-//! [`queue_deliveries`] in the transaction that records the event, so a committed event is
-//! never left undelivered; workers on every node claim due deliveries (`FOR UPDATE SKIP
-//! LOCKED` on PostgreSQL) and settle them with [`WebhookStore::settle_webhook_delivery`].
+//! Webhook endpoints and their deliveries (SPEC §4.8). The event log is the outbox: a
+//! worker turns recorded events into deliveries after their commit
+//! ([`WebhookStore::queue_webhook_deliveries`], under the `webhook_fanout` cursor), so a
+//! committed event is never left undelivered; workers on every node claim due deliveries
+//! (`FOR UPDATE SKIP LOCKED` on PostgreSQL) and settle them in batches
+//! ([`WebhookStore::settle_webhook_deliveries`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
