@@ -495,6 +495,9 @@ pub struct PortalSession {
     pub created_by: String,
     /// What the portal may do: what its creator held, of `keys:write` and `usage:read`.
     pub scopes: crate::scope::ScopeSet,
+    /// The creator's limit on calls to Keyward's API: the customer's calls charge it, so a
+    /// session never calls more than its maker may.
+    pub limit: CallLimit,
     pub created_at: Timestamp,
     /// The link works until then, once.
     pub code_expires_at: Timestamp,

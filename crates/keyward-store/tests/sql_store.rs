@@ -789,22 +789,7 @@ async fn settling_waits_for_an_endpoint_delete_and_drops_its_attempts() {
     let settling =
         tokio::spawn(async move { store.settle_webhook_deliveries(&[settlement]).await });
     let mut observer = sqlx::PgConnection::connect(&database.url).await.unwrap();
-    let mut waited = 0;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        waited += 1;
-        assert!(waited < 500, "the settling never waited for the endpoint");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_blocked(&mut observer, "the settling never waited for the endpoint").await;
     // Holding no delivery's lock while it waits, it cannot block the cascade.
     sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
         .bind(&endpoint.id)
@@ -940,6 +925,7 @@ async fn portal_links_expire_open_once_and_their_sessions_end() {
         return_url: None,
         created_by: "test".to_owned(),
         scopes: ScopeSet::all(),
+        limit: keyward_core::model::CallLimit::default(),
         created_at: NOW,
         code_expires_at: NOW.plus_millis(300_000),
         expires_at: NOW.plus_millis(300_000),
@@ -1050,6 +1036,7 @@ async fn a_portal_change_is_ordered_with_its_makers_revocation() {
         return_url: None,
         created_by: maker.id.clone(),
         scopes: ScopeSet::all(),
+        limit: maker.call_limit(),
         created_at: NOW,
         code_expires_at: NOW.plus_millis(300_000),
         expires_at: NOW.plus_millis(300_000),
@@ -1084,25 +1071,11 @@ async fn a_portal_change_is_ordered_with_its_makers_revocation() {
             .await
     });
     let mut observer = sqlx::PgConnection::connect(&database.url).await.unwrap();
-    let mut waited = 0;
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        waited += 1;
-        assert!(
-            waited < 500,
-            "the portal change never waited for the revocation"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_blocked(
+        &mut observer,
+        "the portal change never waited for the revocation",
+    )
+    .await;
     sqlx::query("COMMIT").execute(&mut revoker).await.unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(10), creating)
         .await
@@ -1117,4 +1090,23 @@ async fn a_portal_change_is_ordered_with_its_makers_revocation() {
         ),
         "{outcome:?}"
     );
+}
+
+/// Waits until a connection to `observer`'s database is waiting for a lock; fails with
+/// `never` if none does within five seconds.
+async fn wait_until_blocked(observer: &mut sqlx::PgConnection, never: &str) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *observer)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{never}");
 }

@@ -11,19 +11,21 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::Json;
 use keyward_core::credential::Presented;
-use keyward_core::model::{ApiKey, App};
+use keyward_core::model::{ApiKey, App, PortalSession};
 use keyward_core::scope::ScopeSet;
 use keyward_core::token::TokenError;
+use keyward_core::Timestamp;
 use keyward_dashboard::PortalGrant;
 use keyward_proto::{
     self as wire, ApiKeyWithSecret, CreateMyKeyRequest, ErrorEnvelope, MyKeyUsageParams,
     PageParams, RotateKeyRequest, UsageParams,
 };
-use keyward_store::KeyFilter;
+use keyward_store::{KeyFilter, StoreError};
 
 use super::keys::{issue_key, revoke, rotate, KeyDraft};
 use crate::extract::{presented, request_time, ApiJson, ApiQuery, Caller, OptionalJson};
 use crate::middleware::RequestId;
+use crate::rate_limit::RateLimitSlot;
 use crate::verification::Refusal;
 use crate::{convert, page_request, ApiError, AppState};
 
@@ -123,12 +125,13 @@ impl Me {
             .live_portal_session(&grant.session_id, now)
             .await
             .map_err(|error| match error {
-                keyward_store::StoreError::NotFound(_) => {
+                StoreError::NotFound(_) => {
                     ApiError::unauthenticated("portal_session_ended", "The portal session is over")
                 }
                 // Storage that does not answer ends nothing: the customer may try again.
                 other => other.into(),
             })?;
+        Self::charge_makers_limit(&session, parts, state, now).await?;
         let app = state
             .store
             .app_by_id(&session.tenancy, &session.app_id)
@@ -150,6 +153,46 @@ impl Me {
             quota: session.max_keys,
             portal_session: Some(session.id),
         })
+    }
+
+    /// A customer's calls are its session maker's, as those of any credential the maker
+    /// made: they count against the maker's limit (in a demo sandbox, the sandbox's), so a
+    /// session never calls more than its maker may.
+    async fn charge_makers_limit(
+        session: &PortalSession,
+        parts: &Parts,
+        state: &AppState,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
+        let windows = match &session.limit.scheme {
+            None => Vec::new(),
+            Some(scheme) => match state
+                .store
+                .rate_limit_scheme(&session.tenancy, scheme)
+                .await
+            {
+                Ok(scheme) => scheme.windows,
+                // As for the maker itself: a scheme that is gone limits nothing.
+                Err(StoreError::NotFound(_)) => Vec::new(),
+                Err(other) => return Err(other.into()),
+            },
+        };
+        let meter = format!("calls:{}", session.limit.meter);
+        let Some(calls) = state
+            .verification
+            .limit_api_calls(&session.tenancy, &meter, &windows, now)
+            .await?
+        else {
+            return Ok(());
+        };
+        let refused = calls.is_refused();
+        if let Some(slot) = parts.extensions.get::<RateLimitSlot>() {
+            slot.fill(calls);
+        }
+        if refused {
+            return Err(Refusal::RateLimited.into());
+        }
+        Ok(())
     }
 
     async fn app(&self, state: &AppState) -> Result<App, ApiError> {

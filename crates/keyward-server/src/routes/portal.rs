@@ -161,6 +161,7 @@ pub(crate) async fn create_portal_session(
             .into_iter()
             .filter(|scope| caller.scopes.grants(*scope))
             .collect::<ScopeSet>(),
+        limit: caller.limit.clone(),
         created_at: change.now,
         code_expires_at: change.now.plus_millis(link_lifetime),
         // Set when the link is opened: an hour from then.

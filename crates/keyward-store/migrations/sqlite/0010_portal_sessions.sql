@@ -15,6 +15,9 @@ CREATE TABLE portal_sessions (
     created_by TEXT NOT NULL,
     -- JSON list: what the portal may do (of keys:write, usage:read)
     scopes TEXT NOT NULL,
+    -- The maker's limit on calls to Keyward's API, which the customer's calls charge.
+    limit_scheme TEXT,
+    limit_meter TEXT NOT NULL,
     code_hash TEXT NOT NULL UNIQUE,
     code_expires_at BIGINT NOT NULL,
     redeemed_at BIGINT,

@@ -2,7 +2,7 @@
 //! customer's browser, and live while their creator is.
 
 use async_trait::async_trait;
-use keyward_core::model::PortalSession;
+use keyward_core::model::{CallLimit, PortalSession};
 use keyward_core::scope::ScopeSet;
 use keyward_core::Timestamp;
 use sqlx::any::AnyRow;
@@ -22,8 +22,8 @@ pub(super) const LIVE_PORTAL_SESSION: &str = "SELECT a.id FROM portal_sessions a
      WHERE w.id = a.created_by))";
 
 const COLUMNS: &str = "id, workspace_id, environment, app_id, owner_user_id, organization_id, \
-     permissions, max_keys, return_url, created_by, scopes, code_expires_at, created_at, \
-     expires_at";
+     permissions, max_keys, return_url, created_by, scopes, limit_scheme, limit_meter, \
+     code_expires_at, created_at, expires_at";
 
 fn session_from_row(row: &AnyRow) -> StoreResult<PortalSession> {
     let scopes = json_list(row, "scopes")?;
@@ -40,6 +40,10 @@ fn session_from_row(row: &AnyRow) -> StoreResult<PortalSession> {
         created_by: row.try_get("created_by")?,
         scopes: ScopeSet::parse(scopes.iter().map(String::as_str))
             .map_err(|_| corrupt("scopes"))?,
+        limit: CallLimit {
+            scheme: row.try_get("limit_scheme")?,
+            meter: row.try_get("limit_meter")?,
+        },
         created_at: timestamp(row, "created_at")?,
         code_expires_at: timestamp(row, "code_expires_at")?,
         expires_at: timestamp(row, "expires_at")?,
@@ -68,7 +72,8 @@ impl PortalStore for SqlStore {
         }
         sqlx::query(&format!(
             "INSERT INTO portal_sessions ({COLUMNS}, code_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17)"
         ))
         .bind(&session.id)
         .bind(&session.tenancy.workspace_id)
@@ -81,6 +86,8 @@ impl PortalStore for SqlStore {
         .bind(&session.return_url)
         .bind(&session.created_by)
         .bind(to_json(&session.scopes.to_names()))
+        .bind(&session.limit.scheme)
+        .bind(&session.limit.meter)
         .bind(session.code_expires_at.as_millis())
         .bind(session.created_at.as_millis())
         .bind(session.expires_at.as_millis())

@@ -14,6 +14,22 @@ pub async fn portal_link(api: &Api, body: Value) -> Value {
         .clone()
 }
 
+/// A root key with `keys:write` (and `extra` fields), as a team's backend holds: the key
+/// as the API described it, and a client that calls with it.
+async fn backend_key(api: &Api, extra: Value) -> (Value, Api) {
+    let mut body = json!({"name": "backend", "scopes": ["keys:write"]});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let maker = api
+        .post("/api/v1/root-keys", body)
+        .await
+        .assert_status(201)
+        .clone();
+    let backend = Api::new(&api.base, maker["secret"].as_str().unwrap());
+    (maker, backend)
+}
+
 /// The one-time code at the end of a link.
 fn code_of(link: &Value) -> String {
     let url = link["url"].as_str().unwrap();
@@ -142,15 +158,7 @@ async fn links_are_refused_beyond_the_makers_scopes_and_for_bad_return_urls() {
     .assert_error(404, "NOT_FOUND_ERROR", "organization_not_found");
 
     // A session ends with the key that made it: its link no longer opens.
-    let maker = api
-        .post(
-            "/api/v1/root-keys",
-            json!({"name": "backend", "scopes": ["keys:write"]}),
-        )
-        .await
-        .assert_status(201)
-        .clone();
-    let backend = Api::new(&server.base, maker["secret"].as_str().unwrap());
+    let (maker, backend) = backend_key(&api, json!({})).await;
     let link = portal_link(&backend, body(json!({}))).await;
     let opened = redeem(&api, &code_of(&link)).await;
     assert_eq!(
@@ -421,15 +429,7 @@ async fn a_session_naming_an_organization_sees_only_its_keys_and_ends_with_its_m
             json!({"name": "team b key", "owner_user_id": "usr_1", "organization_id": "org_b"}),
         )
         .await;
-    let maker = api
-        .post(
-            "/api/v1/root-keys",
-            json!({"name": "backend", "scopes": ["keys:write"]}),
-        )
-        .await
-        .assert_status(201)
-        .clone();
-    let backend = Api::new(&server.base, maker["secret"].as_str().unwrap());
+    let (maker, backend) = backend_key(&api, json!({})).await;
     let link = portal_link(
         &backend,
         json!({"owner_user_id": "usr_1", "app": "reports", "organization_id": "org_a"}),
@@ -468,5 +468,42 @@ async fn a_session_naming_an_organization_sees_only_its_keys_and_ends_with_its_m
     let over = browser.get("/portal").await;
     assert_eq!(over.status, 401);
     assert!(over.html.contains("Your session has ended"));
+    server.stop().await;
+}
+
+/// A customer's calls are the session maker's: a rate-limited backend key cannot lend its
+/// customers more calls than it has.
+#[tokio::test]
+async fn a_customers_calls_count_against_the_makers_limit() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    api.post(
+        "/api/v1/rate-limit-schemes",
+        json!({"slug": "backend", "windows": [{"limit": 3, "period_seconds": 86_400}]}),
+    )
+    .await
+    .assert_status(201);
+    api.create_app("reports", &["read"]).await;
+    let (_, backend) = backend_key(&api, json!({"rate_limit_scheme": "backend"})).await;
+    // The maker's own call: 1 of 3.
+    let link = portal_link(
+        &backend,
+        json!({"owner_user_id": "usr_1", "app": "reports"}),
+    )
+    .await;
+    let mut browser = Browser::new(&server.base);
+    browser
+        .get(&format!("/portal/enter/{}", code_of(&link)))
+        .await;
+    // The customer's list: 2 and 3 of 3; the next is refused, and so is the maker.
+    for _ in 0..2 {
+        assert_eq!(browser.get("/portal").await.status, 200);
+    }
+    assert_eq!(browser.get("/portal").await.status, 429);
+    backend.get("/api/v1/apps/reports/keys").await.assert_error(
+        429,
+        "RATE_LIMIT_ERROR",
+        "rate_limited",
+    );
     server.stop().await;
 }
