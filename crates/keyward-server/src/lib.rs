@@ -38,6 +38,7 @@ use axum::Router;
 use keyward_store::cluster::{ClusterCache, ClusterOptions, Coherence};
 use keyward_store::{Changed, PageRequest, SqlStore, Store, StoreOptions, StoreResult};
 use tokio::net::TcpListener;
+use tower::{Layer, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -583,39 +584,37 @@ fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     api.merge(dashboard)
 }
 
+/// The API's routes behind SPEC §3's conventions. The stack wraps the router once: a layer
+/// added with `Router::layer` wraps each route in a boxed copy, cloned on every request.
 fn api_router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     let (api, mut openapi) = routes::api(Arc::clone(&state)).split_for_parts();
     let (forward_auth, gateway_openapi) = gateway::forward_auth::router(state);
     openapi.merge(gateway_openapi);
     let openapi = Arc::new(openapi::finish(openapi));
-    let bodies = |router: Router| {
-        router
-            .layer(DefaultBodyLimit::max(config.max_body_bytes))
-            .layer(axum::middleware::from_fn_with_state(
-                config.max_body_bytes,
-                middleware::digest_signed_body,
-            ))
-    };
-    let api = bodies(
-        api.merge(routes::ops::openapi_router(openapi))
-            // An explicit fallback keeps these layers (and so the error envelope of an
-            // unknown route) once the dashboard's routes are merged in.
-            .fallback(|| async { axum::http::StatusCode::NOT_FOUND }),
-    )
-    .layer(axum::middleware::from_fn(middleware::require_json))
-    .layer(cors(&config.cors_origins));
-    // Forward auth carries the original request's method and content type: no 415 rule,
-    // and an original OPTIONS is no CORS preflight.
-    api.merge(bodies(forward_auth))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            config.request_timeout,
-        ))
+    let routes = api
+        .merge(routes::ops::openapi_router(openapi))
+        .merge(forward_auth)
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
+    let routes = DefaultBodyLimit::max(config.max_body_bytes).layer(routes);
+    let max_body_bytes = config.max_body_bytes;
+    let browser = cors(&config.cors_origins).layer(middleware::BodyRules::new(
+        routes.clone(),
+        true,
+        max_body_bytes,
+    ));
+    let gateway = middleware::BodyRules::new(routes, false, max_body_bytes);
+    let stack = ServiceBuilder::new()
+        .layer_fn(middleware::RequestContext::new)
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
             ApiError::internal().into_response_for_panic()
         }))
-        .layer(axum::middleware::from_fn(middleware::request_context))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            config.request_timeout,
+        ))
+        .service(middleware::ForwardAuthApart::new(browser, gateway));
+    Router::new().fallback_service(stack)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

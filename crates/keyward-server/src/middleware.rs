@@ -1,15 +1,19 @@
 //! Cross-cutting request handling: request ids, the `API-Version` header, rendering error
 //! envelopes, the 415 rule, and one access-log line per request.
 
+use std::convert::Infallible;
+use std::future::Ready;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{BoxFuture, Either};
 use keyward_proto::ErrorEnvelope;
 use rand::RngCore;
+use tower::{Service, ServiceExt};
 
 use crate::error::{payload_for_bare_status, ApiError, ErrorPayload};
 use crate::extract::Unreadable;
@@ -49,58 +53,105 @@ pub(crate) fn request_id_for(sent: Option<&str>) -> String {
         .map_or_else(new_request_id, str::to_owned)
 }
 
-/// The outermost layer: names the request, renders error envelopes, logs the outcome.
-pub(crate) async fn request_context(mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let request_id = request_id_for(
+/// The outermost service: names the request, renders error envelopes, logs the outcome.
+///
+/// The services here are written by hand rather than with `axum::middleware::from_fn`,
+/// which clones the whole stack beneath it and boxes it again on every request; these call
+/// their inner service in place, and the stack is applied once around the router, not to
+/// each route (`Router::layer` boxes a copy per route, cloned per request).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestContext<S> {
+    inner: S,
+}
+
+impl<S> RequestContext<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B> Service<Request> for RequestContext<S>
+where
+    S: Service<Request, Response = axum::http::Response<B>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let started = Instant::now();
+        let request_id = request_id_for(
+            request
+                .headers()
+                .get(&X_REQUEST_ID)
+                .and_then(|value| value.to_str().ok()),
+        );
         request
-            .headers()
-            .get(&X_REQUEST_ID)
-            .and_then(|value| value.to_str().ok()),
-    );
-    request
-        .extensions_mut()
-        .insert(RequestId(request_id.clone()));
-    let rate_limits = RateLimitSlot::default();
-    request.extensions_mut().insert(rate_limits.clone());
-    let method = request.method().clone();
-    let uri = request.uri().clone();
-
-    // A NUL byte is never part of an id, slug or filter, and PostgreSQL refuses it in text.
-    let mut response = if has_encoded_nul(&uri) {
-        ApiError::bad_request("invalid_characters", "The URL contains a NUL byte").into_response()
-    } else {
-        next.run(request).await
-    };
-    let status = response.status();
-    if let Some(report) = rate_limits.report() {
-        crate::rate_limit::write_headers(report, status, response.headers_mut());
-    }
-    if status.is_client_error() || status.is_server_error() {
-        let payload = response
             .extensions_mut()
-            .remove::<ErrorPayload>()
-            .unwrap_or_else(|| payload_for_bare_status(status));
-        let in_header = response.extensions().get::<EnvelopeInHeader>().is_some();
-        render_envelope(&mut response, payload, &request_id, in_header);
-    }
-    write_request_headers(response.headers_mut(), &request_id);
+            .insert(RequestId(request_id.clone()));
+        let rate_limits = RateLimitSlot::default();
+        request.extensions_mut().insert(rate_limits.clone());
+        let method = request.method().clone();
+        let uri = request.uri().clone();
 
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if status.is_server_error() {
-        let path = loggable_path(uri.path());
-        tracing::error!(%method, %path, status = status.as_u16(), elapsed_ms, request_id, "request failed");
-    } else if tracing::enabled!(tracing::Level::DEBUG) {
-        // At debug: a line per request would cost the hot path a formatted write.
-        let path = loggable_path(uri.path());
-        tracing::debug!(%method, %path, status = status.as_u16(), elapsed_ms, request_id, "request");
+        // A NUL byte is never part of an id, slug or filter, and PostgreSQL refuses it in text.
+        let answer = if has_encoded_nul(&uri) {
+            Either::Left(std::future::ready(
+                ApiError::bad_request("invalid_characters", "The URL contains a NUL byte")
+                    .into_response(),
+            ))
+        } else {
+            Either::Right(self.inner.call(request))
+        };
+        Box::pin(async move {
+            let mut response = match answer {
+                Either::Left(refusal) => refusal.await,
+                Either::Right(inner) => match inner.await {
+                    Ok(response) => response.map(Body::new),
+                },
+            };
+            let status = response.status();
+            if let Some(report) = rate_limits.report() {
+                crate::rate_limit::write_headers(report, status, response.headers_mut());
+            }
+            if status.is_client_error() || status.is_server_error() {
+                let payload = response
+                    .extensions_mut()
+                    .remove::<ErrorPayload>()
+                    .unwrap_or_else(|| payload_for_bare_status(status));
+                let in_header = response.extensions().get::<EnvelopeInHeader>().is_some();
+                render_envelope(&mut response, payload, &request_id, in_header);
+            }
+            write_request_headers(response.headers_mut(), &request_id);
+
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            if status.is_server_error() {
+                let path = loggable_path(uri.path());
+                tracing::error!(%method, %path, status = status.as_u16(), elapsed_ms, request_id, "request failed");
+            } else if tracing::enabled!(tracing::Level::DEBUG) {
+                // At debug: a line per request would cost the hot path a formatted write.
+                let path = loggable_path(uri.path());
+                tracing::debug!(%method, %path, status = status.as_u16(), elapsed_ms, request_id, "request");
+            }
+            Ok(response)
+        })
     }
-    response
 }
 
 fn has_encoded_nul(uri: &axum::http::Uri) -> bool {
-    uri.path_and_query()
-        .is_some_and(|text| text.as_str().to_ascii_lowercase().contains("%00"))
+    uri.path_and_query().is_some_and(|text| {
+        text.as_str()
+            .as_bytes()
+            .windows(3)
+            .any(|window| window == b"%00")
+    })
 }
 
 /// Whether some text is shaped like a Keyward secret (`…_live_…`), so that it is kept out
@@ -176,44 +227,124 @@ fn render_envelope(
     }
 }
 
-/// SPEC §3: any API request other than GET, HEAD or OPTIONS must be JSON, checked before the
-/// handler runs.
-pub(crate) async fn require_json(request: Request, next: Next) -> Response {
-    let exempt = matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    ) || !request.uri().path().starts_with("/api/");
-    if exempt || is_json(request.headers().get(header::CONTENT_TYPE)) {
-        return next.run(request).await;
-    }
-    ApiError::from(Unreadable::NotJson).into_response()
+/// What an API route needs of its request before the handler runs: JSON (SPEC §3: any
+/// request other than GET, HEAD or OPTIONS, refused with 415 before the handler), and, for
+/// a request signed with a workspace key, its body's SHA-256, which the signature covers.
+/// Forward auth carries the original request's method and content type: no 415 rule there.
+#[derive(Debug, Clone)]
+pub(crate) struct BodyRules<S> {
+    inner: S,
+    json_required: bool,
+    max_body_bytes: usize,
 }
 
-/// A request signed with a workspace key covers its body's SHA-256: read the body (within
-/// the size limit) and note its digest before any handler consumes it.
-pub(crate) async fn digest_signed_body(
-    axum::extract::State(max_body_bytes): axum::extract::State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let signed = request
+impl<S> BodyRules<S> {
+    pub(crate) fn new(inner: S, json_required: bool, max_body_bytes: usize) -> Self {
+        Self {
+            inner,
+            json_required,
+            max_body_bytes,
+        }
+    }
+}
+
+type Answer = Result<Response, Infallible>;
+
+impl<S> Service<Request> for BodyRules<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Either<Ready<Answer>, BoxFuture<'static, Answer>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if self.json_required && !json_exempt(&request) {
+            let refusal = ApiError::from(Unreadable::NotJson).into_response();
+            return Either::Left(Either::Left(std::future::ready(Ok(refusal))));
+        }
+        if !is_signed(&request) {
+            return Either::Right(self.inner.call(request));
+        }
+        // Only a signed request waits for its body here, so only it pays for a copy of the
+        // service to finish on.
+        let inner = self.inner.clone();
+        let max_body_bytes = self.max_body_bytes;
+        Either::Left(Either::Right(Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, max_body_bytes).await else {
+                return Ok(ApiError::from(Unreadable::BodyTooLarge).into_response());
+            };
+            parts.extensions.insert(crate::extract::BodyDigest(
+                keyward_core::signature::body_digest(&bytes),
+            ));
+            inner
+                .oneshot(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        })))
+    }
+}
+
+fn json_exempt(request: &Request) -> bool {
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) || !request.uri().path().starts_with("/api/")
+        || is_json(request.headers().get(header::CONTENT_TYPE))
+}
+
+fn is_signed(request: &Request) -> bool {
+    request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split_whitespace().next())
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(keyward_core::signature::SCHEME));
-    if !signed {
-        return next.run(request).await;
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(keyward_core::signature::SCHEME))
+}
+
+/// Sends forward auth's requests (the original request's method and headers, so an
+/// `OPTIONS` there is no CORS preflight) to `gateway`, and every other API request to
+/// `browser`, which answers CORS.
+#[derive(Debug, Clone)]
+pub(crate) struct ForwardAuthApart<B, G> {
+    browser: B,
+    gateway: G,
+}
+
+impl<B, G> ForwardAuthApart<B, G> {
+    pub(crate) fn new(browser: B, gateway: G) -> Self {
+        Self { browser, gateway }
     }
-    let (mut parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, max_body_bytes).await else {
-        return ApiError::from(Unreadable::BodyTooLarge).into_response();
-    };
-    parts.extensions.insert(crate::extract::BodyDigest(
-        keyward_core::signature::body_digest(&bytes),
-    ));
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+}
+
+impl<B, G, ResBody> Service<Request> for ForwardAuthApart<B, G>
+where
+    B: Service<Request, Response = axum::http::Response<ResBody>, Error = Infallible>,
+    G: Service<Request, Response = axum::http::Response<ResBody>, Error = Infallible>,
+{
+    type Response = axum::http::Response<ResBody>;
+    type Error = Infallible;
+    type Future = Either<B::Future, G::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self.browser.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.gateway.poll_ready(cx),
+            pending => pending,
+        }
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if crate::gateway::is_forward_auth_path(request.uri().path()) {
+            Either::Right(self.gateway.call(request))
+        } else {
+            Either::Left(self.browser.call(request))
+        }
+    }
 }
 
 fn is_json(content_type: Option<&HeaderValue>) -> bool {

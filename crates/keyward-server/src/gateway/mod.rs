@@ -30,6 +30,13 @@ use crate::AppState;
 /// The path of forward auth, and the prefix of Envoy's HTTP `ext_authz` service.
 pub const FORWARD_AUTH_PATH: &str = "/api/v1/gateway/auth";
 
+/// Whether a path is forward auth's: the path itself, or under it (the original path, for
+/// proxies that append it).
+pub(crate) fn is_forward_auth_path(path: &str) -> bool {
+    path.strip_prefix(FORWARD_AUTH_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// The headers a proxy sets on its request to Keyward (lowercase, as HTTP/2 and gRPC carry
 /// them).
 pub mod request_headers {
