@@ -603,16 +603,13 @@ fn api_router(state: Arc<AppState>, config: &ServerConfig) -> Router {
         max_body_bytes,
     ));
     let gateway = middleware::BodyRules::new(routes, false, max_body_bytes);
+    let request_timeout = config.request_timeout;
     let stack = ServiceBuilder::new()
-        .layer_fn(middleware::RequestContext::new)
+        .layer_fn(|inner| middleware::RequestContext::new(inner, request_timeout))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
             ApiError::internal().into_response_for_panic()
         }))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            config.request_timeout,
-        ))
         .service(middleware::ForwardAuthApart::new(browser, gateway));
     Router::new().fallback_service(stack)
 }

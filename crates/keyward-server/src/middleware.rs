@@ -4,11 +4,11 @@
 use std::convert::Infallible;
 use std::future::Ready;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
-use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{BoxFuture, Either};
 use keyward_proto::ErrorEnvelope;
@@ -59,14 +59,23 @@ pub(crate) fn request_id_for(sent: Option<&str>) -> String {
 /// which clones the whole stack beneath it and boxes it again on every request; these call
 /// their inner service in place, and the stack is applied once around the router, not to
 /// each route (`Router::layer` boxes a copy per route, cloned per request).
+///
+/// It also bounds the request's time (503 past `request_timeout`). Unlike tower-http's
+/// timeout, which arms its timer before polling the request, `tokio::time::timeout` polls
+/// the request first: one answered on its first poll (a cached verification) never touches
+/// the timer wheel.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestContext<S> {
     inner: S,
+    request_timeout: Duration,
 }
 
 impl<S> RequestContext<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        Self { inner }
+    pub(crate) fn new(inner: S, request_timeout: Duration) -> Self {
+        Self {
+            inner,
+            request_timeout,
+        }
     }
 }
 
@@ -110,11 +119,13 @@ where
         } else {
             Either::Right(self.inner.call(request))
         };
+        let request_timeout = self.request_timeout;
         Box::pin(async move {
             let mut response = match answer {
                 Either::Left(refusal) => refusal.await,
-                Either::Right(inner) => match inner.await {
-                    Ok(response) => response.map(Body::new),
+                Either::Right(inner) => match tokio::time::timeout(request_timeout, inner).await {
+                    Ok(Ok(response)) => response.map(Body::new),
+                    Err(_elapsed) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
                 },
             };
             let status = response.status();

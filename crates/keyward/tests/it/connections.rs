@@ -140,3 +140,55 @@ async fn the_connection_limit_refuses_the_excess_and_recovers() {
     drop(session);
     server.stop().await;
 }
+
+/// A request the server is still working on past `request_timeout` gets a 503 in SPEC §3's
+/// envelope, and the connection serves the next request. The slow part here is a signed
+/// request's body, which arrives only halfway: the server reads it before any handler runs.
+#[tokio::test]
+async fn a_request_past_its_timeout_gets_a_503_envelope() {
+    let server = TestServer::start_with(ServerConfig {
+        request_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut socket = TcpStream::connect(address(&server)).await.unwrap();
+    socket
+        .write_all(
+            format!(
+                "POST /api/v1/keys/verify HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: {} kw_ws_x:0:0:x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\nX-Request-ID: req_0123456789ab\r\n\r\n{{\"key\":",
+                keyward_core::signature::SCHEME
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\"request_id\"") {
+        let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buffer))
+            .await
+            .expect("answered within the timeout's bound")
+            .unwrap();
+        assert!(read > 0, "closed without an answer");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(started.elapsed() >= Duration::from_millis(400), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"service_unavailable\""),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("\"request_id\":\"req_0123456789ab\""),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("api-version: 1.0"),
+        "{answer}"
+    );
+    answered(&server).await;
+}
