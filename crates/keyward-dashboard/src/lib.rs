@@ -59,6 +59,15 @@ pub(crate) struct Dashboard {
 /// The dashboard's routes, all under `/dashboard`, and the customer portal's, under
 /// `/portal`. `api` is Keyward's whole API router, with its middleware: both call it as a
 /// client would.
+/// Whether a path is the dashboard's or the portal's, so that the server can send every
+/// other request straight to the API.
+pub fn serves(path: &str) -> bool {
+    ["/dashboard", "/portal"].iter().any(|root| {
+        path.strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
 pub fn router(api: Router, sealer: Arc<dyn Sealer>, settings: DashboardSettings) -> Router {
     let dashboard = Arc::new(Dashboard {
         api: Api::new(api),

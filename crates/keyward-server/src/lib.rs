@@ -476,7 +476,7 @@ impl Server {
     }
 
     pub fn router(&self) -> Router {
-        router(Arc::clone(&self.state), &self.config)
+        Router::new().fallback_service(app(Arc::clone(&self.state), &self.config))
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests and writes the
@@ -492,7 +492,7 @@ impl Server {
             }
             Err(error) => tracing::warn!(%error, "cannot tell whether imported secrets exist"),
         }
-        let app = self.router();
+        let app = app(Arc::clone(&self.state), &self.config);
         let connections = self.config.connections;
         let request_timeout = self.config.request_timeout;
         let Server {
@@ -564,12 +564,16 @@ impl Server {
     }
 }
 
-fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
-    let api = api_router(state, config);
-    // The dashboard calls the API as any client does: through this same router, middleware
-    // and all. Its own pages take forms, not JSON, so they sit beside the API's layers.
+/// What `serve` answers with: the dashboard's and portal's pages, and the API.
+type App = middleware::SplitByPath<Router, ApiService>;
+
+fn app(state: Arc<AppState>, config: &ServerConfig) -> App {
+    let api = api_service(state, config);
+    // The dashboard calls the API as any client does: through this same service, middleware
+    // and all. Its own pages take forms, not JSON, so they sit beside the API's layers; any
+    // other path under theirs is the API's (a 404 in SPEC §3's envelope).
     let dashboard = keyward_dashboard::router(
-        api.clone(),
+        Router::new().fallback_service(api.clone()),
         Arc::clone(&config.master_key) as Arc<dyn keyward_dashboard::Sealer>,
         config.dashboard,
     )
@@ -580,13 +584,25 @@ fn router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     .layer(CatchPanicLayer::custom(|_| {
         tracing::error!("a dashboard handler panicked");
         axum::response::IntoResponse::into_response(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-    }));
-    api.merge(dashboard)
+    }))
+    .fallback_service(api.clone());
+    middleware::SplitByPath::new(keyward_dashboard::serves, dashboard, api)
 }
+
+type ApiService = middleware::RequestContext<
+    tower_http::catch_panic::CatchPanic<
+        middleware::SplitByPath<
+            middleware::BodyRules<ApiRoutes>,
+            tower_http::cors::Cors<middleware::BodyRules<ApiRoutes>>,
+        >,
+        fn(Box<dyn std::any::Any + Send>) -> axum::response::Response,
+    >,
+>;
+type ApiRoutes = <DefaultBodyLimit as Layer<Router>>::Service;
 
 /// The API's routes behind SPEC §3's conventions. The stack wraps the router once: a layer
 /// added with `Router::layer` wraps each route in a boxed copy, cloned on every request.
-fn api_router(state: Arc<AppState>, config: &ServerConfig) -> Router {
+fn api_service(state: Arc<AppState>, config: &ServerConfig) -> ApiService {
     let (api, mut openapi) = routes::api(Arc::clone(&state)).split_for_parts();
     let (forward_auth, gateway_openapi) = gateway::forward_auth::router(state);
     openapi.merge(gateway_openapi);
@@ -604,14 +620,18 @@ fn api_router(state: Arc<AppState>, config: &ServerConfig) -> Router {
     ));
     let gateway = middleware::BodyRules::new(routes, false, max_body_bytes);
     let request_timeout = config.request_timeout;
-    let stack = ServiceBuilder::new()
+    let on_panic: fn(Box<dyn std::any::Any + Send>) -> axum::response::Response = |_| {
+        tracing::error!("a request handler panicked");
+        ApiError::internal().into_response_for_panic()
+    };
+    ServiceBuilder::new()
         .layer_fn(|inner| middleware::RequestContext::new(inner, request_timeout))
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("a request handler panicked");
-            ApiError::internal().into_response_for_panic()
-        }))
-        .service(middleware::ForwardAuthApart::new(browser, gateway));
-    Router::new().fallback_service(stack)
+        .layer(CatchPanicLayer::custom(on_panic))
+        .service(middleware::SplitByPath::new(
+            gateway::is_forward_auth_path,
+            gateway,
+            browser,
+        ))
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -318,42 +318,56 @@ fn is_signed(request: &Request) -> bool {
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case(keyward_core::signature::SCHEME))
 }
 
-/// Sends forward auth's requests (the original request's method and headers, so an
-/// `OPTIONS` there is no CORS preflight) to `gateway`, and every other API request to
-/// `browser`, which answers CORS.
+/// Sends the requests whose path `matches` to one service and all others to another: a
+/// check on the path instead of a second router's look-up. It keeps forward auth's requests
+/// (the original request's method and headers, so an `OPTIONS` there is no CORS preflight)
+/// away from CORS, and the API's requests away from the dashboard's router.
 #[derive(Debug, Clone)]
-pub(crate) struct ForwardAuthApart<B, G> {
-    browser: B,
-    gateway: G,
+pub(crate) struct SplitByPath<A, B> {
+    matches: fn(&str) -> bool,
+    matching: A,
+    other: B,
 }
 
-impl<B, G> ForwardAuthApart<B, G> {
-    pub(crate) fn new(browser: B, gateway: G) -> Self {
-        Self { browser, gateway }
+impl<A, B> SplitByPath<A, B> {
+    pub(crate) fn new(matches: fn(&str) -> bool, matching: A, other: B) -> Self {
+        Self {
+            matches,
+            matching,
+            other,
+        }
     }
 }
 
-impl<B, G, ResBody> Service<Request> for ForwardAuthApart<B, G>
+impl<A, B, ReqBody, ResBody> Service<axum::http::Request<ReqBody>> for SplitByPath<A, B>
 where
-    B: Service<Request, Response = axum::http::Response<ResBody>, Error = Infallible>,
-    G: Service<Request, Response = axum::http::Response<ResBody>, Error = Infallible>,
+    A: Service<
+        axum::http::Request<ReqBody>,
+        Response = axum::http::Response<ResBody>,
+        Error = Infallible,
+    >,
+    B: Service<
+        axum::http::Request<ReqBody>,
+        Response = axum::http::Response<ResBody>,
+        Error = Infallible,
+    >,
 {
     type Response = axum::http::Response<ResBody>;
     type Error = Infallible;
-    type Future = Either<B::Future, G::Future>;
+    type Future = Either<A::Future, B::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        match self.browser.poll_ready(cx) {
-            Poll::Ready(Ok(())) => self.gateway.poll_ready(cx),
+        match self.matching.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.other.poll_ready(cx),
             pending => pending,
         }
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        if crate::gateway::is_forward_auth_path(request.uri().path()) {
-            Either::Right(self.gateway.call(request))
+    fn call(&mut self, request: axum::http::Request<ReqBody>) -> Self::Future {
+        if (self.matches)(request.uri().path()) {
+            Either::Left(self.matching.call(request))
         } else {
-            Either::Left(self.browser.call(request))
+            Either::Right(self.other.call(request))
         }
     }
 }

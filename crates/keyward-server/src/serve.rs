@@ -6,13 +6,14 @@
 //! unfinished WebSocket handshake alike), and one that stops reading what it is sent is
 //! closed once a write has made no progress for `send_timeout`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::pin::Pin;
@@ -23,7 +24,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_io_timeout::TimeoutStream;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use crate::metrics::ConnectionMetrics;
 
@@ -50,13 +51,20 @@ impl Default for ConnectionSettings {
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets every connection
 /// finish its request in flight (idle ones close at once) and returns when all are closed.
-pub(crate) async fn serve(
+pub(crate) async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    app: S,
     settings: ConnectionSettings,
     metrics: &ConnectionMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) where
+    S: Service<axum::extract::Request, Response = axum::response::Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -96,10 +104,10 @@ pub(crate) async fn serve(
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(settings.send_timeout));
         let io = TokioIo::new(Counted::new(Box::pin(stream), slot, metrics.open.clone()));
-        let router = router.clone();
+        let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().oneshot(request)
+            app.clone().oneshot(request.map(Body::new))
         });
         let connection = http.serve_connection(io, service).with_upgrades();
         let mut stopping = stopping.clone();
