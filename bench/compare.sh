@@ -9,6 +9,8 @@
 # also saved as target/compare-<date>.md. Every process it starts is stopped by PID.
 # KW_COMPARE_BASELINE=<another keyward binary> measures that build too, each case right after
 # the same case of this one, with a table of ratios; KW_COMPARE_ONLY=keyward skips the peers.
+# KW_COMPARE_CASES=<regex> measures only the matching "system: case" (issue 24 reruns),
+# KW_COMPARE_CONNECTIONS=<n> opens n connections instead of 32.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()

@@ -104,10 +104,10 @@ pub(crate) async fn serve<S>(
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(settings.send_timeout));
         let io = TokioIo::new(Counted::new(Box::pin(stream), slot, metrics.open.clone()));
-        let app = app.clone();
+        let app = std::cell::RefCell::new(app.clone());
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request.map(Body::new))
+            call_in_place(&app, request.map(Body::new))
         });
         let connection = http.serve_connection(io, service).with_upgrades();
         let mut stopping = stopping.clone();
@@ -138,6 +138,25 @@ pub(crate) async fn serve<S>(
     let _ = stop.send(true);
     drop(closed);
     open.closed().await;
+}
+
+/// Calls the connection's own copy of the app, rather than a fresh clone of it per request:
+/// an HTTP/1 connection asks one request at a time, and the app (routers, and services that
+/// only pass readiness on) is always ready. Should it ever not be, the request waits on a
+/// clone of its own, as `oneshot` does.
+fn call_in_place<S>(
+    app: &std::cell::RefCell<S>,
+    request: axum::extract::Request,
+) -> futures_util::future::Either<S::Future, tower::util::Oneshot<S, axum::extract::Request>>
+where
+    S: Service<axum::extract::Request> + Clone,
+{
+    let mut app = app.borrow_mut();
+    let mut context = Context::from_waker(std::task::Waker::noop());
+    match app.poll_ready(&mut context) {
+        Poll::Ready(Ok(())) => futures_util::future::Either::Left(app.call(request)),
+        _ => futures_util::future::Either::Right(app.clone().oneshot(request)),
+    }
 }
 
 /// A connection's socket, holding its slot under the limit and counted as open for as long
