@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 use crate::verification::CachedKey;
 
 const QUEUE_CAPACITY: usize = 65_536;
+/// How long a busy writer lets the queue fill between takes (65,536 in 10 ms is 6.5 million
+/// verifications a second).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// Distinct (key, outcome, minute) sums held between writes (about 300 bytes each), while
 /// storage does not take them.
 const MAX_PENDING: usize = 500_000;
@@ -168,18 +171,23 @@ async fn write_counts(
             metrics.usage_records_dropped.inc();
         }
     };
-    // Early writes only while storage takes them; otherwise sums wait for the tick.
+    // Once woken by a record, the writer takes what else is queued, then sleeps a moment
+    // before it listens again: a writer that listened all the time would be woken, and
+    // scheduled, by every verification (measured: a tenth of a cached verification's CPU
+    // at full load). Busy, it wakes a hundred times a second; idle, not at all.
     let mut storage_answered = true;
     loop {
         tokio::select! {
-            received = receiver.recv() => match received {
-                Some(record) => {
+            received = receiver.recv() => {
+                let Some(record) = received else { break };
+                add(&mut pending, record);
+                while let Ok(record) = receiver.try_recv() {
                     add(&mut pending, record);
                     if storage_answered && pending.len() >= WRITE_AT {
                         storage_answered = flush(store.as_ref(), &mut pending).await;
                     }
                 }
-                None => break,
+                tokio::time::sleep(DRAIN_EVERY).await;
             },
             _ = ticker.tick() => storage_answered = flush(store.as_ref(), &mut pending).await,
         }
