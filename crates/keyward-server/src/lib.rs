@@ -41,6 +41,7 @@ use tokio::net::TcpListener;
 use tower::{Layer, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use analytics::UsageRecorder;
@@ -593,7 +594,10 @@ type ApiService = middleware::RequestContext<
     tower_http::catch_panic::CatchPanic<
         middleware::SplitByPath<
             middleware::BodyRules<ApiRoutes>,
-            tower_http::cors::Cors<middleware::BodyRules<ApiRoutes>>,
+            tower_http::set_header::SetResponseHeader<
+                tower_http::cors::Cors<middleware::BodyRules<ApiRoutes>>,
+                HeaderValue,
+            >,
         >,
         fn(Box<dyn std::any::Any + Send>) -> axum::response::Response,
     >,
@@ -613,11 +617,14 @@ fn api_service(state: Arc<AppState>, config: &ServerConfig) -> ApiService {
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
     let routes = DefaultBodyLimit::max(config.max_body_bytes).layer(routes);
     let max_body_bytes = config.max_body_bytes;
-    let browser = cors(&config.cors_origins).layer(middleware::BodyRules::new(
-        routes.clone(),
-        true,
-        max_body_bytes,
-    ));
+    let browser = ServiceBuilder::new()
+        .layer(cors_vary())
+        .layer(cors(&config.cors_origins))
+        .service(middleware::BodyRules::new(
+            routes.clone(),
+            true,
+            max_body_bytes,
+        ));
     let gateway = middleware::BodyRules::new(routes, false, max_body_bytes);
     let request_timeout = config.request_timeout;
     let on_panic: fn(Box<dyn std::any::Any + Send>) -> axum::response::Response = |_| {
@@ -677,6 +684,18 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("ratelimit-policy"),
         ])
         .max_age(Duration::from_secs(600))
+        // `Vary` is set apart (`cors_vary`): tower-http builds its value anew for every answer.
+        .vary([])
+}
+
+/// The `Vary` header tower-http's CORS sends by default, as one static value.
+fn cors_vary() -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::appending(
+        header::VARY,
+        HeaderValue::from_static(
+            "origin, access-control-request-method, access-control-request-headers",
+        ),
+    )
 }
 
 impl ApiError {

@@ -121,6 +121,14 @@ async fn cors_allows_only_configured_origins() {
             "{exposed}"
         );
     }
+    // Caches must key answers by origin, preflights and answers alike, and only once.
+    for headers in [&allowed.headers, &refused.headers, &answer.headers] {
+        let vary: Vec<_> = headers.get_all("vary").iter().collect();
+        assert_eq!(
+            vary,
+            ["origin, access-control-request-method, access-control-request-headers"]
+        );
+    }
     server.stop().await;
 }
 
