@@ -1,5 +1,7 @@
 //! Cross-cutting request handling: request ids, the `API-Version` header, rendering error
-//! envelopes, the 415 rule, and one access-log line per request.
+//! envelopes, the request timeout, the 415 rule, a signed body's digest, one access-log
+//! line per request, and sending a request to the dashboard, forward auth or the API by its
+//! path.
 
 use std::convert::Infallible;
 use std::future::Ready;
