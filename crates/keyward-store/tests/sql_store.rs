@@ -713,6 +713,54 @@ async fn usage_counts_add_up_across_minutes_hours_and_flushes() {
 }
 
 #[tokio::test]
+async fn nodes_adding_to_the_same_usage_rows_never_deadlock() {
+    use keyward_core::analytics::Granularity;
+    use keyward_store::{AnalyticsStore, UsageCount, UsageQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, database) = open(&dir).await;
+    if database.is_none() {
+        eprintln!("skipped: row locks need PostgreSQL (KEYWARD_TEST_BACKEND=postgres)");
+        return;
+    }
+    // Each write holds its rows locked until it commits. Two writes of the same rows in
+    // different orders (each node sums in a hash map of its own) would deadlock, and
+    // PostgreSQL would refuse one of them.
+    let counts: Vec<UsageCount> = (0..300)
+        .map(|n| UsageCount {
+            tenancy: tenancy(Environment::Live),
+            key_id: format!("key_{n}"),
+            app_id: "app_1".to_owned(),
+            organization_id: String::new(),
+            outcome: "VALID".to_owned(),
+            at: NOW,
+            count: 1,
+        })
+        .collect();
+    let reversed: Vec<UsageCount> = counts.iter().rev().cloned().collect();
+    let rounds = 10;
+    for _ in 0..rounds {
+        let (first, second) = tokio::join!(store.add_usage(&counts), store.add_usage(&reversed));
+        first.unwrap();
+        second.unwrap();
+    }
+    let day = store
+        .usage(&UsageQuery {
+            tenancy: tenancy(Environment::Live),
+            granularity: Granularity::Day,
+            from: Granularity::Day.bucket_start(NOW),
+            to: NOW.plus_millis(1),
+            key_id: None,
+            app_id: Some("app_1".to_owned()),
+            organization_id: None,
+            outcome: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(day.len(), 1);
+    assert_eq!(day[0].count, 2 * rounds * 300);
+}
+
+#[tokio::test]
 async fn a_change_by_a_credential_that_is_gone_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _database) = open(&dir).await;

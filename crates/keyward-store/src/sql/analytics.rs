@@ -21,6 +21,21 @@ struct Row<'a> {
     outcome: &'a str,
 }
 
+/// A row's place in `usage_counts`' primary key.
+fn primary_key_order<'a>(
+    row: &Row<'a>,
+    granularity: Granularity,
+    bucket: i64,
+) -> (&'a str, &'static str, &'static str, [&'a str; 4], i64) {
+    (
+        row.tenancy.workspace_id.as_str(),
+        row.tenancy.environment.as_str(),
+        granularity.as_str(),
+        [row.key_id, row.app_id, row.organization_id, row.outcome],
+        bucket,
+    )
+}
+
 /// Points packed into one row of a usage query.
 const POINTS_PER_ROW: i64 = 500;
 
@@ -70,13 +85,24 @@ impl AnalyticsStore for SqlStore {
             rows.keys().map(|(row, _, _)| row.tenancy),
         )
         .await?;
-        let rows: Vec<_> = rows
+        let mut rows: Vec<_> = rows
             .into_iter()
             .filter(|((row, _, _), _)| live.contains(row.tenancy))
             .collect();
         if rows.is_empty() {
             return Ok(());
         }
+        // In the primary key's order: neighbouring rows share index pages, and two nodes
+        // adding to the same rows lock them in the same order, so they never deadlock.
+        rows.sort_unstable_by(
+            |((a, a_granularity, a_bucket), _), ((b, b_granularity, b_bucket), _)| {
+                primary_key_order(a, *a_granularity, *a_bucket).cmp(&primary_key_order(
+                    b,
+                    *b_granularity,
+                    *b_bucket,
+                ))
+            },
+        );
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut insert = FilteredQuery::new(
                 "INSERT INTO usage_counts (workspace_id, environment, granularity, bucket, \
