@@ -27,6 +27,9 @@ pub struct Metrics {
     pub last_used_dropped: Counter,
     /// Verification outcomes not counted in usage analytics (queue full, storage down long).
     pub usage_records_dropped: Counter,
+    /// Verifications counted towards their app, organisation and environment but not their
+    /// key, because too many per-key sums were waiting for storage.
+    pub usage_key_counts_folded: Counter,
     pub propagation_lapses: Counter,
     /// 1 while Redis answers; 0 while it does not, and also when no Redis is configured
     /// (`/readyz` tells the two apart).
@@ -198,6 +201,14 @@ impl Metrics {
              or storage stayed unavailable",
             usage_records_dropped.clone(),
         );
+        let usage_key_counts_folded = Counter::default();
+        registry.register(
+            "usage_key_counts_folded",
+            "Verifications counted in usage analytics towards their app, organization and \
+             environment but not their key, because too many per-key sums were waiting for \
+             storage",
+            usage_key_counts_folded.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
@@ -312,6 +323,7 @@ impl Metrics {
             filter_counters,
             last_used_dropped,
             usage_records_dropped,
+            usage_key_counts_folded,
             propagation_lapses,
         }
     }

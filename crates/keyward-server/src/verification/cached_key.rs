@@ -359,13 +359,13 @@ impl KeyGroups {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use keyward_core::model::Environment;
     use keyward_core::usage::CapUsage;
 
     use super::*;
 
-    fn key(n: u32) -> ApiKey {
+    pub(crate) fn key(n: u32) -> ApiKey {
         ApiKey {
             id: format!("key_{n}"),
             tenancy: Tenancy {
@@ -390,6 +390,11 @@ mod tests {
             rate_limit_scheme: None,
             low_credits_threshold: None,
         }
+    }
+
+    /// `key` cached on its own, with no limits.
+    pub(crate) fn cached(key: ApiKey) -> CachedKey {
+        CachedKey::new(key, UsagePolicy::default(), None, 0, &KeyGroups::default())
     }
 
     #[test]
