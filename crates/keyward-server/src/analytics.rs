@@ -38,7 +38,7 @@ const QUEUE_CAPACITY: usize = 65_536;
 /// How long a busy writer lets the queue fill between takes (65,536 in 10 ms is 6.5 million
 /// verifications a second).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
-/// Distinct (key, outcome, minute) sums held between writes: 33 bytes each in the map (36 MB
+/// Distinct (key, outcome, minute) sums held between writes: 33 bytes each in the map (35 MB
 /// at the bound), and as much again for those being written. Past it, new keys' sums are
 /// folded into their app's.
 const MAX_PENDING: usize = 900_000;
