@@ -56,9 +56,6 @@ pub(crate) struct Dashboard {
     settings: DashboardSettings,
 }
 
-/// The dashboard's routes, all under `/dashboard`, and the customer portal's, under
-/// `/portal`. `api` is Keyward's whole API router, with its middleware: both call it as a
-/// client would.
 /// Whether a path is the dashboard's or the portal's, so that the server can send every
 /// other request straight to the API.
 pub fn serves(path: &str) -> bool {
@@ -68,6 +65,9 @@ pub fn serves(path: &str) -> bool {
     })
 }
 
+/// The dashboard's routes, all under `/dashboard`, and the customer portal's, under
+/// `/portal`. `api` is Keyward's whole API, with its middleware: both call it as a client
+/// would.
 pub fn router(api: Router, sealer: Arc<dyn Sealer>, settings: DashboardSettings) -> Router {
     let dashboard = Arc::new(Dashboard {
         api: Api::new(api),

@@ -49,7 +49,7 @@ impl Default for ConnectionSettings {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets every connection
+/// Serves `app` on `listener` until `shutdown` resolves, then lets every connection
 /// finish its request in flight (idle ones close at once) and returns when all are closed.
 pub(crate) async fn serve<S>(
     listener: TcpListener,
